@@ -1,0 +1,71 @@
+//! The scalar kernels: the contract every SIMD tier must meet bit for bit.
+//!
+//! Summation order is part of the contract, so that every ISA gives identical floats
+//! (and so identical tokens for a seed): a dot product keeps 8 partial sums, element
+//! (or block) `i` goes to lane `i % 8`, and the lanes are reduced by [`reduce8`]. No
+//! fused multiply-add anywhere: each product is rounded, then added.
+
+use crate::quant::{BlockQ8, QK8};
+
+/// The fixed reduction of the 8 lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`,
+/// the order a 256-bit register folds in halves.
+#[inline]
+pub fn reduce8(l: &[f32; 8]) -> f32 {
+    let a = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    let b = [a[0] + a[2], a[1] + a[3]];
+    b[0] + b[1]
+}
+
+/// Exact integer dot product of two blocks' quants (|result| <= 32 * 127 * 127).
+#[inline]
+pub fn block_isum(a: &BlockQ8, b: &BlockQ8) -> i32 {
+    a.qs.iter().zip(&b.qs).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// q8 · q8 over whole rows: block `j` contributes `(isum_j as f32) * (d_a_j * d_b_j)`
+/// to lane `j % 8`.
+pub fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut lanes = [0.0f32; 8];
+    for (j, (x, y)) in a.iter().zip(b).enumerate() {
+        lanes[j % 8] += block_isum(x, y) as f32 * (x.scale() * y.scale());
+    }
+    reduce8(&lanes)
+}
+
+/// f32 · f32: element `i` contributes `a_i * b_i` to lane `i % 8`.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut lanes = [0.0f32; 8];
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        lanes[i % 8] += x * y;
+    }
+    reduce8(&lanes)
+}
+
+/// `out[t * rows + r] = dot_q8(w_row_r, x_row_t)` for a weight matrix of `rows` rows of
+/// `k / 32` blocks and `n = x.len() / (k / 32)` activation rows.
+pub fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let kb = w.len() / rows.max(1);
+    for (t, xt) in x.chunks_exact(kb).enumerate() {
+        for (r, wr) in w.chunks_exact(kb).enumerate() {
+            out[t * rows + r] = dot_q8(wr, xt);
+        }
+    }
+}
+
+/// `out[t * rows + r] = dot_f32(w_row_r, x_row_t)`, f32 weights of `rows` rows of `k`.
+pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
+    let k = w.len() / rows.max(1);
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        for (r, wr) in w.chunks_exact(k).enumerate() {
+            out[t * rows + r] = dot_f32(wr, xt);
+        }
+    }
+}
+
+/// Activation quantization: exactly [`crate::quant::quantize_row_q8`].
+pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert_eq!(x.len(), out.len() * QK8);
+    crate::quant::quantize_row_q8(x, out)
+}

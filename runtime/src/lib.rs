@@ -1,0 +1,25 @@
+//! arq: a `no_std` runtime for quantized autoregressive models.
+//!
+//! The engine runs from a `&[u8]` holding an `.arq` file (an mmap on a host, a
+//! `static` blob in microcontroller flash) and one caller-supplied arena whose
+//! exact size [`Model::memory_plan`](arch::llama::Model::memory_plan) computes
+//! before anything runs. `alloc` adds the tokenizer's encoder conveniences and
+//! the file writer; `std` adds runtime ISA detection.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod arch;
+pub mod arena;
+pub mod error;
+pub mod format;
+pub mod kernels;
+pub mod math;
+pub mod quant;
+pub mod sampler;
+pub mod tokenizer;
+
+
+
