@@ -1,1 +1,105 @@
-//! placeholder
+//! The float parts of a transformer step: norms, activations, rotary embeddings,
+//! softmax. Scalar and portable; `libm` keeps them no_std.
+
+/// `out = x / rms(x) * weight`, with `rms = sqrt(mean(x^2) + eps)`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `log(sum(exp(x)))`, computed stably in f64 (for exact likelihoods).
+pub fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = x.iter().map(|&v| libm::exp(v as f64 - max)).sum();
+    max + libm::log(sum)
+}
+
+/// `log p(id)` under `softmax(logits)`.
+pub fn log_prob(logits: &[f32], id: usize) -> f64 {
+    logits[id] as f64 - log_sum_exp(logits)
+}
+
+/// SiLU-gated product, in place: `gate = silu(gate) * up`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + libm::expf(-*g)) * u;
+    }
+}
+
+/// The rotary-embedding table for one position: `(cos, sin)` of `pos * base^(-2i/d)`
+/// for each pair `i < d/2`, interleaved in `out` (length `d`).
+pub fn rope_table(out: &mut [f32], pos: usize, base: f32) {
+    let d = out.len();
+    for i in (0..d).step_by(2) {
+        let freq = 1.0 / libm::powf(base, i as f32 / d as f32);
+        let (s, c) = libm::sincosf(pos as f32 * freq);
+        out[i] = c;
+        out[i + 1] = s;
+    }
+}
+
+/// Rotary position embedding on one head vector, rotating adjacent pairs
+/// `(x[2i], x[2i+1])`: the layout GGUF stores LLaMA's Q and K in. `table` comes from
+/// [`rope_table`] for the head dimension.
+pub fn rope(x: &mut [f32], table: &[f32]) {
+    for (p, cs) in x.chunks_exact_mut(2).zip(table.chunks_exact(2)) {
+        let (a, b) = (p[0], p[1]);
+        p[0] = a * cs[0] - b * cs[1];
+        p[1] = a * cs[1] + b * cs[0];
+    }
+}
+
+/// Index of the largest value (the first, on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_log_prob_matches() {
+        let mut x = [1.0f32, 2.0, 3.0, -1.0];
+        let lp = log_prob(&x, 2);
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((libm::log(x[2] as f64) - lp).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_is_identity_at_zero() {
+        let mut x = [1.0f32, 2.0, 3.0, 4.0];
+        let mut t = [0.0f32; 4];
+        rope_table(&mut t, 0, 10000.0);
+        rope(&mut x, &t);
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
+        rope_table(&mut t, 17, 10000.0);
+        rope(&mut x, &t);
+        let n: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n - 30.0).abs() < 1e-4);
+    }
+}

@@ -1,1 +1,578 @@
-//! placeholder
+//! The LLaMA family (SmolLM2, LLaMA 2/3, TinyLlama, ...): RMSNorm, rotary embeddings,
+//! grouped-query attention, a SwiGLU MLP and an optionally tied output head.
+//!
+//! [`Session::forward`] is the whole model, read top to bottom. Every buffer lives in
+//! the caller's arena, carved once in [`Session::new`]; a step never allocates. A prompt
+//! runs as one batched pass (matrix-matrix products over up to `batch` tokens), and
+//! because every kernel fixes its summation order, a batched pass gives bit-identical
+//! logits to running the same tokens one by one.
+
+use crate::arena::{Arena, Layout};
+use crate::error::Error;
+use crate::format::{ArqFile, Dtype, TensorView};
+use crate::kernels::{self, Kernels};
+use crate::math;
+use crate::quant::{BlockQ8, QK8};
+
+/// Caps on hyperparameters: far above any model this runtime targets, low enough that
+/// the arena arithmetic cannot overflow.
+const MAX_DIM: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_VOCAB: usize = 1 << 22;
+
+/// Hyperparameters, read from the file's `llama.*` metadata.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+    /// The context length the model was trained with.
+    pub ctx_train: usize,
+}
+
+impl LlamaConfig {
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    fn from_file(f: &ArqFile<'_>) -> Result<Self, Error> {
+        let u = |k: &'static str| -> Result<usize, Error> {
+            let v = f.meta_u64(k)?;
+            usize::try_from(v).map_err(|_| Error::BadHyperparameter(k))
+        };
+        let cfg = LlamaConfig {
+            vocab: u("llama.vocab_size")?,
+            dim: u("llama.embedding_length")?,
+            n_layers: u("llama.block_count")?,
+            n_heads: u("llama.attention.head_count")?,
+            n_kv_heads: u("llama.attention.head_count_kv")?,
+            head_dim: 0,
+            ffn_dim: u("llama.feed_forward_length")?,
+            rope_base: f.meta_f32("llama.rope.freq_base")?,
+            rms_eps: f.meta_f32("llama.attention.layer_norm_rms_epsilon")?,
+            ctx_train: u("llama.context_length")?,
+        };
+        let check = |ok: bool, what| if ok { Ok(()) } else { Err(Error::BadHyperparameter(what)) };
+        check(cfg.vocab > 0 && cfg.vocab <= MAX_VOCAB, "vocab_size")?;
+        check(cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim % QK8 == 0, "embedding_length (a multiple of 32)")?;
+        check(cfg.n_layers > 0 && cfg.n_layers <= MAX_LAYERS, "block_count")?;
+        check(cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim % QK8 == 0, "feed_forward_length")?;
+        check(cfg.n_heads > 0 && cfg.dim % cfg.n_heads == 0, "head_count")?;
+        check(cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "head_count_kv")?;
+        let head_dim = cfg.dim / cfg.n_heads;
+        check(head_dim % 2 == 0 && (cfg.n_kv_heads * head_dim) % QK8 == 0, "head dimension")?;
+        check(cfg.rope_base.is_finite() && cfg.rope_base > 0.0, "rope.freq_base")?;
+        check(cfg.rms_eps.is_finite() && cfg.rms_eps >= 0.0, "layer_norm_rms_epsilon")?;
+        Ok(LlamaConfig { head_dim, ..cfg })
+    }
+}
+
+/// A weight matrix of `rows` x `cols`, stored row-major in one of the supported dtypes.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    Q8(&'a [BlockQ8]),
+    F32(&'a [f32]),
+}
+
+impl<'a> Weight<'a> {
+    fn from_view(t: &TensorView<'a>) -> Option<Self> {
+        match t.dtype {
+            Dtype::Q8 => t.as_q8().map(Weight::Q8),
+            Dtype::F32 => t.as_f32().map(Weight::F32),
+            _ => None,
+        }
+    }
+
+    /// Row `r` (of length `cols`) as f32, into `out`.
+    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
+        match *self {
+            Weight::Q8(w) => crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out),
+            Weight::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+        }
+    }
+}
+
+/// The per-layer tensors, in the order the file stores them.
+const LAYER_ROLES: [&str; 9] =
+    ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+
+struct Layer<'a> {
+    attn_norm: &'a [f32],
+    wq: Weight<'a>,
+    wk: Weight<'a>,
+    wv: Weight<'a>,
+    wo: Weight<'a>,
+    ffn_norm: &'a [f32],
+    w_gate: Weight<'a>,
+    w_up: Weight<'a>,
+    w_down: Weight<'a>,
+}
+
+/// Whether `name` is `blk.{layer}.{role}`, without formatting (no allocation).
+fn is_layer_tensor(name: &str, layer: usize, role: &str) -> bool {
+    let Some(rest) = name.strip_prefix("blk.") else { return false };
+    let Some((num, r)) = rest.split_once('.') else { return false };
+    r == role && num.parse::<usize>().ok() == Some(layer) && (num == "0" || !num.starts_with('0'))
+}
+
+/// A loaded model: validated views into the file's bytes.
+pub struct Model<'a> {
+    file: ArqFile<'a>,
+    cfg: LlamaConfig,
+    embed: Weight<'a>,
+    output_norm: &'a [f32],
+    output: Weight<'a>,
+    /// Directory index of `blk.0.attn_norm`; layer `l`'s tensors follow at `9 * l`.
+    layer_base: usize,
+    kernels: &'static Kernels,
+}
+
+/// Per-session settings that size the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Context length in tokens (KV cache capacity).
+    pub ctx: usize,
+    /// Tokens per batched pass in prefill and scoring.
+    pub batch: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ctx: 2048, batch: 32 }
+    }
+}
+
+fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
+    Error::BadTensor { role, layer, problem }
+}
+
+impl<'a> Model<'a> {
+    /// Validates `bytes` (64-byte aligned) as a LLaMA-family `.arq` file.
+    pub fn load(bytes: &'a [u8]) -> Result<Self, Error> {
+        let file = ArqFile::parse(bytes)?;
+        Self::from_file(file)
+    }
+
+    pub fn from_file(file: ArqFile<'a>) -> Result<Self, Error> {
+        if file.meta("arq.architecture").and_then(|v| v.as_str()) != Some("llama") {
+            return Err(Error::UnsupportedArchitecture);
+        }
+        let cfg = LlamaConfig::from_file(&file)?;
+        let (d, v) = (cfg.dim, cfg.vocab);
+        let matrix = |t: &TensorView<'a>, role, layer, rows: usize, cols: usize| -> Result<Weight<'a>, Error> {
+            if t.shape.dims() != [rows as u64, cols as u64] {
+                return Err(bad(role, layer, "shape does not match the hyperparameters"));
+            }
+            Weight::from_view(t).ok_or(bad(role, layer, "dtype must be q8 or f32"))
+        };
+        let vector = |t: &TensorView<'a>, role, layer, n: usize| -> Result<&'a [f32], Error> {
+            if t.shape.dims() != [n as u64] {
+                return Err(bad(role, layer, "shape does not match the hyperparameters"));
+            }
+            t.as_f32().ok_or(bad(role, layer, "dtype must be f32"))
+        };
+        let global = |name: &'static str| file.find(name).map(|(_, t)| t).ok_or(bad(name, None, "missing"));
+
+        let embed = matrix(&global("token_embd")?, "token_embd", None, v, d)?;
+        let output_norm = vector(&global("output_norm")?, "output_norm", None, d)?;
+        let output = match file.find("output") {
+            Some((_, t)) => matrix(&t, "output", None, v, d)?,
+            None => embed,
+        };
+        let layer_base = file.find("blk.0.attn_norm").map(|(i, _)| i).ok_or(bad("attn_norm", Some(0), "missing"))?;
+        let model = Model { file, cfg, embed, output_norm, output, layer_base, kernels: kernels::best() };
+        for l in 0..cfg.n_layers {
+            model.layer_checked(l)?;
+        }
+        Ok(model)
+    }
+
+    fn layer_checked(&self, l: usize) -> Result<Layer<'a>, Error> {
+        let c = &self.cfg;
+        let li = Some(l as u32);
+        let t = |j: usize| -> Result<TensorView<'a>, Error> {
+            let role = LAYER_ROLES[j];
+            let idx = self.layer_base + l * LAYER_ROLES.len() + j;
+            match self.file.tensor(idx) {
+                Some(t) if is_layer_tensor(t.name, l, role) => Ok(t),
+                _ => Err(bad(role, li, "missing or out of the canonical order")),
+            }
+        };
+        let m = |j: usize, rows: usize, cols: usize| -> Result<Weight<'a>, Error> {
+            let tv = t(j)?;
+            if tv.shape.dims() != [rows as u64, cols as u64] {
+                return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
+            }
+            Weight::from_view(&tv).ok_or(bad(LAYER_ROLES[j], li, "dtype must be q8 or f32"))
+        };
+        let v = |j: usize| -> Result<&'a [f32], Error> {
+            let tv = t(j)?;
+            if tv.shape.dims() != [c.dim as u64] {
+                return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
+            }
+            tv.as_f32().ok_or(bad(LAYER_ROLES[j], li, "dtype must be f32"))
+        };
+        let (d, kv, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
+        Ok(Layer {
+            attn_norm: v(0)?,
+            wq: m(1, d, d)?,
+            wk: m(2, kv, d)?,
+            wv: m(3, kv, d)?,
+            wo: m(4, d, d)?,
+            ffn_norm: v(5)?,
+            w_gate: m(6, ff, d)?,
+            w_up: m(7, ff, d)?,
+            w_down: m(8, d, ff)?,
+        })
+    }
+
+    fn layer(&self, l: usize) -> Layer<'a> {
+        // Every layer was validated in `from_file`; the file is immutable.
+        match self.layer_checked(l) {
+            Ok(layer) => layer,
+            Err(_) => unreachable!("layer {l} validated at load"),
+        }
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn file(&self) -> &ArqFile<'a> {
+        &self.file
+    }
+
+    /// Whether the output head shares the embedding matrix.
+    pub fn tied_embeddings(&self) -> bool {
+        self.file.find("output").is_none()
+    }
+
+    /// Picks a kernel tier other than the detected best (tests, benchmarks).
+    pub fn set_kernels(&mut self, k: &'static Kernels) {
+        self.kernels = k;
+    }
+
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+
+    /// The exact arena size, in bytes, that [`Session::new`] needs for `cfg`.
+    pub fn memory_plan(&self, cfg: &SessionConfig) -> Result<usize, Error> {
+        self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
+    }
+
+    /// The arena's buffers, in carving order (see [`Session::new`]).
+    fn layout(&self, s: &SessionConfig) -> Option<Layout> {
+        let c = &self.cfg;
+        let b = s.batch;
+        let cache = c.n_layers.checked_mul(s.ctx)?.checked_mul(c.kv_dim())?;
+        Layout::new()
+            .add::<f32>(cache)? // key_cache
+            .add::<f32>(cache)? // value_cache
+            .add::<f32>(b.checked_mul(c.dim)?)? // x
+            .add::<f32>(b.checked_mul(c.dim)?)? // xb
+            .add::<f32>(b.checked_mul(c.dim)?)? // xb2
+            .add::<f32>(b.checked_mul(c.dim)?)? // q
+            .add::<f32>(b.checked_mul(c.kv_dim())?)? // k
+            .add::<f32>(b.checked_mul(c.kv_dim())?)? // v
+            .add::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
+            .add::<f32>(b.checked_mul(c.ffn_dim)?)? // hb2
+            .add::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
+            .add::<f32>(s.ctx)? // att
+            .add::<f32>(b.checked_mul(c.head_dim)?)? // rope
+            .add::<f32>(b.checked_mul(c.vocab)?) // logits
+    }
+}
+
+/// A running sequence: the KV cache and scratch, all in the caller's arena.
+pub struct Session<'a> {
+    model: &'a Model<'a>,
+    cfg: SessionConfig,
+    pos: usize,
+    key_cache: &'a mut [f32],   // (layer, ctx, kv_dim)
+    value_cache: &'a mut [f32], // (layer, ctx, kv_dim)
+    x: &'a mut [f32],           // (batch, dim) the residual stream
+    xb: &'a mut [f32],          // (batch, dim) normed input of a sublayer
+    xb2: &'a mut [f32],         // (batch, dim) attention output / sublayer output
+    q: &'a mut [f32],           // (batch, dim)
+    k: &'a mut [f32],           // (batch, kv_dim)
+    v: &'a mut [f32],           // (batch, kv_dim)
+    hb: &'a mut [f32],          // (batch, ffn_dim) gate, then the gated product
+    hb2: &'a mut [f32],         // (batch, ffn_dim) up
+    xq: &'a mut [BlockQ8],      // (batch, max(dim, ffn_dim) / 32) quantized activations
+    att: &'a mut [f32],         // (ctx,) attention scores of one head
+    rope: &'a mut [f32],        // (batch, head_dim) cos/sin per position
+    logits: &'a mut [f32],      // (batch, vocab)
+}
+
+/// `out (n, rows) = x (n, cols) · wᵀ`: quantizes `x` on the fly for q8 weights.
+fn linear(k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f32], xq: &mut [BlockQ8], out: &mut [f32]) {
+    match *w {
+        Weight::Q8(wb) => {
+            let xq = &mut xq[..x.len() / QK8];
+            (k.quantize_q8)(x, xq);
+            (k.matmul_q8)(wb, rows, xq, out);
+        }
+        Weight::F32(wf) => (k.matmul_f32)(wf, rows, x, out),
+    }
+}
+
+/// Like [`linear`] for several weights over the same input, quantizing it once.
+fn linear_shared(k: &Kernels, x: &[f32], xq: &mut [BlockQ8], ws: &mut [(&Weight<'_>, usize, &mut [f32])]) {
+    let xq = &mut xq[..x.len() / QK8];
+    let mut quantized = false;
+    for (w, rows, out) in ws.iter_mut() {
+        match **w {
+            Weight::Q8(wb) => {
+                if !quantized {
+                    (k.quantize_q8)(x, xq);
+                    quantized = true;
+                }
+                (k.matmul_q8)(wb, *rows, xq, out);
+            }
+            Weight::F32(wf) => (k.matmul_f32)(wf, *rows, x, out),
+        }
+    }
+}
+
+impl<'a> Session<'a> {
+    /// Carves the KV cache and scratch from `arena`, which must hold at least
+    /// [`Model::memory_plan`] bytes.
+    pub fn new(model: &'a Model<'a>, arena: &'a mut [u8], cfg: SessionConfig) -> Result<Self, Error> {
+        if cfg.ctx == 0 || cfg.batch == 0 {
+            return Err(Error::BadConfig("ctx and batch must be at least 1"));
+        }
+        let need = model.memory_plan(&cfg)?;
+        let c = model.cfg;
+        let b = cfg.batch;
+        let cache = c.n_layers * cfg.ctx * c.kv_dim();
+        let mut a = Arena::new(arena, need)?;
+        Ok(Session {
+            model,
+            cfg,
+            pos: 0,
+            key_cache: a.take(cache)?,
+            value_cache: a.take(cache)?,
+            x: a.take(b * c.dim)?,
+            xb: a.take(b * c.dim)?,
+            xb2: a.take(b * c.dim)?,
+            q: a.take(b * c.dim)?,
+            k: a.take(b * c.kv_dim())?,
+            v: a.take(b * c.kv_dim())?,
+            hb: a.take(b * c.ffn_dim)?,
+            hb2: a.take(b * c.ffn_dim)?,
+            xq: a.take(b * c.dim.max(c.ffn_dim) / QK8)?,
+            att: a.take(cfg.ctx)?,
+            rope: a.take(b * c.head_dim)?,
+            logits: a.take(b * c.vocab)?,
+        })
+    }
+
+    pub fn model(&self) -> &'a Model<'a> {
+        self.model
+    }
+
+    /// Tokens in the KV cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Forgets the sequence (the cache is overwritten as new tokens arrive).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Rewinds to `pos` tokens (keeps the cached prefix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Appends one token; returns the logits of p(x_{i+1} | x_{<=i}).
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+        self.forward(&[token], false)?;
+        Ok(&self.logits[..self.model.cfg.vocab])
+    }
+
+    /// Appends `tokens` in batched passes; returns the logits after the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+        self.check_tokens(tokens)?;
+        if tokens.is_empty() {
+            return Err(Error::BadConfig("empty prompt"));
+        }
+        for chunk in tokens.chunks(self.cfg.batch) {
+            self.forward(chunk, false)?;
+        }
+        Ok(&self.logits[..self.model.cfg.vocab])
+    }
+
+    /// Appends `tokens` and calls `f(i, logits)` with the logits after token `i`, for
+    /// every `i` (teacher forcing: the basis of exact scoring).
+    pub fn forward_all(&mut self, tokens: &[u32], mut f: impl FnMut(usize, &[f32])) -> Result<(), Error> {
+        self.check_tokens(tokens)?;
+        let vocab = self.model.cfg.vocab;
+        for (ci, chunk) in tokens.chunks(self.cfg.batch).enumerate() {
+            self.forward(chunk, true)?;
+            for t in 0..chunk.len() {
+                f(ci * self.cfg.batch + t, &self.logits[t * vocab..(t + 1) * vocab]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `log p(tokens[1..] | tokens[0])` in nats, teacher-forced from the current position
+    /// (the first token is the condition, not scored).
+    pub fn log_prob(&mut self, tokens: &[u32]) -> Result<f64, Error> {
+        let mut total = 0.0;
+        let n = tokens.len();
+        self.forward_all(tokens, |i, logits| {
+            if i + 1 < n {
+                total += math::log_prob(logits, tokens[i + 1] as usize);
+            }
+        })?;
+        Ok(total)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), Error> {
+        let vocab = self.model.cfg.vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        if self.pos + tokens.len() > self.cfg.ctx {
+            return Err(Error::ContextFull { ctx: self.cfg.ctx });
+        }
+        Ok(())
+    }
+
+    /// One batched pass over `tokens` (at most `batch`) at positions `pos..`. Fills
+    /// `logits` for every token when `all_logits`, else for the last one (row 0).
+    pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<(), Error> {
+        let n = tokens.len();
+        if n == 0 || n > self.cfg.batch {
+            return Err(Error::BadConfig("forward takes 1..=batch tokens"));
+        }
+        self.check_tokens(tokens)?;
+        let model = self.model;
+        let c = model.cfg;
+        let kern = model.kernels;
+        let (dim, kv_dim, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / libm::sqrtf(hd as f32);
+        let pos0 = self.pos;
+
+        for (t, &tok) in tokens.iter().enumerate() {
+            model.embed.row_into(tok as usize, dim, &mut self.x[t * dim..(t + 1) * dim]);
+            math::rope_table(&mut self.rope[t * hd..(t + 1) * hd], pos0 + t, c.rope_base);
+        }
+        let x = &mut self.x[..n * dim];
+
+        for l in 0..c.n_layers {
+            let w = model.layer(l);
+
+            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ, xb·Wkᵀ, xb·Wvᵀ; rotate q and k.
+            for (o, i) in self.xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                math::rmsnorm(o, i, w.attn_norm, c.rms_eps);
+            }
+            linear_shared(
+                kern,
+                &self.xb[..n * dim],
+                self.xq,
+                &mut [
+                    (&w.wq, dim, &mut self.q[..n * dim]),
+                    (&w.wk, kv_dim, &mut self.k[..n * kv_dim]),
+                    (&w.wv, kv_dim, &mut self.v[..n * kv_dim]),
+                ],
+            );
+            let cache_l = l * self.cfg.ctx * kv_dim;
+            for t in 0..n {
+                let table = &self.rope[t * hd..(t + 1) * hd];
+                for h in self.q[t * dim..(t + 1) * dim].chunks_exact_mut(hd) {
+                    math::rope(h, table);
+                }
+                for h in self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    math::rope(h, table);
+                }
+                let at = cache_l + (pos0 + t) * kv_dim;
+                self.key_cache[at..at + kv_dim].copy_from_slice(&self.k[t * kv_dim..(t + 1) * kv_dim]);
+                self.value_cache[at..at + kv_dim].copy_from_slice(&self.v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+
+            // Causal attention of each token over the cache up to its own position.
+            for t in 0..n {
+                let len = pos0 + t + 1;
+                for h in 0..c.n_heads {
+                    let q = &self.q[t * dim + h * hd..t * dim + (h + 1) * hd];
+                    let kvh = (h / group) * hd;
+                    let att = &mut self.att[..len];
+                    for (j, a) in att.iter_mut().enumerate() {
+                        let key = &self.key_cache[cache_l + j * kv_dim + kvh..][..hd];
+                        *a = (kern.dot_f32)(q, key) * scale;
+                    }
+                    math::softmax(att);
+                    let out = &mut self.xb2[t * dim + h * hd..t * dim + (h + 1) * hd];
+                    out.fill(0.0);
+                    for (j, &a) in att.iter().enumerate() {
+                        let val = &self.value_cache[cache_l + j * kv_dim + kvh..][..hd];
+                        for (o, &v) in out.iter_mut().zip(val) {
+                            *o += a * v;
+                        }
+                    }
+                }
+            }
+            linear(kern, &w.wo, dim, &self.xb2[..n * dim], self.xq, &mut self.xb[..n * dim]);
+            for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
+                *xi += o;
+            }
+
+            // MLP: x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ with xb = norm(x).
+            for (o, i) in self.xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                math::rmsnorm(o, i, w.ffn_norm, c.rms_eps);
+            }
+            linear_shared(
+                kern,
+                &self.xb[..n * dim],
+                self.xq,
+                &mut [(&w.w_gate, ff, &mut self.hb[..n * ff]), (&w.w_up, ff, &mut self.hb2[..n * ff])],
+            );
+            math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
+            linear(kern, &w.w_down, dim, &self.hb[..n * ff], self.xq, &mut self.xb[..n * dim]);
+            for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
+                *xi += o;
+            }
+        }
+
+        // Head: logits = norm(x)·Wᵀ for every row, or only the last.
+        let rows = if all_logits { 0..n } else { n - 1..n };
+        let m = rows.len();
+        for (o, i) in self.xb.chunks_exact_mut(dim).zip(x[rows.start * dim..rows.end * dim].chunks_exact(dim)) {
+            math::rmsnorm(o, i, model.output_norm, c.rms_eps);
+        }
+        linear(kern, &model.output, c.vocab, &self.xb[..m * dim], self.xq, &mut self.logits[..m * c.vocab]);
+        self.pos += n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_tensor_names() {
+        assert!(is_layer_tensor("blk.0.attn_q", 0, "attn_q"));
+        assert!(is_layer_tensor("blk.12.ffn_up", 12, "ffn_up"));
+        assert!(!is_layer_tensor("blk.012.ffn_up", 12, "ffn_up"));
+        assert!(!is_layer_tensor("blk.1.attn_q", 0, "attn_q"));
+        assert!(!is_layer_tensor("blk.0.attn_qq", 0, "attn_q"));
+        assert!(!is_layer_tensor("output", 0, "attn_q"));
+    }
+}
