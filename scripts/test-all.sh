@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test of the project. Installs what it needs (idempotently), fetches SmolLM2,
+# runs the workspace tests in release mode, and builds the no_std engine for a
+# Cortex-M4F with Debian's Rust toolchain so nothing std-only creeps into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in rustc-web cargo-web rust-web-src lld; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "== fetching SmolLM2-135M-Instruct"
+ARQ_SMOLLM2_GGUF=$(models/fetch_smollm2.sh)
+export ARQ_SMOLLM2_GGUF
+
+echo "== workspace tests (release)"
+cargo test --release --workspace
+
+echo "== no_std build of the engine for thumbv7em-none-eabihf (Debian's rustc-web)"
+RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
+  /usr/bin/cargo build --release -p arq --no-default-features \
+  --target thumbv7em-none-eabihf -Zbuild-std=core
+echo "no_std build: ok"
