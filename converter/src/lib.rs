@@ -1,2 +1,7 @@
-//! arq-convert: importers (GGUF), the quantizer, the `.arq` writer and the accuracy report.
+//! arq-convert: importers (GGUF), the quantizer, the `.arq` writer pipeline, the
+//! accuracy report, and the pieces of the `arq` command-line tool.
+pub mod aligned;
+pub mod convert;
 pub mod gguf;
+pub mod progress;
+pub mod report;

@@ -1,1 +1,562 @@
-fn main() {}
+//! `arq`: convert models to `.arq`, inspect them, generate, predict and score.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use arq::sampler::{Candidate, Sampler, SamplerConfig};
+use arq::tokenizer::{Tokenizer, Utf8Stream};
+use arq::{math, Model, Session, SessionConfig};
+use arq_convert::aligned::ModelBytes;
+use arq_convert::convert::{self, ConvertOptions, Quant};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "arq", version, about = "Run quantized autoregressive models on small devices")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a GGUF model (LLaMA family) to a quantized .arq file.
+    Convert {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Weight type of the matrices: q8 or f32 (norms stay f32).
+        #[arg(long, default_value = "q8")]
+        quant: String,
+        /// Calibration text file for the accuracy report (default: built-in text).
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// Skip the calibration run of the accuracy report.
+        #[arg(long)]
+        no_calib: bool,
+        /// Overwrite OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a model's hyperparameters, tensors, tokenizer and arena size.
+    Inspect {
+        model: PathBuf,
+        /// Context length for the arena size.
+        #[arg(long, default_value_t = 2048)]
+        ctx: usize,
+        /// Recompute the data checksum.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate {
+        model: PathBuf,
+        #[arg(short, long, default_value = "")]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(short = 'n', long, default_value_t = 128)]
+        n: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[arg(long, default_value_t = 2048)]
+        ctx: usize,
+        /// Wrap the prompt in the model's chat template (a user message).
+        #[arg(long)]
+        chat: bool,
+    },
+    /// Print the next-token distribution p(x_i | x_<i) after a prompt.
+    Next {
+        model: PathBuf,
+        #[arg(short, long)]
+        prompt: String,
+        /// How many of the most likely tokens to show.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        top: u64,
+        #[arg(long)]
+        chat: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exact log-likelihood of a text file: NLL, perplexity, bits/token, bits/byte.
+    Score {
+        model: PathBuf,
+        file: PathBuf,
+        /// Window length; longer texts are scored in overlapping windows.
+        #[arg(long, default_value_t = 2048)]
+        ctx: usize,
+        #[arg(long)]
+        json: bool,
+        /// Include every position's log-prob in the output.
+        #[arg(long)]
+        per_token: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep the K most likely tokens (must be >= 1; omit to disable).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    top_k: Option<u64>,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("arq: internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Convert { input, output, quant, calib, no_calib, force } => {
+            cmd_convert(&input, &output, &quant, calib.as_deref(), no_calib, force)
+        }
+        Cmd::Inspect { model, ctx, verify, json } => cmd_inspect(&model, ctx, verify, json),
+        Cmd::Generate { model, prompt, n, sampling, ctx, chat } => cmd_generate(&model, &prompt, n, &sampling, ctx, chat),
+        Cmd::Next { model, prompt, top, chat, json } => cmd_next(&model, &prompt, top as usize, chat, json),
+        Cmd::Score { model, file, ctx, json, per_token } => cmd_score(&model, &file, ctx, json, per_token),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cmd_convert(input: &Path, output: &Path, quant: &str, calib: Option<&Path>, no_calib: bool, force: bool) -> Result<()> {
+    let quant = Quant::parse(quant)?;
+    let calib = match calib {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read calibration text {}", p.display()))?),
+        None => None,
+    };
+    let t0 = Instant::now();
+    let opts = ConvertOptions { quant, force, calib, skip_calibration: no_calib, progress: true };
+    let s = convert::convert(input, output, &opts)?;
+    eprintln!("wrote {} ({} bytes, {}) in {:.1} s", output.display(), s.bytes, quant.name(), t0.elapsed().as_secs_f64());
+    if !s.tensor_errors.is_empty() {
+        let mean = s.tensor_errors.iter().map(|e| e.1).sum::<f64>() / s.tensor_errors.len() as f64;
+        let worst = s.tensor_errors.iter().fold(("", 0.0f64), |w, e| if e.1 > w.1 { (&e.0, e.1) } else { w });
+        eprintln!("per-tensor relative error ({} matrices):", s.tensor_errors.len());
+        for (name, err) in &s.tensor_errors {
+            eprintln!("  {name:<24} {err:.5}");
+        }
+        eprintln!("  mean {mean:.5}, worst {} {:.5}", worst.0, worst.1);
+    }
+    if let Some(a) = s.accuracy {
+        eprintln!(
+            "calibration ({} tokens) vs unquantized: KL {:.5} nats/token, top-1 agreement {:.2}%, perplexity {:.3} (unquantized {:.3}, {:+.2}%)",
+            a.tokens,
+            a.kl_mean,
+            100.0 * a.top1_agreement,
+            a.ppl_quantized,
+            a.ppl_reference,
+            100.0 * (a.ppl_quantized / a.ppl_reference - 1.0)
+        );
+    }
+    Ok(())
+}
+
+/// A mapped model and the tokenizer inside it.
+struct Loaded {
+    bytes: ModelBytes,
+}
+
+impl Loaded {
+    fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("{}: no such file", path.display());
+        }
+        Ok(Loaded { bytes: ModelBytes::map(path)? })
+    }
+    fn model(&self, path: &Path) -> Result<Model<'_>> {
+        Model::load(self.bytes.bytes()).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+}
+
+fn tokenizer<'a>(model: &Model<'a>) -> Result<Tokenizer<'a>> {
+    model.tokenizer().map_err(|e| anyhow!("tokenizer: {e}"))
+}
+
+fn token_text(tok: &Tokenizer<'_>, id: u32) -> String {
+    String::from_utf8_lossy(tok.token_bytes(id).unwrap_or(b"")).into_owned()
+}
+
+/// The prompt's token ids: the chat template (with special tokens) or plain text, with
+/// BOS when the model asks for it.
+fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    let file = model.file();
+    let mut ids = Vec::new();
+    let add_bos = file.meta("tokenizer.add_bos").and_then(|v| v.as_bool()).unwrap_or(false);
+    let bos = file.meta("tokenizer.bos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    if chat {
+        let template = file
+            .meta("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("--chat: this model has no chat template"))?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template).map_err(|e| anyhow!("chat template: {e}"))?;
+        let text = env
+            .get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => vec![minijinja::context! { role => "user", content => prompt }],
+                    add_generation_prompt => true,
+                })
+            })
+            .map_err(|e| anyhow!("chat template: {e}"))?;
+        ids.extend(tok.encode(&text, true));
+    } else {
+        if add_bos {
+            ids.extend(bos);
+        }
+        ids.extend(tok.encode(prompt, false));
+    }
+    if ids.is_empty() {
+        // An empty prompt starts from BOS (or the first control token) so there is a condition.
+        ids.push(bos.unwrap_or(0));
+    }
+    Ok(ids)
+}
+
+fn session_config(model: &Model<'_>, ctx: usize) -> Result<SessionConfig> {
+    if ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    let train = model.config().ctx_train;
+    if ctx > train {
+        bail!("--ctx {ctx} is longer than the model's training context ({train})");
+    }
+    Ok(SessionConfig { ctx, batch: 32 })
+}
+
+fn new_arena(model: &Model<'_>, cfg: &SessionConfig) -> Result<Vec<u8>> {
+    Ok(vec![0u8; model.memory_plan(cfg)?])
+}
+
+fn cmd_generate(path: &Path, prompt: &str, n: usize, s: &SamplingArgs, ctx: usize, chat: bool) -> Result<()> {
+    let sampler_cfg = SamplerConfig {
+        temperature: s.temp,
+        top_k: s.top_k.unwrap_or(0) as usize,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: 64,
+        seed: s.seed,
+    };
+    let mut sampler = Sampler::new(sampler_cfg).map_err(|e| anyhow!("{e}"))?;
+    let loaded = Loaded::open(path)?;
+    let model = loaded.model(path)?;
+    let tok = tokenizer(&model)?;
+    let cfg = session_config(&model, ctx)?;
+    let ids = encode_prompt(&model, &tok, prompt, chat)?;
+    if ids.len() >= cfg.ctx {
+        bail!("prompt is {} tokens, longer than the context ({}); raise --ctx or shorten it", ids.len(), cfg.ctx);
+    }
+    let eos = model.file().meta("tokenizer.eos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    let mut arena = new_arena(&model, &cfg)?;
+    let mut session = Session::new(&model, &mut arena, cfg)?;
+    let mut scratch = vec![Candidate::default(); model.config().vocab];
+    let mut history = ids.clone();
+
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if !chat {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let t0 = Instant::now();
+    let mut logits = session.prefill(&ids)?.to_vec();
+    let prompt_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut stream = Utf8Stream::new();
+    let mut generated = 0;
+    let mut stop_reason = "length";
+    while generated < n {
+        let next = sampler.sample(&mut logits, &history, &mut scratch).map_err(|e| anyhow!("{e}"))?;
+        if Some(next) == eos || tok.is_control(next) {
+            stop_reason = "end of text";
+            break;
+        }
+        generated += 1;
+        history.push(next);
+        let mut io_err = None;
+        stream.push(tok.token_bytes(next).unwrap_or(b""), |s| {
+            if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                io_err = Some(e);
+            }
+        });
+        if let Some(e) = io_err {
+            return Err(e.into());
+        }
+        if generated == n {
+            break;
+        }
+        if session.pos() >= cfg.ctx {
+            stop_reason = "context full";
+            break;
+        }
+        logits.copy_from_slice(session.step(next)?);
+    }
+    stream.flush(|s| {
+        let _ = out.write_all(s.as_bytes());
+    });
+    writeln!(out)?;
+    let gen_s = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({stop_reason}) | kernels: {}",
+        ids.len(),
+        ids.len() as f64 / prompt_s,
+        generated,
+        if generated > 0 { generated as f64 / gen_s } else { 0.0 },
+        model.kernels().name
+    );
+    Ok(())
+}
+
+fn cmd_next(path: &Path, prompt: &str, top: usize, chat: bool, json_out: bool) -> Result<()> {
+    let loaded = Loaded::open(path)?;
+    let model = loaded.model(path)?;
+    let tok = tokenizer(&model)?;
+    let ids = encode_prompt(&model, &tok, prompt, chat)?;
+    let cfg = session_config(&model, ids.len().max(1))
+        .map_err(|_| anyhow!("prompt is {} tokens, longer than the model's context", ids.len()))?;
+    let mut arena = new_arena(&model, &cfg)?;
+    let mut session = Session::new(&model, &mut arena, cfg)?;
+    let logits = session.prefill(&ids)?;
+    let lse = math::log_sum_exp(logits);
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(order.len());
+    order.select_nth_unstable_by(top - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    order.truncate(top);
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    let rows: Vec<_> = order
+        .iter()
+        .map(|&id| {
+            let lp = logits[id as usize] as f64 - lse;
+            (id, token_text(&tok, id), lp.exp(), lp)
+        })
+        .collect();
+    if json_out {
+        let top: Vec<_> = rows
+            .iter()
+            .map(|(id, text, p, lp)| json!({"id": id, "token": text, "prob": p, "logprob": lp}))
+            .collect();
+        println!("{}", json!({"prompt_tokens": ids.len(), "top": top}));
+    } else {
+        println!("p(x_{} | {} prompt tokens):", ids.len() + 1, ids.len());
+        for (id, text, p, lp) in rows {
+            println!("{:>8.4}%  {lp:>9.4}  {id:>6}  {:?}", 100.0 * p, text);
+        }
+    }
+    Ok(())
+}
+
+/// One scored position.
+struct Scored {
+    pos: usize,
+    id: u32,
+    logprob: f64,
+    top_id: u32,
+    top_logprob: f64,
+}
+
+fn cmd_score(path: &Path, file: &Path, ctx: usize, json_out: bool, per_token: bool) -> Result<()> {
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = String::from_utf8(text).map_err(|_| anyhow!("{}: not UTF-8 text", file.display()))?;
+    let loaded = Loaded::open(path)?;
+    let model = loaded.model(path)?;
+    let tok = tokenizer(&model)?;
+    let cfg = session_config(&model, ctx)?;
+    if cfg.ctx < 2 {
+        bail!("--ctx must be at least 2 to score");
+    }
+    let add_bos = model.file().meta("tokenizer.add_bos").and_then(|v| v.as_bool()).unwrap_or(false);
+    let bos = model.file().meta("tokenizer.bos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    let mut ids = Vec::new();
+    if add_bos {
+        ids.extend(bos);
+    }
+    ids.extend(tok.encode(&text, false));
+    if ids.len() < 2 {
+        bail!("{}: fewer than 2 tokens, nothing to score", file.display());
+    }
+
+    // Windows of `ctx` tokens advancing by `stride`; each scores only positions that no
+    // earlier window scored, conditioned on up to ctx-1 preceding tokens.
+    let stride = (cfg.ctx / 2).max(1);
+    let mut arena = new_arena(&model, &cfg)?;
+    let mut session = Session::new(&model, &mut arena, cfg)?;
+    let mut scored: Vec<Scored> = Vec::with_capacity(ids.len());
+    let mut next_unscored = 1; // position 0 is the condition
+    let mut start = 0;
+    let mut windows = 0;
+    loop {
+        let end = (start + cfg.ctx).min(ids.len());
+        let window = &ids[start..end];
+        session.reset();
+        session.forward_all(window, |i, logits| {
+            let target = start + i + 1;
+            if target < end && target >= next_unscored {
+                let lse = math::log_sum_exp(logits);
+                let id = ids[target];
+                let top = math::argmax(logits);
+                scored.push(Scored {
+                    pos: target,
+                    id,
+                    logprob: logits[id as usize] as f64 - lse,
+                    top_id: top as u32,
+                    top_logprob: logits[top] as f64 - lse,
+                });
+            }
+        })?;
+        windows += 1;
+        next_unscored = end;
+        if end == ids.len() {
+            break;
+        }
+        start += stride;
+    }
+    let n = scored.len();
+    let nll: f64 = -scored.iter().map(|s| s.logprob).sum::<f64>();
+    let bytes: usize = scored.iter().map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len())).sum();
+    let ln2 = std::f64::consts::LN_2;
+    let ppl = (nll / n as f64).exp();
+    if json_out {
+        let mut v = json!({
+            "tokens": n,
+            "nll_nats": nll,
+            "perplexity": ppl,
+            "bits_per_token": nll / n as f64 / ln2,
+            "bits_per_byte": nll / ln2 / bytes.max(1) as f64,
+            "bytes": bytes,
+            "bos_added": add_bos,
+            "windows": {"count": windows, "ctx": cfg.ctx, "stride": stride},
+        });
+        if per_token {
+            v["per_token"] = scored
+                .iter()
+                .map(|s| json!({"pos": s.pos, "id": s.id, "logprob": s.logprob, "top_id": s.top_id, "top_logprob": s.top_logprob}))
+                .collect();
+        }
+        println!("{v}");
+    } else {
+        if per_token {
+            for s in &scored {
+                println!("{:>6} {:>6} {:>10.4} {:?}", s.pos, s.id, s.logprob, token_text(&tok, s.id));
+            }
+        }
+        println!(
+            "{n} tokens scored ({} windows of {}): NLL {nll:.3} nats, perplexity {ppl:.4}, {:.4} bits/token, {:.4} bits/byte",
+            windows,
+            cfg.ctx,
+            nll / n as f64 / ln2,
+            nll / ln2 / bytes.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<()> {
+    let loaded = Loaded::open(path)?;
+    let bytes = loaded.bytes.bytes();
+    let file = arq::format::ArqFile::parse(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if verify {
+        file.verify_checksum().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
+    let model = Model::from_file(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let c = *model.config();
+    let tok = tokenizer(&model)?;
+    let plan_cfg = SessionConfig { ctx, batch: 32 };
+    let arena = model.memory_plan(&plan_cfg)?;
+    let kv = 2 * c.n_layers * ctx * c.kv_dim() * 4;
+    let meta_str = |k: &str| file.meta(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let meta_id = |k: &str| file.meta(k).and_then(|v| v.as_u64());
+    let tensors: Vec<_> = file.tensors().collect();
+    if json_out {
+        let meta: serde_json::Map<String, serde_json::Value> = file
+            .meta_iter()
+            .map(|(k, v)| {
+                let j = match v {
+                    arq::format::MetaValue::U32(x) => json!(x),
+                    arq::format::MetaValue::I32(x) => json!(x),
+                    arq::format::MetaValue::F32(x) => json!(x),
+                    arq::format::MetaValue::U64(x) => json!(x),
+                    arq::format::MetaValue::Bool(x) => json!(x),
+                    arq::format::MetaValue::Str(x) => json!(x),
+                };
+                (k.to_string(), j)
+            })
+            .collect();
+        let t: Vec<_> = tensors
+            .iter()
+            .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape.dims(), "bytes": t.data.len()}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "file_bytes": bytes.len(),
+                "architecture": "llama",
+                "quant": meta_str("arq.quant"),
+                "hyperparameters": {
+                    "vocab": c.vocab, "dim": c.dim, "layers": c.n_layers, "heads": c.n_heads,
+                    "kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "ffn_dim": c.ffn_dim,
+                    "rope_base": c.rope_base, "rms_eps": c.rms_eps, "context_length": c.ctx_train,
+                    "tied_embeddings": model.tied_embeddings(),
+                },
+                "tokenizer": {"vocab": tok.vocab_size(), "bos_id": meta_id("tokenizer.bos_id"), "eos_id": meta_id("tokenizer.eos_id"),
+                              "pre": meta_str("tokenizer.pre"), "chat_template": !meta_str("tokenizer.chat_template").is_empty()},
+                "arena": {"ctx": ctx, "batch": plan_cfg.batch, "bytes": arena, "kv_cache_bytes": kv},
+                "checksum_verified": verify,
+                "metadata": meta,
+                "tensors": t,
+            })
+        );
+        return Ok(());
+    }
+    println!("{}: {} bytes, llama, {} weights", path.display(), bytes.len(), meta_str("arq.quant"));
+    println!("  name           {}", meta_str("general.name"));
+    println!(
+        "  dims           vocab {} | dim {} | layers {} | heads {} (kv {}) x {} | ffn {}",
+        c.vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
+    );
+    println!(
+        "  rope base {} | rms eps {:e} | trained context {} | tied embeddings {}",
+        c.rope_base,
+        c.rms_eps,
+        c.ctx_train,
+        model.tied_embeddings()
+    );
+    println!(
+        "  tokenizer      byte-level BPE ({}), {} tokens, bos {:?}, eos {:?}, chat template: {}",
+        meta_str("tokenizer.pre"),
+        tok.vocab_size(),
+        meta_id("tokenizer.bos_id"),
+        meta_id("tokenizer.eos_id"),
+        if meta_str("tokenizer.chat_template").is_empty() { "no" } else { "yes" }
+    );
+    println!("  arena          {arena} bytes for ctx {ctx} (KV cache {kv}, batch {})", plan_cfg.batch);
+    if verify {
+        println!("  checksum       ok");
+    }
+    println!("  tensors        {}", tensors.len());
+    for t in &tensors {
+        println!("    {:<24} {:<4} {:<16} {:>10} bytes", t.name, t.dtype.name(), format!("{:?}", t.shape.dims()), t.data.len());
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The library's typed errors: small, `Copy`, no allocation.
 
 use crate::format::FormatError;
+use crate::tokenizer::TokenizerError;
 use core::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum Error {
     TokenOutOfRange { id: u32, vocab: usize },
     /// A session configuration value is invalid (e.g. a zero context).
     BadConfig(&'static str),
+    /// The tokenizer tables are invalid.
+    Tokenizer(TokenizerError),
 }
 
 impl From<FormatError> for Error {
@@ -45,6 +48,7 @@ impl fmt::Display for Error {
             Error::ContextFull { ctx } => write!(f, "context of {ctx} tokens is full"),
             Error::TokenOutOfRange { id, vocab } => write!(f, "token id {id} out of range (vocabulary {vocab})"),
             Error::BadConfig(what) => write!(f, "invalid session configuration: {what}"),
+            Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
         }
     }
 }

@@ -21,5 +21,5 @@ pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
 
-
-
+pub use arch::llama::{LlamaConfig, Model, Session, SessionConfig};
+pub use error::Error;

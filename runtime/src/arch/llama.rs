@@ -13,6 +13,7 @@ use crate::format::{ArqFile, Dtype, TensorView};
 use crate::kernels::{self, Kernels};
 use crate::math;
 use crate::quant::{BlockQ8, QK8};
+use crate::tokenizer::Tokenizer;
 
 /// Caps on hyperparameters: far above any model this runtime targets, low enough that
 /// the arena arithmetic cannot overflow.
@@ -246,6 +247,12 @@ impl<'a> Model<'a> {
 
     pub fn file(&self) -> &ArqFile<'a> {
         &self.file
+    }
+
+    /// The tokenizer stored in the file.
+    pub fn tokenizer(&self) -> Result<Tokenizer<'a>, Error> {
+        let (_, t) = self.file.find("tokenizer").ok_or(bad("tokenizer", None, "missing"))?;
+        Tokenizer::from_blob(t.data).map_err(Error::Tokenizer)
     }
 
     /// Whether the output head shares the embedding matrix.

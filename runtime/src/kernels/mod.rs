@@ -7,6 +7,13 @@
 //! no_std targets.
 
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+// The aarch64 NEON (+dotprod) tiers (`aarch64/neon.rs`) and the Cortex-M DSP tier
+// (`arm/dsp.rs`) slot in here as `#[cfg(target_arch = ...)] pub mod ...;`.
+
+#[cfg(test)]
+mod tests;
 
 use crate::quant::BlockQ8;
 
@@ -31,7 +38,74 @@ pub static SCALAR: Kernels = Kernels {
     quantize_q8: scalar::quantize_q8,
 };
 
-/// The best tier this machine supports (within the `ARQ_MAX_ISA` cap).
+/// The environment variable that caps the tier [`best`] picks on std hosts.
+pub const MAX_ISA_VAR: &str = "ARQ_MAX_ISA";
+
+/// A tier compiled into this build and whether this CPU runs it.
+struct Tier {
+    kernels: &'static Kernels,
+    supported: fn() -> bool,
+}
+
+/// Every tier compiled into this build, weakest first. SIMD tables hold safe wrappers
+/// around `target_feature` code, so a table must only leave this module through a check
+/// of its `supported` (which [`available`] does).
+static TIERS: &[Tier] = &[
+    Tier {
+        kernels: &SCALAR,
+        supported: || true,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Tier {
+        kernels: &x86::avx2::KERNELS,
+        supported: x86::avx2::detected,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Tier {
+        kernels: &x86::avx512::KERNELS,
+        supported: x86::avx512::detected,
+    },
+    // aarch64: `neon`, then `dotprod`; arm: `dsp` (Cortex-M4/M7 SMLAD).
+];
+
+/// Every tier this CPU runs, weakest first ([`SCALAR`] always, the best last).
+pub fn available() -> impl Iterator<Item = &'static Kernels> + Clone {
+    TIERS.iter().filter(|t| (t.supported)()).map(|t| t.kernels)
+}
+
+/// The tier called `name` (`scalar`, `avx2`, `avx512vnni`, ...), if this CPU runs it.
+pub fn by_name(name: &str) -> Option<&'static Kernels> {
+    available().find(|k| k.name == name)
+}
+
+/// The best tier this CPU runs that is no stronger than the tier named `max_isa`. A name
+/// this build does not know caps nothing (it gives the best tier).
+pub fn best_up_to(max_isa: &str) -> &'static Kernels {
+    let max_isa = max_isa.trim();
+    let cap = TIERS
+        .iter()
+        .position(|t| t.kernels.name.eq_ignore_ascii_case(max_isa));
+    let allowed = cap.map_or(TIERS, |i| &TIERS[..=i]);
+    allowed
+        .iter()
+        .rev()
+        .find(|t| (t.supported)())
+        .map_or(&SCALAR, |t| t.kernels)
+}
+
+/// The best tier this machine supports, within the `ARQ_MAX_ISA` cap (std only),
+/// chosen once.
+#[cfg(feature = "std")]
 pub fn best() -> &'static Kernels {
-    &SCALAR
+    static BEST: std::sync::OnceLock<&'static Kernels> = std::sync::OnceLock::new();
+    BEST.get_or_init(|| match std::env::var(MAX_ISA_VAR) {
+        Ok(cap) => best_up_to(&cap),
+        Err(_) => best_up_to(""),
+    })
+}
+
+/// The best tier enabled at compile time (`-C target-feature` or `target-cpu`).
+#[cfg(not(feature = "std"))]
+pub fn best() -> &'static Kernels {
+    best_up_to("")
 }

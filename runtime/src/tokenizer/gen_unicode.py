@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates `unicode.rs`: the General_Category L (Lu|Ll|Lt|Lm|Lo) table.
 
-Usage: pip install unicodedata2==16.0.0 && python3 gen_unicode.py > unicode.rs
+Usage: pip install unicodedata2==16.0.0 && python3 gen_unicode.py > unicode.rs && rustfmt unicode.rs
 
 Unicode 16.0 is the version of the Oniguruma tables that the Hugging Face
 `tokenizers` crate (onig backend) evaluates `\\p{L}` with, so the pre-tokenizer
@@ -37,6 +37,6 @@ print()
 print("pub(crate) const UNICODE_VERSION: (u8, u8, u8) = (%s);" % ", ".join(ud.unidata_version.split(".")))
 print()
 print("pub(crate) static LETTER_RANGES: [u32; %d] = [" % len(packed))
-for i in range(0, len(packed), 6):
-    print("    " + " ".join("0x%08x," % v for v in packed[i:i + 6]))
+for i in range(0, len(packed), 8):
+    print("    " + " ".join("0x%08x," % v for v in packed[i:i + 8]))
 print("];")

@@ -1,1 +1,789 @@
-//! Byte-level BPE tokenizer (being written).
+//! Byte-level BPE tokenizer (GPT-2 / SmolLM2 style) over one zero-copy table blob.
+//!
+//! The converter turns a GGUF vocabulary (`tokenizer.ggml.tokens`, `.token_type`,
+//! `.merges`, `.pre`) into one opaque byte blob with [`build_blob`]; the `.arq` file
+//! stores it as a `u8` tensor and [`Tokenizer::from_blob`] borrows it in place. Parsing
+//! validates every count, offset, id and ordering, so no later method can panic or index
+//! out of bounds, whatever the bytes.
+//!
+//! Without `alloc`: lookups, the pre-tokenizer ([`PreTokenizer::pieces`]),
+//! [`Tokenizer::encode_with_scratch`] (BPE over caller scratch) and streaming decode
+//! ([`Utf8Stream`], fed with [`Tokenizer::token_bytes`]). With `alloc`:
+//! [`Tokenizer::encode`], [`Tokenizer::decode`] and [`build_blob`].
+//!
+//! Encoding follows Hugging Face `tokenizers` (the reference the tests compare ids
+//! with): special tokens are split out first (leftmost, longest first), each text
+//! segment is pre-tokenized, each piece is mapped to its bytes' single-byte tokens and
+//! merged by rank. Token text in the blob is raw bytes: the GPT-2 byte-to-unicode
+//! alphabet of the GGUF strings is undone once, at build time.
+//!
+//! # Blob layout, version 1
+//!
+//! Little-endian. The sections follow each other without gaps, in this order; every
+//! `u32` array starts at a multiple of 4 from the blob start (the header is 32 bytes and
+//! all `u8` sections come last), and the blob's length must equal the end of the last
+//! section exactly. `N` = token count, `M` = merge count, `S` = special token count.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `b"ARQT"` |
+//! | 4 | 4 | `u32` version = 1 |
+//! | 8 | 4 | `u32` model = 1 (byte-level BPE) |
+//! | 12 | 4 | `u32` pre-tokenizer: 1 = `gpt2` (GPT-2 pattern), 2 = `smollm` (digits isolated, then the GPT-2 pattern); see [`PreTokenizer`] |
+//! | 16 | 4 | `u32` `N`, 1 ..= 2^24 |
+//! | 20 | 4 | `u32` `M`, 0 ..= 2^24 |
+//! | 24 | 4 | `u32` `S`, 0 ..= `N` |
+//! | 28 | 4 | `u32` `P`: byte length of the token byte pool |
+//! | 32 | 256 × 4 | `byte_token[b]`: `u32` id of the token whose bytes are exactly `[b]`, or `0xFFFF_FFFF` if none |
+//! | 1056 | (N + 1) × 4 | `token_offset[i]`: `u32`; token `i`'s bytes are `pool[token_offset[i] .. token_offset[i + 1]]`; `token_offset[0] = 0`, non-decreasing, `token_offset[N] = P` |
+//! | … | N × 4 | `sorted_ids`: all `N` token ids, ordered by (bytes lexicographically, id), strictly increasing — a permutation of `0..N`, for binary search by bytes |
+//! | … | M × 16 | merges: `u32` (left, right, rank, result), strictly increasing by (left, right); `bytes(result) = bytes(left) ++ bytes(right)`; lower rank merges first |
+//! | … | S × 4 | `special_ids`: `u32` ids of the tokens of type control (3) or user-defined (4), ordered by (byte length descending, id); their bytes are non-empty UTF-8 |
+//! | … | N | `token_type[i]`: `u8`, GGUF's values 0 ..= 6 (see [`TokenType`]) |
+//! | … | P | pool: the tokens' raw bytes |
+//!
+//! Token bytes are the GGUF string decoded from GPT-2's byte-to-unicode alphabet for
+//! every type except control and user-defined tokens, which keep their literal UTF-8
+//! (so `<|im_start|>` is the 12 bytes of its text). Ids are `u32` everywhere.
+
+mod bpe;
+#[cfg(feature = "alloc")]
+mod build;
+mod pretokenize;
+mod unicode;
+mod utf8;
+
+pub use bpe::SCRATCH_WORDS_PER_BYTE;
+#[cfg(feature = "alloc")]
+pub use build::{build_blob, build_blob_with};
+pub use pretokenize::{Pieces, PreTokenizer};
+pub use utf8::Utf8Stream;
+
+#[cfg(feature = "alloc")]
+use alloc::{string::String, vec::Vec};
+use core::fmt;
+
+pub const BLOB_MAGIC: [u8; 4] = *b"ARQT";
+pub const BLOB_VERSION: u32 = 1;
+/// Header `model` value of byte-level BPE (the only one of version 1).
+pub const MODEL_BYTE_LEVEL_BPE: u32 = 1;
+pub const HEADER_LEN: usize = 32;
+/// Caps that keep a hostile header from describing absurd tables.
+pub const MAX_TOKENS: u32 = 1 << 24;
+pub const MAX_MERGES: u32 = 1 << 24;
+/// The Unicode version of the `\p{L}` table the pre-tokenizer uses.
+pub const UNICODE_VERSION: (u8, u8, u8) = unicode::UNICODE_VERSION;
+
+/// "No token" in `byte_token`, and the internal marker of a merged-away symbol.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// GGUF's token types (`tokenizer.ggml.token_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenType {
+    Undefined,
+    Normal,
+    Unknown,
+    /// Special tokens such as `<|im_start|>`: matched whole when encoding with
+    /// `special = true`, skipped by [`Tokenizer::decode_skip_control`].
+    Control,
+    /// Added tokens matched whole in any text.
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl TokenType {
+    pub fn from_u8(v: u8) -> Option<TokenType> {
+        Some(match v {
+            0 => TokenType::Undefined,
+            1 => TokenType::Normal,
+            2 => TokenType::Unknown,
+            3 => TokenType::Control,
+            4 => TokenType::UserDefined,
+            5 => TokenType::Unused,
+            6 => TokenType::Byte,
+            _ => return None,
+        })
+    }
+
+    pub fn to_u8(self) -> u8 {
+        match self {
+            TokenType::Undefined => 0,
+            TokenType::Normal => 1,
+            TokenType::Unknown => 2,
+            TokenType::Control => 3,
+            TokenType::UserDefined => 4,
+            TokenType::Unused => 5,
+            TokenType::Byte => 6,
+        }
+    }
+}
+
+const CONTROL: u8 = 3;
+const USER_DEFINED: u8 = 4;
+
+/// A tokenizer blob that cannot be used, or vocabulary tables that cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenizerError {
+    /// Fewer bytes than the header.
+    TooShort { len: usize },
+    BadMagic,
+    UnsupportedVersion(u32),
+    UnsupportedModel(u32),
+    UnknownPreTokenizer(u32),
+    /// A count over its cap, or sizes whose sum overflows.
+    TooLarge(&'static str),
+    /// The blob's length is not what its counts describe.
+    LengthMismatch { expected: usize, actual: usize },
+    /// A table breaks one of its invariants (named).
+    Corrupt(&'static str),
+    /// Build: the token and token-type arrays differ in length, or are empty.
+    CountMismatch { tokens: usize, types: usize },
+    /// Build: a token type outside GGUF's 0 ..= 6.
+    BadTokenType { id: u32, value: i32 },
+    /// Build: a normal token whose text is not in GPT-2's byte-to-unicode alphabet.
+    NotByteLevel { id: u32 },
+    /// Build: a merge that is not two space-separated tokens.
+    BadMerge { rank: u32 },
+    /// Build: a merge whose parts or result are not in the vocabulary.
+    MergeNotInVocab { rank: u32 },
+    /// [`Tokenizer::encode_with_scratch`]: a piece needs more scratch words.
+    ScratchTooSmall { need: usize, have: usize },
+}
+
+impl fmt::Display for TokenizerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use TokenizerError::*;
+        match *self {
+            TooShort { len } => write!(f, "tokenizer blob is {len} bytes, shorter than its {HEADER_LEN}-byte header"),
+            BadMagic => write!(f, "not a tokenizer blob (bad magic)"),
+            UnsupportedVersion(v) => {
+                write!(f, "unsupported tokenizer blob version {v} (this build reads {BLOB_VERSION})")
+            }
+            UnsupportedModel(m) => write!(f, "unsupported tokenizer model {m} (this build runs byte-level BPE)"),
+            UnknownPreTokenizer(p) => write!(f, "unknown pre-tokenizer {p} in tokenizer blob"),
+            TooLarge(what) => write!(f, "corrupt tokenizer blob: {what} too large"),
+            LengthMismatch { expected, actual } => {
+                write!(f, "corrupt tokenizer blob: {actual} bytes, its counts describe {expected}")
+            }
+            Corrupt(what) => write!(f, "corrupt tokenizer blob: {what}"),
+            CountMismatch { tokens, types } => {
+                write!(f, "vocabulary has {tokens} tokens and {types} token types (need as many, at least one)")
+            }
+            BadTokenType { id, value } => write!(f, "token {id} has unknown token type {value}"),
+            NotByteLevel { id } => write!(f, "token {id} is not in the byte-level BPE alphabet"),
+            BadMerge { rank } => write!(f, "merge #{rank} is not two space-separated tokens"),
+            MergeNotInVocab { rank } => write!(f, "merge #{rank} names a token that is not in the vocabulary"),
+            ScratchTooSmall { need, have } => {
+                write!(f, "tokenizer scratch too small: need {need} words, have {have}")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for TokenizerError {}
+
+/// Section offsets of a blob with the given counts, or `None` on overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub byte_token: usize,
+    pub offsets: usize,
+    pub sorted: usize,
+    pub merges: usize,
+    pub special: usize,
+    pub types: usize,
+    pub pool: usize,
+    pub end: usize,
+}
+
+impl Layout {
+    pub(crate) fn new(n_tokens: u32, n_merges: u32, n_special: u32, pool_len: u32) -> Option<Layout> {
+        let n = usize::try_from(n_tokens).ok()?;
+        let m = usize::try_from(n_merges).ok()?;
+        let s = usize::try_from(n_special).ok()?;
+        let p = usize::try_from(pool_len).ok()?;
+        let byte_token = HEADER_LEN;
+        let offsets = byte_token.checked_add(256 * 4)?;
+        let sorted = offsets.checked_add(n.checked_add(1)?.checked_mul(4)?)?;
+        let merges = sorted.checked_add(n.checked_mul(4)?)?;
+        let special = merges.checked_add(m.checked_mul(16)?)?;
+        let types = special.checked_add(s.checked_mul(4)?)?;
+        let pool = types.checked_add(n)?;
+        let end = pool.checked_add(p)?;
+        Some(Layout { byte_token, offsets, sorted, merges, special, types, pool, end })
+    }
+}
+
+fn le32(b: [u8; 4]) -> u32 {
+    u32::from_le_bytes(b)
+}
+
+/// A byte-level BPE tokenizer borrowing its tables from a blob (see the module doc).
+#[derive(Clone, Copy)]
+pub struct Tokenizer<'a> {
+    pre: PreTokenizer,
+    n_tokens: u32,
+    byte_token: &'a [[u8; 4]],
+    offsets: &'a [[u8; 4]],
+    sorted: &'a [[u8; 4]],
+    merges: &'a [[u8; 16]],
+    special: &'a [[u8; 4]],
+    types: &'a [u8],
+    pool: &'a [u8],
+    /// Bit `b` set: some special token starts with byte `b`.
+    special_first: [u32; 8],
+    has_user_defined: bool,
+}
+
+impl fmt::Debug for Tokenizer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("pre", &self.pre)
+            .field("tokens", &self.n_tokens)
+            .field("merges", &self.merges.len())
+            .field("special", &self.special.len())
+            .finish()
+    }
+}
+
+impl<'a> Tokenizer<'a> {
+    /// Borrows and validates a blob made by [`build_blob`]. Zero-copy, no allocation;
+    /// O(N + M + P) checks.
+    pub fn from_blob(blob: &'a [u8]) -> Result<Tokenizer<'a>, TokenizerError> {
+        use TokenizerError::*;
+        let header: &[[u8; 4]] = match blob.get(..HEADER_LEN).map(bytemuck::try_cast_slice) {
+            Some(Ok(h)) => h,
+            _ => return Err(TooShort { len: blob.len() }),
+        };
+        let word = |i: usize| header.get(i).map_or(0, |w| le32(*w));
+        if header.first() != Some(&BLOB_MAGIC) {
+            return Err(BadMagic);
+        }
+        if word(1) != BLOB_VERSION {
+            return Err(UnsupportedVersion(word(1)));
+        }
+        if word(2) != MODEL_BYTE_LEVEL_BPE {
+            return Err(UnsupportedModel(word(2)));
+        }
+        let pre = PreTokenizer::from_u32(word(3)).ok_or(UnknownPreTokenizer(word(3)))?;
+        let (n_tokens, n_merges, n_special, pool_len) = (word(4), word(5), word(6), word(7));
+        if n_tokens == 0 || n_tokens > MAX_TOKENS {
+            return Err(TooLarge("token count"));
+        }
+        if n_merges > MAX_MERGES {
+            return Err(TooLarge("merge count"));
+        }
+        if n_special > n_tokens {
+            return Err(TooLarge("special token count"));
+        }
+        let l = Layout::new(n_tokens, n_merges, n_special, pool_len).ok_or(TooLarge("tables"))?;
+        if l.end != blob.len() {
+            return Err(LengthMismatch { expected: l.end, actual: blob.len() });
+        }
+        let words = |a: usize, b: usize| -> Result<&'a [[u8; 4]], TokenizerError> {
+            blob.get(a..b).and_then(|s| bytemuck::try_cast_slice(s).ok()).ok_or(Corrupt("section bounds"))
+        };
+        let merges: &'a [[u8; 16]] = blob
+            .get(l.merges..l.special)
+            .and_then(|s| bytemuck::try_cast_slice(s).ok())
+            .ok_or(Corrupt("section bounds"))?;
+        let t = Tokenizer {
+            pre,
+            n_tokens,
+            byte_token: words(l.byte_token, l.offsets)?,
+            offsets: words(l.offsets, l.sorted)?,
+            sorted: words(l.sorted, l.merges)?,
+            merges,
+            special: words(l.special, l.types)?,
+            types: blob.get(l.types..l.pool).ok_or(Corrupt("section bounds"))?,
+            pool: blob.get(l.pool..l.end).ok_or(Corrupt("section bounds"))?,
+            special_first: [0; 8],
+            has_user_defined: false,
+        };
+        t.validate(pool_len)?;
+        let mut t = t;
+        for &e in t.special {
+            let id = le32(e);
+            let first = t.token_bytes(id).and_then(|b| b.first()).copied().unwrap_or(0);
+            t.special_first[usize::from(first >> 5)] |= 1 << (first & 31);
+            t.has_user_defined |= t.types.get(id as usize) == Some(&USER_DEFINED);
+        }
+        Ok(t)
+    }
+
+    fn validate(&self, pool_len: u32) -> Result<(), TokenizerError> {
+        use TokenizerError::Corrupt;
+        // Offsets first: every other check reads token bytes through them.
+        let mut prev = 0u32;
+        for (i, &o) in self.offsets.iter().enumerate() {
+            let o = le32(o);
+            if (i == 0 && o != 0) || o < prev {
+                return Err(Corrupt("token offsets not increasing from 0"));
+            }
+            prev = o;
+        }
+        if prev != pool_len {
+            return Err(Corrupt("last token offset is not the pool length"));
+        }
+        if self.types.iter().any(|&t| TokenType::from_u8(t).is_none()) {
+            return Err(Corrupt("unknown token type"));
+        }
+        for (b, &id) in self.byte_token.iter().enumerate() {
+            let id = le32(id);
+            if id != NONE && self.token_bytes(id) != Some(&[b as u8][..]) {
+                return Err(Corrupt("byte table entry is not that byte's token"));
+            }
+        }
+        let mut prev: Option<(&[u8], u32)> = None;
+        for &id in self.sorted {
+            let id = le32(id);
+            let bytes = self.token_bytes(id).ok_or(Corrupt("sorted index id out of range"))?;
+            if prev.is_some_and(|p| p >= (bytes, id)) {
+                return Err(Corrupt("sorted index not strictly increasing"));
+            }
+            prev = Some((bytes, id));
+        }
+        let mut prev_key = None;
+        for m in self.merges {
+            let [left, right, _rank, result] = merge_fields(m);
+            let (Some(l), Some(r), Some(res)) = (self.token_bytes(left), self.token_bytes(right), self.token_bytes(result))
+            else {
+                return Err(Corrupt("merge id out of range"));
+            };
+            if prev_key.is_some_and(|k| k >= (left, right)) {
+                return Err(Corrupt("merges not strictly increasing by (left, right)"));
+            }
+            prev_key = Some((left, right));
+            if res.len() != l.len() + r.len() || !res.starts_with(l) || !res.ends_with(r) {
+                return Err(Corrupt("merge result is not left + right"));
+            }
+        }
+        let mut prev: Option<(usize, u32)> = None;
+        for &id in self.special {
+            let id = le32(id);
+            let bytes = self.token_bytes(id).ok_or(Corrupt("special id out of range"))?;
+            if !matches!(self.types.get(id as usize), Some(&CONTROL) | Some(&USER_DEFINED)) {
+                return Err(Corrupt("special token is not control or user-defined"));
+            }
+            if bytes.is_empty() || core::str::from_utf8(bytes).is_err() {
+                return Err(Corrupt("special token is empty or not UTF-8"));
+            }
+            if prev.is_some_and(|(len, pid)| len < bytes.len() || (len == bytes.len() && pid >= id)) {
+                return Err(Corrupt("special tokens not ordered by length descending, then id"));
+            }
+            prev = Some((bytes.len(), id));
+        }
+        Ok(())
+    }
+
+    /// The pre-tokenizer the vocabulary was trained with.
+    pub fn pre_tokenizer(&self) -> PreTokenizer {
+        self.pre
+    }
+
+    /// Number of tokens; ids are `0..vocab_size()`.
+    pub fn vocab_size(&self) -> u32 {
+        self.n_tokens
+    }
+
+    /// The raw bytes of token `id` (may be part of a UTF-8 character).
+    pub fn token_bytes(&self, id: u32) -> Option<&'a [u8]> {
+        let i = usize::try_from(id).ok()?;
+        let start = le32(*self.offsets.get(i)?) as usize;
+        let end = le32(*self.offsets.get(i.checked_add(1)?)?) as usize;
+        self.pool.get(start..end)
+    }
+
+    pub fn token_type(&self, id: u32) -> Option<TokenType> {
+        TokenType::from_u8(*self.types.get(usize::try_from(id).ok()?)?)
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.token_type(id) == Some(TokenType::Control)
+    }
+
+    /// The token whose bytes are exactly `bytes` (the lowest id if several are), e.g.
+    /// `token_id(b"<|im_end|>")`.
+    pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
+        let i = self.sorted.partition_point(|&id| self.token_bytes(le32(id)).is_some_and(|b| b < bytes));
+        let id = le32(*self.sorted.get(i)?);
+        (self.token_bytes(id)? == bytes).then_some(id)
+    }
+
+    /// The special tokens (control and user-defined), longest first.
+    pub fn special_tokens(&self) -> impl Iterator<Item = u32> + 'a {
+        self.special.iter().map(|&id| le32(id))
+    }
+
+    fn byte_token(&self, b: u8) -> u32 {
+        self.byte_token.get(usize::from(b)).map_or(NONE, |&id| le32(id))
+    }
+
+    /// (rank, result) of merging `left` with `right`, if the vocabulary has that merge.
+    fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        let key = (left, right);
+        let i = self
+            .merges
+            .binary_search_by(|m| {
+                let [l, r, _, _] = merge_fields(m);
+                (l, r).cmp(&key)
+            })
+            .ok()?;
+        let [_, _, rank, result] = merge_fields(self.merges.get(i)?);
+        Some((rank, result))
+    }
+
+    /// The special token starting `rest`, longest first: `(id, byte length)`.
+    fn special_at(&self, rest: &[u8], control: bool) -> Option<(u32, usize)> {
+        let &first = rest.first()?;
+        if self.special_first[usize::from(first >> 5)] & (1 << (first & 31)) == 0 {
+            return None;
+        }
+        self.special_tokens().find_map(|id| {
+            if !control && self.types.get(id as usize) == Some(&CONTROL) {
+                return None;
+            }
+            let bytes = self.token_bytes(id)?;
+            rest.starts_with(bytes).then_some((id, bytes.len()))
+        })
+    }
+
+    /// Calls `f` with each stretch of ordinary text and each special token, in
+    /// order. User-defined tokens are always matched; control tokens only when
+    /// `control` is true.
+    fn split_special<'t>(
+        &self,
+        text: &'t str,
+        control: bool,
+        mut f: impl FnMut(Segment<'t>) -> Result<(), TokenizerError>,
+    ) -> Result<(), TokenizerError> {
+        if self.special.is_empty() || !(control || self.has_user_defined) {
+            return if text.is_empty() { Ok(()) } else { f(Segment::Text(text)) };
+        }
+        let bytes = text.as_bytes();
+        let (mut start, mut i) = (0, 0);
+        while i < bytes.len() {
+            // Special tokens are UTF-8, so a match starts and ends on char boundaries;
+            // checked anyway so that no table can make the slicing fail.
+            match self.special_at(&bytes[i..], control) {
+                Some((id, len)) if text.is_char_boundary(i) && text.is_char_boundary(i + len) => {
+                    if let Some(t) = text.get(start..i).filter(|t| !t.is_empty()) {
+                        f(Segment::Text(t))?;
+                    }
+                    f(Segment::Special(id))?;
+                    i += len;
+                    start = i;
+                }
+                _ => i += 1,
+            }
+        }
+        match text.get(start..) {
+            Some(t) if !t.is_empty() => f(Segment::Text(t)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Encodes `text` without allocating, calling `emit` with each token id.
+    ///
+    /// With `special`, control tokens written literally in the text (`<|im_start|>`)
+    /// become their ids; without, they are encoded as ordinary text. `scratch` needs
+    /// [`SCRATCH_WORDS_PER_BYTE`] words per byte of the longest pre-tokenizer piece
+    /// (a word, a number's digit, a run of punctuation or of white space); on
+    /// [`TokenizerError::ScratchTooSmall`] the ids emitted so far are a prefix of the
+    /// encoding.
+    pub fn encode_with_scratch(
+        &self,
+        text: &str,
+        special: bool,
+        scratch: &mut [u32],
+        mut emit: impl FnMut(u32),
+    ) -> Result<(), TokenizerError> {
+        self.split_special(text, special, |segment| match segment {
+            Segment::Special(id) => {
+                emit(id);
+                Ok(())
+            }
+            Segment::Text(t) => {
+                for piece in self.pre.pieces(t) {
+                    self.bpe_piece(piece.as_bytes(), scratch, &mut emit)?;
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// Encodes `text` into token ids; `special` as in
+    /// [`encode_with_scratch`](Self::encode_with_scratch).
+    #[cfg(feature = "alloc")]
+    pub fn encode(&self, text: &str, special: bool) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        let mut scratch = Vec::new();
+        let mut push = |id| ids.push(id);
+        let result = self.split_special(text, special, |segment| match segment {
+            Segment::Special(id) => {
+                push(id);
+                Ok(())
+            }
+            Segment::Text(t) => {
+                for piece in self.pre.pieces(t) {
+                    let need = SCRATCH_WORDS_PER_BYTE * piece.len();
+                    if scratch.len() < need {
+                        scratch.resize(need, 0);
+                    }
+                    self.bpe_piece(piece.as_bytes(), &mut scratch, &mut push)?;
+                }
+                Ok(())
+            }
+        });
+        debug_assert!(result.is_ok(), "scratch is sized for every piece");
+        ids
+    }
+
+    /// The text of `ids`; invalid UTF-8 becomes U+FFFD, unknown ids are skipped.
+    #[cfg(feature = "alloc")]
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.decode_impl(ids, false)
+    }
+
+    /// Like [`decode`](Self::decode), leaving out control tokens (`<|im_end|>`).
+    #[cfg(feature = "alloc")]
+    pub fn decode_skip_control(&self, ids: &[u32]) -> String {
+        self.decode_impl(ids, true)
+    }
+
+    #[cfg(feature = "alloc")]
+    fn decode_impl(&self, ids: &[u32], skip_control: bool) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if skip_control && self.is_control(id) {
+                continue;
+            }
+            bytes.extend_from_slice(self.token_bytes(id).unwrap_or_default());
+        }
+        match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+}
+
+/// A stretch of ordinary text, or a special token matched whole.
+enum Segment<'t> {
+    Text(&'t str),
+    Special(u32),
+}
+
+/// (left, right, rank, result) of one merge entry.
+fn merge_fields(m: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    extern crate std;
+    use super::build::BYTE_TO_CHAR;
+    use super::*;
+    use std::string::ToString;
+    use std::vec;
+
+    fn byte_level(s: &str) -> String {
+        s.bytes().map(|b| char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)])).unwrap()).collect()
+    }
+
+    /// 3 control tokens, 256 bytes (in GPT-2's order, not byte order), a few merges.
+    fn small_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
+        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+        let mut types = vec![3, 3, 3];
+        let mut order: Vec<u8> = (0..=255).collect();
+        order.sort_by_key(|&b| BYTE_TO_CHAR[usize::from(b)]);
+        for b in order {
+            tokens.push(char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)])).unwrap().to_string());
+            types.push(1);
+        }
+        let mut merges = Vec::new();
+        for (l, r) in [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), (" ", "w"), ("é", "t"), ("1", "2")] {
+            let (l, r) = (byte_level(l), byte_level(r));
+            // "é" is two bytes: its own merge first.
+            if l.chars().count() == 2 && !tokens.contains(&l) {
+                let mut cs = l.chars();
+                let (a, b) = (cs.next().unwrap(), cs.next().unwrap());
+                merges.push(std::format!("{a} {b}"));
+                tokens.push(l.clone());
+                types.push(1);
+            }
+            merges.push(std::format!("{l} {r}"));
+            tokens.push(std::format!("{l}{r}"));
+            types.push(1);
+        }
+        (tokens, types, merges)
+    }
+
+    fn small_blob() -> Vec<u8> {
+        let (t, ty, m) = small_vocab();
+        build_blob(&t, &ty, &m).unwrap()
+    }
+
+    #[test]
+    fn small_vocab_round_trip() {
+        let blob = small_blob();
+        let tok = Tokenizer::from_blob(&blob).unwrap();
+        assert_eq!(tok.vocab_size(), 3 + 256 + 8);
+        let hello = tok.token_id(b"hello").unwrap();
+        let w = tok.token_id(b" w").unwrap();
+        assert_eq!(tok.encode("hello", false), [hello]);
+        assert_eq!(tok.encode("hello world", false)[..2], [hello, w]);
+        let ids = tok.encode("<|im_start|>hello<|im_end|>", true);
+        assert_eq!(ids, [1, hello, 2]);
+        assert_eq!(tok.decode(&ids), "<|im_start|>hello<|im_end|>");
+        assert_eq!(tok.decode_skip_control(&ids), "hello");
+        let plain = tok.encode("<|im_start|>", false);
+        assert!(plain.len() > 1 && !plain.contains(&1));
+        assert_eq!(tok.decode(&plain), "<|im_start|>");
+        // Digits are isolated before merging: "12" never merges under smollm.
+        assert_eq!(tok.encode("12", false), [tok.token_id(b"1").unwrap(), tok.token_id(b"2").unwrap()]);
+        assert!(tok.is_control(0) && !tok.is_control(hello));
+        assert_eq!(tok.token_type(hello), Some(TokenType::Normal));
+        assert_eq!(tok.token_bytes(tok.vocab_size()), None);
+        assert_eq!(tok.special_tokens().collect::<Vec<_>>(), [0, 1, 2]);
+        let text = "héllo wörld été 😀 \u{0}\u{7f}";
+        assert_eq!(tok.decode(&tok.encode(text, true)), text);
+        assert_eq!(tok.decode(&[u32::MAX, hello]), "hello");
+        assert_eq!(tok.decode(&[tok.token_id(&[0xe4]).unwrap()]), "\u{fffd}");
+    }
+
+    #[test]
+    fn encode_with_scratch_matches_encode() {
+        let blob = small_blob();
+        let tok = Tokenizer::from_blob(&blob).unwrap();
+        let text = "<|im_start|>hello world, 12 hells!!!<|endoftext|>";
+        let mut scratch = [0u32; 12 * 8];
+        let mut ids = Vec::new();
+        tok.encode_with_scratch(text, true, &mut scratch, |id| ids.push(id)).unwrap();
+        assert_eq!(ids, tok.encode(text, true));
+        let mut small = [0u32; 12 * 4];
+        let err = tok.encode_with_scratch(text, true, &mut small, |_| {}).unwrap_err();
+        assert_eq!(err, TokenizerError::ScratchTooSmall { need: 12 * 5, have: 12 * 4 });
+    }
+
+    #[test]
+    fn build_rejects_bad_vocabularies() {
+        let (t, ty, m) = small_vocab();
+        assert!(matches!(build_blob(&t, &ty[1..], &m), Err(TokenizerError::CountMismatch { .. })));
+        let mut bad_ty = ty.clone();
+        bad_ty[5] = 9;
+        assert_eq!(build_blob(&t, &bad_ty, &m), Err(TokenizerError::BadTokenType { id: 5, value: 9 }));
+        let mut bad_t = t.clone();
+        bad_t[10] = "▁x".into();
+        assert_eq!(build_blob(&bad_t, &ty, &m), Err(TokenizerError::NotByteLevel { id: 10 }));
+        let mut bad_m = m.clone();
+        bad_m[1] = "hl".into();
+        assert_eq!(build_blob(&t, &ty, &bad_m), Err(TokenizerError::BadMerge { rank: 1 }));
+        bad_m[1] = "q z".into();
+        assert_eq!(build_blob(&t, &ty, &bad_m), Err(TokenizerError::MergeNotInVocab { rank: 1 }));
+        let empty: [&str; 0] = [];
+        assert!(build_blob(&empty, &[], &empty).is_err());
+    }
+
+    /// Calls every method; with a validated blob none may panic.
+    fn exercise(tok: &Tokenizer<'_>) {
+        let texts = ["", "hello world", "<|im_start|>x<|im_end|>", "12 héllo 😀\n\n  \t!!", "<|<|im_end", "½é 😀😀\u{3000}\u{3000}x"];
+        for text in texts {
+            for special in [false, true] {
+                let ids = tok.encode(text, special);
+                let _ = tok.decode(&ids);
+                let _ = tok.decode_skip_control(&ids);
+                let mut scratch = [0u32; 64];
+                let _ = tok.encode_with_scratch(text, special, &mut scratch, |_| {});
+            }
+        }
+        let n = tok.vocab_size();
+        for id in (0..n.min(300)).chain([n, n.wrapping_add(1), u32::MAX]) {
+            let b = tok.token_bytes(id);
+            let _ = tok.token_type(id);
+            let _ = tok.is_control(id);
+            if let Some(b) = b {
+                let _ = tok.token_id(b);
+            }
+        }
+        let _ = tok.token_id(b"");
+        let _ = tok.token_id(b"<|im_end|>");
+        let _ = tok.decode(&(0..n.min(300)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn truncated_blobs_are_rejected() {
+        let blob = small_blob();
+        for len in 0..blob.len() {
+            assert!(Tokenizer::from_blob(&blob[..len]).is_err(), "prefix of {len} bytes accepted");
+        }
+        let mut longer = blob.clone();
+        longer.push(0);
+        assert!(matches!(Tokenizer::from_blob(&longer), Err(TokenizerError::LengthMismatch { .. })));
+        // Unaligned start: zero-copy parsing must not care.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&blob);
+        exercise(&Tokenizer::from_blob(&shifted[1..]).unwrap());
+    }
+
+    #[test]
+    fn corrupted_blobs_never_panic() {
+        let blob = small_blob();
+        let mut accepted = 0;
+        for i in 0..blob.len() {
+            for v in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
+                let mut bad = blob.clone();
+                bad[i] ^= v;
+                if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                    accepted += 1;
+                    exercise(&tok);
+                }
+            }
+            let mut bad = blob.clone();
+            bad[i] = 0;
+            if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                exercise(&tok);
+            }
+        }
+        // Flipping a merge rank, a token type or a pool byte of an unused token may
+        // leave a valid blob; the structural fields may not.
+        assert!(accepted > 0);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let mut bad = blob.clone();
+            for _ in 0..1 + next() % 8 {
+                let i = (next() % bad.len() as u64) as usize;
+                bad[i] = next() as u8;
+            }
+            if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                exercise(&tok);
+            }
+        }
+        let header_fuzz = [0u32, 1, 2, 255, 256, 1 << 24, (1 << 24) + 1, u32::MAX / 16, u32::MAX - 1, u32::MAX];
+        for word in 4..8 {
+            for &v in &header_fuzz {
+                let mut bad = blob.clone();
+                bad[word * 4..word * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                let _ = Tokenizer::from_blob(&bad);
+            }
+        }
+    }
+
+    #[test]
+    fn errors_display() {
+        let e = Tokenizer::from_blob(b"ARQT").unwrap_err();
+        assert_eq!(e, TokenizerError::TooShort { len: 4 });
+        assert!(e.to_string().contains("4 bytes"));
+        let mut blob = small_blob();
+        blob[0] = b'X';
+        assert_eq!(Tokenizer::from_blob(&blob).unwrap_err(), TokenizerError::BadMagic);
+    }
+}

@@ -1,0 +1,365 @@
+//! Every tier this CPU runs against the scalar contract, bit for bit (`to_bits()`), and
+//! the dispatch rules.
+
+use super::*;
+use crate::quant::QK8;
+
+/// Block counts (q8) and element counts (f32) around the 8-lane and tile boundaries.
+const BLOCK_COUNTS: [usize; 9] = [0, 1, 7, 8, 9, 15, 16, 17, 33];
+const ELEM_COUNTS: [usize; 9] = [0, 1, 7, 8, 9, 31, 32, 33, 255];
+const ROWS: [usize; 8] = [1, 2, 3, 4, 5, 7, 8, 9];
+const TOKENS: [usize; 7] = [1, 2, 3, 4, 5, 7, 9];
+
+/// splitmix64: small, deterministic, good enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// A float with a random sign, mantissa and an exponent in `2^lo..2^hi`.
+    fn wide(&mut self, lo: i32, hi: i32) -> f32 {
+        let e = lo + self.below((hi - lo) as u64) as i32;
+        self.unit() * libm::exp2f(e as f32)
+    }
+
+    fn quant(&mut self) -> i8 {
+        (self.below(255) as i32 - 127) as i8
+    }
+}
+
+/// Ways to fill a q8 row, extremes included.
+#[derive(Clone, Copy, Debug)]
+enum QFill {
+    Random,
+    AllMax,
+    AllMin,
+    AlternatingMax,
+    ZeroScale,
+    LargeScale,
+    SubnormalScale,
+    NegativeScale,
+    MixedScales,
+}
+
+const QFILLS: [QFill; 9] = [
+    QFill::Random,
+    QFill::AllMax,
+    QFill::AllMin,
+    QFill::AlternatingMax,
+    QFill::ZeroScale,
+    QFill::LargeScale,
+    QFill::SubnormalScale,
+    QFill::NegativeScale,
+    QFill::MixedScales,
+];
+
+fn q8_row(rng: &mut Rng, fill: QFill, nb: usize) -> Vec<BlockQ8> {
+    (0..nb)
+        .map(|j| {
+            let mut qs = [0i8; QK8];
+            for (i, q) in qs.iter_mut().enumerate() {
+                *q = match fill {
+                    QFill::AllMax | QFill::LargeScale => 127,
+                    QFill::AllMin => -127,
+                    QFill::AlternatingMax => [127, -127][(i + j) % 2],
+                    _ => rng.quant(),
+                };
+            }
+            let bits: u16 = match fill {
+                QFill::ZeroScale => [0x0000, 0x8000][j % 2],
+                QFill::LargeScale => 0x7bff, // 65504, the largest finite f16
+                QFill::SubnormalScale => 0x0001 + rng.below(0x3ff) as u16,
+                QFill::NegativeScale => {
+                    0x8000 | half::f16::from_f32(rng.unit().abs() * 0.1).to_bits()
+                }
+                QFill::MixedScales => match rng.below(5) {
+                    0 => 0,
+                    1 => 0x7bff,
+                    2 => 0x0001,
+                    3 => 0x8000 | 0x3c00,
+                    _ => half::f16::from_f32(rng.unit() * 4.0).to_bits(),
+                },
+                _ => half::f16::from_f32(rng.unit().abs() * 0.05).to_bits(),
+            };
+            BlockQ8 {
+                d: bits.to_le_bytes(),
+                qs,
+            }
+        })
+        .collect()
+}
+
+fn f32_row(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| match i % 11 {
+            0 => rng.wide(-140, -120), // subnormal range
+            1 => -0.0,
+            2 => rng.wide(30, 60),
+            _ => rng.wide(-8, 4),
+        })
+        .collect()
+}
+
+fn simd_tiers() -> impl Iterator<Item = &'static Kernels> {
+    available().filter(|k| k.name != SCALAR.name)
+}
+
+fn assert_same(tier: &str, what: &str, got: f32, want: f32) {
+    assert_eq!(
+        got.to_bits(),
+        want.to_bits(),
+        "{tier}: {what}: {got:e} != scalar {want:e}"
+    );
+}
+
+#[test]
+fn dot_q8_is_bit_exact() {
+    let mut rng = Rng(1);
+    for k in simd_tiers() {
+        for &nb in &BLOCK_COUNTS {
+            for fa in QFILLS {
+                for fb in [QFill::Random, fa, QFill::MixedScales] {
+                    let a = q8_row(&mut rng, fa, nb);
+                    let b = q8_row(&mut rng, fb, nb);
+                    let what = format!("dot_q8 nb={nb} {fa:?}x{fb:?}");
+                    assert_same(k.name, &what, (k.dot_q8)(&a, &b), scalar::dot_q8(&a, &b));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_f32_is_bit_exact() {
+    let mut rng = Rng(2);
+    for k in simd_tiers() {
+        for &n in &ELEM_COUNTS {
+            for _ in 0..4 {
+                let a = f32_row(&mut rng, n);
+                let b = f32_row(&mut rng, n);
+                assert_same(
+                    k.name,
+                    &format!("dot_f32 n={n}"),
+                    (k.dot_f32)(&a, &b),
+                    scalar::dot_f32(&a, &b),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_q8_is_bit_exact() {
+    let mut rng = Rng(3);
+    for k in simd_tiers() {
+        for &kb in &[1, 7, 8, 9, 17] {
+            for &rows in &ROWS {
+                for &n in &TOKENS {
+                    let fill = QFILLS[rng.below(QFILLS.len() as u64) as usize];
+                    let w = q8_row(&mut rng, fill, rows * kb);
+                    let x = q8_row(&mut rng, QFill::Random, n * kb);
+                    // One spare output past the end must stay untouched.
+                    let mut got = vec![7.0f32; rows * n + 1];
+                    let mut want = got.clone();
+                    (k.matmul_q8)(&w, rows, &x, &mut got);
+                    scalar::matmul_q8(&w, rows, &x, &mut want);
+                    for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                        let what = format!("matmul_q8 kb={kb} rows={rows} n={n} {fill:?} out[{i}]");
+                        assert_same(k.name, &what, g, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_f32_is_bit_exact() {
+    let mut rng = Rng(4);
+    for k in simd_tiers() {
+        for &cols in &[1, 7, 8, 9, 31, 33] {
+            for &rows in &ROWS {
+                for &n in &TOKENS {
+                    let w = f32_row(&mut rng, rows * cols);
+                    let x = f32_row(&mut rng, n * cols);
+                    let mut got = vec![7.0f32; rows * n + 1];
+                    let mut want = got.clone();
+                    (k.matmul_f32)(&w, rows, &x, &mut got);
+                    scalar::matmul_f32(&w, rows, &x, &mut want);
+                    for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                        let what = format!("matmul_f32 k={cols} rows={rows} n={n} out[{i}]");
+                        assert_same(k.name, &what, g, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_odd_shapes_match_scalar() {
+    // Shapes off the tiled path: no tokens, a partial trailing token, a ragged weight.
+    let mut rng = Rng(5);
+    for k in simd_tiers() {
+        for (w_blocks, rows, x_blocks) in [(6, 3, 0), (6, 3, 5), (7, 3, 4), (3, 3, 2)] {
+            let w = q8_row(&mut rng, QFill::Random, w_blocks);
+            let x = q8_row(&mut rng, QFill::Random, x_blocks);
+            let mut got = vec![7.0f32; 16];
+            let mut want = got.clone();
+            (k.matmul_q8)(&w, rows, &x, &mut got);
+            scalar::matmul_q8(&w, rows, &x, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{}: matmul_q8 {w_blocks} {rows} {x_blocks}",
+                k.name
+            );
+
+            let w = f32_row(&mut rng, w_blocks);
+            let x = f32_row(&mut rng, x_blocks);
+            let mut got = vec![7.0f32; 16];
+            let mut want = got.clone();
+            (k.matmul_f32)(&w, rows, &x, &mut got);
+            scalar::matmul_f32(&w, rows, &x, &mut want);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{}: matmul_f32 {w_blocks} {rows} {x_blocks}",
+                k.name
+            );
+        }
+    }
+}
+
+/// Activation rows for the quantizer, one kind per block.
+fn quantizer_input(rng: &mut Rng, nb: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(nb * QK8);
+    for j in 0..nb {
+        let block: [f32; QK8] = core::array::from_fn(|i| match j % 9 {
+            // amax 127 makes 1/d exactly 1: every x.5 is a tie for rint.
+            0 => {
+                if i == 0 {
+                    127.0
+                } else {
+                    (rng.below(255) as f32 - 127.0) + 0.5 * (i % 2) as f32
+                }
+            }
+            // amax 254: d = 2, 1/d = 0.5, odd integers land on ties.
+            1 => {
+                if i == 0 {
+                    -254.0
+                } else {
+                    rng.below(509) as f32 - 254.0
+                }
+            }
+            2 => 0.0,
+            3 => [0.0, -0.0][i % 2],
+            4 => rng.wide(-149, -126), // subnormals: d underflows or 1/d overflows
+            5 => rng.wide(100, 128),   // huge: the f16 scale saturates to inf
+            6 => match i {
+                0 => f32::INFINITY,
+                1 => f32::NEG_INFINITY,
+                2 => f32::NAN,
+                _ => rng.unit(),
+            },
+            7 => {
+                if i % 5 == 0 {
+                    f32::NAN
+                } else {
+                    rng.wide(-4, 4)
+                }
+            }
+            _ => rng.wide(-12, 8),
+        });
+        x.extend_from_slice(&block);
+    }
+    x
+}
+
+#[test]
+fn quantize_q8_is_bit_exact() {
+    let mut rng = Rng(6);
+    for k in simd_tiers() {
+        for &nb in BLOCK_COUNTS.iter().chain(&[36]) {
+            let x = quantizer_input(&mut rng, nb);
+            let zero = BlockQ8 {
+                d: [0xaa; 2],
+                qs: [0x55; QK8],
+            };
+            let mut got = vec![zero; nb];
+            let mut want = got.clone();
+            (k.quantize_q8)(&x, &mut got);
+            scalar::quantize_q8(&x, &mut want);
+            for (j, (g, s)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g,
+                    s,
+                    "{}: quantize_q8 nb={nb} block {j} (kind {})",
+                    k.name,
+                    j % 9
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tier_list_and_caps() {
+    let tiers: Vec<_> = available().collect();
+    assert_eq!(tiers[0].name, "scalar");
+    for (i, k) in tiers.iter().enumerate() {
+        assert!(
+            tiers[..i].iter().all(|o| o.name != k.name),
+            "duplicate tier {}",
+            k.name
+        );
+        assert!(core::ptr::eq(by_name(k.name).unwrap(), *k));
+        assert!(
+            core::ptr::eq(best_up_to(k.name), *k),
+            "cap {} gives {}",
+            k.name,
+            best_up_to(k.name).name
+        );
+    }
+    let strongest = *tiers.last().unwrap();
+    assert!(core::ptr::eq(best_up_to(""), strongest));
+    assert!(core::ptr::eq(best_up_to("no-such-isa"), strongest));
+    assert!(core::ptr::eq(best_up_to(" SCALAR "), &SCALAR));
+    assert!(by_name("no-such-isa").is_none());
+    assert!(tiers.iter().any(|k| core::ptr::eq(best(), *k)));
+    eprintln!(
+        "tiers tested: {:?}",
+        tiers.iter().map(|k| k.name).collect::<Vec<_>>()
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x86_caps_fall_back_to_weaker_tiers() {
+    // A cap names a tier; on a CPU without it the next weaker one this CPU runs wins.
+    let cap = best_up_to("avx512vnni").name;
+    let expect = if by_name("avx512vnni").is_some() {
+        "avx512vnni"
+    } else if by_name("avx2").is_some() {
+        "avx2"
+    } else {
+        "scalar"
+    };
+    assert_eq!(cap, expect);
+}

@@ -1,0 +1,573 @@
+//! The AVX-512 VNNI tier (avx512f, avx512bw, avx512vl, avx512vnni): bit-exact with
+//! [`scalar`].
+//!
+//! q8 blocks: two blocks per zmm register, `vpdpbusd` of `|w|` (unsigned) and
+//! `x * sign(w)` (signed) gives 8 i32 partial sums per block pair without any
+//! intermediate saturation, and an unpack/add tree folds 8 blocks into one ymm register
+//! with block `j` in lane `j`. The float part is the scalar one done 8 lanes at a time
+//! (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider tiles.
+
+use core::arch::x86_64::*;
+
+use half::f16;
+
+use crate::kernels::{scalar, Kernels};
+use crate::quant::{BlockQ8, QK8};
+
+/// Weight rows per matmul tile.
+const TILE_ROWS: usize = 4;
+/// Activation rows (tokens) per q8 matmul tile.
+const TILE_TOKENS_Q8: usize = 4;
+/// Activation rows (tokens) per f32 matmul tile: 4 x 4 accumulators plus 8 loads in
+/// the 32 ymm registers.
+const TILE_TOKENS_F32: usize = 4;
+
+/// This tier's table. Only [`crate::kernels`] hands it out, and only after
+/// [`detected`] returned true.
+pub(in crate::kernels) static KERNELS: Kernels = Kernels {
+    name: "avx512vnni",
+    dot_q8: safe::dot_q8,
+    dot_f32: safe::dot_f32,
+    matmul_q8: safe::matmul_q8,
+    matmul_f32: safe::matmul_f32,
+    quantize_q8: safe::quantize_q8,
+};
+
+/// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
+/// the kernels of this module. Also checks the features that `avx512f` implies to the
+/// compiler (avx2, fma, f16c), so every `target_feature` set below is covered.
+pub(in crate::kernels) fn detected() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vl",
+            target_feature = "avx512vnni",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c",
+        ))
+    }
+}
+
+/// The safe entry points the table holds.
+mod safe {
+    use crate::quant::BlockQ8;
+
+    pub fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+        // SAFETY: this fn is only reachable through `KERNELS`, which the dispatch in
+        // `kernels` hands out only after `detected()` found every feature the kernel
+        // enables (avx512f/bw/vl/vnni, avx2, fma, f16c).
+        unsafe { super::dot_q8(a, b) }
+    }
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as in `dot_q8`: installed only after the features were detected.
+        unsafe { super::dot_f32(a, b) }
+    }
+
+    pub fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8`: installed only after the features were detected.
+        unsafe { super::matmul_q8(w, rows, x, out) }
+    }
+
+    pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8`: installed only after the features were detected.
+        unsafe { super::matmul_f32(w, rows, x, out) }
+    }
+
+    pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+        // SAFETY: as in `dot_q8`: installed only after the features were detected.
+        unsafe { super::quantize_q8(x, out) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------
+
+/// [`scalar::dot_q8`], bit for bit, for quants in [-127, 127].
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ga, ta) = a[..n].as_chunks::<8>();
+    let (gb, tb) = b[..n].as_chunks::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for (wa, xb) in ga.iter().zip(gb) {
+        acc = accumulate(acc, isum8(wa, xb), scales8(wa), scales8(xb));
+    }
+    if !ta.is_empty() {
+        acc = accumulate(acc, isum_tail(ta, tb), scales_tail(ta), scales_tail(tb));
+    }
+    reduce8(acc)
+}
+
+/// [`scalar::matmul_q8`], bit for bit, for quants in [-127, 127]: tiles of
+/// 4 weight rows x 4 tokens, each output equal to [`dot_q8`] of its row and token.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
+        // own behaviour, whatever it is.
+        return scalar::matmul_q8(w, rows, x, out);
+    };
+    let mut r0 = 0;
+    while r0 + TILE_ROWS <= rows {
+        q8_rows::<TILE_ROWS>(w, x, out, shape, r0);
+        r0 += TILE_ROWS;
+    }
+    match rows - r0 {
+        1 => q8_rows::<1>(w, x, out, shape, r0),
+        2 => q8_rows::<2>(w, x, out, shape, r0),
+        3 => q8_rows::<3>(w, x, out, shape, r0),
+        _ => {}
+    }
+}
+
+/// [`scalar::dot_f32`], bit for bit. One chain of 8-lane adds, as the contract's
+/// summation order requires.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ca, ta) = a[..n].as_chunks::<8>();
+    let (cb, tb) = b[..n].as_chunks::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in ca.iter().zip(cb) {
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(x), load8(y)));
+    }
+    if !ta.is_empty() {
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(&pad8f(ta)), load8(&pad8f(tb))));
+    }
+    reduce8(acc)
+}
+
+/// [`scalar::matmul_f32`], bit for bit: tiles of 4 weight rows x 4 tokens.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        return scalar::matmul_f32(w, rows, x, out);
+    };
+    let mut r0 = 0;
+    while r0 + TILE_ROWS <= rows {
+        f32_rows::<TILE_ROWS>(w, x, out, shape, r0);
+        r0 += TILE_ROWS;
+    }
+    match rows - r0 {
+        1 => f32_rows::<1>(w, x, out, shape, r0),
+        2 => f32_rows::<2>(w, x, out, shape, r0),
+        3 => f32_rows::<3>(w, x, out, shape, r0),
+        _ => {}
+    }
+}
+
+/// [`crate::quant::quantize_row_q8`], bit for bit (NaN inputs included).
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    let (chunks, _) = x.as_chunks::<QK8>();
+    for (c, block) in chunks.iter().zip(out.iter_mut()) {
+        let (c16, _) = c.as_chunks::<16>();
+        let v = [load16(&c16[0]), load16(&c16[1])];
+        // `vmaxps` returns its second operand when either is NaN, so NaN inputs are
+        // skipped exactly as `f32::max` skips them; without NaN the order is free.
+        let m = _mm512_max_ps(
+            _mm512_abs_ps(v[1]),
+            _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()),
+        );
+        let m_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(m)));
+        let m8 = _mm256_max_ps(_mm512_castps512_ps256(m), m_hi);
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps::<1>(m8));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2)));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        block.d = f16::from_f32(d).to_le_bytes();
+
+        let idv = _mm512_set1_ps(id);
+        // Values are already in [-127, 127]: the saturating narrowing is exact.
+        let lo = _mm512_cvtsepi32_epi8(round_clamp(_mm512_mul_ps(v[0], idv)));
+        let hi = _mm512_cvtsepi32_epi8(round_clamp(_mm512_mul_ps(v[1], idv)));
+        // SAFETY: `block.qs` is 32 writable bytes: 16 at offset 0 and 16 at offset 16;
+        // `storeu` needs no alignment.
+        unsafe {
+            _mm_storeu_si128(block.qs.as_mut_ptr().cast(), lo);
+            _mm_storeu_si128(block.qs.as_mut_ptr().add(16).cast(), hi);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Building blocks
+// ---------------------------------------------------------------------------------------
+
+/// Validated matmul shape: `rows > 0` weight rows of `kb > 0` blocks (or elements) with
+/// nothing left over, `n` whole activation rows, and room for `n * rows` outputs.
+#[derive(Clone, Copy)]
+struct Shape {
+    rows: usize,
+    kb: usize,
+    n: usize,
+}
+
+impl Shape {
+    fn of(w_len: usize, rows: usize, x_len: usize, out_len: usize) -> Option<Shape> {
+        let kb = w_len.checked_div(rows)?;
+        let n = x_len.checked_div(kb)?;
+        let fits = kb * rows == w_len && n.checked_mul(rows).is_some_and(|m| m <= out_len);
+        fits.then_some(Shape { rows, kb, n })
+    }
+}
+
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q8` tokens at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q8_rows<const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    while t0 + TILE_TOKENS_Q8 <= s.n {
+        q8_tile::<R, TILE_TOKENS_Q8>(w, x, out, s, r0, t0);
+        t0 += TILE_TOKENS_Q8;
+    }
+    match s.n - t0 {
+        1 => q8_tile::<R, 1>(w, x, out, s, r0, t0),
+        2 => q8_tile::<R, 2>(w, x, out, s, r0, t0),
+        3 => q8_tile::<R, 3>(w, x, out, s, r0, t0),
+        _ => {}
+    }
+}
+
+/// One R x T tile: weight rows `r0..r0 + R` times tokens `t0..t0 + T`. Each group of 8
+/// blocks is loaded once for the tile; each output keeps its own 8 float lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q8_tile<const R: usize, const T: usize>(
+    w: &[BlockQ8],
+    x: &[BlockQ8],
+    out: &mut [f32],
+    s: Shape,
+    r0: usize,
+    t0: usize,
+) {
+    let kb = s.kb;
+    let mut wg: [&[[BlockQ8; 8]]; R] = [&[]; R];
+    let mut wt: [&[BlockQ8]; R] = [&[]; R];
+    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
+    }
+    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
+    let mut xt: [&[BlockQ8]; T] = [&[]; T];
+    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
+    }
+
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for g in 0..kb / 8 {
+        let mut xq = [[_mm512_setzero_si512(); 4]; T];
+        let mut dx = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            xq[j] = load_x(&xg[j][g]);
+            dx[j] = scales8(&xg[j][g]);
+        }
+        for i in 0..R {
+            let wq = load_w(&wg[i][g]);
+            let dw = scales8(&wg[i][g]);
+            for j in 0..T {
+                acc[i][j] = accumulate(acc[i][j], isum8_loaded(&wq, &xq[j]), dw, dx[j]);
+            }
+        }
+    }
+    if kb % 8 != 0 {
+        let mut dx = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            dx[j] = scales_tail(xt[j]);
+        }
+        for i in 0..R {
+            let dw = scales_tail(wt[i]);
+            for j in 0..T {
+                acc[i][j] = accumulate(acc[i][j], isum_tail(wt[i], xt[j]), dw, dx[j]);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+        }
+    }
+}
+
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_F32` tokens at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    while t0 + TILE_TOKENS_F32 <= s.n {
+        f32_tile::<R, TILE_TOKENS_F32>(w, x, out, s, r0, t0);
+        t0 += TILE_TOKENS_F32;
+    }
+    while t0 < s.n {
+        f32_tile::<R, 1>(w, x, out, s, r0, t0);
+        t0 += 1;
+    }
+}
+
+/// One R x T tile of the f32 matmul; R * T independent 8-lane accumulators hide the
+/// add latency that bounds a single [`dot_f32`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn f32_tile<const R: usize, const T: usize>(
+    w: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+    s: Shape,
+    r0: usize,
+    t0: usize,
+) {
+    let k = s.kb;
+    let mut wc: [&[[f32; 8]]; R] = [&[]; R];
+    let mut wt: [&[f32]; R] = [&[]; R];
+    for (i, (c, t)) in wc.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*c, *t) = w[(r0 + i) * k..(r0 + i + 1) * k].as_chunks::<8>();
+    }
+    let mut xc: [&[[f32; 8]]; T] = [&[]; T];
+    let mut xt: [&[f32]; T] = [&[]; T];
+    for (j, (c, t)) in xc.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*c, *t) = x[(t0 + j) * k..(t0 + j + 1) * k].as_chunks::<8>();
+    }
+
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for c in 0..k / 8 {
+        let mut xv = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            xv[j] = load8(&xc[j][c]);
+        }
+        for i in 0..R {
+            let wv = load8(&wc[i][c]);
+            for j in 0..T {
+                acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(wv, xv[j]));
+            }
+        }
+    }
+    if k % 8 != 0 {
+        for i in 0..R {
+            let wv = load8(&pad8f(wt[i]));
+            for j in 0..T {
+                let xv = load8(&pad8f(xt[j]));
+                acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(wv, xv));
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+        }
+    }
+}
+
+/// Up to 8 floats followed by +0.0. Their products add +0.0 to their lanes, which
+/// leaves every lane unchanged: lanes start at +0.0, and a sum that starts at +0.0 is
+/// never -0.0 in round-to-nearest.
+#[inline]
+fn pad8f(tail: &[f32]) -> [f32; 8] {
+    let mut p = [0.0; 8];
+    p[..tail.len()].copy_from_slice(tail);
+    p
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load8(v: &[f32; 8]) -> __m256 {
+    // SAFETY: `v` is 8 readable floats; `loadu` needs no alignment.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load16(v: &[f32; 16]) -> __m512 {
+    // SAFETY: `v` is 16 readable floats; `loadu` needs no alignment.
+    unsafe { _mm512_loadu_ps(v.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_qs(b: &BlockQ8) -> __m256i {
+    // SAFETY: `b.qs` is 32 readable bytes; `loadu` needs no alignment.
+    unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) }
+}
+
+/// Quants of blocks `a` (low 256 bits) and `b` (high 256 bits).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_pair(a: &BlockQ8, b: &BlockQ8) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load_qs(a)), load_qs(b))
+}
+
+/// Weight operand of 8 blocks, blocks `(j, j + 4)` in register `j`: `|w|` as unsigned
+/// bytes and the mask of negative quants.
+struct WeightGroup {
+    abs: [__m512i; 4],
+    neg: [__mmask64; 4],
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_w(w: &[BlockQ8; 8]) -> WeightGroup {
+    let mut g = WeightGroup {
+        abs: [_mm512_setzero_si512(); 4],
+        neg: [0; 4],
+    };
+    for j in 0..4 {
+        let q = load_pair(&w[j], &w[j + 4]);
+        g.abs[j] = _mm512_abs_epi8(q);
+        g.neg[j] = _mm512_movepi8_mask(q);
+    }
+    g
+}
+
+/// Activation operand of 8 blocks, blocks `(j, j + 4)` in register `j`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_x(x: &[BlockQ8; 8]) -> [__m512i; 4] {
+    [
+        load_pair(&x[0], &x[4]),
+        load_pair(&x[1], &x[5]),
+        load_pair(&x[2], &x[6]),
+        load_pair(&x[3], &x[7]),
+    ]
+}
+
+/// The exact i32 dot products of 8 block pairs, pair `j` in lane `j`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn isum8(w: &[BlockQ8; 8], x: &[BlockQ8; 8]) -> __m256i {
+    isum8_loaded(&load_w(w), &load_x(x))
+}
+
+/// [`isum8`] of loaded operands. `vpdpbusd` multiplies `|w|` (unsigned) by
+/// `x * sign(w)` (signed) and adds groups of 4 products into i32 lanes: exact, as
+/// `|x * sign(w)| <= 127` and no intermediate is narrowed. Register `j` then holds
+/// 8 partial sums of block `j` and 8 of block `j + 4`; the unpack/add tree leaves, in
+/// each 128-bit lane, one partial sum of 4 blocks, and the last step adds the two
+/// 128-bit lanes of each block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn isum8_loaded(w: &WeightGroup, x: &[__m512i; 4]) -> __m256i {
+    let zero = _mm512_setzero_si512();
+    let mut p = [zero; 4];
+    for j in 0..4 {
+        let sx = _mm512_mask_sub_epi8(x[j], w.neg[j], zero, x[j]);
+        p[j] = _mm512_dpbusd_epi32(zero, w.abs[j], sx);
+    }
+    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
+    let ab = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(p[0], p[1]),
+        _mm512_unpackhi_epi32(p[0], p[1]),
+    );
+    let cd = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(p[2], p[3]),
+        _mm512_unpackhi_epi32(p[2], p[3]),
+    );
+    // Per 128-bit lane L: [a_L, b_L, c_L, d_L]; lanes 0, 1 are blocks 0..4, lanes 2, 3
+    // blocks 4..8.
+    let abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    // Reorder to lanes [0, 2 | 1, 3] and add the halves: [0+1, 2+3].
+    let s = _mm512_shuffle_i32x4::<0b11_01_10_00>(abcd, abcd);
+    _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
+}
+
+/// The 8 blocks' scales as f32, equal to [`BlockQ8::scale`]: `vcvtph2ps` is exact, as
+/// every f16 (subnormals included) is an f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn scales8(b: &[BlockQ8; 8]) -> __m256 {
+    scales_tail(b)
+}
+
+/// The scales of up to 8 blocks as f32 lanes, lanes past `b.len()` +0.0. A missing
+/// block (scale 0, isum 0) adds +0.0 to its lane, which leaves the lane unchanged: lanes
+/// start at +0.0, and a sum that starts at +0.0 is never -0.0 in round-to-nearest.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn scales_tail(b: &[BlockQ8]) -> __m256 {
+    let mut h = [0u64; 2];
+    for (j, b) in b.iter().take(8).enumerate() {
+        h[j / 4] |= (u16::from_le_bytes(b.d) as u64) << (16 * (j % 4));
+    }
+    _mm256_cvtph_ps(_mm_set_epi64x(h[1] as i64, h[0] as i64))
+}
+
+/// [`isum8`] of the fewer than 8 pairs of a row's tail, one ymm `vpdpbusd` per block;
+/// the missing lanes are 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let mut v = [zero; 8];
+    for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
+        let (w, x) = (load_qs(w), load_qs(x));
+        *v = _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    }
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    let same = _mm256_blend_epi32::<0xf0>(h0123, h4567);
+    let swapped = _mm256_permute2x128_si256::<0x21>(h0123, h4567);
+    _mm256_add_epi32(same, swapped)
+}
+
+/// Lane `j` += `isum_j as f32 * (dw_j * dx_j)`: the scalar expression, lane-wise. No
+/// fused multiply-add: LLVM does not contract separate `vmulps`/`vaddps` intrinsics.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn accumulate(acc: __m256, isum: __m256i, dw: __m256, dx: __m256) -> __m256 {
+    _mm256_add_ps(
+        acc,
+        _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx)),
+    )
+}
+
+/// [`scalar::reduce8`] on the lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn reduce8(acc: __m256) -> f32 {
+    let a = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps::<1>(b, b)))
+}
+
+/// `clamp(rint(y), -127, 127)` as i32 lanes, NaN to 0, exactly as the scalar
+/// `rintf(y).clamp(-127.0, 127.0) as i8`: clamping first is the same (the bounds are
+/// integers), `vmaxps`/`vminps` pass a NaN `y` through (it is their second operand),
+/// the ordered mask zeroes it, and `vcvtps2dq` rounds half to even.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn round_clamp(y: __m512) -> __m512i {
+    let c = _mm512_min_ps(
+        _mm512_set1_ps(127.0),
+        _mm512_max_ps(_mm512_set1_ps(-127.0), y),
+    );
+    let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
+    _mm512_cvtps_epi32(_mm512_maskz_mov_ps(ordered, c))
+}

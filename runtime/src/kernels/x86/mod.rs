@@ -1,0 +1,40 @@
+//! x86_64 tiers. Both meet [`scalar`](super::scalar) bit for bit; the dispatch in
+//! [`kernels`](super) installs a tier only after detecting its features.
+//!
+//! | tier | q8 integer part | f32 part | scales |
+//! |---|---|---|---|
+//! | `avx2` ([`avx2`]) | `vpsignb`, `vpmaddubsw`, `vpmaddwd`, `vphaddd` | `vmulps`, `vaddps` (ymm) | F16C `vcvtph2ps` |
+//! | `avx512vnni` ([`avx512`]) | `vpabsb`, `vpmovb2m` + masked `vpsubb`, `vpdpbusd` (zmm, two blocks per register), unpack/add tree | `vmulps`, `vaddps` (ymm, 32 registers) | F16C `vcvtph2ps` |
+//!
+//! Why the results are identical to the scalar contract:
+//!
+//! - **Integer part.** Each block pair's dot product is computed exactly in i32. The
+//!   signed-by-signed product is rewritten as `|w| * (x * sign(w))`, unsigned by signed,
+//!   which is what `vpmaddubsw`/`vpdpbusd` take. For quants in [-127, 127] (the format's
+//!   range; the quantizer never makes -128) both factors fit their byte types, the
+//!   `vpmaddubsw` pair sums are at most 2 * 127 * 127 < 2^15 (no saturation), and
+//!   `vpdpbusd` adds in i32 without narrowing. Integer addition is associative, so any
+//!   reduction tree gives the same block sum (|sum| <= 32 * 127 * 127 < 2^24, exact
+//!   in f32 too).
+//! - **Float part.** The isums of 8 consecutive blocks sit in one register, block `j`
+//!   in lane `j % 8`, the lane the scalar code uses. Lane-wise `cvtdq2ps`, `d_w * d_x`,
+//!   `isum * (d_w * d_x)` and `acc + term` are the scalar operations in the scalar
+//!   order, each rounded once (no FMA: the kernels never call an FMA intrinsic and LLVM
+//!   does not contract separate multiplies and adds). The final fold is
+//!   [`reduce8`](super::scalar::reduce8)'s order. f32 dot products are the same with
+//!   element `i` in lane `i % 8`.
+//! - **Tails.** A partial group is padded with zero blocks (or zero floats), whose
+//!   contribution is +0.0; adding +0.0 leaves a lane unchanged because a lane starts at
+//!   +0.0 and so is never -0.0.
+//! - **Matmuls** are tiles of weight rows x tokens that reuse each loaded block across
+//!   the tile; every output still runs its own dot product in the contract's order.
+//! - **Quantizer.** `amax` by `maxps` (NaN skipped, as `f32::max` does; max is
+//!   order-free otherwise), `d` and `1/d` in scalar f32, the scale by
+//!   `half::f16::from_f32`, `vcvtps2dq` rounding half to even after clamping to ±127
+//!   (the same as rounding first, since the bounds are integers), NaN to 0.
+//!
+//! NaN payloads are not part of the contract: a NaN result is NaN in every tier, but its
+//! bits may differ.
+
+pub mod avx2;
+pub mod avx512;

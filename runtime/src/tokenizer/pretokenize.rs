@@ -1,0 +1,219 @@
+//! The pre-tokenizer: splits text into the pieces that BPE merges within.
+//!
+//! Hand-written equivalent of Hugging Face's `ByteLevel(use_regex=true)` split, the
+//! GPT-2 pattern evaluated by Oniguruma (first matching alternative wins):
+//!
+//! ```text
+//! 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//! ```
+//!
+//! optionally preceded by `Digits(individual_digits=true)`, which isolates every
+//! numeric character (Rust's `char::is_numeric`, i.e. `\p{N}`) before the pattern runs,
+//! so the pattern's look-ahead never sees across a digit.
+//!
+//! Character classes: `\p{L}` is General_Category Lu|Ll|Lt|Lm|Lo from the Unicode 16
+//! table in `unicode.rs` (the version of the Oniguruma tables); `\p{N}` is
+//! `char::is_numeric` (Nd|Nl|No); `\s` is the White_Space property, which is what both
+//! Oniguruma's `\s` and `char::is_whitespace` implement (U+001C..U+001F are *not*
+//! white space here, unlike Python's `str.isspace`).
+
+use super::unicode::LETTER_RANGES;
+
+/// Which pre-tokenization a vocabulary was trained with (GGUF `tokenizer.ggml.pre`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PreTokenizer {
+    /// The GPT-2 pattern alone (GGUF `gpt2`).
+    Gpt2,
+    /// Every digit split off alone, then the GPT-2 pattern (GGUF `smollm`; Hugging Face
+    /// `Sequence[Digits(individual_digits=true), ByteLevel(use_regex=true)]`).
+    Smollm,
+}
+
+impl PreTokenizer {
+    /// The pre-tokenizer named by GGUF's `tokenizer.ggml.pre`, if supported.
+    pub fn from_gguf_name(name: &str) -> Option<PreTokenizer> {
+        match name {
+            "gpt2" => Some(PreTokenizer::Gpt2),
+            "smollm" => Some(PreTokenizer::Smollm),
+            _ => None,
+        }
+    }
+
+    /// The code stored in the tokenizer blob's header.
+    pub fn to_u32(self) -> u32 {
+        match self {
+            PreTokenizer::Gpt2 => 1,
+            PreTokenizer::Smollm => 2,
+        }
+    }
+
+    pub fn from_u32(v: u32) -> Option<PreTokenizer> {
+        match v {
+            1 => Some(PreTokenizer::Gpt2),
+            2 => Some(PreTokenizer::Smollm),
+            _ => None,
+        }
+    }
+
+    /// The pieces of `text`, in order; they concatenate back to `text`.
+    pub fn pieces(self, text: &str) -> Pieces<'_> {
+        Pieces { text, pos: 0, split_digits: self == PreTokenizer::Smollm }
+    }
+}
+
+/// Iterator over pre-tokenizer pieces (see [`PreTokenizer::pieces`]). No allocation.
+#[derive(Clone, Debug)]
+pub struct Pieces<'t> {
+    text: &'t str,
+    pos: usize,
+    split_digits: bool,
+}
+
+impl<'t> Iterator for Pieces<'t> {
+    type Item = &'t str;
+
+    fn next(&mut self) -> Option<&'t str> {
+        let rest = self.text.get(self.pos..)?;
+        let first = rest.chars().next()?;
+        // The Digits pre-tokenizer's segment: one numeric char, or the run up to the
+        // next one. The pattern then runs on that segment as on a string of its own.
+        let segment = if !self.split_digits {
+            rest
+        } else if first.is_numeric() {
+            &rest[..first.len_utf8()]
+        } else {
+            match rest.char_indices().find(|&(_, c)| c.is_numeric()) {
+                Some((i, _)) => &rest[..i],
+                None => rest,
+            }
+        };
+        let len = pattern_match(segment, first);
+        let piece = segment.get(..len)?;
+        self.pos += len;
+        Some(piece)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Letter,
+    Number,
+    Space,
+    Other,
+}
+
+fn class(c: char) -> Class {
+    if c.is_ascii() {
+        return match c {
+            'a'..='z' | 'A'..='Z' => Class::Letter,
+            '0'..='9' => Class::Number,
+            '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' ' => Class::Space,
+            _ => Class::Other,
+        };
+    }
+    if c.is_whitespace() {
+        Class::Space
+    } else if c.is_numeric() {
+        Class::Number
+    } else if is_letter(c) {
+        Class::Letter
+    } else {
+        Class::Other
+    }
+}
+
+/// General_Category L (Unicode 16).
+pub(crate) fn is_letter(c: char) -> bool {
+    let cp = c as u32;
+    // Last range starting at or before `cp`.
+    let i = LETTER_RANGES.partition_point(|&r| (r >> 11) <= cp);
+    match i.checked_sub(1).and_then(|i| LETTER_RANGES.get(i)) {
+        Some(&r) => cp - (r >> 11) <= (r & 0x7ff),
+        None => false,
+    }
+}
+
+/// Byte length of the pattern's match at the start of `s` (non-empty, starting with
+/// `first`). Every position matches some alternative, so the result is > 0.
+fn pattern_match(s: &str, first: char) -> usize {
+    let after = s.get(first.len_utf8()..).unwrap_or("");
+    // 's|'t|'re|'ve|'m|'ll|'d
+    if first == '\'' {
+        for suffix in ["s", "t", "re", "ve", "m", "ll", "d"] {
+            if after.starts_with(suffix) {
+                return 1 + suffix.len();
+            }
+        }
+    }
+    // ` ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+`: the classes are disjoint, so the class of
+    // the first char after an optional space picks the alternative.
+    let (skip, c) = match (first, after.chars().next()) {
+        (' ', Some(next)) if class(next) != Class::Space => (1, next),
+        _ => (0, first),
+    };
+    let cls = class(c);
+    if cls != Class::Space {
+        return skip + run_len(s.get(skip..).unwrap_or(""), |c| class(c) == cls);
+    }
+    // `\s+(?!\S)|\s+`: a white-space run, less its last char when a non-space follows
+    // (that char then leads the next piece, e.g. " word"), unless the run is one char.
+    let run = run_len(s, char::is_whitespace);
+    let Some(ws) = s.get(..run) else { return s.len() };
+    if run == s.len() {
+        return run;
+    }
+    let last = ws.chars().next_back().map_or(0, char::len_utf8);
+    if run > last {
+        run - last
+    } else {
+        run
+    }
+}
+
+/// Byte length of the longest prefix of `s` whose chars all satisfy `pred`.
+fn run_len(s: &str, pred: impl Fn(char) -> bool) -> usize {
+    s.char_indices().find(|&(_, c)| !pred(c)).map_or(s.len(), |(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn split(pre: PreTokenizer, s: &str) -> Vec<&str> {
+        pre.pieces(s).collect()
+    }
+
+    #[test]
+    fn gpt2_pattern() {
+        let p = PreTokenizer::Gpt2;
+        assert_eq!(split(p, "Hello world"), ["Hello", " world"]);
+        assert_eq!(split(p, "a  b"), ["a", " ", " b"]);
+        assert_eq!(split(p, "a \n\n b  "), ["a", " \n\n", " b", "  "]);
+        assert_eq!(split(p, "I'm he's 'sam"), ["I", "'m", " he", "'s", " '", "sam"]);
+        assert_eq!(split(p, "x 123!!"), ["x", " 123", "!!"]);
+        assert_eq!(split(p, "\tb"), ["\t", "b"]);
+        assert_eq!(split(p, " "), [" "]);
+        assert_eq!(split(p, ""), [] as [&str; 0]);
+    }
+
+    #[test]
+    fn smollm_isolates_digits() {
+        let p = PreTokenizer::Smollm;
+        assert_eq!(split(p, "x 123!!"), ["x", " ", "1", "2", "3", "!!"]);
+        assert_eq!(split(p, "a  1"), ["a", "  ", "1"]);
+        assert_eq!(split(p, "½ ٣x"), ["½", " ", "٣", "x"]);
+    }
+
+    #[test]
+    fn classes() {
+        assert!(is_letter('a') && is_letter('é') && is_letter('中') && is_letter('ʰ'));
+        assert!(!is_letter('\u{301}') && !is_letter('Ⅻ') && !is_letter('Ⓐ') && !is_letter('1'));
+        assert_eq!(class('\u{1c}'), Class::Other);
+        assert_eq!(class('\u{85}'), Class::Space);
+        assert_eq!(class('\u{3000}'), Class::Space);
+        assert_eq!(class('Ⅻ'), Class::Number);
+    }
+}
