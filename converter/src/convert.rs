@@ -22,14 +22,6 @@ pub enum Quant {
 }
 
 impl Quant {
-    pub fn parse(s: &str) -> Result<Quant> {
-        match s {
-            "q8" => Ok(Quant::Q8),
-            "f32" => Ok(Quant::F32),
-            "q4" | "f16" => bail!("--quant {s} is not implemented yet (supported: q8, f32)"),
-            other => bail!("unknown --quant '{other}' (supported: q8, f32)"),
-        }
-    }
     pub fn name(self) -> &'static str {
         match self {
             Quant::Q8 => "q8",

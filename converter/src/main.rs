@@ -28,9 +28,9 @@ enum Cmd {
         input: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// Weight type of the matrices: q8 or f32 (norms stay f32).
-        #[arg(long, default_value = "q8")]
-        quant: String,
+        /// Weight type of the matrices (norms stay f32).
+        #[arg(long, value_enum, default_value_t = QuantArg::Q8)]
+        quant: QuantArg,
         /// Calibration text file for the accuracy report (default: built-in text).
         #[arg(long)]
         calib: Option<PathBuf>,
@@ -63,8 +63,9 @@ enum Cmd {
         n: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
-        #[arg(long, default_value_t = 2048)]
-        ctx: usize,
+        /// Context length (default: 2048, or the model's if shorter).
+        #[arg(long)]
+        ctx: Option<usize>,
         /// Wrap the prompt in the model's chat template (a user message).
         #[arg(long)]
         chat: bool,
@@ -86,15 +87,22 @@ enum Cmd {
     Score {
         model: PathBuf,
         file: PathBuf,
-        /// Window length; longer texts are scored in overlapping windows.
-        #[arg(long, default_value_t = 2048)]
-        ctx: usize,
+        /// Window length (default: 2048, or the model's context if shorter); longer
+        /// texts are scored in overlapping windows.
+        #[arg(long)]
+        ctx: Option<usize>,
         #[arg(long)]
         json: bool,
         /// Include every position's log-prob in the output.
         #[arg(long)]
         per_token: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum QuantArg {
+    Q8,
+    F32,
 }
 
 #[derive(clap::Args)]
@@ -122,7 +130,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Convert { input, output, quant, calib, no_calib, force } => {
-            cmd_convert(&input, &output, &quant, calib.as_deref(), no_calib, force)
+            cmd_convert(&input, &output, quant, calib.as_deref(), no_calib, force)
         }
         Cmd::Inspect { model, ctx, verify, json } => cmd_inspect(&model, ctx, verify, json),
         Cmd::Generate { model, prompt, n, sampling, ctx, chat } => cmd_generate(&model, &prompt, n, &sampling, ctx, chat),
@@ -138,8 +146,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn cmd_convert(input: &Path, output: &Path, quant: &str, calib: Option<&Path>, no_calib: bool, force: bool) -> Result<()> {
-    let quant = Quant::parse(quant)?;
+fn cmd_convert(input: &Path, output: &Path, quant: QuantArg, calib: Option<&Path>, no_calib: bool, force: bool) -> Result<()> {
+    let quant = match quant {
+        QuantArg::Q8 => Quant::Q8,
+        QuantArg::F32 => Quant::F32,
+    };
     let calib = match calib {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read calibration text {}", p.display()))?),
         None => None,
@@ -233,11 +244,12 @@ fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat: boo
     Ok(ids)
 }
 
-fn session_config(model: &Model<'_>, ctx: usize) -> Result<SessionConfig> {
+fn session_config(model: &Model<'_>, ctx: Option<usize>) -> Result<SessionConfig> {
+    let train = model.config().ctx_train;
+    let ctx = ctx.unwrap_or(train.min(2048));
     if ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    let train = model.config().ctx_train;
     if ctx > train {
         bail!("--ctx {ctx} is longer than the model's training context ({train})");
     }
@@ -248,7 +260,7 @@ fn new_arena(model: &Model<'_>, cfg: &SessionConfig) -> Result<Vec<u8>> {
     Ok(vec![0u8; model.memory_plan(cfg)?])
 }
 
-fn cmd_generate(path: &Path, prompt: &str, n: usize, s: &SamplingArgs, ctx: usize, chat: bool) -> Result<()> {
+fn cmd_generate(path: &Path, prompt: &str, n: usize, s: &SamplingArgs, ctx: Option<usize>, chat: bool) -> Result<()> {
     let sampler_cfg = SamplerConfig {
         temperature: s.temp,
         top_k: s.top_k.unwrap_or(0) as usize,
@@ -334,7 +346,7 @@ fn cmd_next(path: &Path, prompt: &str, top: usize, chat: bool, json_out: bool) -
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
     let ids = encode_prompt(&model, &tok, prompt, chat)?;
-    let cfg = session_config(&model, ids.len().max(1))
+    let cfg = session_config(&model, Some(ids.len().max(1)))
         .map_err(|_| anyhow!("prompt is {} tokens, longer than the model's context", ids.len()))?;
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
@@ -376,7 +388,7 @@ struct Scored {
     top_logprob: f64,
 }
 
-fn cmd_score(path: &Path, file: &Path, ctx: usize, json_out: bool, per_token: bool) -> Result<()> {
+fn cmd_score(path: &Path, file: &Path, ctx: Option<usize>, json_out: bool, per_token: bool) -> Result<()> {
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8(text).map_err(|_| anyhow!("{}: not UTF-8 text", file.display()))?;
     let loaded = Loaded::open(path)?;

@@ -14,7 +14,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer as _};
+use tokenizers::{AddedToken, OffsetReferential, OffsetType, PreTokenizedString};
 
 const CORPUS: &str = include_str!("../fixtures/tokenizer/corpus.txt");
 

@@ -54,9 +54,12 @@ enum QFill {
     SubnormalScale,
     NegativeScale,
     MixedScales,
+    /// Quants over the whole i8 range, -128 included: allowed for weights (the first
+    /// operand) in every tier, not for activations.
+    FullRange,
 }
 
-const QFILLS: [QFill; 9] = [
+const QFILLS: [QFill; 10] = [
     QFill::Random,
     QFill::AllMax,
     QFill::AllMin,
@@ -66,6 +69,7 @@ const QFILLS: [QFill; 9] = [
     QFill::SubnormalScale,
     QFill::NegativeScale,
     QFill::MixedScales,
+    QFill::FullRange,
 ];
 
 fn q8_row(rng: &mut Rng, fill: QFill, nb: usize) -> Vec<BlockQ8> {
@@ -77,6 +81,7 @@ fn q8_row(rng: &mut Rng, fill: QFill, nb: usize) -> Vec<BlockQ8> {
                     QFill::AllMax | QFill::LargeScale => 127,
                     QFill::AllMin => -127,
                     QFill::AlternatingMax => [127, -127][(i + j) % 2],
+                    QFill::FullRange => [-128, rng.next() as i8][i % 2],
                     _ => rng.quant(),
                 };
             }
@@ -133,7 +138,12 @@ fn dot_q8_is_bit_exact() {
     for k in simd_tiers() {
         for &nb in &BLOCK_COUNTS {
             for fa in QFILLS {
-                for fb in [QFill::Random, fa, QFill::MixedScales] {
+                let fa_x = if matches!(fa, QFill::FullRange) {
+                    QFill::AllMin
+                } else {
+                    fa
+                };
+                for fb in [QFill::Random, fa_x, QFill::MixedScales] {
                     let a = q8_row(&mut rng, fa, nb);
                     let b = q8_row(&mut rng, fb, nb);
                     let what = format!("dot_q8 nb={nb} {fa:?}x{fb:?}");
@@ -362,4 +372,36 @@ fn x86_caps_fall_back_to_weaker_tiers() {
         "scalar"
     };
     assert_eq!(cap, expect);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512vnni_is_exact_over_the_whole_i8_range() {
+    // Its biased `vpdpbusd` form needs no range condition on either operand.
+    let Some(k) = by_name("avx512vnni") else {
+        return;
+    };
+    let mut rng = Rng(7);
+    for &nb in &BLOCK_COUNTS {
+        let a = q8_row(&mut rng, QFill::FullRange, nb);
+        let b = q8_row(&mut rng, QFill::FullRange, nb);
+        assert_same(
+            k.name,
+            &format!("dot_q8 nb={nb}"),
+            (k.dot_q8)(&a, &b),
+            scalar::dot_q8(&a, &b),
+        );
+        if nb == 0 {
+            continue; // the scalar matmul takes no empty rows
+        }
+        let rows = 3;
+        let w = q8_row(&mut rng, QFill::FullRange, rows * nb);
+        let mut got = vec![0.0; rows * 2];
+        let mut want = got.clone();
+        (k.matmul_q8)(&w, rows, &[&a[..], &b[..]].concat(), &mut got);
+        scalar::matmul_q8(&w, rows, &[&a[..], &b[..]].concat(), &mut want);
+        for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+            assert_same(k.name, &format!("matmul_q8 nb={nb} out[{i}]"), g, s);
+        }
+    }
 }

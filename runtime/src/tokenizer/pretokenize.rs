@@ -88,7 +88,8 @@ impl<'t> Iterator for Pieces<'t> {
                 None => rest,
             }
         };
-        let len = pattern_match(segment, first);
+        // Never empty, so the iterator always advances.
+        let len = pattern_match(segment, first).max(first.len_utf8());
         let piece = segment.get(..len)?;
         self.pos += len;
         Some(piece)
@@ -158,7 +159,7 @@ fn pattern_match(s: &str, first: char) -> usize {
     }
     // `\s+(?!\S)|\s+`: a white-space run, less its last char when a non-space follows
     // (that char then leads the next piece, e.g. " word"), unless the run is one char.
-    let run = run_len(s, char::is_whitespace);
+    let run = run_len(s, |c| class(c) == Class::Space);
     let Some(ws) = s.get(..run) else { return s.len() };
     if run == s.len() {
         return run;

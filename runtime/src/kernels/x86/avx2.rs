@@ -78,7 +78,8 @@ mod safe {
 // Kernels
 // ---------------------------------------------------------------------------------------
 
-/// [`scalar::dot_q8`], bit for bit, for quants in [-127, 127].
+/// [`scalar::dot_q8`], bit for bit, when `b`'s quants are in [-127, 127] (as the
+/// quantizer makes them; `a` may hold any i8).
 ///
 /// # Safety
 /// The CPU must support avx2 and f16c.
@@ -97,7 +98,8 @@ pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
     reduce8(acc)
 }
 
-/// [`scalar::matmul_q8`], bit for bit, for quants in [-127, 127]: tiles of
+/// [`scalar::matmul_q8`], bit for bit, when `x`'s quants are in [-127, 127] (as the
+/// quantizer makes them; `w` may hold any i8): tiles of
 /// 4 weight rows x 2 tokens, each output equal to [`dot_q8`] of its row and token.
 ///
 /// # Safety
@@ -419,8 +421,9 @@ fn accumulate(acc: __m256, isum: __m256i, dw: __m256, dx: __m256) -> __m256 {
 }
 
 /// 8 i32 partial sums whose total is the exact integer dot product of one block pair:
-/// `|w|` (unsigned) times `x * sign(w)` (signed) in `vpmaddubsw`, whose i16 pair sums
-/// stay within 2 * 127 * 127 < 2^15 (no saturation), then pairs widened by `vpmaddwd`.
+/// `|w|` (unsigned, at most 128) times `x * sign(w)` (signed, exact for `x` in
+/// [-127, 127]) in `vpmaddubsw`, whose i16 pair sums stay within 2 * 128 * 127 < 2^15
+/// (no saturation), then pairs widened by `vpmaddwd`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn block_partials(w: &BlockQ8, x: &BlockQ8) -> __m256i {
@@ -447,6 +450,15 @@ fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
     let mut v = [_mm256_setzero_si256(); 8];
     for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
         *v = block_partials(w, x);
+    }
+    if w.len() <= 4 {
+        // The first half of `hsum8`'s tree is enough.
+        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(h0123),
+            _mm256_extracti128_si256::<1>(h0123),
+        );
+        return _mm256_zextsi128_si256(s);
     }
     hsum8(v)
 }

@@ -1,11 +1,12 @@
 //! The AVX-512 VNNI tier (avx512f, avx512bw, avx512vl, avx512vnni): bit-exact with
 //! [`scalar`].
 //!
-//! q8 blocks: two blocks per zmm register, `vpdpbusd` of `|w|` (unsigned) and
-//! `x * sign(w)` (signed) gives 8 i32 partial sums per block pair without any
-//! intermediate saturation, and an unpack/add tree folds 8 blocks into one ymm register
-//! with block `j` in lane `j`. The float part is the scalar one done 8 lanes at a time
-//! (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider tiles.
+//! q8 blocks: two blocks per zmm register, `vpdpbusd` of `w + 128` (unsigned) and `x`
+//! (signed) into i32 lanes that start at `-128 * sum(x)` gives 8 exact partial sums per
+//! block pair for any i8 values, and an unpack/add tree folds 8 blocks into one ymm
+//! register with block `j` in lane `j`. The float part is the scalar one done 8 lanes at
+//! a time (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider
+//! tiles.
 
 use core::arch::x86_64::*;
 
@@ -14,8 +15,10 @@ use half::f16;
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ8, QK8};
 
-/// Weight rows per matmul tile.
-const TILE_ROWS: usize = 4;
+/// Weight rows per q8 matmul tile.
+const TILE_ROWS_Q8: usize = 8;
+/// Weight rows per f32 matmul tile.
+const TILE_ROWS_F32: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
 const TILE_TOKENS_Q8: usize = 4;
 /// Activation rows (tokens) per f32 matmul tile: 4 x 4 accumulators plus 8 loads in
@@ -97,7 +100,7 @@ mod safe {
 // Kernels
 // ---------------------------------------------------------------------------------------
 
-/// [`scalar::dot_q8`], bit for bit, for quants in [-127, 127].
+/// [`scalar::dot_q8`], bit for bit, for any i8 quants.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
@@ -116,8 +119,8 @@ pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
     reduce8(acc)
 }
 
-/// [`scalar::matmul_q8`], bit for bit, for quants in [-127, 127]: tiles of
-/// 4 weight rows x 4 tokens, each output equal to [`dot_q8`] of its row and token.
+/// [`scalar::matmul_q8`], bit for bit, for any i8 quants: tiles of
+/// 8 weight rows x 4 tokens, each output equal to [`dot_q8`] of its row and token.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
@@ -129,9 +132,13 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
         return scalar::matmul_q8(w, rows, x, out);
     };
     let mut r0 = 0;
-    while r0 + TILE_ROWS <= rows {
-        q8_rows::<TILE_ROWS>(w, x, out, shape, r0);
-        r0 += TILE_ROWS;
+    while r0 + TILE_ROWS_Q8 <= rows {
+        q8_rows::<TILE_ROWS_Q8>(w, x, out, shape, r0);
+        r0 += TILE_ROWS_Q8;
+    }
+    if r0 + 4 <= rows {
+        q8_rows::<4>(w, x, out, shape, r0);
+        r0 += 4;
     }
     match rows - r0 {
         1 => q8_rows::<1>(w, x, out, shape, r0),
@@ -171,9 +178,9 @@ pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
         return scalar::matmul_f32(w, rows, x, out);
     };
     let mut r0 = 0;
-    while r0 + TILE_ROWS <= rows {
-        f32_rows::<TILE_ROWS>(w, x, out, shape, r0);
-        r0 += TILE_ROWS;
+    while r0 + TILE_ROWS_F32 <= rows {
+        f32_rows::<TILE_ROWS_F32>(w, x, out, shape, r0);
+        r0 += TILE_ROWS_F32;
     }
     match rows - r0 {
         1 => f32_rows::<1>(w, x, out, shape, r0),
@@ -284,7 +291,11 @@ fn q8_tile<const R: usize, const T: usize>(
 
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for g in 0..kb / 8 {
-        let mut xq = [[_mm512_setzero_si512(); 4]; T];
+        let zero = _mm512_setzero_si512();
+        let mut xq = [ActGroup {
+            q: [zero; 4],
+            correction: [zero; 4],
+        }; T];
         let mut dx = [_mm256_setzero_ps(); T];
         for j in 0..T {
             xq[j] = load_x(&xg[j][g]);
@@ -421,38 +432,44 @@ fn load_pair(a: &BlockQ8, b: &BlockQ8) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load_qs(a)), load_qs(b))
 }
 
-/// Weight operand of 8 blocks, blocks `(j, j + 4)` in register `j`: `|w|` as unsigned
-/// bytes and the mask of negative quants.
-struct WeightGroup {
-    abs: [__m512i; 4],
-    neg: [__mmask64; 4],
+/// Weight operand of 8 blocks, blocks `(j, j + 4)` in register `j`, as the unsigned
+/// bytes `w + 128` (`w ^ 0x80`).
+#[derive(Clone, Copy)]
+struct WeightGroup([__m512i; 4]);
+
+/// Activation operand of 8 blocks, blocks `(j, j + 4)` in register `j`, with the bias
+/// correction `-128 * (x_4l + .. + x_4l+3)` per i32 lane `l`.
+#[derive(Clone, Copy)]
+struct ActGroup {
+    q: [__m512i; 4],
+    correction: [__m512i; 4],
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn load_w(w: &[BlockQ8; 8]) -> WeightGroup {
-    let mut g = WeightGroup {
-        abs: [_mm512_setzero_si512(); 4],
-        neg: [0; 4],
-    };
-    for j in 0..4 {
-        let q = load_pair(&w[j], &w[j + 4]);
-        g.abs[j] = _mm512_abs_epi8(q);
-        g.neg[j] = _mm512_movepi8_mask(q);
+    let bias = _mm512_set1_epi8(i8::MIN);
+    let mut g = WeightGroup([_mm512_setzero_si512(); 4]);
+    for (j, g) in g.0.iter_mut().enumerate() {
+        *g = _mm512_xor_si512(load_pair(&w[j], &w[j + 4]), bias);
     }
     g
 }
 
-/// Activation operand of 8 blocks, blocks `(j, j + 4)` in register `j`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_x(x: &[BlockQ8; 8]) -> [__m512i; 4] {
-    [
-        load_pair(&x[0], &x[4]),
-        load_pair(&x[1], &x[5]),
-        load_pair(&x[2], &x[6]),
-        load_pair(&x[3], &x[7]),
-    ]
+fn load_x(x: &[BlockQ8; 8]) -> ActGroup {
+    let zero = _mm512_setzero_si512();
+    let bias = _mm512_set1_epi8(i8::MIN);
+    let mut g = ActGroup {
+        q: [zero; 4],
+        correction: [zero; 4],
+    };
+    for j in 0..4 {
+        g.q[j] = load_pair(&x[j], &x[j + 4]);
+        g.correction[j] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, g.q[j]));
+    }
+    g
 }
 
 /// The exact i32 dot products of 8 block pairs, pair `j` in lane `j`.
@@ -462,20 +479,19 @@ fn isum8(w: &[BlockQ8; 8], x: &[BlockQ8; 8]) -> __m256i {
     isum8_loaded(&load_w(w), &load_x(x))
 }
 
-/// [`isum8`] of loaded operands. `vpdpbusd` multiplies `|w|` (unsigned) by
-/// `x * sign(w)` (signed) and adds groups of 4 products into i32 lanes: exact, as
-/// `|x * sign(w)| <= 127` and no intermediate is narrowed. Register `j` then holds
-/// 8 partial sums of block `j` and 8 of block `j + 4`; the unpack/add tree leaves, in
-/// each 128-bit lane, one partial sum of 4 blocks, and the last step adds the two
-/// 128-bit lanes of each block.
+/// [`isum8`] of loaded operands. `vpdpbusd` takes unsigned by signed bytes, so the
+/// weights go in as `w + 128` and each i32 lane starts from `-128 * sum(x)` over its 4
+/// bytes: `sum((w + 128) * x) - 128 * sum(x) = sum(w * x)`, exact for every i8 (the
+/// instruction adds in i32 without saturating, and no value comes near 2^31). Register
+/// `j` then holds 8 partial sums of block `j` and 8 of block `j + 4`; the unpack/add
+/// tree leaves, in each 128-bit lane, one partial sum of 4 blocks, and the last step
+/// adds the two 128-bit lanes of each block.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn isum8_loaded(w: &WeightGroup, x: &[__m512i; 4]) -> __m256i {
-    let zero = _mm512_setzero_si512();
-    let mut p = [zero; 4];
-    for j in 0..4 {
-        let sx = _mm512_mask_sub_epi8(x[j], w.neg[j], zero, x[j]);
-        p[j] = _mm512_dpbusd_epi32(zero, w.abs[j], sx);
+fn isum8_loaded(w: &WeightGroup, x: &ActGroup) -> __m256i {
+    let mut p = [_mm512_setzero_si512(); 4];
+    for (j, p) in p.iter_mut().enumerate() {
+        *p = _mm512_dpbusd_epi32(x.correction[j], w.0[j], x.q[j]);
     }
     // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
     let ab = _mm512_add_epi32(
@@ -495,7 +511,9 @@ fn isum8_loaded(w: &WeightGroup, x: &[__m512i; 4]) -> __m256i {
 }
 
 /// The 8 blocks' scales as f32, equal to [`BlockQ8::scale`]: `vcvtph2ps` is exact, as
-/// every f16 (subnormals included) is an f32.
+/// every f16 (subnormals included) is an f32. The halves are assembled in general
+/// registers: that measured faster than `vpgatherdd` on Sapphire Rapids, and gathers
+/// are slower still on CPUs with the Downfall microcode fix.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn scales8(b: &[BlockQ8; 8]) -> __m256 {
@@ -515,22 +533,40 @@ fn scales_tail(b: &[BlockQ8]) -> __m256 {
     _mm256_cvtph_ps(_mm_set_epi64x(h[1] as i64, h[0] as i64))
 }
 
-/// [`isum8`] of the fewer than 8 pairs of a row's tail, one ymm `vpdpbusd` per block;
-/// the missing lanes are 0.
+/// [`isum8`] of the fewer than 8 pairs of a row's tail, one ymm `vpdpbusd` per block
+/// in the same biased form; the missing lanes are 0.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
     let zero = _mm256_setzero_si256();
+    let bias = _mm256_set1_epi8(i8::MIN);
     let mut v = [zero; 8];
     for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
         let (w, x) = (load_qs(w), load_qs(x));
-        *v = _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        let correction = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+        *v = _mm256_dpbusd_epi32(correction, _mm256_xor_si256(w, bias), x);
     }
+    hsum_tail(v, w.len())
+}
+
+/// Lane `j` = the sum of the 8 lanes of `v[j]`, for `v[len..]` zero; a shorter tree
+/// when `len <= 4`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn hsum_tail(v: [__m256i; 8], len: usize) -> __m256i {
     let h01 = _mm256_hadd_epi32(v[0], v[1]);
     let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    // 128-bit half h of h0123 holds [v0, v1, v2, v3] summed over that half's lanes.
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    if len <= 4 {
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(h0123),
+            _mm256_extracti128_si256::<1>(h0123),
+        );
+        return _mm256_zextsi128_si256(s);
+    }
     let h45 = _mm256_hadd_epi32(v[4], v[5]);
     let h67 = _mm256_hadd_epi32(v[6], v[7]);
-    let h0123 = _mm256_hadd_epi32(h01, h23);
     let h4567 = _mm256_hadd_epi32(h45, h67);
     let same = _mm256_blend_epi32::<0xf0>(h0123, h4567);
     let swapped = _mm256_permute2x128_si256::<0x21>(h0123, h4567);

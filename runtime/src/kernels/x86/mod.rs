@@ -4,18 +4,21 @@
 //! | tier | q8 integer part | f32 part | scales |
 //! |---|---|---|---|
 //! | `avx2` ([`avx2`]) | `vpsignb`, `vpmaddubsw`, `vpmaddwd`, `vphaddd` | `vmulps`, `vaddps` (ymm) | F16C `vcvtph2ps` |
-//! | `avx512vnni` ([`avx512`]) | `vpabsb`, `vpmovb2m` + masked `vpsubb`, `vpdpbusd` (zmm, two blocks per register), unpack/add tree | `vmulps`, `vaddps` (ymm, 32 registers) | F16C `vcvtph2ps` |
+//! | `avx512vnni` ([`avx512`]) | `vpxorq` (bias), `vpdpbusd` (zmm, two blocks per register), `vpunpck*`/`vpaddd` tree | `vmulps`, `vaddps` (ymm, 32 registers) | F16C `vcvtph2ps` |
 //!
 //! Why the results are identical to the scalar contract:
 //!
-//! - **Integer part.** Each block pair's dot product is computed exactly in i32. The
-//!   signed-by-signed product is rewritten as `|w| * (x * sign(w))`, unsigned by signed,
-//!   which is what `vpmaddubsw`/`vpdpbusd` take. For quants in [-127, 127] (the format's
-//!   range; the quantizer never makes -128) both factors fit their byte types, the
-//!   `vpmaddubsw` pair sums are at most 2 * 127 * 127 < 2^15 (no saturation), and
-//!   `vpdpbusd` adds in i32 without narrowing. Integer addition is associative, so any
-//!   reduction tree gives the same block sum (|sum| <= 32 * 127 * 127 < 2^24, exact
-//!   in f32 too).
+//! - **Integer part.** Each block pair's dot product is computed exactly in i32, and
+//!   integer addition is associative, so any reduction tree gives the same block sum
+//!   (|sum| <= 32 * 128 * 128 < 2^24, so its f32 conversion is exact too). Both byte
+//!   multipliers take unsigned by signed bytes:
+//!   - avx2 rewrites `w * x` as `|w| * (x * sign(w))`. `|w|` <= 128 fits a u8 and the
+//!     `vpmaddubsw` pair sums stay within 2 * 128 * 127 < 2^15 (no saturation), given
+//!     `x` in [-127, 127], which the quantizer guarantees for activations (for
+//!     `x = -128`, `x * sign(w)` would wrap). Weights may hold any i8.
+//!   - avx512vnni feeds `w + 128` (`w ^ 0x80`, unsigned) and `x`, with each i32 lane
+//!     starting at `-128 * sum(x)` over its 4 bytes: exact for every i8 on both sides,
+//!     since `vpdpbusd` adds in i32 without saturating.
 //! - **Float part.** The isums of 8 consecutive blocks sit in one register, block `j`
 //!   in lane `j % 8`, the lane the scalar code uses. Lane-wise `cvtdq2ps`, `d_w * d_x`,
 //!   `isum * (d_w * d_x)` and `acc + term` are the scalar operations in the scalar

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Build the peer, llama.cpp, for side-by-side benchmarks against arq.
+#
+# The llama.cpp source comes from the source distribution of the PyPI package
+# llama-cpp-python (pinned below), which vendors it under vendor/llama.cpp.
+# Only the CPU tools needed for benchmarking are built (llama-bench,
+# llama-quantize, llama-simple), in Release, with GGML_NATIVE=ON (the peer at
+# its best on this machine) and without CURL.
+#
+# Idempotent: the download, the unpack and the build are each skipped when
+# their result already exists. Prints the build's bin dir on stdout (last line).
+#
+# Env:
+#   LLAMA_CPP_CACHE   cache dir, outside the repo (default /work/cache/llama.cpp)
+#   LLAMA_CPP_PY_VER  llama-cpp-python version (default pinned below)
+#   LLAMA_CPP_JOBS    parallel compile jobs (default 2)
+set -euo pipefail
+
+ver="${LLAMA_CPP_PY_VER:-0.3.36}"
+cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
+jobs="${LLAMA_CPP_JOBS:-2}"
+tools=(llama-bench llama-quantize llama-simple)
+
+log() { echo "[build_llama_cpp] $*" >&2; }
+
+src="$cache/llama_cpp_python-$ver"
+build="$cache/build-$ver"
+bin="$build/bin"
+
+have_all_bins() {
+  local t
+  for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done
+}
+
+if have_all_bins; then
+  log "binaries already built in $bin"
+  echo "$bin"
+  exit 0
+fi
+
+# --- build dependencies (apt, only what is missing) --------------------------
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v g++   >/dev/null 2>&1 || need+=(g++)
+command -v make  >/dev/null 2>&1 || need+=(make)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+# --- source --------------------------------------------------------------------
+mkdir -p "$cache"
+sdist="$cache/llama_cpp_python-$ver.tar.gz"
+if [ ! -s "$sdist" ]; then
+  log "downloading llama-cpp-python==$ver sdist"
+  tmp=$(mktemp -d "$cache/dl.XXXXXX")
+  # --no-binary only for this package: with ":all:", pip would also build the
+  # sdist's build requirements (ninja, cmake, ...) from source just to read
+  # its metadata.
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python \
+    "llama-cpp-python==$ver" -d "$tmp" >&2
+  mv "$tmp"/llama_cpp_python-"$ver".tar.gz "$sdist.part"
+  rm -rf "$tmp"
+  mv "$sdist.part" "$sdist"
+fi
+if [ ! -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
+  log "unpacking $sdist"
+  rm -rf "$src" "$src.part"
+  mkdir -p "$src.part"
+  tar -xzf "$sdist" -C "$src.part" --strip-components=1
+  mv "$src.part" "$src"
+fi
+lsrc="$src/vendor/llama.cpp"
+
+# --- configure + build -----------------------------------------------------------
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  log "configuring in $build"
+  cmake -S "$lsrc" -B "$build" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF \
+    -DGGML_NATIVE=ON \
+    -DGGML_OPENMP=ON \
+    -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
+    -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=ON \
+    -DLLAMA_BUILD_TOOLS=ON \
+    -DLLAMA_BUILD_SERVER=OFF >&2
+fi
+log "building ${tools[*]} with -j$jobs"
+start=$(date +%s)
+cmake --build "$build" --config Release -j "$jobs" --target "${tools[@]}" >&2
+end=$(date +%s)
+log "build took $((end - start)) s"
+echo "$((end - start))" > "$build/build_seconds.txt"
+
+have_all_bins || { log "missing binaries in $bin"; exit 1; }
+echo "$bin"

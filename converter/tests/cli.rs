@@ -1,0 +1,150 @@
+//! The `arq` binary as a user runs it: outputs, JSON shapes, and bad input — a one-line
+//! error, exit code 1 (2 for bad arguments), no panic, no partial output, input intact.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn arq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arq")).args(args).output().expect("run arq")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.arq");
+    std::fs::write(&p, common::tiny_llama_arq(42)).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Exit code `code`, exactly one line on stderr that contains `needle`, no panic text.
+fn assert_error(out: &Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    if code == 1 {
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    }
+}
+
+fn only_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn generate_is_deterministic_for_a_seed_and_reports_speed() {
+    let d = tmpdir("generate");
+    let m = tiny_model(&d);
+    let run = |seed: &str| arq(&["generate", s(&m), "-p", "hello", "-n", "12", "--temp", "1.0", "--seed", seed]);
+    let (a, b, c) = (run("7"), run("7"), run("8"));
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    assert_ne!(a.stdout, c.stdout);
+    assert!(String::from_utf8_lossy(&a.stdout).starts_with("hello"));
+    let err = String::from_utf8_lossy(&a.stderr);
+    assert!(err.contains("prompt: 5 tokens") && err.contains("generation: ") && err.contains("tok/s"), "{err}");
+    let chat = arq(&["generate", s(&m), "--chat", "-p", "hi", "-n", "4", "--temp", "0"]);
+    assert!(chat.status.success(), "{}", String::from_utf8_lossy(&chat.stderr));
+}
+
+#[test]
+fn next_score_and_inspect_print_the_documented_json() {
+    let d = tmpdir("json");
+    let m = tiny_model(&d);
+    let out = arq(&["next", s(&m), "-p", "abc", "--top", "5", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top = v["top"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    assert!(top[0]["prob"].as_f64().unwrap() >= top[4]["prob"].as_f64().unwrap());
+
+    let text = d.join("essay.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(4)).unwrap();
+    let out = arq(&["score", s(&m), s(&text), "--json", "--per-token", "--ctx", "64"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 180 bytes = 180 byte tokens; no BOS, so the first token is the condition.
+    assert_eq!(v["tokens"], 179);
+    assert!(v["windows"]["count"].as_u64().unwrap() > 1, "ctx 64 < 180 tokens needs windows");
+    let nll = v["nll_nats"].as_f64().unwrap();
+    let per: Vec<f64> = v["per_token"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+    assert_eq!(per.len(), 179);
+    assert!((nll + per.iter().sum::<f64>()).abs() < 1e-6);
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!((ppl - (nll / 179.0).exp()).abs() < 1e-9);
+    assert!((v["bits_per_token"].as_f64().unwrap() - nll / 179.0 / std::f64::consts::LN_2).abs() < 1e-9);
+    for key in ["pos", "id", "logprob", "top_id", "top_logprob"] {
+        assert!(v["per_token"][0].get(key).is_some(), "{key}");
+    }
+
+    let out = arq(&["inspect", s(&m), "--ctx", "64", "--verify", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hyperparameters"]["layers"], 2);
+    assert_eq!(v["tokenizer"]["vocab"], 259);
+    assert!(v["arena"]["bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let d = tmpdir("bad");
+    let m = tiny_model(&d);
+    let out_arq = d.join("out.arq");
+
+    assert_error(&arq(&["convert", s(&d.join("missing.gguf")), "-o", s(&out_arq)]), 1, "no such file");
+    let text = d.join("notes.txt");
+    std::fs::write(&text, "this is not a model\n").unwrap();
+    assert_error(&arq(&["convert", s(&text), "-o", s(&out_arq)]), 1, "not a GGUF");
+    let gpt9 = d.join("gpt9.gguf");
+    let gguf = common::gguf_with_strings(&[("general.architecture", "gpt9")]);
+    std::fs::write(&gpt9, &gguf).unwrap();
+    assert_error(&arq(&["convert", s(&gpt9), "-o", s(&out_arq)]), 1, "unsupported architecture 'gpt9'");
+    assert_eq!(std::fs::read(&gpt9).unwrap(), gguf, "input modified");
+    assert_error(&arq(&["convert", s(&gpt9), "-o", s(&out_arq), "--quant", "q3"]), 2, "q3");
+
+    // Nothing but the inputs is left behind: no partial or temporary output.
+    assert_eq!(only_files(&d), ["gpt9.gguf", "notes.txt", "tiny.arq"]);
+
+    // An existing output is not overwritten without --force.
+    assert_error(&arq(&["convert", s(&gpt9), "-o", s(&m)]), 1, "already exists");
+
+    // Truncated and corrupted .arq files.
+    let bytes = std::fs::read(&m).unwrap();
+    let trunc = d.join("trunc.arq");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(&arq(&["generate", s(&trunc), "-p", "x"]), 1, "truncated");
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    let badmagic = d.join("badmagic.arq");
+    std::fs::write(&badmagic, &bad).unwrap();
+    assert_error(&arq(&["inspect", s(&badmagic)]), 1, "not an .arq file");
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x55;
+    let corrupt = d.join("corrupt.arq");
+    std::fs::write(&corrupt, &flipped).unwrap();
+    assert_error(&arq(&["inspect", s(&corrupt), "--verify"]), 1, "checksum mismatch");
+    assert_error(&arq(&["score", s(&m), s(&d.join("nope.txt"))]), 1, "cannot read");
+
+    // Prompt longer than the context; context longer than the model's; bad sampler args.
+    let long = "word ".repeat(40);
+    assert_error(&arq(&["generate", s(&m), "-p", &long, "--ctx", "16"]), 1, "longer than the context");
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "--ctx", "100000"]), 1, "training context");
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "--top-k", "0"]), 2, "top-k");
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "--top-p", "1.5"]), 1, "top-p");
+    assert_error(&arq(&["next", s(&m), "-p", "x", "--top", "0"]), 2, "top");
+    assert_eq!(std::fs::read(&m).unwrap(), bytes, "model modified");
+}
