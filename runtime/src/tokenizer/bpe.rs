@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// `u32` words of scratch that [`Tokenizer::encode_with_scratch`] needs per byte of
 /// the longest pre-tokenizer piece (one symbol and up to three heap entries).
-pub const SCRATCH_WORDS_PER_BYTE: usize = 12;
+pub const SCRATCH_WORDS_PER_BYTE: usize = 18;
 
 /// One symbol of the piece being merged: a token id in a doubly linked list.
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -23,16 +23,20 @@ pub(super) struct Symbol {
     next: u32,
 }
 
-/// A candidate merge of the symbol at `pos` with its right neighbour.
+/// A candidate merge of the symbol at `pos` (then `left`) with its right neighbour
+/// (then `right`).
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C)]
 struct Candidate {
     rank: u32,
     pos: u32,
+    left: u32,
+    right: u32,
     result: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 12);
+const _: () = assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 20);
+const _: () = assert!(SCRATCH_WORDS_PER_BYTE == 3 + 3 * 5);
 
 impl Candidate {
     /// Heap order: lowest rank first, then leftmost.
@@ -135,8 +139,9 @@ impl Tokenizer<'_> {
 
         let mut heap = Heap { items: heap_items, len: 0 };
         for pos in 0..n.saturating_sub(1) {
-            if let Some((rank, result)) = self.merge(symbols[pos].id, symbols[pos + 1].id) {
-                heap.push(Candidate { rank, pos: pos as u32, result });
+            let (left, right) = (symbols[pos].id, symbols[pos + 1].id);
+            if let Some((rank, result)) = self.merge(left, right) {
+                heap.push(Candidate { rank, pos: pos as u32, left, right, result });
             }
         }
         while let Some(top) = heap.pop() {
@@ -146,10 +151,13 @@ impl Tokenizer<'_> {
                 continue;
             }
             let Some(&right) = symbols.get(left.next as usize) else { continue };
-            // A stale candidate: this pair has changed since it was queued.
-            match self.merge(left.id, right.id) {
-                Some((_, result)) if result == top.result => {}
-                _ => continue,
+            // A stale candidate: the pair has changed since it was queued. Like Hugging
+            // Face, still merge if the new pair happens to give the same token.
+            if (left.id, right.id) != (top.left, top.right) {
+                match self.merge(left.id, right.id) {
+                    Some((_, result)) if result == top.result => {}
+                    _ => continue,
+                }
             }
             symbols[left.next as usize].id = NONE;
             symbols[pos].id = top.result;
@@ -159,12 +167,12 @@ impl Tokenizer<'_> {
             }
             if let Some(&before) = symbols.get(left.prev as usize) {
                 if let Some((rank, result)) = self.merge(before.id, top.result) {
-                    heap.push(Candidate { rank, pos: left.prev, result });
+                    heap.push(Candidate { rank, pos: left.prev, left: before.id, right: top.result, result });
                 }
             }
             if let Some(&after) = symbols.get(right.next as usize) {
                 if let Some((rank, result)) = self.merge(top.result, after.id) {
-                    heap.push(Candidate { rank, pos: pos as u32, result });
+                    heap.push(Candidate { rank, pos: pos as u32, left: top.result, right: after.id, result });
                 }
             }
         }

@@ -520,19 +520,25 @@ impl<'a> Tokenizer<'a> {
     pub fn encode(&self, text: &str, special: bool) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
         let mut scratch = Vec::new();
-        let mut push = |id| ids.push(id);
+        let mut cache = PieceCache::for_text_len(text.len());
         let result = self.split_special(text, special, |segment| match segment {
             Segment::Special(id) => {
-                push(id);
+                ids.push(id);
                 Ok(())
             }
             Segment::Text(t) => {
                 for piece in self.pre.pieces(t) {
+                    let piece = piece.as_bytes();
+                    if cache.get(piece, &mut ids) {
+                        continue;
+                    }
                     let need = SCRATCH_WORDS_PER_BYTE * piece.len();
                     if scratch.len() < need {
                         scratch.resize(need, 0);
                     }
-                    self.bpe_piece(piece.as_bytes(), &mut scratch, &mut push)?;
+                    let start = ids.len();
+                    self.bpe_piece(piece, &mut scratch, &mut |id| ids.push(id))?;
+                    cache.put(piece, ids.get(start..).unwrap_or_default());
                 }
                 Ok(())
             }
@@ -566,6 +572,70 @@ impl<'a> Tokenizer<'a> {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         }
+    }
+}
+
+/// A direct-mapped cache of short pieces' token ids for one [`Tokenizer::encode`]
+/// call: words repeat, and a hit skips the merge loop. Bounded (4096 slots of 48 bytes
+/// at most) and only used for texts long enough to repay it.
+#[cfg(feature = "alloc")]
+struct PieceCache {
+    slots: Vec<CacheSlot>,
+}
+
+#[cfg(feature = "alloc")]
+#[derive(Clone, Copy, Default)]
+struct CacheSlot {
+    /// 0: empty.
+    len: u8,
+    key: [u8; CacheSlot::MAX_KEY],
+    n_ids: u8,
+    ids: [u32; CacheSlot::MAX_IDS],
+}
+
+#[cfg(feature = "alloc")]
+impl CacheSlot {
+    const MAX_KEY: usize = 15;
+    const MAX_IDS: usize = 7;
+}
+
+#[cfg(feature = "alloc")]
+impl PieceCache {
+    fn for_text_len(len: usize) -> PieceCache {
+        let n = if len < 1024 { 0 } else { (len / 16).next_power_of_two().min(4096) };
+        PieceCache { slots: alloc::vec![CacheSlot::default(); n] }
+    }
+
+    fn slot(&self, piece: &[u8]) -> Option<usize> {
+        if self.slots.is_empty() || piece.len() > CacheSlot::MAX_KEY {
+            return None;
+        }
+        let mut h = 0u64;
+        for &b in piece {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        Some((h >> 32) as usize & (self.slots.len() - 1))
+    }
+
+    /// Appends the cached ids of `piece` to `ids`; false on a miss.
+    fn get(&self, piece: &[u8], ids: &mut Vec<u32>) -> bool {
+        let Some(slot) = self.slot(piece).and_then(|i| self.slots.get(i)) else { return false };
+        if usize::from(slot.len) != piece.len() || slot.key.get(..piece.len()) != Some(piece) {
+            return false;
+        }
+        ids.extend_from_slice(slot.ids.get(..usize::from(slot.n_ids)).unwrap_or_default());
+        true
+    }
+
+    fn put(&mut self, piece: &[u8], piece_ids: &[u32]) {
+        if piece_ids.len() > CacheSlot::MAX_IDS {
+            return;
+        }
+        let Some(slot) = self.slot(piece).and_then(|i| self.slots.get_mut(i)) else { return };
+        slot.len = piece.len() as u8;
+        slot.key[..piece.len()].copy_from_slice(piece);
+        slot.n_ids = piece_ids.len() as u8;
+        slot.ids[..piece_ids.len()].copy_from_slice(piece_ids);
     }
 }
 
@@ -659,13 +729,13 @@ mod tests {
         let blob = small_blob();
         let tok = Tokenizer::from_blob(&blob).unwrap();
         let text = "<|im_start|>hello world, 12 hells!!!<|endoftext|>";
-        let mut scratch = [0u32; 12 * 8];
+        let mut scratch = [0u32; SCRATCH_WORDS_PER_BYTE * 8];
         let mut ids = Vec::new();
         tok.encode_with_scratch(text, true, &mut scratch, |id| ids.push(id)).unwrap();
         assert_eq!(ids, tok.encode(text, true));
-        let mut small = [0u32; 12 * 4];
+        let mut small = [0u32; SCRATCH_WORDS_PER_BYTE * 4];
         let err = tok.encode_with_scratch(text, true, &mut small, |_| {}).unwrap_err();
-        assert_eq!(err, TokenizerError::ScratchTooSmall { need: 12 * 5, have: 12 * 4 });
+        assert_eq!(err, TokenizerError::ScratchTooSmall { need: SCRATCH_WORDS_PER_BYTE * 5, have: SCRATCH_WORDS_PER_BYTE * 4 });
     }
 
     #[test]

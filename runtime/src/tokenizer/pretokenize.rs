@@ -76,22 +76,14 @@ impl<'t> Iterator for Pieces<'t> {
     fn next(&mut self) -> Option<&'t str> {
         let rest = self.text.get(self.pos..)?;
         let first = rest.chars().next()?;
-        // The Digits pre-tokenizer's segment: one numeric char, or the run up to the
-        // next one. The pattern then runs on that segment as on a string of its own.
-        let segment = if !self.split_digits {
-            rest
-        } else if first.is_numeric() {
-            &rest[..first.len_utf8()]
+        let len = if self.split_digits && first.is_numeric() {
+            first.len_utf8()
         } else {
-            match rest.char_indices().find(|&(_, c)| c.is_numeric()) {
-                Some((i, _)) => &rest[..i],
-                None => rest,
-            }
+            pattern_match(rest, first, self.split_digits)
         };
         // Never empty, so the iterator always advances.
-        let len = pattern_match(segment, first).max(first.len_utf8());
-        let piece = segment.get(..len)?;
-        self.pos += len;
+        let piece = rest.get(..len.max(first.len_utf8()))?;
+        self.pos += piece.len();
         Some(piece)
     }
 }
@@ -137,7 +129,13 @@ pub(crate) fn is_letter(c: char) -> bool {
 
 /// Byte length of the pattern's match at the start of `s` (non-empty, starting with
 /// `first`). Every position matches some alternative, so the result is > 0.
-fn pattern_match(s: &str, first: char) -> usize {
+///
+/// With `split_digits` (Smollm), the Digits pre-tokenizer has cut the text before
+/// every numeric char and the pattern runs on each segment as on a string of its own:
+/// a numeric char after the match start acts as the end of the input. (Letter and
+/// other runs stop at numeric chars anyway; only the optional leading space and the
+/// white-space look-ahead can see the difference.)
+fn pattern_match(s: &str, first: char, split_digits: bool) -> usize {
     let after = s.get(first.len_utf8()..).unwrap_or("");
     // 's|'t|'re|'ve|'m|'ll|'d
     if first == '\'' {
@@ -147,10 +145,15 @@ fn pattern_match(s: &str, first: char) -> usize {
             }
         }
     }
+    let at_end = |c: Option<char>| match c {
+        None => true,
+        Some(c) => split_digits && c.is_numeric(),
+    };
     // ` ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+`: the classes are disjoint, so the class of
     // the first char after an optional space picks the alternative.
-    let (skip, c) = match (first, after.chars().next()) {
-        (' ', Some(next)) if class(next) != Class::Space => (1, next),
+    let next = after.chars().next();
+    let (skip, c) = match next {
+        Some(next) if first == ' ' && !at_end(Some(next)) && class(next) != Class::Space => (1, next),
         _ => (0, first),
     };
     let cls = class(c);
@@ -161,7 +164,7 @@ fn pattern_match(s: &str, first: char) -> usize {
     // (that char then leads the next piece, e.g. " word"), unless the run is one char.
     let run = run_len(s, |c| class(c) == Class::Space);
     let Some(ws) = s.get(..run) else { return s.len() };
-    if run == s.len() {
+    if at_end(s.get(run..).and_then(|t| t.chars().next())) {
         return run;
     }
     let last = ws.chars().next_back().map_or(0, char::len_utf8);

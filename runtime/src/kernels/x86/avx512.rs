@@ -309,7 +309,7 @@ fn q8_tile<const R: usize, const T: usize>(
             }
         }
     }
-    if kb % 8 != 0 {
+    if !kb.is_multiple_of(8) {
         let mut dx = [_mm256_setzero_ps(); T];
         for j in 0..T {
             dx[j] = scales_tail(xt[j]);
@@ -378,7 +378,7 @@ fn f32_tile<const R: usize, const T: usize>(
             }
         }
     }
-    if k % 8 != 0 {
+    if !k.is_multiple_of(8) {
         for i in 0..R {
             let wv = load8(&pad8f(wt[i]));
             for j in 0..T {
