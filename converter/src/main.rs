@@ -124,6 +124,14 @@ struct SamplingArgs {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`arq inspect m.arq | head`) instead of failing on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; restores the default
+    // disposition of one signal, which the Rust runtime set to ignore.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!("arq: internal error: {info}");
     }));

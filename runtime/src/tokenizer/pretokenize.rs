@@ -58,7 +58,11 @@ impl PreTokenizer {
 
     /// The pieces of `text`, in order; they concatenate back to `text`.
     pub fn pieces(self, text: &str) -> Pieces<'_> {
-        Pieces { text, pos: 0, split_digits: self == PreTokenizer::Smollm }
+        Pieces {
+            text,
+            pos: 0,
+            split_digits: self == PreTokenizer::Smollm,
+        }
     }
 }
 
@@ -153,7 +157,9 @@ fn pattern_match(s: &str, first: char, split_digits: bool) -> usize {
     // the first char after an optional space picks the alternative.
     let next = after.chars().next();
     let (skip, c) = match next {
-        Some(next) if first == ' ' && !at_end(Some(next)) && class(next) != Class::Space => (1, next),
+        Some(next) if first == ' ' && !at_end(Some(next)) && class(next) != Class::Space => {
+            (1, next)
+        }
         _ => (0, first),
     };
     let cls = class(c);
@@ -163,7 +169,9 @@ fn pattern_match(s: &str, first: char, split_digits: bool) -> usize {
     // `\s+(?!\S)|\s+`: a white-space run, less its last char when a non-space follows
     // (that char then leads the next piece, e.g. " word"), unless the run is one char.
     let run = run_len(s, |c| class(c) == Class::Space);
-    let Some(ws) = s.get(..run) else { return s.len() };
+    let Some(ws) = s.get(..run) else {
+        return s.len();
+    };
     if at_end(s.get(run..).and_then(|t| t.chars().next())) {
         return run;
     }
@@ -177,7 +185,9 @@ fn pattern_match(s: &str, first: char, split_digits: bool) -> usize {
 
 /// Byte length of the longest prefix of `s` whose chars all satisfy `pred`.
 fn run_len(s: &str, pred: impl Fn(char) -> bool) -> usize {
-    s.char_indices().find(|&(_, c)| !pred(c)).map_or(s.len(), |(i, _)| i)
+    s.char_indices()
+        .find(|&(_, c)| !pred(c))
+        .map_or(s.len(), |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -196,7 +206,10 @@ mod tests {
         assert_eq!(split(p, "Hello world"), ["Hello", " world"]);
         assert_eq!(split(p, "a  b"), ["a", " ", " b"]);
         assert_eq!(split(p, "a \n\n b  "), ["a", " \n\n", " b", "  "]);
-        assert_eq!(split(p, "I'm he's 'sam"), ["I", "'m", " he", "'s", " '", "sam"]);
+        assert_eq!(
+            split(p, "I'm he's 'sam"),
+            ["I", "'m", " he", "'s", " '", "sam"]
+        );
         assert_eq!(split(p, "x 123!!"), ["x", " 123", "!!"]);
         assert_eq!(split(p, "\tb"), ["\t", "b"]);
         assert_eq!(split(p, " "), [" "]);

@@ -1,6 +1,5 @@
 //! Streaming UTF-8 decoding of token bytes.
 
-
 /// Turns a stream of token bytes into text without ever emitting half a character.
 ///
 /// A token can end in the middle of a multi-byte character (byte-level BPE splits
@@ -20,7 +19,10 @@ const REPLACEMENT: &str = "\u{fffd}";
 
 impl Utf8Stream {
     pub const fn new() -> Utf8Stream {
-        Utf8Stream { pending: [0; 4], len: 0 }
+        Utf8Stream {
+            pending: [0; 4],
+            len: 0,
+        }
     }
 
     /// The bytes held back: a valid but incomplete UTF-8 prefix (0 to 3 bytes).
@@ -33,7 +35,9 @@ impl Utf8Stream {
     pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
         // First finish the held-back character, one byte at a time.
         while self.len > 0 {
-            let Some((&b, rest)) = bytes.split_first() else { return };
+            let Some((&b, rest)) = bytes.split_first() else {
+                return;
+            };
             let n = usize::from(self.len);
             let mut buf = self.pending;
             buf[n] = b;
@@ -127,7 +131,9 @@ mod tests {
             }
         }
         let mut s = Utf8Stream::new();
-        s.push(&"😀".as_bytes()[..3], |_| panic!("emitted half a character"));
+        s.push(&"😀".as_bytes()[..3], |_| {
+            panic!("emitted half a character")
+        });
         assert_eq!(s.pending(), &"😀".as_bytes()[..3]);
     }
 
