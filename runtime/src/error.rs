@@ -13,7 +13,11 @@ pub enum Error {
     UnsupportedArchitecture,
     /// A required tensor is missing, or has the wrong dtype or shape.
     /// `layer` is `None` for global tensors.
-    BadTensor { role: &'static str, layer: Option<u32>, problem: &'static str },
+    BadTensor {
+        role: &'static str,
+        layer: Option<u32>,
+        problem: &'static str,
+    },
     /// A hyperparameter is zero, inconsistent or over its cap.
     BadHyperparameter(&'static str),
     /// The caller's arena is smaller than [`memory_plan`](crate::Model::memory_plan) says.
@@ -39,14 +43,28 @@ impl fmt::Display for Error {
         match *self {
             Error::Format(e) => e.fmt(f),
             Error::UnsupportedArchitecture => write!(f, "unsupported model architecture"),
-            Error::BadTensor { role, layer: Some(l), problem } => write!(f, "tensor blk.{l}.{role}: {problem}"),
-            Error::BadTensor { role, layer: None, problem } => write!(f, "tensor {role}: {problem}"),
+            Error::BadTensor {
+                role,
+                layer: Some(l),
+                problem,
+            } => write!(f, "tensor blk.{l}.{role}: {problem}"),
+            Error::BadTensor {
+                role,
+                layer: None,
+                problem,
+            } => write!(f, "tensor {role}: {problem}"),
             Error::BadHyperparameter(what) => write!(f, "invalid hyperparameter: {what}"),
             Error::ArenaTooSmall { need, have } => {
-                write!(f, "arena too small: need {need} bytes, have {have} ({} missing)", need - have.min(need))
+                write!(
+                    f,
+                    "arena too small: need {need} bytes, have {have} ({} missing)",
+                    need - have.min(need)
+                )
             }
             Error::ContextFull { ctx } => write!(f, "context of {ctx} tokens is full"),
-            Error::TokenOutOfRange { id, vocab } => write!(f, "token id {id} out of range (vocabulary {vocab})"),
+            Error::TokenOutOfRange { id, vocab } => {
+                write!(f, "token id {id} out of range (vocabulary {vocab})")
+            }
             Error::BadConfig(what) => write!(f, "invalid session configuration: {what}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
         }

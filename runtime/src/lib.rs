@@ -5,7 +5,7 @@
 //! exact size [`Model::memory_plan`](arch::llama::Model::memory_plan) computes
 //! before anything runs. `alloc` adds the tokenizer's encoder conveniences and
 //! the file writer; `std` adds runtime ISA detection.
-#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "alloc")]

@@ -17,10 +17,17 @@ use serde_json::Value;
 fn gguf_path() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("ARQ_SMOLLM2_GGUF") {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "ARQ_SMOLLM2_GGUF={} does not exist", p.display());
+        assert!(
+            p.exists(),
+            "ARQ_SMOLLM2_GGUF={} does not exist",
+            p.display()
+        );
         return Some(p);
     }
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ));
     if p.exists() {
         Some(p)
     } else {
@@ -41,23 +48,36 @@ fn models() -> Option<&'static Converted> {
         let src = LlamaSource::from_gguf(&gguf_path()?, false).expect("convert SmolLM2");
         let (q8, _) = src.to_arq(Quant::Q8, false).expect("q8");
         let (f32, _) = src.to_arq(Quant::F32, false).expect("f32");
-        Some(Converted { q8: ModelBytes::copy_of(&q8), f32: ModelBytes::copy_of(&f32) })
+        Some(Converted {
+            q8: ModelBytes::copy_of(&q8),
+            f32: ModelBytes::copy_of(&f32),
+        })
     })
     .as_ref()
 }
 
 fn reference() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fixtures/smollm2_reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/fixtures/smollm2_reference.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Teacher-forced log-probs and argmaxes of `ids[1..]`.
 fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
-    let cfg = SessionConfig { ctx: ids.len(), batch: 32 };
+    let cfg = SessionConfig {
+        ctx: ids.len(),
+        batch: 32,
+    };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     let (mut lps, mut top) = (Vec::new(), Vec::new());
@@ -78,7 +98,12 @@ fn compare_with_reference(model: &Model<'_>) -> (f64, f64, f64) {
     for (name, t) in r["texts"].as_object().unwrap() {
         let ids = ids_of(&t["ids"]);
         let (lps, top) = score(model, &ids);
-        let ref_lps: Vec<f64> = t["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let ref_lps: Vec<f64> = t["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         let ref_top = ids_of(&t["argmax"]);
         assert_eq!(lps.len(), ref_lps.len(), "{name}");
         let text_nll: f64 = -lps.iter().sum::<f64>();
@@ -92,7 +117,11 @@ fn compare_with_reference(model: &Model<'_>) -> (f64, f64, f64) {
         n += lps.len();
         agree += top.iter().zip(&ref_top).filter(|(a, b)| a == b).count();
     }
-    ((nll / n as f64).exp(), (nll_ref / n as f64).exp(), agree as f64 / n as f64)
+    (
+        (nll / n as f64).exp(),
+        (nll_ref / n as f64).exp(),
+        agree as f64 / n as f64,
+    )
 }
 
 #[test]
@@ -113,7 +142,11 @@ fn f32_perplexity_within_0_1_percent() {
     let (ppl, ppl_ref, top1) = compare_with_reference(&model);
     let rel = ppl / ppl_ref - 1.0;
     eprintln!("f32: perplexity {ppl:.4} vs transformers f32 {ppl_ref:.4} ({:+.4}%), top-1 agreement {:.2}%", 100.0 * rel, 100.0 * top1);
-    assert!(rel.abs() < 0.001, "f32 perplexity off by {:.4}%", 100.0 * rel);
+    assert!(
+        rel.abs() < 0.001,
+        "f32 perplexity off by {:.4}%",
+        100.0 * rel
+    );
     assert!(top1 >= 0.99, "f32 top-1 agreement {:.2}%", 100.0 * top1);
 }
 
@@ -140,9 +173,15 @@ fn next_token_distribution_matches_reference() {
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(&model, &mut arena, cfg).unwrap();
     let logits = s.prefill(&ids).unwrap();
-    for (id, lp) in ids_of(&r["top5_ids"]).iter().zip(r["top5_logprobs"].as_array().unwrap()) {
+    for (id, lp) in ids_of(&r["top5_ids"])
+        .iter()
+        .zip(r["top5_logprobs"].as_array().unwrap())
+    {
         let ours = math::log_prob(logits, *id as usize);
-        assert!((ours - lp.as_f64().unwrap()).abs() < 2e-3, "token {id}: {ours} vs {lp}");
+        assert!(
+            (ours - lp.as_f64().unwrap()).abs() < 2e-3,
+            "token {id}: {ours} vs {lp}"
+        );
     }
     assert_eq!(math::argmax(logits) as u32, ids_of(&r["top5_ids"])[0]);
 }
@@ -165,11 +204,22 @@ fn greedy_continuation_matches_reference() {
     let Some(m) = models() else { return };
     let r = &reference()["greedy"];
     let expected = ids_of(&r["continuation_ids"]);
-    let f32 = greedy(&Model::load(m.f32.bytes()).unwrap(), &ids_of(&r["ids"]), expected.len());
+    let f32 = greedy(
+        &Model::load(m.f32.bytes()).unwrap(),
+        &ids_of(&r["ids"]),
+        expected.len(),
+    );
     assert_eq!(f32, expected);
-    let q8 = greedy(&Model::load(m.q8.bytes()).unwrap(), &ids_of(&r["ids"]), expected.len());
+    let q8 = greedy(
+        &Model::load(m.q8.bytes()).unwrap(),
+        &ids_of(&r["ids"]),
+        expected.len(),
+    );
     let same = q8.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-    eprintln!("q8 greedy: first {same} of {} tokens equal the reference", expected.len());
+    eprintln!(
+        "q8 greedy: first {same} of {} tokens equal the reference",
+        expected.len()
+    );
     assert!(same >= 8, "q8 greedy diverges after {same} tokens");
 }
 
@@ -186,7 +236,8 @@ fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
     let mut full = Vec::new();
     {
         let mut s = Session::new(&model, &mut arena, cfg).unwrap();
-        s.forward_all(&ids, |_, l| full.extend_from_slice(l)).unwrap();
+        s.forward_all(&ids, |_, l| full.extend_from_slice(l))
+            .unwrap();
     }
     // Incremental: prefill a prefix, then one token per step through the KV cache.
     let mut s = Session::new(&model, &mut arena, cfg).unwrap();
@@ -195,7 +246,11 @@ fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
     assert_eq!(bits(l), bits(&full[(split - 1) * vocab..split * vocab]));
     for (i, &t) in ids.iter().enumerate().skip(split) {
         let l = s.step(t).unwrap();
-        assert_eq!(bits(l), bits(&full[i * vocab..(i + 1) * vocab]), "position {i}");
+        assert_eq!(
+            bits(l),
+            bits(&full[i * vocab..(i + 1) * vocab]),
+            "position {i}"
+        );
     }
 }
 
@@ -207,14 +262,20 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn arena_plan_is_exact_and_errors_are_typed() {
     let Some(m) = models() else { return };
     let model = Model::load(m.q8.bytes()).unwrap();
-    let cfg = SessionConfig { ctx: 2048, batch: 32 };
+    let cfg = SessionConfig {
+        ctx: 2048,
+        batch: 32,
+    };
     let need = model.memory_plan(&cfg).unwrap();
     eprintln!("arena for ctx 2048, batch 32: {need} bytes");
     let mut arena = vec![0u8; need];
     assert!(Session::new(&model, &mut arena, cfg).is_ok());
     assert_eq!(
         Session::new(&model, &mut arena[..need - 1], cfg).err(),
-        Some(Error::ArenaTooSmall { need, have: need - 1 })
+        Some(Error::ArenaTooSmall {
+            need,
+            have: need - 1
+        })
     );
     let small = SessionConfig { ctx: 4, batch: 4 };
     let mut arena = vec![0u8; model.memory_plan(&small).unwrap()];
@@ -222,5 +283,11 @@ fn arena_plan_is_exact_and_errors_are_typed() {
     assert!(s.prefill(&[1, 2, 3, 4]).is_ok());
     assert_eq!(s.step(5).err(), Some(Error::ContextFull { ctx: 4 }));
     s.reset();
-    assert_eq!(s.step(49152).err(), Some(Error::TokenOutOfRange { id: 49152, vocab: 49152 }));
+    assert_eq!(
+        s.step(49152).err(),
+        Some(Error::TokenOutOfRange {
+            id: 49152,
+            vocab: 49152
+        })
+    );
 }

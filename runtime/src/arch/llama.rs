@@ -59,17 +59,44 @@ impl LlamaConfig {
             rms_eps: f.meta_f32("llama.attention.layer_norm_rms_epsilon")?,
             ctx_train: u("llama.context_length")?,
         };
-        let check = |ok: bool, what| if ok { Ok(()) } else { Err(Error::BadHyperparameter(what)) };
+        let check = |ok: bool, what| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::BadHyperparameter(what))
+            }
+        };
         check(cfg.vocab > 0 && cfg.vocab <= MAX_VOCAB, "vocab_size")?;
-        check(cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim % QK8 == 0, "embedding_length (a multiple of 32)")?;
-        check(cfg.n_layers > 0 && cfg.n_layers <= MAX_LAYERS, "block_count")?;
-        check(cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim % QK8 == 0, "feed_forward_length")?;
+        check(
+            cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim % QK8 == 0,
+            "embedding_length (a multiple of 32)",
+        )?;
+        check(
+            cfg.n_layers > 0 && cfg.n_layers <= MAX_LAYERS,
+            "block_count",
+        )?;
+        check(
+            cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim % QK8 == 0,
+            "feed_forward_length",
+        )?;
         check(cfg.n_heads > 0 && cfg.dim % cfg.n_heads == 0, "head_count")?;
-        check(cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "head_count_kv")?;
+        check(
+            cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0,
+            "head_count_kv",
+        )?;
         let head_dim = cfg.dim / cfg.n_heads;
-        check(head_dim % 2 == 0 && (cfg.n_kv_heads * head_dim) % QK8 == 0, "head dimension")?;
-        check(cfg.rope_base.is_finite() && cfg.rope_base > 0.0, "rope.freq_base")?;
-        check(cfg.rms_eps.is_finite() && cfg.rms_eps >= 0.0, "layer_norm_rms_epsilon")?;
+        check(
+            head_dim % 2 == 0 && (cfg.n_kv_heads * head_dim) % QK8 == 0,
+            "head dimension",
+        )?;
+        check(
+            cfg.rope_base.is_finite() && cfg.rope_base > 0.0,
+            "rope.freq_base",
+        )?;
+        check(
+            cfg.rms_eps.is_finite() && cfg.rms_eps >= 0.0,
+            "layer_norm_rms_epsilon",
+        )?;
         Ok(LlamaConfig { head_dim, ..cfg })
     }
 }
@@ -93,15 +120,26 @@ impl<'a> Weight<'a> {
     /// Row `r` (of length `cols`) as f32, into `out`.
     fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
         match *self {
-            Weight::Q8(w) => crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out),
+            Weight::Q8(w) => {
+                crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out)
+            }
             Weight::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
         }
     }
 }
 
 /// The per-layer tensors, in the order the file stores them.
-const LAYER_ROLES: [&str; 9] =
-    ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+const LAYER_ROLES: [&str; 9] = [
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
 
 struct Layer<'a> {
     attn_norm: &'a [f32],
@@ -117,8 +155,12 @@ struct Layer<'a> {
 
 /// Whether `name` is `blk.{layer}.{role}`, without formatting (no allocation).
 fn is_layer_tensor(name: &str, layer: usize, role: &str) -> bool {
-    let Some(rest) = name.strip_prefix("blk.") else { return false };
-    let Some((num, r)) = rest.split_once('.') else { return false };
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return false;
+    };
+    let Some((num, r)) = rest.split_once('.') else {
+        return false;
+    };
     r == role && num.parse::<usize>().ok() == Some(layer) && (num == "0" || !num.starts_with('0'))
 }
 
@@ -145,12 +187,19 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { ctx: 2048, batch: 32 }
+        SessionConfig {
+            ctx: 2048,
+            batch: 32,
+        }
     }
 }
 
 fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
-    Error::BadTensor { role, layer, problem }
+    Error::BadTensor {
+        role,
+        layer,
+        problem,
+    }
 }
 
 impl<'a> Model<'a> {
@@ -166,7 +215,12 @@ impl<'a> Model<'a> {
         }
         let cfg = LlamaConfig::from_file(&file)?;
         let (d, v) = (cfg.dim, cfg.vocab);
-        let matrix = |t: &TensorView<'a>, role, layer, rows: usize, cols: usize| -> Result<Weight<'a>, Error> {
+        let matrix = |t: &TensorView<'a>,
+                      role,
+                      layer,
+                      rows: usize,
+                      cols: usize|
+         -> Result<Weight<'a>, Error> {
             if t.shape.dims() != [rows as u64, cols as u64] {
                 return Err(bad(role, layer, "shape does not match the hyperparameters"));
             }
@@ -178,7 +232,11 @@ impl<'a> Model<'a> {
             }
             t.as_f32().ok_or(bad(role, layer, "dtype must be f32"))
         };
-        let global = |name: &'static str| file.find(name).map(|(_, t)| t).ok_or(bad(name, None, "missing"));
+        let global = |name: &'static str| {
+            file.find(name)
+                .map(|(_, t)| t)
+                .ok_or(bad(name, None, "missing"))
+        };
 
         let embed = matrix(&global("token_embd")?, "token_embd", None, v, d)?;
         let output_norm = vector(&global("output_norm")?, "output_norm", None, d)?;
@@ -186,8 +244,20 @@ impl<'a> Model<'a> {
             Some((_, t)) => matrix(&t, "output", None, v, d)?,
             None => embed,
         };
-        let layer_base = file.find("blk.0.attn_norm").map(|(i, _)| i).ok_or(bad("attn_norm", Some(0), "missing"))?;
-        let model = Model { file, cfg, embed, output_norm, output, layer_base, kernels: kernels::best() };
+        let layer_base = file.find("blk.0.attn_norm").map(|(i, _)| i).ok_or(bad(
+            "attn_norm",
+            Some(0),
+            "missing",
+        ))?;
+        let model = Model {
+            file,
+            cfg,
+            embed,
+            output_norm,
+            output,
+            layer_base,
+            kernels: kernels::best(),
+        };
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
         }
@@ -208,16 +278,25 @@ impl<'a> Model<'a> {
         let m = |j: usize, rows: usize, cols: usize| -> Result<Weight<'a>, Error> {
             let tv = t(j)?;
             if tv.shape.dims() != [rows as u64, cols as u64] {
-                return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
+                return Err(bad(
+                    LAYER_ROLES[j],
+                    li,
+                    "shape does not match the hyperparameters",
+                ));
             }
             Weight::from_view(&tv).ok_or(bad(LAYER_ROLES[j], li, "dtype must be q8 or f32"))
         };
         let v = |j: usize| -> Result<&'a [f32], Error> {
             let tv = t(j)?;
             if tv.shape.dims() != [c.dim as u64] {
-                return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
+                return Err(bad(
+                    LAYER_ROLES[j],
+                    li,
+                    "shape does not match the hyperparameters",
+                ));
             }
-            tv.as_f32().ok_or(bad(LAYER_ROLES[j], li, "dtype must be f32"))
+            tv.as_f32()
+                .ok_or(bad(LAYER_ROLES[j], li, "dtype must be f32"))
         };
         let (d, kv, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
         Ok(Layer {
@@ -251,7 +330,10 @@ impl<'a> Model<'a> {
 
     /// The tokenizer stored in the file.
     pub fn tokenizer(&self) -> Result<Tokenizer<'a>, Error> {
-        let (_, t) = self.file.find("tokenizer").ok_or(bad("tokenizer", None, "missing"))?;
+        let (_, t) = self
+            .file
+            .find("tokenizer")
+            .ok_or(bad("tokenizer", None, "missing"))?;
         Tokenizer::from_blob(t.data).map_err(Error::Tokenizer)
     }
 
@@ -271,7 +353,9 @@ impl<'a> Model<'a> {
 
     /// The exact arena size, in bytes, that [`Session::new`] needs for `cfg`.
     pub fn memory_plan(&self, cfg: &SessionConfig) -> Result<usize, Error> {
-        self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
+        self.layout(cfg)
+            .map(|l| l.bytes())
+            .ok_or(Error::BadConfig("arena size overflows"))
     }
 
     /// The arena's buffers, in carving order (see [`Session::new`]).
@@ -319,7 +403,14 @@ pub struct Session<'a> {
 }
 
 /// `out (n, rows) = x (n, cols) · wᵀ`: quantizes `x` on the fly for q8 weights.
-fn linear(k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f32], xq: &mut [BlockQ8], out: &mut [f32]) {
+fn linear(
+    k: &Kernels,
+    w: &Weight<'_>,
+    rows: usize,
+    x: &[f32],
+    xq: &mut [BlockQ8],
+    out: &mut [f32],
+) {
     match *w {
         Weight::Q8(wb) => {
             let xq = &mut xq[..x.len() / QK8];
@@ -331,7 +422,12 @@ fn linear(k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f32], xq: &mut [BlockQ8
 }
 
 /// Like [`linear`] for several weights over the same input, quantizing it once.
-fn linear_shared(k: &Kernels, x: &[f32], xq: &mut [BlockQ8], ws: &mut [(&Weight<'_>, usize, &mut [f32])]) {
+fn linear_shared(
+    k: &Kernels,
+    x: &[f32],
+    xq: &mut [BlockQ8],
+    ws: &mut [(&Weight<'_>, usize, &mut [f32])],
+) {
     let xq = &mut xq[..x.len() / QK8];
     let mut quantized = false;
     for (w, rows, out) in ws.iter_mut() {
@@ -351,7 +447,11 @@ fn linear_shared(k: &Kernels, x: &[f32], xq: &mut [BlockQ8], ws: &mut [(&Weight<
 impl<'a> Session<'a> {
     /// Carves the KV cache and scratch from `arena`, which must hold at least
     /// [`Model::memory_plan`] bytes.
-    pub fn new(model: &'a Model<'a>, arena: &'a mut [u8], cfg: SessionConfig) -> Result<Self, Error> {
+    pub fn new(
+        model: &'a Model<'a>,
+        arena: &'a mut [u8],
+        cfg: SessionConfig,
+    ) -> Result<Self, Error> {
         if cfg.ctx == 0 || cfg.batch == 0 {
             return Err(Error::BadConfig("ctx and batch must be at least 1"));
         }
@@ -424,13 +524,20 @@ impl<'a> Session<'a> {
 
     /// Appends `tokens` and calls `f(i, logits)` with the logits after token `i`, for
     /// every `i` (teacher forcing: the basis of exact scoring).
-    pub fn forward_all(&mut self, tokens: &[u32], mut f: impl FnMut(usize, &[f32])) -> Result<(), Error> {
+    pub fn forward_all(
+        &mut self,
+        tokens: &[u32],
+        mut f: impl FnMut(usize, &[f32]),
+    ) -> Result<(), Error> {
         self.check_tokens(tokens)?;
         let vocab = self.model.cfg.vocab;
         for (ci, chunk) in tokens.chunks(self.cfg.batch).enumerate() {
             self.forward(chunk, true)?;
             for t in 0..chunk.len() {
-                f(ci * self.cfg.batch + t, &self.logits[t * vocab..(t + 1) * vocab]);
+                f(
+                    ci * self.cfg.batch + t,
+                    &self.logits[t * vocab..(t + 1) * vocab],
+                );
             }
         }
         Ok(())
@@ -477,7 +584,9 @@ impl<'a> Session<'a> {
         let pos0 = self.pos;
 
         for (t, &tok) in tokens.iter().enumerate() {
-            model.embed.row_into(tok as usize, dim, &mut self.x[t * dim..(t + 1) * dim]);
+            model
+                .embed
+                .row_into(tok as usize, dim, &mut self.x[t * dim..(t + 1) * dim]);
             math::rope_table(&mut self.rope[t * hd..(t + 1) * hd], pos0 + t, c.rope_base);
         }
         let x = &mut self.x[..n * dim];
@@ -509,8 +618,10 @@ impl<'a> Session<'a> {
                     math::rope(h, table);
                 }
                 let at = cache_l + (pos0 + t) * kv_dim;
-                self.key_cache[at..at + kv_dim].copy_from_slice(&self.k[t * kv_dim..(t + 1) * kv_dim]);
-                self.value_cache[at..at + kv_dim].copy_from_slice(&self.v[t * kv_dim..(t + 1) * kv_dim]);
+                self.key_cache[at..at + kv_dim]
+                    .copy_from_slice(&self.k[t * kv_dim..(t + 1) * kv_dim]);
+                self.value_cache[at..at + kv_dim]
+                    .copy_from_slice(&self.v[t * kv_dim..(t + 1) * kv_dim]);
             }
 
             // Causal attention of each token over the cache up to its own position.
@@ -535,7 +646,14 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            linear(kern, &w.wo, dim, &self.xb2[..n * dim], self.xq, &mut self.xb[..n * dim]);
+            linear(
+                kern,
+                &w.wo,
+                dim,
+                &self.xb2[..n * dim],
+                self.xq,
+                &mut self.xb[..n * dim],
+            );
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -548,10 +666,20 @@ impl<'a> Session<'a> {
                 kern,
                 &self.xb[..n * dim],
                 self.xq,
-                &mut [(&w.w_gate, ff, &mut self.hb[..n * ff]), (&w.w_up, ff, &mut self.hb2[..n * ff])],
+                &mut [
+                    (&w.w_gate, ff, &mut self.hb[..n * ff]),
+                    (&w.w_up, ff, &mut self.hb2[..n * ff]),
+                ],
             );
             math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
-            linear(kern, &w.w_down, dim, &self.hb[..n * ff], self.xq, &mut self.xb[..n * dim]);
+            linear(
+                kern,
+                &w.w_down,
+                dim,
+                &self.hb[..n * ff],
+                self.xq,
+                &mut self.xb[..n * dim],
+            );
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -560,10 +688,21 @@ impl<'a> Session<'a> {
         // Head: logits = norm(x)·Wᵀ for every row, or only the last.
         let rows = if all_logits { 0..n } else { n - 1..n };
         let m = rows.len();
-        for (o, i) in self.xb.chunks_exact_mut(dim).zip(x[rows.start * dim..rows.end * dim].chunks_exact(dim)) {
+        for (o, i) in self
+            .xb
+            .chunks_exact_mut(dim)
+            .zip(x[rows.start * dim..rows.end * dim].chunks_exact(dim))
+        {
             math::rmsnorm(o, i, model.output_norm, c.rms_eps);
         }
-        linear(kern, &model.output, c.vocab, &self.xb[..m * dim], self.xq, &mut self.logits[..m * c.vocab]);
+        linear(
+            kern,
+            &model.output,
+            c.vocab,
+            &self.xb[..m * dim],
+            self.xq,
+            &mut self.logits[..m * c.vocab],
+        );
         self.pos += n;
         Ok(())
     }

@@ -10,7 +10,8 @@ use super::{Tokenizer, TokenizerError, NONE};
 use bytemuck::{Pod, Zeroable};
 
 /// `u32` words of scratch that [`Tokenizer::encode_with_scratch`] needs per byte of
-/// the longest pre-tokenizer piece (one symbol and up to three heap entries).
+/// the longest pre-tokenizer piece: a 3-word symbol and up to three 5-word heap
+/// entries.
 pub const SCRATCH_WORDS_PER_BYTE: usize = 18;
 
 /// One symbol of the piece being merged: a token id in a doubly linked list.

@@ -346,7 +346,7 @@ impl<'a> Tokenizer<'a> {
             .get(l.merges..l.special)
             .and_then(|s| bytemuck::try_cast_slice(s).ok())
             .ok_or(Corrupt("section bounds"))?;
-        let t = Tokenizer {
+        let mut t = Tokenizer {
             pre,
             n_tokens,
             byte_token: words(l.byte_token, l.offsets)?,
@@ -360,7 +360,6 @@ impl<'a> Tokenizer<'a> {
             has_user_defined: false,
         };
         t.validate(pool_len)?;
-        let mut t = t;
         for &e in t.special {
             let id = le32(e);
             let first = t

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Measure the peer, llama.cpp, on SmolLM2-135M-Instruct (Q8_0 and Q4_1) with
+# llama-bench: prompt processing of 128 tokens (pp128) and generation of 64
+# tokens (tg64), with 1 and 2 threads, 5 repetitions each (mean +- std).
+#
+# Builds the peer and prepares the models first if needed (both idempotent).
+# Raw outputs go to $LLAMA_CPP_CACHE/results-<quant>-t<threads>.{md,json}, and
+# a summary table to $LLAMA_CPP_CACHE/results-summary.txt (also printed).
+#
+# Env:
+#   LLAMA_CPP_CACHE   cache dir, outside the repo (default /work/cache/llama.cpp)
+#   BENCH_THREADS     thread counts (default "1 2")
+#   BENCH_REPS        repetitions (default 5)
+#   BENCH_P, BENCH_N  prompt and generation lengths (default 128, 64)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
+threads="${BENCH_THREADS:-1 2}"
+reps="${BENCH_REPS:-5}"
+p="${BENCH_P:-128}"
+n="${BENCH_N:-64}"
+
+bin=$("$here/build_llama_cpp.sh")
+mapfile -t ggufs < <(LLAMA_CPP_BIN="$bin" "$here/prepare_peer_models.sh")
+
+summary="$cache/results-summary.txt"
+{
+  echo "# llama.cpp peer: llama-bench -p $p -n $n -r $reps ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
+  echo "# host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+} > "$summary"
+
+for q80_or_q41 in "${ggufs[@]}"; do
+  quant=$(basename "$q80_or_q41" .gguf); quant=${quant##*.}
+  for t in $threads; do
+    base="$cache/results-$quant-t$t"
+    echo "== $quant, $t thread(s)" >&2
+    "$bin/llama-bench" -m "$q80_or_q41" -p "$p" -n "$n" -t "$t" -r "$reps" -o md \
+      > "$base.md" 2> "$base.stderr.txt"
+    "$bin/llama-bench" -m "$q80_or_q41" -p "$p" -n "$n" -t "$t" -r "$reps" -o json \
+      > "$base.json" 2>> "$base.stderr.txt"
+    cat "$base.md" >&2
+    python3 - "$base.json" "$quant" >> "$summary" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+for r in rows:
+    test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
+    print(f"{sys.argv[2]:5s} t={r['n_threads']} {test:6s} "
+          f"{r['avg_ts']:9.2f} +- {r['stddev_ts']:6.2f} tok/s  "
+          f"build={r['build_commit']}({r['build_number']}) cpu_info={r['cpu_info']!r}")
+EOF
+  done
+done
+cat "$summary"
