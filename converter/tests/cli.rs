@@ -257,3 +257,37 @@ fn bad_inputs_fail_cleanly() {
     assert_error(&arq(&["next", s(&m), "-p", "x", "--top", "0"]), 2, "top");
     assert_eq!(std::fs::read(&m).unwrap(), bytes, "model modified");
 }
+
+/// The real model through the CLI: convert (with the accuracy report), then score and
+/// predict. Skipped, with a note, when the SmolLM2 GGUF has not been fetched.
+#[test]
+fn smollm2_convert_report_score_and_next() {
+    let gguf = match std::env::var("ARQ_SMOLLM2_GGUF") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf")),
+    };
+    if !gguf.exists() {
+        eprintln!("note: {} missing (run models/fetch_smollm2.sh); skipping", gguf.display());
+        return;
+    }
+    let d = tmpdir("smollm2");
+    let out = d.join("smollm2-q8.arq");
+    let conv = arq(&["convert", s(&gguf), "-o", s(&out), "--quant", "q8"]);
+    let err = String::from_utf8_lossy(&conv.stderr);
+    assert!(conv.status.success(), "{err}");
+    assert!(err.contains("per-tensor relative error (211 matrices)"), "{err}");
+    assert!(err.contains("calibration") && err.contains("top-1 agreement"), "{err}");
+    assert_eq!(only_files(&d), ["smollm2-q8.arq"], "temporary file left behind");
+
+    let next = arq(&["next", s(&out), "-p", "The capital of France is", "--top", "5", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&next.stdout).unwrap();
+    assert_eq!(v["top"][0]["token"], " Paris");
+
+    let text = d.join("essay.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog.").unwrap();
+    let score = arq(&["score", s(&out), s(&text), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&score.stdout).unwrap();
+    assert_eq!(v["tokens"], 9, "10 tokens, the first is the condition");
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 100.0, "perplexity {ppl}");
+}
