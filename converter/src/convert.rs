@@ -50,6 +50,9 @@ struct SourceTensor {
     is_matrix: bool,
 }
 
+/// A tensor's name and relative quantization error.
+pub type TensorError = (String, f64);
+
 /// The LLaMA tensors in the canonical order the runtime expects.
 fn canonical_names(n_layers: usize, has_output: bool) -> Vec<(String, String)> {
     let mut v = vec![
@@ -284,7 +287,7 @@ impl LlamaSource {
 
     /// Serializes the model with matrices in `quant`; returns the file bytes and the
     /// per-tensor relative quantization errors.
-    pub fn to_arq(&self, quant: Quant, progress: bool) -> Result<(Vec<u8>, Vec<(String, f64)>)> {
+    pub fn to_arq(&self, quant: Quant, progress: bool) -> Result<(Vec<u8>, Vec<TensorError>)> {
         let mut w = ArqWriter::new();
         for (k, v) in &self.meta {
             w.meta(k, v.clone());
@@ -305,7 +308,7 @@ impl LlamaSource {
                 tokenizer_written = true;
             }
             if t.is_matrix && quant == Quant::Q8 {
-                if t.dims[1] as usize % QK8 != 0 {
+                if !(t.dims[1] as usize).is_multiple_of(QK8) {
                     bail!(
                         "tensor {}: row length {} is not a multiple of 32, cannot quantize to q8",
                         t.name,
@@ -375,7 +378,7 @@ pub fn write_validated(bytes: &[u8], out: &Path) -> Result<()> {
 
 pub struct ConvertSummary {
     pub bytes: u64,
-    pub tensor_errors: Vec<(String, f64)>,
+    pub tensor_errors: Vec<TensorError>,
     pub accuracy: Option<AccuracyReport>,
 }
 

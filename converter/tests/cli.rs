@@ -264,10 +264,16 @@ fn bad_inputs_fail_cleanly() {
 fn smollm2_convert_report_score_and_next() {
     let gguf = match std::env::var("ARQ_SMOLLM2_GGUF") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf")),
+        Err(_) => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )),
     };
     if !gguf.exists() {
-        eprintln!("note: {} missing (run models/fetch_smollm2.sh); skipping", gguf.display());
+        eprintln!(
+            "note: {} missing (run models/fetch_smollm2.sh); skipping",
+            gguf.display()
+        );
         return;
     }
     let d = tmpdir("smollm2");
@@ -275,11 +281,29 @@ fn smollm2_convert_report_score_and_next() {
     let conv = arq(&["convert", s(&gguf), "-o", s(&out), "--quant", "q8"]);
     let err = String::from_utf8_lossy(&conv.stderr);
     assert!(conv.status.success(), "{err}");
-    assert!(err.contains("per-tensor relative error (211 matrices)"), "{err}");
-    assert!(err.contains("calibration") && err.contains("top-1 agreement"), "{err}");
-    assert_eq!(only_files(&d), ["smollm2-q8.arq"], "temporary file left behind");
+    assert!(
+        err.contains("per-tensor relative error (211 matrices)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("calibration") && err.contains("top-1 agreement"),
+        "{err}"
+    );
+    assert_eq!(
+        only_files(&d),
+        ["smollm2-q8.arq"],
+        "temporary file left behind"
+    );
 
-    let next = arq(&["next", s(&out), "-p", "The capital of France is", "--top", "5", "--json"]);
+    let next = arq(&[
+        "next",
+        s(&out),
+        "-p",
+        "The capital of France is",
+        "--top",
+        "5",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&next.stdout).unwrap();
     assert_eq!(v["top"][0]["token"], " Paris");
 

@@ -19,7 +19,7 @@ impl Layout {
         Layout { bytes: ALIGN - 1 }
     }
     /// Adds `n` elements of `T`; `None` on overflow.
-    pub fn add<T>(self, n: usize) -> Option<Self> {
+    pub fn then<T>(self, n: usize) -> Option<Self> {
         let b = n.checked_mul(core::mem::size_of::<T>())?;
         let padded = b.checked_add(ALIGN - 1)? / ALIGN * ALIGN;
         Some(Layout {
@@ -51,7 +51,7 @@ impl<'a> Arena<'a> {
     }
 
     /// The next buffer of `n` zeroed `T`s. The caller sized the arena with the same
-    /// sequence of [`Layout::add`] calls, so this cannot run out.
+    /// sequence of [`Layout::then`] calls, so this cannot run out.
     pub fn take<T: bytemuck::Pod>(&mut self, n: usize) -> Result<&'a mut [T], Error> {
         let b = n * core::mem::size_of::<T>();
         let padded = b.div_ceil(ALIGN) * ALIGN;
@@ -77,11 +77,11 @@ mod tests {
     #[test]
     fn planned_size_is_enough_at_every_base_offset() {
         let plan = Layout::new()
-            .add::<f32>(10)
+            .then::<f32>(10)
             .unwrap()
-            .add::<u8>(3)
+            .then::<u8>(3)
             .unwrap()
-            .add::<f32>(64)
+            .then::<f32>(64)
             .unwrap();
         let mut backing = [0u8; 1024];
         for off in 0..64 {

@@ -75,6 +75,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    // Negated comparisons so that NaN settings are refused too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn new(cfg: SamplerConfig) -> Result<Self, SamplerError> {
         if !(cfg.temperature >= 0.0) {
             return Err(SamplerError::NegativeTemperature);

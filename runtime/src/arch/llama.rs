@@ -68,7 +68,7 @@ impl LlamaConfig {
         };
         check(cfg.vocab > 0 && cfg.vocab <= MAX_VOCAB, "vocab_size")?;
         check(
-            cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim % QK8 == 0,
+            cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim.is_multiple_of(QK8),
             "embedding_length (a multiple of 32)",
         )?;
         check(
@@ -76,17 +76,20 @@ impl LlamaConfig {
             "block_count",
         )?;
         check(
-            cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim % QK8 == 0,
+            cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim.is_multiple_of(QK8),
             "feed_forward_length",
         )?;
-        check(cfg.n_heads > 0 && cfg.dim % cfg.n_heads == 0, "head_count")?;
         check(
-            cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0,
+            cfg.n_heads > 0 && cfg.dim.is_multiple_of(cfg.n_heads),
+            "head_count",
+        )?;
+        check(
+            cfg.n_kv_heads > 0 && cfg.n_heads.is_multiple_of(cfg.n_kv_heads),
             "head_count_kv",
         )?;
         let head_dim = cfg.dim / cfg.n_heads;
         check(
-            head_dim % 2 == 0 && (cfg.n_kv_heads * head_dim) % QK8 == 0,
+            head_dim.is_multiple_of(2) && (cfg.n_kv_heads * head_dim).is_multiple_of(QK8),
             "head dimension",
         )?;
         check(
@@ -364,20 +367,20 @@ impl<'a> Model<'a> {
         let b = s.batch;
         let cache = c.n_layers.checked_mul(s.ctx)?.checked_mul(c.kv_dim())?;
         Layout::new()
-            .add::<f32>(cache)? // key_cache
-            .add::<f32>(cache)? // value_cache
-            .add::<f32>(b.checked_mul(c.dim)?)? // x
-            .add::<f32>(b.checked_mul(c.dim)?)? // xb
-            .add::<f32>(b.checked_mul(c.dim)?)? // xb2
-            .add::<f32>(b.checked_mul(c.dim)?)? // q
-            .add::<f32>(b.checked_mul(c.kv_dim())?)? // k
-            .add::<f32>(b.checked_mul(c.kv_dim())?)? // v
-            .add::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
-            .add::<f32>(b.checked_mul(c.ffn_dim)?)? // hb2
-            .add::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
-            .add::<f32>(s.ctx)? // att
-            .add::<f32>(b.checked_mul(c.head_dim)?)? // rope
-            .add::<f32>(b.checked_mul(c.vocab)?) // logits
+            .then::<f32>(cache)? // key_cache
+            .then::<f32>(cache)? // value_cache
+            .then::<f32>(b.checked_mul(c.dim)?)? // x
+            .then::<f32>(b.checked_mul(c.dim)?)? // xb
+            .then::<f32>(b.checked_mul(c.dim)?)? // xb2
+            .then::<f32>(b.checked_mul(c.dim)?)? // q
+            .then::<f32>(b.checked_mul(c.kv_dim())?)? // k
+            .then::<f32>(b.checked_mul(c.kv_dim())?)? // v
+            .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
+            .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb2
+            .then::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
+            .then::<f32>(s.ctx)? // att
+            .then::<f32>(b.checked_mul(c.head_dim)?)? // rope
+            .then::<f32>(b.checked_mul(c.vocab)?) // logits
     }
 }
 

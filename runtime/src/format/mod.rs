@@ -142,7 +142,7 @@ impl Dtype {
             Dtype::F16 => n.checked_mul(2),
             Dtype::U8 => Some(n),
             Dtype::Q8 => {
-                if last % 32 != 0 {
+                if !last.is_multiple_of(32) {
                     return None;
                 }
                 (n / 32).checked_mul(core::mem::size_of::<BlockQ8>() as u64)
@@ -361,7 +361,7 @@ impl<'a> ArqFile<'a> {
         if h(8)? as usize != HEADER_LEN {
             return Err(FormatError::BadLayout("header length"));
         }
-        if bytes.as_ptr() as usize % ALIGN != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Err(FormatError::Misaligned("file start in memory"));
         }
         let n_meta = h(12)?;
