@@ -14,11 +14,20 @@
 #   LLAMA_CPP_CACHE   cache dir, outside the repo (default /work/cache/llama.cpp)
 #   LLAMA_CPP_PY_VER  llama-cpp-python version (default pinned below)
 #   LLAMA_CPP_JOBS    parallel compile jobs (default 2)
+#   LLAMA_CPP_CFLAGS  extra C/C++ flags (default: AMX off, see below)
+#
+# AMX: with GGML_NATIVE=ON on a CPU that has AMX, ggml compiles its AMX matmul
+# path; GCC 12 (Debian 12) miscompiles it: it drops the stores that fill the
+# tile config before `ldtilecfg`, so the first `tilezero` dies with SIGILL
+# (llama-bench crashes on the first prompt batch). So AMX is switched off by
+# default; the rest of -march=native (AVX-512, VNNI, ...) stays. A change of
+# flags or options rebuilds from scratch in the same build dir.
 set -euo pipefail
 
 ver="${LLAMA_CPP_PY_VER:-0.3.36}"
 cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
 jobs="${LLAMA_CPP_JOBS:-2}"
+cflags="${LLAMA_CPP_CFLAGS--mno-amx-tile -mno-amx-int8 -mno-amx-bf16}"
 tools=(llama-bench llama-quantize llama-simple)
 
 log() { echo "[build_llama_cpp] $*" >&2; }
@@ -27,8 +36,29 @@ src="$cache/llama_cpp_python-$ver"
 build="$cache/build-$ver"
 bin="$build/bin"
 
+cmake_args=(
+  -DCMAKE_BUILD_TYPE=Release
+  "-DCMAKE_C_FLAGS=$cflags"
+  "-DCMAKE_CXX_FLAGS=$cflags"
+  -DBUILD_SHARED_LIBS=OFF
+  -DGGML_NATIVE=ON
+  -DGGML_OPENMP=ON
+  -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF
+  -DGGML_CCACHE=OFF
+  -DLLAMA_CURL=OFF
+  -DLLAMA_OPENSSL=OFF
+  -DLLAMA_BUILD_APP=OFF
+  -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_BUILD_EXAMPLES=ON
+  -DLLAMA_BUILD_TOOLS=ON
+  -DLLAMA_BUILD_SERVER=OFF
+)
+stamp="$build/arq-build-config.txt"
+want_config=$(printf '%s\n' "${cmake_args[@]}")
+
 have_all_bins() {
   local t
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_config" ] || return 1
   for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done
 }
 
@@ -75,19 +105,11 @@ fi
 lsrc="$src/vendor/llama.cpp"
 
 # --- configure + build -----------------------------------------------------------
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  log "configuring in $build"
-  cmake -S "$lsrc" -B "$build" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=ON \
-    -DGGML_OPENMP=ON \
-    -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
-    -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=ON \
-    -DLLAMA_BUILD_TOOLS=ON \
-    -DLLAMA_BUILD_SERVER=OFF >&2
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_config" ]; then
+  log "configuring in $build (from scratch)"
+  rm -rf "$build"
+  cmake -S "$lsrc" -B "$build" "${cmake_args[@]}" >&2
+  printf '%s\n' "$want_config" > "$stamp"
 fi
 log "building ${tools[*]} with -j$jobs"
 start=$(date +%s)

@@ -4,8 +4,9 @@
 # tokens (tg64), with 1 and 2 threads, 5 repetitions each (mean +- std).
 #
 # Builds the peer and prepares the models first if needed (both idempotent).
-# Raw outputs go to $LLAMA_CPP_CACHE/results-<quant>-t<threads>.{md,json}, and
-# a summary table to $LLAMA_CPP_CACHE/results-summary.txt (also printed).
+# Raw outputs (one llama-bench run per model and thread count, markdown on
+# stdout and JSON on stderr) go to $LLAMA_CPP_CACHE/results-<quant>-t<threads>.txt
+# and .json, and a summary to $LLAMA_CPP_CACHE/results-summary.txt (printed too).
 #
 # Env:
 #   LLAMA_CPP_CACHE   cache dir, outside the repo (default /work/cache/llama.cpp)
@@ -21,24 +22,24 @@ p="${BENCH_P:-128}"
 n="${BENCH_N:-64}"
 
 bin=$("$here/build_llama_cpp.sh")
-mapfile -t ggufs < <(LLAMA_CPP_BIN="$bin" "$here/prepare_peer_models.sh")
+models=$(LLAMA_CPP_BIN="$bin" "$here/prepare_peer_models.sh")
+mapfile -t ggufs <<< "$models"
 
 summary="$cache/results-summary.txt"
 {
   echo "# llama.cpp peer: llama-bench -p $p -n $n -r $reps ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
   echo "# host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs on the machine skew the numbers)"
 } > "$summary"
 
-for q80_or_q41 in "${ggufs[@]}"; do
-  quant=$(basename "$q80_or_q41" .gguf); quant=${quant##*.}
+for gguf in "${ggufs[@]}"; do
+  quant=$(basename "$gguf" .gguf); quant=${quant##*.}
   for t in $threads; do
     base="$cache/results-$quant-t$t"
     echo "== $quant, $t thread(s)" >&2
-    "$bin/llama-bench" -m "$q80_or_q41" -p "$p" -n "$n" -t "$t" -r "$reps" -o md \
-      > "$base.md" 2> "$base.stderr.txt"
-    "$bin/llama-bench" -m "$q80_or_q41" -p "$p" -n "$n" -t "$t" -r "$reps" -o json \
-      > "$base.json" 2>> "$base.stderr.txt"
-    cat "$base.md" >&2
+    "$bin/llama-bench" -m "$gguf" -p "$p" -n "$n" -t "$t" -r "$reps" \
+      -o md -oe json > "$base.txt" 2> "$base.json"
+    cat "$base.txt" >&2
     python3 - "$base.json" "$quant" >> "$summary" <<'EOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))
@@ -50,4 +51,5 @@ for r in rows:
 EOF
   done
 done
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$summary"
 cat "$summary"

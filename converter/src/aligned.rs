@@ -17,8 +17,7 @@ impl ModelBytes {
     pub fn map(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: read-only private mapping; see the doc comment for the aliasing rule.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("cannot map {}", path.display()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
         Ok(ModelBytes::Mapped(map))
     }
 
@@ -27,12 +26,8 @@ impl ModelBytes {
         // Vec<u64> is 8-aligned; over-allocate and start at the first 64-aligned byte.
         let mut buf = vec![0u64; bytes.len().div_ceil(8) + 8];
         let skip = Self::skip(&buf);
-        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[skip..skip + bytes.len()]
-            .copy_from_slice(bytes);
-        ModelBytes::Owned {
-            buf,
-            len: bytes.len(),
-        }
+        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[skip..skip + bytes.len()].copy_from_slice(bytes);
+        ModelBytes::Owned { buf, len: bytes.len() }
     }
 
     fn skip(buf: &[u64]) -> usize {

@@ -55,25 +55,15 @@ pub type TensorError = (String, f64);
 
 /// The LLaMA tensors in the canonical order the runtime expects.
 fn canonical_names(n_layers: usize, has_output: bool) -> Vec<(String, String)> {
-    let mut v = vec![
-        ("token_embd.weight".into(), "token_embd".into()),
-        ("output_norm.weight".into(), "output_norm".into()),
-    ];
+    let mut v =
+        vec![("token_embd.weight".into(), "token_embd".into()), ("output_norm.weight".into(), "output_norm".into())];
     if has_output {
         v.push(("output.weight".into(), "output".into()));
     }
     for l in 0..n_layers {
-        for role in [
-            "attn_norm",
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_norm",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ] {
+        for role in
+            ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+        {
             v.push((format!("blk.{l}.{role}.weight"), format!("blk.{l}.{role}")));
         }
     }
@@ -81,30 +71,17 @@ fn canonical_names(n_layers: usize, has_output: bool) -> Vec<(String, String)> {
 }
 
 fn get_u64(g: &GgufFile, key: &str) -> Result<u64> {
-    g.get(key)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| anyhow!("GGUF metadata '{key}' is missing or not an integer"))
+    g.get(key).and_then(Value::as_u64).ok_or_else(|| anyhow!("GGUF metadata '{key}' is missing or not an integer"))
 }
 fn get_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
     match g.get(key) {
         None => Ok(default),
-        Some(v) => v
-            .as_f32()
-            .ok_or_else(|| anyhow!("GGUF metadata '{key}' is not a number")),
+        Some(v) => v.as_f32().ok_or_else(|| anyhow!("GGUF metadata '{key}' is not a number")),
     }
 }
 fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>> {
-    let arr = g
-        .get(key)
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("GGUF metadata '{key}' is missing"))?;
-    arr.iter()
-        .map(|v| {
-            v.as_str()
-                .map(String::from)
-                .ok_or_else(|| anyhow!("GGUF '{key}' holds a non-string"))
-        })
-        .collect()
+    let arr = g.get(key).and_then(Value::as_array).ok_or_else(|| anyhow!("GGUF metadata '{key}' is missing"))?;
+    arr.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| anyhow!("GGUF '{key}' holds a non-string"))).collect()
 }
 
 /// q8 weights: scale `f16(amax / 127)`, values quantized against the stored (f16) scale
@@ -114,15 +91,8 @@ pub fn quantize_weights_q8(x: &[f32]) -> Vec<BlockQ8> {
         .map(|c| {
             let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = f16::from_f32(amax / 127.0);
-            let id = if d.to_f32() != 0.0 {
-                1.0 / d.to_f32()
-            } else {
-                0.0
-            };
-            let mut b = BlockQ8 {
-                d: d.to_le_bytes(),
-                qs: [0; QK8],
-            };
+            let id = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+            let mut b = BlockQ8 { d: d.to_le_bytes(), qs: [0; QK8] };
             for (q, &v) in b.qs.iter_mut().zip(c) {
                 *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
             }
@@ -141,40 +111,28 @@ pub struct LlamaSource {
 impl LlamaSource {
     pub fn from_gguf(path: &Path, progress: bool) -> Result<Self> {
         let g = GgufFile::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let arch = g
-            .get("general.architecture")
-            .and_then(Value::as_str)
-            .unwrap_or("(none)");
+        let arch = g.get("general.architecture").and_then(Value::as_str).unwrap_or("(none)");
         if arch != "llama" {
-            bail!(
-                "{}: unsupported architecture '{arch}' (supported: llama)",
-                path.display()
-            );
+            bail!("{}: unsupported architecture '{arch}' (supported: llama)", path.display());
         }
         let n_layers = get_u64(&g, "llama.block_count")? as usize;
         let dim = get_u64(&g, "llama.embedding_length")?;
         let n_heads = get_u64(&g, "llama.attention.head_count")?;
-        let n_kv = g
-            .get("llama.attention.head_count_kv")
-            .and_then(Value::as_u64)
-            .unwrap_or(n_heads);
+        let n_kv = g.get("llama.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(n_heads);
         let tokens = strings(&g, "tokenizer.ggml.tokens")?;
-        let vocab = g
-            .get("llama.vocab_size")
-            .and_then(Value::as_u64)
-            .unwrap_or(tokens.len() as u64);
+        let vocab = g.get("llama.vocab_size").and_then(Value::as_u64).unwrap_or(tokens.len() as u64);
         if n_heads == 0 || dim % n_heads != 0 {
             bail!("GGUF: embedding_length {dim} is not a multiple of head_count {n_heads}");
         }
         if let Some(rd) = g.get("llama.rope.dimension_count").and_then(Value::as_u64) {
             if rd != dim / n_heads {
-                bail!("GGUF: partial rotary embeddings (rope.dimension_count {rd} != head dim {}) are not supported", dim / n_heads);
+                bail!(
+                    "GGUF: partial rotary embeddings (rope.dimension_count {rd} != head dim {}) are not supported",
+                    dim / n_heads
+                );
             }
         }
-        let tok_model = g
-            .get("tokenizer.ggml.model")
-            .and_then(Value::as_str)
-            .unwrap_or("(none)");
+        let tok_model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("(none)");
         if tok_model != "gpt2" {
             bail!("GGUF: tokenizer model '{tok_model}' is not supported (supported: gpt2 byte-level BPE)");
         }
@@ -183,52 +141,27 @@ impl LlamaSource {
             Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
             None => vec![1; tokens.len()],
         };
-        let pre_name = g
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("gpt2");
-        let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
-            anyhow!("GGUF: pre-tokenizer '{pre_name}' is not supported (supported: gpt2, smollm)")
-        })?;
+        let pre_name = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
+        let pre = PreTokenizer::from_gguf_name(pre_name)
+            .ok_or_else(|| anyhow!("GGUF: pre-tokenizer '{pre_name}' is not supported (supported: gpt2, smollm)"))?;
         let tokenizer_blob = arq::tokenizer::build_blob_with(pre, &tokens, &types, &merges)
             .map_err(|e| anyhow!("GGUF tokenizer: {e}"))?;
 
         let mut meta = vec![
             ("arq.architecture".to_string(), Meta::Str("llama".into())),
-            (
-                "general.name".into(),
-                Meta::Str(
-                    g.get("general.name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into(),
-                ),
-            ),
+            ("general.name".into(), Meta::Str(g.get("general.name").and_then(Value::as_str).unwrap_or("").into())),
             (
                 "general.source".into(),
-                Meta::Str(
-                    path.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                ),
+                Meta::Str(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
             ),
             ("llama.vocab_size".into(), Meta::U64(vocab)),
-            (
-                "llama.context_length".into(),
-                Meta::U64(get_u64(&g, "llama.context_length")?),
-            ),
+            ("llama.context_length".into(), Meta::U64(get_u64(&g, "llama.context_length")?)),
             ("llama.embedding_length".into(), Meta::U64(dim)),
             ("llama.block_count".into(), Meta::U64(n_layers as u64)),
-            (
-                "llama.feed_forward_length".into(),
-                Meta::U64(get_u64(&g, "llama.feed_forward_length")?),
-            ),
+            ("llama.feed_forward_length".into(), Meta::U64(get_u64(&g, "llama.feed_forward_length")?)),
             ("llama.attention.head_count".into(), Meta::U64(n_heads)),
             ("llama.attention.head_count_kv".into(), Meta::U64(n_kv)),
-            (
-                "llama.rope.freq_base".into(),
-                Meta::F32(get_f32(&g, "llama.rope.freq_base", 10000.0)?),
-            ),
+            ("llama.rope.freq_base".into(), Meta::F32(get_f32(&g, "llama.rope.freq_base", 10000.0)?)),
             (
                 "llama.attention.layer_norm_rms_epsilon".into(),
                 Meta::F32(get_f32(&g, "llama.attention.layer_norm_rms_epsilon", 1e-5)?),
@@ -237,11 +170,7 @@ impl LlamaSource {
             ("tokenizer.pre".into(), Meta::Str(pre_name.into())),
             (
                 "tokenizer.add_bos".into(),
-                Meta::Bool(
-                    g.get("tokenizer.ggml.add_bos_token")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                ),
+                Meta::Bool(g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false)),
             ),
         ];
         for (gkey, akey) in [
@@ -262,27 +191,16 @@ impl LlamaSource {
         let bar = crate::progress::bar(names.len() as u64, "reading", progress);
         let mut tensors = Vec::with_capacity(names.len());
         for (gname, aname) in names {
-            let t = g
-                .tensor(&gname)
-                .ok_or_else(|| anyhow!("GGUF: tensor '{gname}' is missing"))?;
+            let t = g.tensor(&gname).ok_or_else(|| anyhow!("GGUF: tensor '{gname}' is missing"))?;
             let values = g.dequantize(t).map_err(|e| anyhow!("GGUF: {e}"))?;
             // GGUF lists dims innermost first; .arq outermost first.
             let dims: Vec<u64> = t.dims.iter().rev().copied().collect();
             let is_matrix = dims.len() == 2;
-            tensors.push(SourceTensor {
-                name: aname,
-                dims,
-                values,
-                is_matrix,
-            });
+            tensors.push(SourceTensor { name: aname, dims, values, is_matrix });
             bar.inc(1);
         }
         bar.finish_and_clear();
-        Ok(LlamaSource {
-            meta,
-            tokenizer_blob,
-            tensors,
-        })
+        Ok(LlamaSource { meta, tokenizer_blob, tensors })
     }
 
     /// Serializes the model with matrices in `quant`; returns the file bytes and the
@@ -299,39 +217,20 @@ impl LlamaSource {
         for t in &self.tensors {
             // The tokenizer blob sits after the global tensors, before the layers.
             if !tokenizer_written && t.name.starts_with("blk.") {
-                w.tensor(
-                    "tokenizer",
-                    Dtype::U8,
-                    &[self.tokenizer_blob.len() as u64],
-                    self.tokenizer_blob.clone(),
-                )?;
+                w.tensor("tokenizer", Dtype::U8, &[self.tokenizer_blob.len() as u64], self.tokenizer_blob.clone())?;
                 tokenizer_written = true;
             }
             if t.is_matrix && quant == Quant::Q8 {
                 if !(t.dims[1] as usize).is_multiple_of(QK8) {
-                    bail!(
-                        "tensor {}: row length {} is not a multiple of 32, cannot quantize to q8",
-                        t.name,
-                        t.dims[1]
-                    );
+                    bail!("tensor {}: row length {} is not a multiple of 32, cannot quantize to q8", t.name, t.dims[1]);
                 }
                 let blocks = quantize_weights_q8(&t.values);
                 let mut deq = vec![0.0f32; t.values.len()];
                 arq::quant::dequantize_row_q8(&blocks, &mut deq);
                 errors.push((t.name.clone(), report::relative_error(&t.values, &deq)));
-                w.tensor(
-                    &t.name,
-                    Dtype::Q8,
-                    &t.dims,
-                    bytemuck::cast_slice(&blocks).to_vec(),
-                )?;
+                w.tensor(&t.name, Dtype::Q8, &t.dims, bytemuck::cast_slice(&blocks).to_vec())?;
             } else {
-                w.tensor(
-                    &t.name,
-                    Dtype::F32,
-                    &t.dims,
-                    bytemuck::cast_slice(&t.values).to_vec(),
-                )?;
+                w.tensor(&t.name, Dtype::F32, &t.dims, bytemuck::cast_slice(&t.values).to_vec())?;
             }
             bar.inc(1);
         }
@@ -344,10 +243,7 @@ impl LlamaSource {
 
 /// Temporary path next to `out`, so the final rename stays on one filesystem.
 fn temp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out.arq".into());
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out.arq".into());
     out.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
@@ -356,16 +252,13 @@ fn temp_path(out: &Path) -> PathBuf {
 pub fn write_validated(bytes: &[u8], out: &Path) -> Result<()> {
     let tmp = temp_path(out);
     let result = (|| -> Result<()> {
-        let f =
-            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let f = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut bw = BufWriter::new(f);
         bw.write_all(bytes)?;
         bw.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let mapped = ModelBytes::map(&tmp)?;
-        let file = ArqFile::parse(mapped.bytes())
-            .map_err(|e| anyhow!("written file failed validation: {e}"))?;
-        file.verify_checksum()
-            .map_err(|e| anyhow!("written file failed validation: {e}"))?;
+        let file = ArqFile::parse(mapped.bytes()).map_err(|e| anyhow!("written file failed validation: {e}"))?;
+        file.verify_checksum().map_err(|e| anyhow!("written file failed validation: {e}"))?;
         arq::Model::from_file(file).map_err(|e| anyhow!("written file failed validation: {e}"))?;
         fs::rename(&tmp, out).with_context(|| format!("cannot rename into {}", out.display()))?;
         Ok(())
@@ -388,10 +281,7 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         bail!("{}: no such file", input.display());
     }
     if out.exists() && !opts.force {
-        bail!(
-            "{} already exists (use --force to overwrite)",
-            out.display()
-        );
+        bail!("{} already exists (use --force to overwrite)", out.display());
     }
     if let (Ok(a), Ok(b)) = (input.canonicalize(), out.canonicalize()) {
         if a == b {
@@ -404,18 +294,10 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         let (reference, _) = src.to_arq(Quant::F32, false)?;
         drop(src);
         let text = opts.calib.as_deref().unwrap_or(report::CALIBRATION_TEXT);
-        Some(report::compare(
-            &ModelBytes::copy_of(&reference),
-            &ModelBytes::copy_of(&bytes),
-            text,
-        )?)
+        Some(report::compare(&ModelBytes::copy_of(&reference), &ModelBytes::copy_of(&bytes), text)?)
     } else {
         None
     };
     write_validated(&bytes, out)?;
-    Ok(ConvertSummary {
-        bytes: bytes.len() as u64,
-        tensor_errors,
-        accuracy,
-    })
+    Ok(ConvertSummary { bytes: bytes.len() as u64, tensor_errors, accuracy })
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use arq::parallel::{Parallel, ThreadPool};
 use arq::sampler::{Candidate, Sampler, SamplerConfig};
 use arq::tokenizer::{Tokenizer, Utf8Stream};
 use arq::{math, Model, Session, SessionConfig};
@@ -15,11 +16,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(
-    name = "arq",
-    version,
-    about = "Run quantized autoregressive models on small devices"
-)]
+#[command(name = "arq", version, about = "Run quantized autoregressive models on small devices")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -73,6 +70,8 @@ enum Cmd {
         /// Wrap the prompt in the model's chat template (a user message).
         #[arg(long)]
         chat: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
     /// Print the next-token distribution p(x_i | x_<i) after a prompt.
     Next {
@@ -86,6 +85,8 @@ enum Cmd {
         chat: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
     /// Exact log-likelihood of a text file: NLL, perplexity, bits/token, bits/byte.
     Score {
@@ -100,7 +101,28 @@ enum Cmd {
         /// Include every position's log-prob in the output.
         #[arg(long)]
         per_token: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
+}
+
+#[derive(clap::Args)]
+struct ThreadsArg {
+    /// Worker threads (default: the available cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+}
+
+impl ThreadsArg {
+    fn count(&self) -> usize {
+        match self.threads {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+    fn pool(&self) -> Result<ThreadPool> {
+        ThreadPool::new(self.count()).context("cannot start worker threads")
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -141,42 +163,19 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Convert {
-            input,
-            output,
-            quant,
-            calib,
-            no_calib,
-            force,
-        } => cmd_convert(&input, &output, quant, calib.as_deref(), no_calib, force),
-        Cmd::Inspect {
-            model,
-            ctx,
-            verify,
-            json,
-        } => cmd_inspect(&model, ctx, verify, json),
-        Cmd::Generate {
-            model,
-            prompt,
-            n,
-            sampling,
-            ctx,
-            chat,
-        } => cmd_generate(&model, &prompt, n, &sampling, ctx, chat),
-        Cmd::Next {
-            model,
-            prompt,
-            top,
-            chat,
-            json,
-        } => cmd_next(&model, &prompt, top as usize, chat, json),
-        Cmd::Score {
-            model,
-            file,
-            ctx,
-            json,
-            per_token,
-        } => cmd_score(&model, &file, ctx, json, per_token),
+        Cmd::Convert { input, output, quant, calib, no_calib, force } => {
+            cmd_convert(&input, &output, quant, calib.as_deref(), no_calib, force)
+        }
+        Cmd::Inspect { model, ctx, verify, json } => cmd_inspect(&model, ctx, verify, json),
+        Cmd::Generate { model, prompt, n, sampling, ctx, chat, threads } => {
+            cmd_generate(&model, &prompt, n, &sampling, ctx, chat, &threads)
+        }
+        Cmd::Next { model, prompt, top, chat, json, threads } => {
+            cmd_next(&model, &prompt, top as usize, chat, json, &threads)
+        }
+        Cmd::Score { model, file, ctx, json, per_token, threads } => {
+            cmd_score(&model, &file, ctx, json, per_token, &threads)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,20 +199,13 @@ fn cmd_convert(
         QuantArg::F32 => Quant::F32,
     };
     let calib = match calib {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read calibration text {}", p.display()))?,
-        ),
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("cannot read calibration text {}", p.display()))?)
+        }
         None => None,
     };
     let t0 = Instant::now();
-    let opts = ConvertOptions {
-        quant,
-        force,
-        calib,
-        skip_calibration: no_calib,
-        progress: true,
-    };
+    let opts = ConvertOptions { quant, force, calib, skip_calibration: no_calib, progress: true };
     let s = convert::convert(input, output, &opts)?;
     eprintln!(
         "wrote {} ({} bytes, {}) in {:.1} s",
@@ -224,14 +216,8 @@ fn cmd_convert(
     );
     if !s.tensor_errors.is_empty() {
         let mean = s.tensor_errors.iter().map(|e| e.1).sum::<f64>() / s.tensor_errors.len() as f64;
-        let worst =
-            s.tensor_errors
-                .iter()
-                .fold(("", 0.0f64), |w, e| if e.1 > w.1 { (&e.0, e.1) } else { w });
-        eprintln!(
-            "per-tensor relative error ({} matrices):",
-            s.tensor_errors.len()
-        );
+        let worst = s.tensor_errors.iter().fold(("", 0.0f64), |w, e| if e.1 > w.1 { (&e.0, e.1) } else { w });
+        eprintln!("per-tensor relative error ({} matrices):", s.tensor_errors.len());
         for (name, err) in &s.tensor_errors {
             eprintln!("  {name:<24} {err:.5}");
         }
@@ -261,9 +247,7 @@ impl Loaded {
         if !path.exists() {
             bail!("{}: no such file", path.display());
         }
-        Ok(Loaded {
-            bytes: ModelBytes::map(path)?,
-        })
+        Ok(Loaded { bytes: ModelBytes::map(path)? })
     }
     fn model(&self, path: &Path) -> Result<Model<'_>> {
         Model::load(self.bytes.bytes()).map_err(|e| anyhow!("{}: {e}", path.display()))
@@ -280,30 +264,18 @@ fn token_text(tok: &Tokenizer<'_>, id: u32) -> String {
 
 /// The prompt's token ids: the chat template (with special tokens) or plain text, with
 /// BOS when the model asks for it.
-fn encode_prompt(
-    model: &Model<'_>,
-    tok: &Tokenizer<'_>,
-    prompt: &str,
-    chat: bool,
-) -> Result<Vec<u32>> {
+fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat: bool) -> Result<Vec<u32>> {
     let file = model.file();
     let mut ids = Vec::new();
-    let add_bos = file
-        .meta("tokenizer.add_bos")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let bos = file
-        .meta("tokenizer.bos_id")
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32);
+    let add_bos = file.meta("tokenizer.add_bos").and_then(|v| v.as_bool()).unwrap_or(false);
+    let bos = file.meta("tokenizer.bos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
     if chat {
         let template = file
             .meta("tokenizer.chat_template")
             .and_then(|v| v.as_str())
             .ok_or_else(|| anyhow!("--chat: this model has no chat template"))?;
         let mut env = minijinja::Environment::new();
-        env.add_template("chat", template)
-            .map_err(|e| anyhow!("chat template: {e}"))?;
+        env.add_template("chat", template).map_err(|e| anyhow!("chat template: {e}"))?;
         let text = env
             .get_template("chat")
             .and_then(|t| {
@@ -327,7 +299,7 @@ fn encode_prompt(
     Ok(ids)
 }
 
-fn session_config(model: &Model<'_>, ctx: Option<usize>) -> Result<SessionConfig> {
+fn session_config(model: &Model<'_>, ctx: Option<usize>, pool: &ThreadPool) -> Result<SessionConfig> {
     let train = model.config().ctx_train;
     let ctx = ctx.unwrap_or(train.min(2048));
     if ctx == 0 {
@@ -336,7 +308,7 @@ fn session_config(model: &Model<'_>, ctx: Option<usize>) -> Result<SessionConfig
     if ctx > train {
         bail!("--ctx {ctx} is longer than the model's training context ({train})");
     }
-    Ok(SessionConfig { ctx, batch: 32 })
+    Ok(SessionConfig { ctx, batch: 32, threads: pool.threads() })
 }
 
 fn new_arena(model: &Model<'_>, cfg: &SessionConfig) -> Result<Vec<u8>> {
@@ -350,7 +322,9 @@ fn cmd_generate(
     s: &SamplingArgs,
     ctx: Option<usize>,
     chat: bool,
+    threads: &ThreadsArg,
 ) -> Result<()> {
+    let pool = threads.pool()?;
     let sampler_cfg = SamplerConfig {
         temperature: s.temp,
         top_k: s.top_k.unwrap_or(0) as usize,
@@ -364,22 +338,15 @@ fn cmd_generate(
     let loaded = Loaded::open(path)?;
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
-    let cfg = session_config(&model, ctx)?;
+    let cfg = session_config(&model, ctx, &pool)?;
     let ids = encode_prompt(&model, &tok, prompt, chat)?;
     if ids.len() >= cfg.ctx {
-        bail!(
-            "prompt is {} tokens, longer than the context ({}); raise --ctx or shorten it",
-            ids.len(),
-            cfg.ctx
-        );
+        bail!("prompt is {} tokens, longer than the context ({}); raise --ctx or shorten it", ids.len(), cfg.ctx);
     }
-    let eos = model
-        .file()
-        .meta("tokenizer.eos_id")
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32);
+    let eos = model.file().meta("tokenizer.eos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
+    session.set_parallel(&pool)?;
     let mut scratch = vec![Candidate::default(); model.config().vocab];
     let mut history = ids.clone();
 
@@ -398,9 +365,7 @@ fn cmd_generate(
     let mut generated = 0;
     let mut stop_reason = "length";
     while generated < n {
-        let next = sampler
-            .sample(&mut logits, &history, &mut scratch)
-            .map_err(|e| anyhow!("{e}"))?;
+        let next = sampler.sample(&mut logits, &history, &mut scratch).map_err(|e| anyhow!("{e}"))?;
         if Some(next) == eos || tok.is_control(next) {
             stop_reason = "end of text";
             break;
@@ -431,42 +396,35 @@ fn cmd_generate(
     writeln!(out)?;
     let gen_s = t1.elapsed().as_secs_f64();
     eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({stop_reason}) | kernels: {}",
+        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({stop_reason}) | kernels: {}, threads: {}",
         ids.len(),
         ids.len() as f64 / prompt_s,
         generated,
         if generated > 0 { generated as f64 / gen_s } else { 0.0 },
-        model.kernels().name
+        model.kernels().name,
+        pool.threads()
     );
     Ok(())
 }
 
-fn cmd_next(path: &Path, prompt: &str, top: usize, chat: bool, json_out: bool) -> Result<()> {
+fn cmd_next(path: &Path, prompt: &str, top: usize, chat: bool, json_out: bool, threads: &ThreadsArg) -> Result<()> {
+    let pool = threads.pool()?;
     let loaded = Loaded::open(path)?;
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
     let ids = encode_prompt(&model, &tok, prompt, chat)?;
-    let cfg = session_config(&model, Some(ids.len().max(1))).map_err(|_| {
-        anyhow!(
-            "prompt is {} tokens, longer than the model's context",
-            ids.len()
-        )
-    })?;
+    let cfg = session_config(&model, Some(ids.len().max(1)), &pool)
+        .map_err(|_| anyhow!("prompt is {} tokens, longer than the model's context", ids.len()))?;
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
+    session.set_parallel(&pool)?;
     let logits = session.prefill(&ids)?;
     let lse = math::log_sum_exp(logits);
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let top = top.min(order.len());
-    order.select_nth_unstable_by(top - 1, |&a, &b| {
-        logits[b as usize].total_cmp(&logits[a as usize])
-    });
+    order.select_nth_unstable_by(top - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     order.truncate(top);
-    order.sort_by(|&a, &b| {
-        logits[b as usize]
-            .total_cmp(&logits[a as usize])
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
     let rows: Vec<_> = order
         .iter()
         .map(|&id| {
@@ -475,10 +433,8 @@ fn cmd_next(path: &Path, prompt: &str, top: usize, chat: bool, json_out: bool) -
         })
         .collect();
     if json_out {
-        let top: Vec<_> = rows
-            .iter()
-            .map(|(id, text, p, lp)| json!({"id": id, "token": text, "prob": p, "logprob": lp}))
-            .collect();
+        let top: Vec<_> =
+            rows.iter().map(|(id, text, p, lp)| json!({"id": id, "token": text, "prob": p, "logprob": lp})).collect();
         println!("{}", json!({"prompt_tokens": ids.len(), "top": top}));
     } else {
         println!("p(x_{} | {} prompt tokens):", ids.len() + 1, ids.len());
@@ -504,27 +460,20 @@ fn cmd_score(
     ctx: Option<usize>,
     json_out: bool,
     per_token: bool,
+    threads: &ThreadsArg,
 ) -> Result<()> {
+    let pool = threads.pool()?;
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let text =
-        String::from_utf8(text).map_err(|_| anyhow!("{}: not UTF-8 text", file.display()))?;
+    let text = String::from_utf8(text).map_err(|_| anyhow!("{}: not UTF-8 text", file.display()))?;
     let loaded = Loaded::open(path)?;
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
-    let cfg = session_config(&model, ctx)?;
+    let cfg = session_config(&model, ctx, &pool)?;
     if cfg.ctx < 2 {
         bail!("--ctx must be at least 2 to score");
     }
-    let add_bos = model
-        .file()
-        .meta("tokenizer.add_bos")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let bos = model
-        .file()
-        .meta("tokenizer.bos_id")
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32);
+    let add_bos = model.file().meta("tokenizer.add_bos").and_then(|v| v.as_bool()).unwrap_or(false);
+    let bos = model.file().meta("tokenizer.bos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
     let mut ids = Vec::new();
     if add_bos {
         ids.extend(bos);
@@ -539,6 +488,7 @@ fn cmd_score(
     let stride = (cfg.ctx / 2).max(1);
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
+    session.set_parallel(&pool)?;
     let mut scored: Vec<Scored> = Vec::with_capacity(ids.len());
     let mut next_unscored = 1; // position 0 is the condition
     let mut start = 0;
@@ -571,10 +521,7 @@ fn cmd_score(
     }
     let n = scored.len();
     let nll: f64 = -scored.iter().map(|s| s.logprob).sum::<f64>();
-    let bytes: usize = scored
-        .iter()
-        .map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len()))
-        .sum();
+    let bytes: usize = scored.iter().map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len())).sum();
     let ln2 = std::f64::consts::LN_2;
     let ppl = (nll / n as f64).exp();
     if json_out {
@@ -598,13 +545,7 @@ fn cmd_score(
     } else {
         if per_token {
             for s in &scored {
-                println!(
-                    "{:>6} {:>6} {:>10.4} {:?}",
-                    s.pos,
-                    s.id,
-                    s.logprob,
-                    token_text(&tok, s.id)
-                );
+                println!("{:>6} {:>6} {:>10.4} {:?}", s.pos, s.id, s.logprob, token_text(&tok, s.id));
             }
         }
         println!(
@@ -621,24 +562,17 @@ fn cmd_score(
 fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<()> {
     let loaded = Loaded::open(path)?;
     let bytes = loaded.bytes.bytes();
-    let file =
-        arq::format::ArqFile::parse(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let file = arq::format::ArqFile::parse(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if verify {
-        file.verify_checksum()
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        file.verify_checksum().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     }
     let model = Model::from_file(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let c = *model.config();
     let tok = tokenizer(&model)?;
-    let plan_cfg = SessionConfig { ctx, batch: 32 };
+    let plan_cfg = SessionConfig { ctx, batch: 32, threads: 1 };
     let arena = model.memory_plan(&plan_cfg)?;
     let kv = 2 * c.n_layers * ctx * c.kv_dim() * 4;
-    let meta_str = |k: &str| {
-        file.meta(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
+    let meta_str = |k: &str| file.meta(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let meta_id = |k: &str| file.meta(k).and_then(|v| v.as_u64());
     let tensors: Vec<_> = file.tensors().collect();
     if json_out {
@@ -682,12 +616,7 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
         );
         return Ok(());
     }
-    println!(
-        "{}: {} bytes, llama, {} weights",
-        path.display(),
-        bytes.len(),
-        meta_str("arq.quant")
-    );
+    println!("{}: {} bytes, llama, {} weights", path.display(), bytes.len(), meta_str("arq.quant"));
     println!("  name           {}", meta_str("general.name"));
     println!(
         "  dims           vocab {} | dim {} | layers {} | heads {} (kv {}) x {} | ffn {}",
@@ -706,16 +635,9 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
         tok.vocab_size(),
         meta_id("tokenizer.bos_id"),
         meta_id("tokenizer.eos_id"),
-        if meta_str("tokenizer.chat_template").is_empty() {
-            "no"
-        } else {
-            "yes"
-        }
+        if meta_str("tokenizer.chat_template").is_empty() { "no" } else { "yes" }
     );
-    println!(
-        "  arena          {arena} bytes for ctx {ctx} (KV cache {kv}, batch {})",
-        plan_cfg.batch
-    );
+    println!("  arena          {arena} bytes for ctx {ctx} (KV cache {kv}, batch {})", plan_cfg.batch);
     if verify {
         println!("  checksum       ok");
     }

@@ -55,10 +55,7 @@ fn probs(logits: &[f32]) -> Vec<f64> {
 
 /// Teacher-forced logits of every position of `tokens`.
 fn all_logits(model: &Model<'_>, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-    let cfg = SessionConfig {
-        ctx: tokens.len(),
-        batch: 32,
-    };
+    let cfg = SessionConfig { ctx: tokens.len(), batch: 32, threads: 1 };
     let mut arena = vec![0u8; model.memory_plan(&cfg)?];
     let mut s = Session::new(model, &mut arena, cfg)?;
     let mut out = Vec::with_capacity(tokens.len());
@@ -67,11 +64,7 @@ fn all_logits(model: &Model<'_>, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
 }
 
 /// Runs both models over `text` (tokenized by the quantized model's tokenizer).
-pub fn compare(
-    reference: &ModelBytes,
-    quantized: &ModelBytes,
-    text: &str,
-) -> Result<AccuracyReport> {
+pub fn compare(reference: &ModelBytes, quantized: &ModelBytes, text: &str) -> Result<AccuracyReport> {
     let r = Model::load(reference.bytes()).map_err(|e| anyhow!("reference model: {e}"))?;
     let q = Model::load(quantized.bytes()).map_err(|e| anyhow!("quantized model: {e}"))?;
     let tok = q.tokenizer().map_err(|e| anyhow!("tokenizer: {e}"))?;
@@ -86,12 +79,7 @@ pub fn compare(
     let n = tokens.len() - 1;
     for i in 0..n {
         let (pr, pq) = (probs(&lr[i]), probs(&lq[i]));
-        kl += pr
-            .iter()
-            .zip(&pq)
-            .filter(|(a, _)| **a > 0.0)
-            .map(|(a, b)| a * (a / b.max(1e-300)).ln())
-            .sum::<f64>();
+        kl += pr.iter().zip(&pq).filter(|(a, _)| **a > 0.0).map(|(a, b)| a * (a / b.max(1e-300)).ln()).sum::<f64>();
         agree += (math::argmax(&lr[i]) == math::argmax(&lq[i])) as usize;
         let next = tokens[i + 1] as usize;
         nll_r -= pr[next].max(1e-300).ln();

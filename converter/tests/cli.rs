@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn arq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arq"))
-        .args(args)
-        .output()
-        .expect("run arq")
+    Command::new(env!("CARGO_BIN_EXE_arq")).args(args).output().expect("run arq")
 }
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -35,20 +32,15 @@ fn assert_error(out: &Output, code: i32, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("internal error"),
-        "{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
     if code == 1 {
         assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     }
 }
 
 fn only_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -57,46 +49,16 @@ fn only_files(dir: &Path) -> Vec<String> {
 fn generate_is_deterministic_for_a_seed_and_reports_speed() {
     let d = tmpdir("generate");
     let m = tiny_model(&d);
-    let run = |seed: &str| {
-        arq(&[
-            "generate",
-            s(&m),
-            "-p",
-            "hello",
-            "-n",
-            "12",
-            "--temp",
-            "1.0",
-            "--seed",
-            seed,
-        ])
-    };
+    let run = |seed: &str| arq(&["generate", s(&m), "-p", "hello", "-n", "12", "--temp", "1.0", "--seed", seed]);
     let (a, b, c) = (run("7"), run("7"), run("8"));
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert_eq!(a.stdout, b.stdout);
     assert_ne!(a.stdout, c.stdout);
     assert!(String::from_utf8_lossy(&a.stdout).starts_with("hello"));
     let err = String::from_utf8_lossy(&a.stderr);
-    assert!(
-        err.contains("prompt: 5 tokens") && err.contains("generation: ") && err.contains("tok/s"),
-        "{err}"
-    );
-    let chat = arq(&[
-        "generate",
-        s(&m),
-        "--chat",
-        "-p",
-        "hi",
-        "-n",
-        "4",
-        "--temp",
-        "0",
-    ]);
-    assert!(
-        chat.status.success(),
-        "{}",
-        String::from_utf8_lossy(&chat.stderr)
-    );
+    assert!(err.contains("prompt: 5 tokens") && err.contains("generation: ") && err.contains("tok/s"), "{err}");
+    let chat = arq(&["generate", s(&m), "--chat", "-p", "hi", "-n", "4", "--temp", "0"]);
+    assert!(chat.status.success(), "{}", String::from_utf8_lossy(&chat.stderr));
 }
 
 #[test]
@@ -111,46 +73,20 @@ fn next_score_and_inspect_print_the_documented_json() {
     assert!(top[0]["prob"].as_f64().unwrap() >= top[4]["prob"].as_f64().unwrap());
 
     let text = d.join("essay.txt");
-    std::fs::write(
-        &text,
-        "The quick brown fox jumps over the lazy dog. ".repeat(4),
-    )
-    .unwrap();
-    let out = arq(&[
-        "score",
-        s(&m),
-        s(&text),
-        "--json",
-        "--per-token",
-        "--ctx",
-        "64",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(4)).unwrap();
+    let out = arq(&["score", s(&m), s(&text), "--json", "--per-token", "--ctx", "64"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // 180 bytes = 180 byte tokens; no BOS, so the first token is the condition.
     assert_eq!(v["tokens"], 179);
-    assert!(
-        v["windows"]["count"].as_u64().unwrap() > 1,
-        "ctx 64 < 180 tokens needs windows"
-    );
+    assert!(v["windows"]["count"].as_u64().unwrap() > 1, "ctx 64 < 180 tokens needs windows");
     let nll = v["nll_nats"].as_f64().unwrap();
-    let per: Vec<f64> = v["per_token"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["logprob"].as_f64().unwrap())
-        .collect();
+    let per: Vec<f64> = v["per_token"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
     assert_eq!(per.len(), 179);
     assert!((nll + per.iter().sum::<f64>()).abs() < 1e-6);
     let ppl = v["perplexity"].as_f64().unwrap();
     assert!((ppl - (nll / 179.0).exp()).abs() < 1e-9);
-    assert!(
-        (v["bits_per_token"].as_f64().unwrap() - nll / 179.0 / std::f64::consts::LN_2).abs() < 1e-9
-    );
+    assert!((v["bits_per_token"].as_f64().unwrap() - nll / 179.0 / std::f64::consts::LN_2).abs() < 1e-9);
     for key in ["pos", "id", "logprob", "top_id", "top_logprob"] {
         assert!(v["per_token"][0].get(key).is_some(), "{key}");
     }
@@ -169,42 +105,22 @@ fn bad_inputs_fail_cleanly() {
     let m = tiny_model(&d);
     let out_arq = d.join("out.arq");
 
-    assert_error(
-        &arq(&["convert", s(&d.join("missing.gguf")), "-o", s(&out_arq)]),
-        1,
-        "no such file",
-    );
+    assert_error(&arq(&["convert", s(&d.join("missing.gguf")), "-o", s(&out_arq)]), 1, "no such file");
     let text = d.join("notes.txt");
     std::fs::write(&text, "this is not a model\n").unwrap();
-    assert_error(
-        &arq(&["convert", s(&text), "-o", s(&out_arq)]),
-        1,
-        "not a GGUF",
-    );
+    assert_error(&arq(&["convert", s(&text), "-o", s(&out_arq)]), 1, "not a GGUF");
     let gpt9 = d.join("gpt9.gguf");
     let gguf = common::gguf_with_strings(&[("general.architecture", "gpt9")]);
     std::fs::write(&gpt9, &gguf).unwrap();
-    assert_error(
-        &arq(&["convert", s(&gpt9), "-o", s(&out_arq)]),
-        1,
-        "unsupported architecture 'gpt9'",
-    );
+    assert_error(&arq(&["convert", s(&gpt9), "-o", s(&out_arq)]), 1, "unsupported architecture 'gpt9'");
     assert_eq!(std::fs::read(&gpt9).unwrap(), gguf, "input modified");
-    assert_error(
-        &arq(&["convert", s(&gpt9), "-o", s(&out_arq), "--quant", "q3"]),
-        2,
-        "q3",
-    );
+    assert_error(&arq(&["convert", s(&gpt9), "-o", s(&out_arq), "--quant", "q3"]), 2, "q3");
 
     // Nothing but the inputs is left behind: no partial or temporary output.
     assert_eq!(only_files(&d), ["gpt9.gguf", "notes.txt", "tiny.arq"]);
 
     // An existing output is not overwritten without --force.
-    assert_error(
-        &arq(&["convert", s(&gpt9), "-o", s(&m)]),
-        1,
-        "already exists",
-    );
+    assert_error(&arq(&["convert", s(&gpt9), "-o", s(&m)]), 1, "already exists");
 
     // Truncated and corrupted .arq files.
     let bytes = std::fs::read(&m).unwrap();
@@ -221,39 +137,15 @@ fn bad_inputs_fail_cleanly() {
     flipped[at] ^= 0x55;
     let corrupt = d.join("corrupt.arq");
     std::fs::write(&corrupt, &flipped).unwrap();
-    assert_error(
-        &arq(&["inspect", s(&corrupt), "--verify"]),
-        1,
-        "checksum mismatch",
-    );
-    assert_error(
-        &arq(&["score", s(&m), s(&d.join("nope.txt"))]),
-        1,
-        "cannot read",
-    );
+    assert_error(&arq(&["inspect", s(&corrupt), "--verify"]), 1, "checksum mismatch");
+    assert_error(&arq(&["score", s(&m), s(&d.join("nope.txt"))]), 1, "cannot read");
 
     // Prompt longer than the context; context longer than the model's; bad sampler args.
     let long = "word ".repeat(40);
-    assert_error(
-        &arq(&["generate", s(&m), "-p", &long, "--ctx", "16"]),
-        1,
-        "longer than the context",
-    );
-    assert_error(
-        &arq(&["generate", s(&m), "-p", "x", "--ctx", "100000"]),
-        1,
-        "training context",
-    );
-    assert_error(
-        &arq(&["generate", s(&m), "-p", "x", "--top-k", "0"]),
-        2,
-        "top-k",
-    );
-    assert_error(
-        &arq(&["generate", s(&m), "-p", "x", "--top-p", "1.5"]),
-        1,
-        "top-p",
-    );
+    assert_error(&arq(&["generate", s(&m), "-p", &long, "--ctx", "16"]), 1, "longer than the context");
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "--ctx", "100000"]), 1, "training context");
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "--top-k", "0"]), 2, "top-k");
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "--top-p", "1.5"]), 1, "top-p");
     assert_error(&arq(&["next", s(&m), "-p", "x", "--top", "0"]), 2, "top");
     assert_eq!(std::fs::read(&m).unwrap(), bytes, "model modified");
 }
@@ -264,16 +156,12 @@ fn bad_inputs_fail_cleanly() {
 fn smollm2_convert_report_score_and_next() {
     let gguf = match std::env::var("ARQ_SMOLLM2_GGUF") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
-        )),
+        Err(_) => {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        }
     };
     if !gguf.exists() {
-        eprintln!(
-            "note: {} missing (run models/fetch_smollm2.sh); skipping",
-            gguf.display()
-        );
+        eprintln!("note: {} missing (run models/fetch_smollm2.sh); skipping", gguf.display());
         return;
     }
     let d = tmpdir("smollm2");
@@ -281,29 +169,11 @@ fn smollm2_convert_report_score_and_next() {
     let conv = arq(&["convert", s(&gguf), "-o", s(&out), "--quant", "q8"]);
     let err = String::from_utf8_lossy(&conv.stderr);
     assert!(conv.status.success(), "{err}");
-    assert!(
-        err.contains("per-tensor relative error (211 matrices)"),
-        "{err}"
-    );
-    assert!(
-        err.contains("calibration") && err.contains("top-1 agreement"),
-        "{err}"
-    );
-    assert_eq!(
-        only_files(&d),
-        ["smollm2-q8.arq"],
-        "temporary file left behind"
-    );
+    assert!(err.contains("per-tensor relative error (211 matrices)"), "{err}");
+    assert!(err.contains("calibration") && err.contains("top-1 agreement"), "{err}");
+    assert_eq!(only_files(&d), ["smollm2-q8.arq"], "temporary file left behind");
 
-    let next = arq(&[
-        "next",
-        s(&out),
-        "-p",
-        "The capital of France is",
-        "--top",
-        "5",
-        "--json",
-    ]);
+    let next = arq(&["next", s(&out), "-p", "The capital of France is", "--top", "5", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&next.stdout).unwrap();
     assert_eq!(v["top"][0]["token"], " Paris");
 

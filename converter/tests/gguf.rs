@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use arq_convert::gguf::{self, GgmlType, GgufError, GgufFile, TensorInfo, Value};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/gguf")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name)
 }
 
 fn read_json(name: &str) -> serde_json::Value {
@@ -18,11 +16,7 @@ fn read_json(name: &str) -> serde_json::Value {
 }
 
 fn bits(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("bits array")
-        .iter()
-        .map(|b| b.as_u64().expect("u32 bits") as u32)
-        .collect()
+    v.as_array().expect("bits array").iter().map(|b| b.as_u64().expect("u32 bits") as u32).collect()
 }
 
 fn tiny_bytes() -> Vec<u8> {
@@ -34,8 +28,7 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(tag: &str, bytes: &[u8]) -> TempFile {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("gguf-{}-{tag}.gguf", std::process::id()));
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gguf-{}-{tag}.gguf", std::process::id()));
         std::fs::write(&path, bytes).expect("write temp file");
         TempFile(path)
     }
@@ -80,11 +73,7 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 /// Byte position just after the length-prefixed string `s` (a key or tensor name).
 fn after_string(bytes: &[u8], s: &str) -> usize {
     let at = find(bytes, s.as_bytes());
-    assert_eq!(
-        &bytes[at - 8..at],
-        &(s.len() as u64).to_le_bytes(),
-        "length prefix of {s}"
-    );
+    assert_eq!(&bytes[at - 8..at], &(s.len() as u64).to_le_bytes(), "length prefix of {s}");
     at + s.len()
 }
 
@@ -104,11 +93,7 @@ fn metadata_of_every_value_type() {
     assert_eq!(f.data_offset() % 32, 0);
     assert_eq!(f.architecture(), Some("llama"));
 
-    let get = |k: &str| {
-        f.get(k)
-            .unwrap_or_else(|| panic!("missing key {k}"))
-            .clone()
-    };
+    let get = |k: &str| f.get(k).unwrap_or_else(|| panic!("missing key {k}")).clone();
     assert_eq!(get("test.u8"), Value::U8(200));
     assert_eq!(get("test.i8"), Value::I8(-100));
     assert_eq!(get("test.u16"), Value::U16(60000));
@@ -124,48 +109,17 @@ fn metadata_of_every_value_type() {
     assert_eq!(get("test.i64"), Value::I64(-9_000_000_000_000_000_000));
     assert_eq!(get("test.f64"), Value::F64(std::f64::consts::PI));
     let strs = ["<s>", "</s>", "Ġthe", "ĊĊ", ""];
-    assert_eq!(
-        get("test.arr_str"),
-        Value::Array(strs.iter().map(|s| Value::Str(s.to_string())).collect())
-    );
-    assert_eq!(
-        get("test.arr_u8"),
-        Value::Array(vec![Value::U8(0), Value::U8(1), Value::U8(255)])
-    );
-    assert_eq!(
-        get("test.arr_u16"),
-        Value::Array(vec![Value::U16(7), Value::U16(65535)])
-    );
-    assert_eq!(
-        get("test.arr_i64"),
-        Value::Array(vec![Value::I64(-1), Value::I64(1 << 62)])
-    );
-    assert_eq!(
-        get("test.arr_f64"),
-        Value::Array(vec![Value::F64(0.5), Value::F64(-2.25)])
-    );
-    assert_eq!(
-        get("test.arr_i32"),
-        Value::Array(vec![Value::I32(1), Value::I32(-2), Value::I32(3)])
-    );
-    assert_eq!(
-        get("test.arr_f32"),
-        Value::Array(vec![Value::F32(1.5), Value::F32(-0.25)])
-    );
-    assert_eq!(
-        get("test.arr_bool"),
-        Value::Array(vec![
-            Value::Bool(true),
-            Value::Bool(false),
-            Value::Bool(true)
-        ])
-    );
+    assert_eq!(get("test.arr_str"), Value::Array(strs.iter().map(|s| Value::Str(s.to_string())).collect()));
+    assert_eq!(get("test.arr_u8"), Value::Array(vec![Value::U8(0), Value::U8(1), Value::U8(255)]));
+    assert_eq!(get("test.arr_u16"), Value::Array(vec![Value::U16(7), Value::U16(65535)]));
+    assert_eq!(get("test.arr_i64"), Value::Array(vec![Value::I64(-1), Value::I64(1 << 62)]));
+    assert_eq!(get("test.arr_f64"), Value::Array(vec![Value::F64(0.5), Value::F64(-2.25)]));
+    assert_eq!(get("test.arr_i32"), Value::Array(vec![Value::I32(1), Value::I32(-2), Value::I32(3)]));
+    assert_eq!(get("test.arr_f32"), Value::Array(vec![Value::F32(1.5), Value::F32(-0.25)]));
+    assert_eq!(get("test.arr_bool"), Value::Array(vec![Value::Bool(true), Value::Bool(false), Value::Bool(true)]));
     assert_eq!(
         get("test.arr_nested"),
-        Value::Array(vec![
-            Value::Array(vec![Value::I32(1), Value::I32(2)]),
-            Value::Array(vec![Value::I32(3)]),
-        ])
+        Value::Array(vec![Value::Array(vec![Value::I32(1), Value::I32(2)]), Value::Array(vec![Value::I32(3)]),])
     );
     assert_eq!(get("general.name").as_str(), Some("arq tiny gguf fixture"));
     assert!(f.get("no.such.key").is_none());
@@ -197,34 +151,19 @@ fn every_tensor_dequantizes_like_gguf_py() {
     let mut seen = Vec::new();
     for t in &f.tensors {
         let want = &expected[&t.name];
-        assert_eq!(
-            t.ty.name(),
-            want["type"].as_str().unwrap(),
-            "{}: type",
-            t.name
-        );
-        let dims: Vec<u64> = want["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        assert_eq!(t.ty.name(), want["type"].as_str().unwrap(), "{}: type", t.name);
+        let dims: Vec<u64> = want["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(t.dims, dims, "{}: dims", t.name);
         assert_eq!(t.offset % 32, 0);
         let data = f.tensor_data(t).expect("tensor data");
         assert_eq!(Some(data.len() as u64), t.n_bytes());
         match want.get("f32_bits") {
             Some(b) => {
-                let got = f
-                    .dequantize(t)
-                    .unwrap_or_else(|e| panic!("{}: {e}", t.name));
+                let got = f.dequantize(t).unwrap_or_else(|e| panic!("{}: {e}", t.name));
                 assert_bits_eq(&t.name, &got, &bits(b));
                 // The free function on the raw bytes agrees.
                 let free = gguf::dequantize(t.ty, data, t.n_elements() as usize).unwrap();
-                assert_eq!(
-                    free.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    bits(b)
-                );
+                assert_eq!(free.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits(b));
                 seen.push(t.ty);
             }
             None => {
@@ -269,17 +208,9 @@ fn shapes_in_gguf_order() {
     let t = f.tensor("t.norm").unwrap();
     assert_eq!(t.shape_rows_cols(), (1, 40));
     let t = f.tensor("t.q4_k").unwrap();
-    assert_eq!(
-        (t.shape_rows_cols(), t.n_bytes()),
-        ((2, 256), Some(2 * 144))
-    );
+    assert_eq!((t.shape_rows_cols(), t.n_bytes()), ((2, 256), Some(2 * 144)));
     assert!(f.tensor("missing").is_none());
-    let scalar = TensorInfo {
-        name: "s".into(),
-        dims: vec![],
-        ty: GgmlType::F32,
-        offset: 0,
-    };
+    let scalar = TensorInfo { name: "s".into(), dims: vec![], ty: GgmlType::F32, offset: 0 };
     assert_eq!((scalar.n_elements(), scalar.shape_rows_cols()), (1, (1, 1)));
 }
 
@@ -318,10 +249,7 @@ fn types_ids_names_and_sizes() {
 #[test]
 fn free_dequantize_checks_sizes() {
     let block = [0u8; 18];
-    assert_eq!(
-        gguf::dequantize(GgmlType::Q4_0, &block, 32).unwrap().len(),
-        32
-    );
+    assert_eq!(gguf::dequantize(GgmlType::Q4_0, &block, 32).unwrap().len(), 32);
     assert!(gguf::dequantize(GgmlType::Q4_0, &block, 0).is_err());
     assert!(gguf::dequantize(GgmlType::Q4_0, &block[..17], 32).is_err());
     assert!(gguf::dequantize(GgmlType::Q4_0, &block, 31).is_err());
@@ -329,17 +257,9 @@ fn free_dequantize_checks_sizes() {
     assert!(gguf::dequantize(GgmlType::Q4_0, &[], 0).unwrap().is_empty());
     assert!(gguf::dequantize(GgmlType::F32, &[0; 7], 2).is_err());
     assert!(gguf::dequantize(GgmlType::Q6_K, &[0; 210], usize::MAX).is_err());
-    for ty in [
-        GgmlType::Q8_1,
-        GgmlType::Q8_K,
-        GgmlType::Other(20),
-        GgmlType::Other(999),
-    ] {
+    for ty in [GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::Other(20), GgmlType::Other(999)] {
         let err = gguf::dequantize(ty, &[0; 64], 32).unwrap_err();
-        assert!(
-            matches!(err, GgufError::UnsupportedType { .. }),
-            "{ty}: {err:?}"
-        );
+        assert!(matches!(err, GgufError::UnsupportedType { .. }), "{ty}: {err:?}");
     }
     let mut out = [1.0f32; 32];
     gguf::dequantize_into(GgmlType::Q8_0, &[0u8; 34], &mut out).unwrap();
@@ -357,10 +277,7 @@ fn version_2_is_read_others_are_refused() {
     for v in [0u32, 1, 4, 0x0300_0000, u32::MAX] {
         put_u32(&mut bytes, 4, v);
         let err = GgufFile::from_bytes(bytes.clone()).unwrap_err();
-        assert!(
-            matches!(err, GgufError::UnsupportedVersion(x) if x == v),
-            "{err:?}"
-        );
+        assert!(matches!(err, GgufError::UnsupportedVersion(x) if x == v), "{err:?}");
     }
     let msg = GgufError::UnsupportedVersion(0x0300_0000).to_string();
     assert!(msg.contains("big-endian"), "{msg}");
@@ -378,10 +295,7 @@ fn bad_magic_and_io_errors() {
     let empty = TempFile::new("empty", &[]);
     assert!(matches!(GgufFile::open(&empty.0), Err(GgufError::NotGguf)));
     let short = TempFile::new("short", b"GG");
-    assert!(matches!(
-        GgufFile::open(&short.0),
-        Err(GgufError::Truncated(_))
-    ));
+    assert!(matches!(GgufFile::open(&short.0), Err(GgufError::Truncated(_))));
     let text = TempFile::new("text", b"{\"not\": \"gguf\"}");
     assert!(matches!(GgufFile::open(&text.0), Err(GgufError::NotGguf)));
 
@@ -394,12 +308,8 @@ fn bad_magic_and_io_errors() {
 fn truncation_at_every_offset_is_an_error() {
     let bytes = tiny_bytes();
     let f = GgufFile::from_bytes(bytes.clone()).unwrap();
-    let end_of_data = f
-        .tensors
-        .iter()
-        .map(|t| f.data_offset() + t.offset + t.n_bytes().unwrap())
-        .max()
-        .unwrap() as usize;
+    let end_of_data =
+        f.tensors.iter().map(|t| f.data_offset() + t.offset + t.n_bytes().unwrap()).max().unwrap() as usize;
     for cut in 0..bytes.len() {
         let r = open_and_touch(bytes[..cut].to_vec());
         if cut < end_of_data {
@@ -420,14 +330,7 @@ fn truncation_at_every_offset_is_an_error() {
 #[test]
 fn hostile_counts_lengths_and_offsets() {
     let base = tiny_bytes();
-    let huge = [
-        u64::MAX,
-        u64::MAX / 2,
-        1 << 62,
-        1 << 40,
-        base.len() as u64,
-        base.len() as u64 / 8,
-    ];
+    let huge = [u64::MAX, u64::MAX / 2, 1 << 62, 1 << 40, base.len() as u64, base.len() as u64 / 8];
     let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
     let mut case = |name: String, f: &dyn Fn(&mut Vec<u8>)| {
         let mut b = base.clone();
@@ -448,9 +351,7 @@ fn hostile_counts_lengths_and_offsets() {
         case(format!("str_len={h}"), &|b| put_u64(b, at + 4, h));
         // A tensor name's length, a dim, the offset.
         let at = after_string(&base, "t.q4_k");
-        case(format!("tensor_name_len={h}"), &|b| {
-            put_u64(b, at - 6 - 8, h)
-        });
+        case(format!("tensor_name_len={h}"), &|b| put_u64(b, at - 6 - 8, h));
         case(format!("dim0={h}"), &|b| put_u64(b, at + 4, h));
         case(format!("dim1={h}"), &|b| put_u64(b, at + 12, h));
         if h >= base.len() as u64 {
@@ -463,9 +364,7 @@ fn hostile_counts_lengths_and_offsets() {
     case("dim0 not whole blocks".into(), &|b| put_u64(b, at + 4, 255));
     case("offset misaligned".into(), &|b| put_u64(b, at + 24, 4));
     let last = f_last_offset(&base);
-    case("offset past end".into(), &|b| {
-        put_u64(b, at + 24, last + 4096)
-    });
+    case("offset past end".into(), &|b| put_u64(b, at + 24, last + 4096));
     case("duplicate tensor name".into(), &|b| {
         let at = find(b, b"t.q4_k");
         b[at..at + 6].copy_from_slice(b"t.q5_k");
@@ -476,9 +375,7 @@ fn hostile_counts_lengths_and_offsets() {
     });
     let at = after_string(&base, "test.u8");
     case("unknown value type".into(), &|b| put_u32(b, at, 13));
-    case("unknown value type max".into(), &|b| {
-        put_u32(b, at, u32::MAX)
-    });
+    case("unknown value type max".into(), &|b| put_u32(b, at, u32::MAX));
     let at = after_string(&base, "test.bool_true");
     case("bool byte 2".into(), &|b| b[at + 4] = 2);
     let at = after_string(&base, "test.arr_u8");
@@ -511,11 +408,7 @@ fn alignment_must_be_a_power_of_two() {
     // aligned64.gguf stores general.alignment = 64 as a u32.
     let base = std::fs::read(fixture("aligned64.gguf")).unwrap();
     let at = after_string(&base, "general.alignment");
-    assert_eq!(
-        u32::from_le_bytes(base[at..at + 4].try_into().unwrap()),
-        4,
-        "u32 type"
-    );
+    assert_eq!(u32::from_le_bytes(base[at..at + 4].try_into().unwrap()), 4, "u32 type");
     for bad in [0u32, 3, 48, u32::MAX] {
         let mut b = base.clone();
         put_u32(&mut b, at + 4, bad);
@@ -579,13 +472,9 @@ fn random_byte_flips_never_panic() {
 /// The real SmolLM2-135M-Instruct GGUF (models/fetch_smollm2.sh), when cached.
 #[test]
 fn smollm2_matches_gguf_py() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
-        eprintln!(
-            "note: {} missing (run models/fetch_smollm2.sh); skipping",
-            path.display()
-        );
+        eprintln!("note: {} missing (run models/fetch_smollm2.sh); skipping", path.display());
         return;
     }
     let f = GgufFile::open(&path).expect("open SmolLM2");
@@ -601,40 +490,19 @@ fn smollm2_matches_gguf_py() {
     assert_eq!(u("llama.vocab_size"), Some(49152));
     assert_eq!(u("llama.rope.dimension_count"), Some(64));
     assert_eq!(f.get("llama.rope.freq_base"), Some(&Value::F32(100000.0)));
-    assert_eq!(
-        f.get("llama.attention.layer_norm_rms_epsilon"),
-        Some(&Value::F32(1e-5))
-    );
-    assert_eq!(
-        f.get("tokenizer.ggml.model").and_then(Value::as_str),
-        Some("gpt2")
-    );
-    assert_eq!(
-        f.get("tokenizer.ggml.pre").and_then(Value::as_str),
-        Some("smollm")
-    );
-    let tokens = f
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .unwrap();
+    assert_eq!(f.get("llama.attention.layer_norm_rms_epsilon"), Some(&Value::F32(1e-5)));
+    assert_eq!(f.get("tokenizer.ggml.model").and_then(Value::as_str), Some("gpt2"));
+    assert_eq!(f.get("tokenizer.ggml.pre").and_then(Value::as_str), Some("smollm"));
+    let tokens = f.get("tokenizer.ggml.tokens").and_then(Value::as_array).unwrap();
     assert_eq!(tokens.len(), 49152);
     assert_eq!(tokens[1].as_str(), Some("<|im_start|>"));
-    assert_eq!(
-        f.get("tokenizer.ggml.merges")
-            .and_then(Value::as_array)
-            .map(<[Value]>::len),
-        Some(48900)
-    );
+    assert_eq!(f.get("tokenizer.ggml.merges").and_then(Value::as_array).map(<[Value]>::len), Some(48900));
     assert_eq!(u("tokenizer.ggml.bos_token_id"), Some(1));
     assert_eq!(u("tokenizer.ggml.eos_token_id"), Some(2));
 
     for (k, v) in &f.metadata {
         match v {
-            Value::Array(a) => println!(
-                "{k}: array of {} x {}",
-                a.len(),
-                a.first().map_or("-", Value::type_name)
-            ),
+            Value::Array(a) => println!("{k}: array of {} x {}", a.len(), a.first().map_or("-", Value::type_name)),
             Value::Str(s) if s.len() > 60 => println!("{k}: string ({} bytes)", s.len()),
             v => println!("{k}: {} = {v:?}", v.type_name()),
         }
@@ -642,20 +510,10 @@ fn smollm2_matches_gguf_py() {
 
     let count = |ty: GgmlType| f.tensors.iter().filter(|t| t.ty == ty).count();
     assert_eq!(f.tensors.len(), 272);
-    assert_eq!(
-        (
-            count(GgmlType::Q4_1),
-            count(GgmlType::F32),
-            count(GgmlType::Q8_0)
-        ),
-        (210, 61, 1)
-    );
+    assert_eq!((count(GgmlType::Q4_1), count(GgmlType::F32), count(GgmlType::Q8_0)), (210, 61, 1));
 
     let reference = read_json("smollm2_rows.json");
-    assert_eq!(
-        reference["file_size"].as_u64(),
-        Some(std::fs::metadata(&path).unwrap().len())
-    );
+    assert_eq!(reference["file_size"].as_u64(), Some(std::fs::metadata(&path).unwrap().len()));
     for entry in reference["tensors"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
         let t = f.tensor(name).unwrap();
@@ -665,8 +523,7 @@ fn smollm2_matches_gguf_py() {
         let data = f.tensor_data(t).unwrap();
         for (row, want) in entry["rows"].as_object().unwrap() {
             let r: usize = row.parse().unwrap();
-            let got =
-                gguf::dequantize(t.ty, &data[r * row_bytes..][..row_bytes], cols as usize).unwrap();
+            let got = gguf::dequantize(t.ty, &data[r * row_bytes..][..row_bytes], cols as usize).unwrap();
             assert_bits_eq(&format!("{name} row {r}"), &got, &bits(want));
         }
     }

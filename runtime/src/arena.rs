@@ -22,9 +22,7 @@ impl Layout {
     pub fn then<T>(self, n: usize) -> Option<Self> {
         let b = n.checked_mul(core::mem::size_of::<T>())?;
         let padded = b.checked_add(ALIGN - 1)? / ALIGN * ALIGN;
-        Some(Layout {
-            bytes: self.bytes.checked_add(padded)?,
-        })
+        Some(Layout { bytes: self.bytes.checked_add(padded)? })
     }
     pub fn bytes(self) -> usize {
         self.bytes
@@ -40,10 +38,7 @@ impl<'a> Arena<'a> {
     /// Wraps `bytes` after checking it holds `need` bytes (from the same [`Layout`]).
     pub fn new(bytes: &'a mut [u8], need: usize) -> Result<Self, Error> {
         if bytes.len() < need {
-            return Err(Error::ArenaTooSmall {
-                need,
-                have: bytes.len(),
-            });
+            return Err(Error::ArenaTooSmall { need, have: bytes.len() });
         }
         let skip = bytes.as_ptr().align_offset(ALIGN).min(ALIGN - 1);
         let (_, rest) = bytes.split_at_mut(skip);
@@ -57,10 +52,7 @@ impl<'a> Arena<'a> {
         let padded = b.div_ceil(ALIGN) * ALIGN;
         let rest = core::mem::take(&mut self.rest);
         if rest.len() < padded {
-            return Err(Error::ArenaTooSmall {
-                need: padded,
-                have: rest.len(),
-            });
+            return Err(Error::ArenaTooSmall { need: padded, have: rest.len() });
         }
         let (head, tail) = rest.split_at_mut(padded);
         self.rest = tail;
@@ -76,13 +68,7 @@ mod tests {
 
     #[test]
     fn planned_size_is_enough_at_every_base_offset() {
-        let plan = Layout::new()
-            .then::<f32>(10)
-            .unwrap()
-            .then::<u8>(3)
-            .unwrap()
-            .then::<f32>(64)
-            .unwrap();
+        let plan = Layout::new().then::<f32>(10).unwrap().then::<u8>(3).unwrap().then::<f32>(64).unwrap();
         let mut backing = [0u8; 1024];
         for off in 0..64 {
             let arena = &mut backing[off..off + plan.bytes()];
@@ -97,12 +83,6 @@ mod tests {
     #[test]
     fn too_small_reports_need_and_have() {
         let mut b = [0u8; 10];
-        assert_eq!(
-            Arena::new(&mut b, 100).err(),
-            Some(Error::ArenaTooSmall {
-                need: 100,
-                have: 10
-            })
-        );
+        assert_eq!(Arena::new(&mut b, 100).err(), Some(Error::ArenaTooSmall { need: 100, have: 10 }));
     }
 }

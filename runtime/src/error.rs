@@ -13,11 +13,7 @@ pub enum Error {
     UnsupportedArchitecture,
     /// A required tensor is missing, or has the wrong dtype or shape.
     /// `layer` is `None` for global tensors.
-    BadTensor {
-        role: &'static str,
-        layer: Option<u32>,
-        problem: &'static str,
-    },
+    BadTensor { role: &'static str, layer: Option<u32>, problem: &'static str },
     /// A hyperparameter is zero, inconsistent or over its cap.
     BadHyperparameter(&'static str),
     /// The caller's arena is smaller than [`memory_plan`](crate::Model::memory_plan) says.
@@ -43,23 +39,11 @@ impl fmt::Display for Error {
         match *self {
             Error::Format(e) => e.fmt(f),
             Error::UnsupportedArchitecture => write!(f, "unsupported model architecture"),
-            Error::BadTensor {
-                role,
-                layer: Some(l),
-                problem,
-            } => write!(f, "tensor blk.{l}.{role}: {problem}"),
-            Error::BadTensor {
-                role,
-                layer: None,
-                problem,
-            } => write!(f, "tensor {role}: {problem}"),
+            Error::BadTensor { role, layer: Some(l), problem } => write!(f, "tensor blk.{l}.{role}: {problem}"),
+            Error::BadTensor { role, layer: None, problem } => write!(f, "tensor {role}: {problem}"),
             Error::BadHyperparameter(what) => write!(f, "invalid hyperparameter: {what}"),
             Error::ArenaTooSmall { need, have } => {
-                write!(
-                    f,
-                    "arena too small: need {need} bytes, have {have} ({} missing)",
-                    need - have.min(need)
-                )
+                write!(f, "arena too small: need {need} bytes, have {have} ({} missing)", need - have.min(need))
             }
             Error::ContextFull { ctx } => write!(f, "context of {ctx} tokens is full"),
             Error::TokenOutOfRange { id, vocab } => {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod format;
 pub mod kernels;
 pub mod math;
+pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;

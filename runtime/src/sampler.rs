@@ -90,10 +90,7 @@ impl Sampler {
         if !(cfg.repeat_penalty > 0.0) {
             return Err(SamplerError::RepeatPenaltyNotPositive);
         }
-        Ok(Sampler {
-            cfg,
-            rng: Pcg32::seed_from_u64(cfg.seed),
-        })
+        Ok(Sampler { cfg, rng: Pcg32::seed_from_u64(cfg.seed) })
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -122,11 +119,7 @@ impl Sampler {
             let start = recent.len().saturating_sub(self.cfg.repeat_last_n);
             for &t in &recent[start..] {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / self.cfg.repeat_penalty
-                    } else {
-                        *l * self.cfg.repeat_penalty
-                    };
+                    *l = if *l > 0.0 { *l / self.cfg.repeat_penalty } else { *l * self.cfg.repeat_penalty };
                 }
             }
         }
@@ -139,11 +132,7 @@ impl Sampler {
         for (i, (cand, &l)) in c.iter_mut().zip(logits.iter()).enumerate() {
             *cand = Candidate { id: i as u32, p: l };
         }
-        let k = if self.cfg.top_k == 0 {
-            n
-        } else {
-            self.cfg.top_k.min(n)
-        };
+        let k = if self.cfg.top_k == 0 { n } else { self.cfg.top_k.min(n) };
         let by_logit = |a: &Candidate, b: &Candidate| b.p.total_cmp(&a.p).then(a.id.cmp(&b.id));
         if k < n {
             c.select_nth_unstable_by(k - 1, by_logit);
@@ -212,46 +201,24 @@ mod tests {
 
     #[test]
     fn greedy_is_argmax() {
-        let cfg = SamplerConfig {
-            temperature: 0.0,
-            ..Default::default()
-        };
+        let cfg = SamplerConfig { temperature: 0.0, ..Default::default() };
         assert!(run(cfg, &LOGITS, 10)[..10].iter().all(|&t| t == 1));
     }
 
     #[test]
     fn same_seed_same_tokens_other_seed_differs() {
-        let cfg = SamplerConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 7,
-            ..Default::default()
-        };
+        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7, ..Default::default() };
         assert_eq!(run(cfg, &LOGITS, 64), run(cfg, &LOGITS, 64));
-        assert_ne!(
-            run(cfg, &LOGITS, 64),
-            run(SamplerConfig { seed: 8, ..cfg }, &LOGITS, 64)
-        );
+        assert_ne!(run(cfg, &LOGITS, 64), run(SamplerConfig { seed: 8, ..cfg }, &LOGITS, 64));
     }
 
     #[test]
     fn top_k_top_p_min_p_restrict_the_support() {
-        let base = SamplerConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 1,
-            ..Default::default()
-        };
+        let base = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 1, ..Default::default() };
         let k2 = run(SamplerConfig { top_k: 2, ..base }, &LOGITS, 64);
         assert!(k2.iter().all(|&t| t == 1 || t == 5));
         // p(1) ~ 0.35, p(5) ~ 0.32: top-p 0.3 keeps only token 1.
-        assert!(run(SamplerConfig { top_p: 0.3, ..base }, &LOGITS, 64)
-            .iter()
-            .all(|&t| t == 1));
+        assert!(run(SamplerConfig { top_p: 0.3, ..base }, &LOGITS, 64).iter().all(|&t| t == 1));
         // min-p 0.5 keeps tokens within half of the best: 1, 5, 2.
         let mp = run(SamplerConfig { min_p: 0.5, ..base }, &LOGITS, 64);
         assert!(mp.iter().all(|&t| [1, 5, 2].contains(&t)));
@@ -261,11 +228,7 @@ mod tests {
 
     #[test]
     fn repeat_penalty_demotes_recent_tokens() {
-        let cfg = SamplerConfig {
-            temperature: 0.0,
-            repeat_penalty: 2.0,
-            ..Default::default()
-        };
+        let cfg = SamplerConfig { temperature: 0.0, repeat_penalty: 2.0, ..Default::default() };
         let mut s = Sampler::new(cfg).unwrap();
         let mut l = LOGITS;
         let mut scratch = [Candidate::default(); 6];
@@ -275,27 +238,15 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         assert_eq!(
-            Sampler::new(SamplerConfig {
-                temperature: -1.0,
-                ..Default::default()
-            })
-            .err(),
+            Sampler::new(SamplerConfig { temperature: -1.0, ..Default::default() }).err(),
             Some(SamplerError::NegativeTemperature)
         );
         assert_eq!(
-            Sampler::new(SamplerConfig {
-                top_p: 0.0,
-                ..Default::default()
-            })
-            .err(),
+            Sampler::new(SamplerConfig { top_p: 0.0, ..Default::default() }).err(),
             Some(SamplerError::TopPOutOfRange)
         );
         assert_eq!(
-            Sampler::new(SamplerConfig {
-                top_p: f32::NAN,
-                ..Default::default()
-            })
-            .err(),
+            Sampler::new(SamplerConfig { top_p: f32::NAN, ..Default::default() }).err(),
             Some(SamplerError::TopPOutOfRange)
         );
     }

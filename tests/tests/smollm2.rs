@@ -17,17 +17,10 @@ use serde_json::Value;
 fn gguf_path() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("ARQ_SMOLLM2_GGUF") {
         let p = PathBuf::from(p);
-        assert!(
-            p.exists(),
-            "ARQ_SMOLLM2_GGUF={} does not exist",
-            p.display()
-        );
+        assert!(p.exists(), "ARQ_SMOLLM2_GGUF={} does not exist", p.display());
         return Some(p);
     }
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
-    ));
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if p.exists() {
         Some(p)
     } else {
@@ -48,36 +41,23 @@ fn models() -> Option<&'static Converted> {
         let src = LlamaSource::from_gguf(&gguf_path()?, false).expect("convert SmolLM2");
         let (q8, _) = src.to_arq(Quant::Q8, false).expect("q8");
         let (f32, _) = src.to_arq(Quant::F32, false).expect("f32");
-        Some(Converted {
-            q8: ModelBytes::copy_of(&q8),
-            f32: ModelBytes::copy_of(&f32),
-        })
+        Some(Converted { q8: ModelBytes::copy_of(&q8), f32: ModelBytes::copy_of(&f32) })
     })
     .as_ref()
 }
 
 fn reference() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/fixtures/smollm2_reference.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fixtures/smollm2_reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 /// Teacher-forced log-probs and argmaxes of `ids[1..]`.
 fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
-    let cfg = SessionConfig {
-        ctx: ids.len(),
-        batch: 32,
-    };
+    let cfg = SessionConfig { ctx: ids.len(), batch: 32, threads: 1 };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     let (mut lps, mut top) = (Vec::new(), Vec::new());
@@ -98,12 +78,7 @@ fn compare_with_reference(model: &Model<'_>) -> (f64, f64, f64) {
     for (name, t) in r["texts"].as_object().unwrap() {
         let ids = ids_of(&t["ids"]);
         let (lps, top) = score(model, &ids);
-        let ref_lps: Vec<f64> = t["logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let ref_lps: Vec<f64> = t["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         let ref_top = ids_of(&t["argmax"]);
         assert_eq!(lps.len(), ref_lps.len(), "{name}");
         let text_nll: f64 = -lps.iter().sum::<f64>();
@@ -117,11 +92,7 @@ fn compare_with_reference(model: &Model<'_>) -> (f64, f64, f64) {
         n += lps.len();
         agree += top.iter().zip(&ref_top).filter(|(a, b)| a == b).count();
     }
-    (
-        (nll / n as f64).exp(),
-        (nll_ref / n as f64).exp(),
-        agree as f64 / n as f64,
-    )
+    ((nll / n as f64).exp(), (nll_ref / n as f64).exp(), agree as f64 / n as f64)
 }
 
 #[test]
@@ -130,7 +101,11 @@ fn q8_perplexity_within_1_percent_and_top1_at_least_97_percent() {
     let model = Model::load(m.q8.bytes()).unwrap();
     let (ppl, ppl_ref, top1) = compare_with_reference(&model);
     let rel = ppl / ppl_ref - 1.0;
-    eprintln!("q8: perplexity {ppl:.4} vs transformers f32 {ppl_ref:.4} ({:+.3}%), top-1 agreement {:.2}%", 100.0 * rel, 100.0 * top1);
+    eprintln!(
+        "q8: perplexity {ppl:.4} vs transformers f32 {ppl_ref:.4} ({:+.3}%), top-1 agreement {:.2}%",
+        100.0 * rel,
+        100.0 * top1
+    );
     assert!(rel.abs() < 0.01, "q8 perplexity off by {:.3}%", 100.0 * rel);
     assert!(top1 >= 0.97, "q8 top-1 agreement {:.2}%", 100.0 * top1);
 }
@@ -141,12 +116,12 @@ fn f32_perplexity_within_0_1_percent() {
     let model = Model::load(m.f32.bytes()).unwrap();
     let (ppl, ppl_ref, top1) = compare_with_reference(&model);
     let rel = ppl / ppl_ref - 1.0;
-    eprintln!("f32: perplexity {ppl:.4} vs transformers f32 {ppl_ref:.4} ({:+.4}%), top-1 agreement {:.2}%", 100.0 * rel, 100.0 * top1);
-    assert!(
-        rel.abs() < 0.001,
-        "f32 perplexity off by {:.4}%",
-        100.0 * rel
+    eprintln!(
+        "f32: perplexity {ppl:.4} vs transformers f32 {ppl_ref:.4} ({:+.4}%), top-1 agreement {:.2}%",
+        100.0 * rel,
+        100.0 * top1
     );
+    assert!(rel.abs() < 0.001, "f32 perplexity off by {:.4}%", 100.0 * rel);
     assert!(top1 >= 0.99, "f32 top-1 agreement {:.2}%", 100.0 * top1);
 }
 
@@ -169,25 +144,19 @@ fn next_token_distribution_matches_reference() {
     let r = &reference()["next_token_top5"];
     let model = Model::load(m.f32.bytes()).unwrap();
     let ids = ids_of(&r["ids"]);
-    let cfg = SessionConfig { ctx: 64, batch: 32 };
+    let cfg = SessionConfig { ctx: 64, batch: 32, threads: 1 };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(&model, &mut arena, cfg).unwrap();
     let logits = s.prefill(&ids).unwrap();
-    for (id, lp) in ids_of(&r["top5_ids"])
-        .iter()
-        .zip(r["top5_logprobs"].as_array().unwrap())
-    {
+    for (id, lp) in ids_of(&r["top5_ids"]).iter().zip(r["top5_logprobs"].as_array().unwrap()) {
         let ours = math::log_prob(logits, *id as usize);
-        assert!(
-            (ours - lp.as_f64().unwrap()).abs() < 2e-3,
-            "token {id}: {ours} vs {lp}"
-        );
+        assert!((ours - lp.as_f64().unwrap()).abs() < 2e-3, "token {id}: {ours} vs {lp}");
     }
     assert_eq!(math::argmax(logits) as u32, ids_of(&r["top5_ids"])[0]);
 }
 
 fn greedy(model: &Model<'_>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let cfg = SessionConfig { ctx: 64, batch: 32 };
+    let cfg = SessionConfig { ctx: 64, batch: 32, threads: 1 };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     let mut next = math::argmax(s.prefill(prompt).unwrap()) as u32;
@@ -204,22 +173,11 @@ fn greedy_continuation_matches_reference() {
     let Some(m) = models() else { return };
     let r = &reference()["greedy"];
     let expected = ids_of(&r["continuation_ids"]);
-    let f32 = greedy(
-        &Model::load(m.f32.bytes()).unwrap(),
-        &ids_of(&r["ids"]),
-        expected.len(),
-    );
+    let f32 = greedy(&Model::load(m.f32.bytes()).unwrap(), &ids_of(&r["ids"]), expected.len());
     assert_eq!(f32, expected);
-    let q8 = greedy(
-        &Model::load(m.q8.bytes()).unwrap(),
-        &ids_of(&r["ids"]),
-        expected.len(),
-    );
+    let q8 = greedy(&Model::load(m.q8.bytes()).unwrap(), &ids_of(&r["ids"]), expected.len());
     let same = q8.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-    eprintln!(
-        "q8 greedy: first {same} of {} tokens equal the reference",
-        expected.len()
-    );
+    eprintln!("q8 greedy: first {same} of {} tokens equal the reference", expected.len());
     assert!(same >= 8, "q8 greedy diverges after {same} tokens");
 }
 
@@ -229,15 +187,14 @@ fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
     let model = Model::load(m.q8.bytes()).unwrap();
     let ids: Vec<u32> = ids_of(&reference()["texts"]["prose"]["ids"])[..48].to_vec();
     let vocab = model.config().vocab;
-    let cfg = SessionConfig { ctx: 64, batch: 16 };
+    let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1 };
 
     // Full recompute: one teacher-forced pass over the whole prefix (batched).
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut full = Vec::new();
     {
         let mut s = Session::new(&model, &mut arena, cfg).unwrap();
-        s.forward_all(&ids, |_, l| full.extend_from_slice(l))
-            .unwrap();
+        s.forward_all(&ids, |_, l| full.extend_from_slice(l)).unwrap();
     }
     // Incremental: prefill a prefix, then one token per step through the KV cache.
     let mut s = Session::new(&model, &mut arena, cfg).unwrap();
@@ -246,12 +203,31 @@ fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
     assert_eq!(bits(l), bits(&full[(split - 1) * vocab..split * vocab]));
     for (i, &t) in ids.iter().enumerate().skip(split) {
         let l = s.step(t).unwrap();
-        assert_eq!(
-            bits(l),
-            bits(&full[i * vocab..(i + 1) * vocab]),
-            "position {i}"
-        );
+        assert_eq!(bits(l), bits(&full[i * vocab..(i + 1) * vocab]), "position {i}");
     }
+}
+
+#[test]
+fn threads_give_bit_identical_logits() {
+    let Some(m) = models() else { return };
+    let model = Model::load(m.q8.bytes()).unwrap();
+    let ids: Vec<u32> = ids_of(&reference()["texts"]["python"]["ids"])[..40].to_vec();
+    let run = |threads: usize| {
+        let cfg = SessionConfig { ctx: 64, batch: 16, threads };
+        let pool = arq::parallel::ThreadPool::new(threads).unwrap();
+        let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+        let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+        s.set_parallel(&pool).unwrap();
+        let mut out = Vec::new();
+        s.forward_all(&ids[..30], |_, l| out.extend_from_slice(l)).unwrap(); // batched
+        for &t in &ids[30..] {
+            out.extend_from_slice(s.step(t).unwrap()); // one token: rows and heads split
+        }
+        bits(&out)
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
 }
 
 fn bits(x: &[f32]) -> Vec<u32> {
@@ -262,32 +238,20 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn arena_plan_is_exact_and_errors_are_typed() {
     let Some(m) = models() else { return };
     let model = Model::load(m.q8.bytes()).unwrap();
-    let cfg = SessionConfig {
-        ctx: 2048,
-        batch: 32,
-    };
+    let cfg = SessionConfig { ctx: 2048, batch: 32, threads: 1 };
     let need = model.memory_plan(&cfg).unwrap();
     eprintln!("arena for ctx 2048, batch 32: {need} bytes");
     let mut arena = vec![0u8; need];
     assert!(Session::new(&model, &mut arena, cfg).is_ok());
     assert_eq!(
         Session::new(&model, &mut arena[..need - 1], cfg).err(),
-        Some(Error::ArenaTooSmall {
-            need,
-            have: need - 1
-        })
+        Some(Error::ArenaTooSmall { need, have: need - 1 })
     );
-    let small = SessionConfig { ctx: 4, batch: 4 };
+    let small = SessionConfig { ctx: 4, batch: 4, threads: 1 };
     let mut arena = vec![0u8; model.memory_plan(&small).unwrap()];
     let mut s = Session::new(&model, &mut arena, small).unwrap();
     assert!(s.prefill(&[1, 2, 3, 4]).is_ok());
     assert_eq!(s.step(5).err(), Some(Error::ContextFull { ctx: 4 }));
     s.reset();
-    assert_eq!(
-        s.step(49152).err(),
-        Some(Error::TokenOutOfRange {
-            id: 49152,
-            vocab: 49152
-        })
-    );
+    assert_eq!(s.step(49152).err(), Some(Error::TokenOutOfRange { id: 49152, vocab: 49152 }));
 }

@@ -29,10 +29,7 @@ struct Fixture {
 fn gguf_path() -> PathBuf {
     match std::env::var_os("ARQ_SMOLLM2_GGUF") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
-        )),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf")),
     }
 }
 
@@ -45,13 +42,8 @@ fn fixture() -> Option<&'static Fixture> {
         }
         let gguf = GgufFile::open(&path).expect("open SmolLM2 GGUF");
         let strings = |key: &str| -> Vec<String> {
-            let v = gguf
-                .get(key)
-                .and_then(|v| v.as_array())
-                .unwrap_or_else(|| panic!("{key} missing"));
-            v.iter()
-                .map(|s| s.as_str().expect("string").to_owned())
-                .collect()
+            let v = gguf.get(key).and_then(|v| v.as_array()).unwrap_or_else(|| panic!("{key} missing"));
+            v.iter().map(|s| s.as_str().expect("string").to_owned()).collect()
         };
         let tokens = strings("tokenizer.ggml.tokens");
         let merges = strings("tokenizer.ggml.merges");
@@ -62,24 +54,14 @@ fn fixture() -> Option<&'static Fixture> {
             .iter()
             .map(|v| v.as_i64().expect("int") as i32)
             .collect();
-        assert_eq!(
-            gguf.get("tokenizer.ggml.model").and_then(|v| v.as_str()),
-            Some("gpt2")
-        );
+        assert_eq!(gguf.get("tokenizer.ggml.model").and_then(|v| v.as_str()), Some("gpt2"));
         let pre = gguf.get("tokenizer.ggml.pre").and_then(|v| v.as_str());
-        assert_eq!(
-            pre.and_then(PreTokenizer::from_gguf_name),
-            Some(PreTokenizer::Smollm)
-        );
+        assert_eq!(pre.and_then(PreTokenizer::from_gguf_name), Some(PreTokenizer::Smollm));
 
         let blob = build_blob(&tokens, &types, &merges).expect("build tokenizer blob");
 
         // The reference, built the way SmolLM2's tokenizer.json describes it.
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         assert_eq!(vocab.len(), tokens.len(), "duplicate token strings");
         let pairs = merges
             .iter()
@@ -88,51 +70,31 @@ fn fixture() -> Option<&'static Fixture> {
                 (l.to_owned(), r.to_owned())
             })
             .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, pairs)
-            .build()
-            .expect("reference BPE");
+        let bpe = BPE::builder().vocab_and_merges(vocab, pairs).build().expect("reference BPE");
         let mut hf = tokenizers::Tokenizer::new(bpe);
         hf.with_pre_tokenizer(Some(smollm_pre_tokenizer()));
         hf.with_decoder(Some(ByteLevel::default()));
-        let control = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &t)| t == 3)
-            .map(|(t, _)| AddedToken::from(t.clone(), true));
-        hf.add_special_tokens(control.collect::<Vec<_>>())
-            .expect("special tokens");
+        let control =
+            tokens.iter().zip(&types).filter(|(_, &t)| t == 3).map(|(t, _)| AddedToken::from(t.clone(), true));
+        hf.add_special_tokens(control.collect::<Vec<_>>()).expect("special tokens");
         let hf_special = hf.clone();
         let mut hf_plain = hf;
         hf_plain.set_encode_special_tokens(true);
-        Some(Fixture {
-            blob,
-            hf_special,
-            hf_plain,
-        })
+        Some(Fixture { blob, hf_special, hf_plain })
     });
     if f.is_none() {
-        eprintln!(
-            "note: {} not found (set ARQ_SMOLLM2_GGUF); skipping",
-            gguf_path().display()
-        );
+        eprintln!("note: {} not found (set ARQ_SMOLLM2_GGUF); skipping", gguf_path().display());
     }
     f.as_ref()
 }
 
 fn smollm_pre_tokenizer() -> Sequence {
-    Sequence::new(vec![
-        Digits::new(true).into(),
-        ByteLevel::new(false, true, true).into(),
-    ])
+    Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()])
 }
 
 fn reference_ids(f: &Fixture, text: &str, special: bool) -> Vec<u32> {
     let hf = if special { &f.hf_special } else { &f.hf_plain };
-    hf.encode(text, false)
-        .expect("reference encode")
-        .get_ids()
-        .to_vec()
+    hf.encode(text, false).expect("reference encode").get_ids().to_vec()
 }
 
 /// Compares ids both ways of treating control tokens, and the round trips.
@@ -140,10 +102,7 @@ fn check(f: &Fixture, tok: &Tokenizer<'_>, text: &str) {
     for special in [true, false] {
         let ours = tok.encode(text, special);
         let theirs = reference_ids(f, text, special);
-        assert_eq!(
-            ours, theirs,
-            "ids differ (special = {special}) for {text:?}"
-        );
+        assert_eq!(ours, theirs, "ids differ (special = {special}) for {text:?}");
         assert_eq!(tok.decode(&ours), text, "round trip (special = {special})");
     }
 }
@@ -158,10 +117,7 @@ fn blob_tables() {
     assert_eq!(tok.token_id(b"<|im_start|>"), Some(1));
     assert_eq!(tok.token_id(b"<|im_end|>"), Some(2));
     assert!((0..17).all(|id| tok.is_control(id)) && !tok.is_control(17));
-    assert_eq!(
-        tok.token_bytes(tok.token_id(b" the").unwrap()),
-        Some(&b" the"[..])
-    );
+    assert_eq!(tok.token_bytes(tok.token_id(b" the").unwrap()), Some(&b" the"[..]));
     assert_eq!(tok.special_tokens().count(), 17);
     for id in 0..tok.vocab_size() {
         let bytes = tok.token_bytes(id).unwrap();
@@ -170,17 +126,9 @@ fn blob_tables() {
         if let Ok(s) = std::str::from_utf8(bytes) {
             assert_eq!(s, hf_bytes, "token {id} ({hf_token:?})");
         }
-        assert_eq!(
-            tok.token_id(bytes),
-            Some(id),
-            "token {id} ({hf_token:?}) not found by its bytes"
-        );
+        assert_eq!(tok.token_id(bytes), Some(id), "token {id} ({hf_token:?}) not found by its bytes");
     }
-    println!(
-        "tokenizer blob: {} bytes for {} tokens",
-        f.blob.len(),
-        tok.vocab_size()
-    );
+    println!("tokenizer blob: {} bytes for {} tokens", f.blob.len(), tok.vocab_size());
 }
 
 #[test]
@@ -202,10 +150,7 @@ fn decode_matches_reference_and_streams() {
     let tok = Tokenizer::from_blob(&f.blob).unwrap();
     let ids = tok.encode(CORPUS, true);
     assert_eq!(tok.decode(&ids), f.hf_special.decode(&ids, false).unwrap());
-    assert_eq!(
-        tok.decode_skip_control(&ids),
-        f.hf_special.decode(&ids, true).unwrap()
-    );
+    assert_eq!(tok.decode_skip_control(&ids), f.hf_special.decode(&ids, true).unwrap());
 
     // Token by token through the stream: the same text, and never half a character.
     let mut stream = Utf8Stream::new();
@@ -215,11 +160,7 @@ fn decode_matches_reference_and_streams() {
     }
     stream.flush(|s| out.push_str(s));
     assert_eq!(out, CORPUS);
-    assert!(
-        ids.iter()
-            .any(|&id| std::str::from_utf8(tok.token_bytes(id).unwrap()).is_err()),
-        "no split chars"
-    );
+    assert!(ids.iter().any(|&id| std::str::from_utf8(tok.token_bytes(id).unwrap()).is_err()), "no split chars");
 
     // Ids that cut characters (invalid on their own): lossy like the reference.
     let odd: Vec<u32> = ids.iter().rev().step_by(3).copied().collect();
@@ -353,10 +294,7 @@ fn random_strings_match_reference() {
 fn reference_pieces(pre: &impl tokenizers::PreTokenizer, text: &str) -> Vec<(usize, usize)> {
     let mut p = PreTokenizedString::from(text);
     pre.pre_tokenize(&mut p).expect("reference pre-tokenize");
-    p.get_splits(OffsetReferential::Original, OffsetType::Byte)
-        .into_iter()
-        .map(|(_, o, _)| o)
-        .collect()
+    p.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(_, o, _)| o).collect()
 }
 
 fn our_pieces(pre: PreTokenizer, text: &str) -> Vec<(usize, usize)> {
@@ -396,11 +334,7 @@ fn pre_tokenizer_matches_reference_on_every_code_point() {
         let theirs = reference_pieces(&smollm, &text);
         let ours = our_pieces(PreTokenizer::Smollm, &text);
         if ours != theirs {
-            let i = ours
-                .iter()
-                .zip(&theirs)
-                .position(|(a, b)| a != b)
-                .unwrap_or(ours.len().min(theirs.len()));
+            let i = ours.iter().zip(&theirs).position(|(a, b)| a != b).unwrap_or(ours.len().min(theirs.len()));
             let at = ours.get(i).or(theirs.get(i)).map_or(0, |p| p.0);
             let near: String = text[at..].chars().take(12).collect();
             panic!(
@@ -411,10 +345,7 @@ fn pre_tokenizer_matches_reference_on_every_code_point() {
         }
         if our_pieces(PreTokenizer::Gpt2, &text) != reference_pieces(&gpt2, &text) {
             gpt2_differences.extend(chunk.iter().copied().filter(|&c| {
-                let s: String = ["a", "!", " ", "1"]
-                    .iter()
-                    .flat_map(|ctx| [ctx.to_string(), c.to_string()])
-                    .collect();
+                let s: String = ["a", "!", " ", "1"].iter().flat_map(|ctx| [ctx.to_string(), c.to_string()]).collect();
                 our_pieces(PreTokenizer::Gpt2, &s) != reference_pieces(&gpt2, &s)
             }));
         }
@@ -423,15 +354,7 @@ fn pre_tokenizer_matches_reference_on_every_code_point() {
     // `char::is_numeric` (this toolchain's Unicode): only numbers added after 16.0 may
     // differ.
     for c in &gpt2_differences {
-        assert!(
-            c.is_numeric(),
-            "gpt2 pattern differs on U+{:04X}",
-            *c as u32
-        );
+        assert!(c.is_numeric(), "gpt2 pattern differs on U+{:04X}", *c as u32);
     }
-    println!(
-        "{} code points checked; gpt2 pattern differs on {} newer numbers",
-        chars.len(),
-        gpt2_differences.len()
-    );
+    println!("{} code points checked; gpt2 pattern differs on {} newer numbers", chars.len(), gpt2_differences.len());
 }

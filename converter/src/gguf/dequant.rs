@@ -32,9 +32,9 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
     match ty {
         GgmlType::F32 => each_block::<4, 1>(bytes, out, |b, y| y[0] = f32::from_le_bytes(*b)),
         GgmlType::F16 => each_block::<2, 1>(bytes, out, |b, y| y[0] = f16_at(b, 0)),
-        GgmlType::BF16 => each_block::<2, 1>(bytes, out, |b, y| {
-            y[0] = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16)
-        }),
+        GgmlType::BF16 => {
+            each_block::<2, 1>(bytes, out, |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16))
+        }
         GgmlType::Q4_0 => each_block::<18, 32>(bytes, out, block_q4_0),
         GgmlType::Q4_1 => each_block::<20, 32>(bytes, out, block_q4_1),
         GgmlType::Q5_0 => each_block::<22, 32>(bytes, out, block_q5_0),
@@ -71,10 +71,7 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
 }
 
 fn unsupported(ty: GgmlType) -> GgufError {
-    GgufError::UnsupportedType {
-        tensor: String::new(),
-        ty: ty.describe(),
-    }
+    GgufError::UnsupportedType { tensor: String::new(), ty: ty.describe() }
 }
 
 /// Checks that `bytes` holds exactly the whole blocks of `n_elements` values of `ty`.

@@ -60,10 +60,7 @@ impl fmt::Display for GgufError {
         match self {
             GgufError::Io(e) => write!(f, "cannot read GGUF file: {e}"),
             GgufError::NotGguf => {
-                write!(
-                    f,
-                    "not a GGUF file (it does not start with the magic \"GGUF\")"
-                )
+                write!(f, "not a GGUF file (it does not start with the magic \"GGUF\")")
             }
             GgufError::UnsupportedVersion(v) if matches!(v.swap_bytes(), 2 | 3) => write!(
                 f,
@@ -77,20 +74,14 @@ impl fmt::Display for GgufError {
                  (re-convert the model with a current llama.cpp)"
             ),
             GgufError::Truncated(what) => {
-                write!(
-                    f,
-                    "truncated GGUF file: {what} runs past the end of the file"
-                )
+                write!(f, "truncated GGUF file: {what} runs past the end of the file")
             }
             GgufError::Malformed(msg) => write!(f, "malformed GGUF file: {msg}"),
             GgufError::UnsupportedType { tensor, ty } => {
                 if tensor.is_empty() {
                     write!(f, "cannot dequantize GGML type {ty}")?;
                 } else {
-                    write!(
-                        f,
-                        "tensor '{tensor}' has GGML type {ty}, which cannot be dequantized"
-                    )?;
+                    write!(f, "tensor '{tensor}' has GGML type {ty}, which cannot be dequantized")?;
                 }
                 write!(
                     f,
@@ -412,11 +403,7 @@ impl TensorInfo {
     /// of the other dims. A PyTorch `[out, in]` weight gives (out, in).
     pub fn shape_rows_cols(&self) -> (u64, u64) {
         let cols = self.dims.first().copied().unwrap_or(1);
-        let rows = self
-            .dims
-            .iter()
-            .skip(1)
-            .fold(1u64, |n, &d| n.saturating_mul(d));
+        let rows = self.dims.iter().skip(1).fold(1u64, |n, &d| n.saturating_mul(d));
         (rows, cols)
     }
 
@@ -542,22 +529,13 @@ impl GgufFile {
     /// Tensor `t` as f32, in GGUF element order (row-major with rows of `dims[0]`).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         if !t.ty.can_dequantize() {
-            return Err(GgufError::UnsupportedType {
-                tensor: t.name.clone(),
-                ty: t.ty.describe(),
-            });
+            return Err(GgufError::UnsupportedType { tensor: t.name.clone(), ty: t.ty.describe() });
         }
         let data = self.tensor_data(t)?;
-        let n = usize::try_from(t.n_elements()).map_err(|_| {
-            GgufError::Malformed(format!(
-                "tensor '{}': too many elements for this machine",
-                t.name
-            ))
-        })?;
+        let n = usize::try_from(t.n_elements())
+            .map_err(|_| GgufError::Malformed(format!("tensor '{}': too many elements for this machine", t.name)))?;
         dequantize(t.ty, data, n).map_err(|e| match e {
-            GgufError::Malformed(msg) => {
-                GgufError::Malformed(format!("tensor '{}': {msg}", t.name))
-            }
+            GgufError::Malformed(msg) => GgufError::Malformed(format!("tensor '{}': {msg}", t.name)),
             other => other,
         })
     }
@@ -567,10 +545,7 @@ impl GgufFile {
 fn tensor_range(t: &TensorInfo, data_offset: u64, file_len: u64) -> Result<(u64, u64), GgufError> {
     let name = &t.name;
     if t.ty.block_size().is_none() {
-        return Err(GgufError::UnsupportedType {
-            tensor: name.clone(),
-            ty: t.ty.describe(),
-        });
+        return Err(GgufError::UnsupportedType { tensor: name.clone(), ty: t.ty.describe() });
     }
     let n_bytes = t.n_bytes().ok_or_else(|| {
         GgufError::Malformed(format!(
@@ -631,9 +606,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
         let ty = r.u32("a metadata value type")?;
         let value = r.value(ty, 0, &key)?;
         if !keys.insert(key.clone()) {
-            return Err(GgufError::Malformed(format!(
-                "duplicate metadata key '{key}'"
-            )));
+            return Err(GgufError::Malformed(format!("duplicate metadata key '{key}'")));
         }
         metadata.push((key, value));
     }
@@ -642,11 +615,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_u64() {
             Some(a) if a.is_power_of_two() => a,
-            _ => {
-                return Err(GgufError::Malformed(format!(
-                    "general.alignment is {v:?}, expected a power of two"
-                )))
-            }
+            _ => return Err(GgufError::Malformed(format!("general.alignment is {v:?}, expected a power of two"))),
         },
     };
 
@@ -672,9 +641,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
         let ty = GgmlType::from_id(r.u32("a tensor's type")?);
         let offset = r.u64("a tensor's offset")?;
         if !names.insert(name.clone()) {
-            return Err(GgufError::Malformed(format!(
-                "duplicate tensor name '{name}'"
-            )));
+            return Err(GgufError::Malformed(format!("duplicate tensor name '{name}'")));
         }
         let total = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         if total.is_none_or(|n| n > i64::MAX as u64) {
@@ -687,12 +654,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
                 "tensor '{name}' has offset {offset}, not a multiple of the alignment {alignment}"
             )));
         }
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ty,
-            offset,
-        });
+        tensors.push(TensorInfo { name, dims, ty, offset });
     }
 
     let data_offset = (r.pos as u64)
@@ -705,13 +667,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
             tensor_range(t, data_offset, file_len)?;
         }
     }
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        alignment,
-        data_offset,
-    })
+    Ok(Header { version, metadata, tensors, alignment, data_offset })
 }
 
 /// A cursor over the file's bytes that never reads past the end.
@@ -728,10 +684,7 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: u64, what: &'static str) -> Result<&'a [u8], GgufError> {
         let n = usize::try_from(n).map_err(|_| GgufError::Truncated(what))?;
         let end = self.pos.checked_add(n).ok_or(GgufError::Truncated(what))?;
-        let out = self
-            .bytes
-            .get(self.pos..end)
-            .ok_or(GgufError::Truncated(what))?;
+        let out = self.bytes.get(self.pos..end).ok_or(GgufError::Truncated(what))?;
         self.pos = end;
         Ok(out)
     }
@@ -757,10 +710,7 @@ impl<'a> Reader<'a> {
     /// Errors unless `count` items of at least `min_size` bytes each fit in the rest of
     /// the file, which bounds every allocation sized by a count.
     fn check_count(&self, count: u64, min_size: u64, what: &'static str) -> Result<(), GgufError> {
-        if count
-            .checked_mul(min_size)
-            .is_none_or(|n| n > self.remaining() as u64)
-        {
+        if count.checked_mul(min_size).is_none_or(|n| n > self.remaining() as u64) {
             return Err(GgufError::Truncated(what));
         }
         Ok(())
@@ -785,9 +735,7 @@ impl<'a> Reader<'a> {
                     )))
                 }
             },
-            8 => {
-                Value::Str(String::from_utf8_lossy(self.string("a metadata string")?).into_owned())
-            }
+            8 => Value::Str(String::from_utf8_lossy(self.string("a metadata string")?).into_owned()),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(GgufError::Malformed(format!(
@@ -818,11 +766,7 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(W)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(W)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(W)?)),
-            other => {
-                return Err(GgufError::Malformed(format!(
-                    "metadata key '{key}': unknown value type {other}"
-                )))
-            }
+            other => return Err(GgufError::Malformed(format!("metadata key '{key}': unknown value type {other}"))),
         })
     }
 }

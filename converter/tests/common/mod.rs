@@ -9,9 +9,7 @@ use arq_convert::convert::quantize_weights_q8;
 
 /// GPT-2's byte-to-unicode alphabet: the string form of each single-byte token.
 pub fn byte_token(b: u8) -> String {
-    let printable = |b: u8| {
-        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     if printable(b) {
         return char::from(b).to_string();
     }
@@ -22,10 +20,7 @@ pub fn byte_token(b: u8) -> String {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
     }
 }
@@ -34,11 +29,7 @@ impl Lcg {
 /// tokens and the 256 bytes, with q8 matrices.
 pub fn tiny_llama_arq(seed: u64) -> Vec<u8> {
     let (dim, layers, heads, kv_heads, ffn, ctx) = (64u64, 2usize, 4u64, 2u64, 128u64, 64u64);
-    let mut tokens: Vec<String> = vec![
-        "<|endoftext|>".into(),
-        "<|im_start|>".into(),
-        "<|im_end|>".into(),
-    ];
+    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
     tokens.extend((0..=255u8).map(byte_token));
     let mut types = vec![3i32; 3];
     types.extend(std::iter::repeat_n(1, 256));
@@ -77,29 +68,19 @@ pub fn tiny_llama_arq(seed: u64) -> Vec<u8> {
     let mut matrix = |w: &mut ArqWriter, name: &str, rows: u64, cols: u64| {
         let vals: Vec<f32> = (0..rows * cols).map(|_| rng.next()).collect();
         let blocks = quantize_weights_q8(&vals);
-        w.tensor(
-            name,
-            Dtype::Q8,
-            &[rows, cols],
-            bytemuck::cast_slice(&blocks).to_vec(),
-        )
-        .unwrap();
+        w.tensor(name, Dtype::Q8, &[rows, cols], bytemuck::cast_slice(&blocks).to_vec()).unwrap();
     };
     let ones = |n: u64| bytemuck::cast_slice(&vec![1.0f32; n as usize]).to_vec();
     matrix(&mut w, "token_embd", vocab, dim);
-    w.tensor("output_norm", Dtype::F32, &[dim], ones(dim))
-        .unwrap();
-    w.tensor("tokenizer", Dtype::U8, &[blob.len() as u64], blob)
-        .unwrap();
+    w.tensor("output_norm", Dtype::F32, &[dim], ones(dim)).unwrap();
+    w.tensor("tokenizer", Dtype::U8, &[blob.len() as u64], blob).unwrap();
     for l in 0..layers {
-        w.tensor(&format!("blk.{l}.attn_norm"), Dtype::F32, &[dim], ones(dim))
-            .unwrap();
+        w.tensor(&format!("blk.{l}.attn_norm"), Dtype::F32, &[dim], ones(dim)).unwrap();
         matrix(&mut w, &format!("blk.{l}.attn_q"), dim, dim);
         matrix(&mut w, &format!("blk.{l}.attn_k"), kv_dim, dim);
         matrix(&mut w, &format!("blk.{l}.attn_v"), kv_dim, dim);
         matrix(&mut w, &format!("blk.{l}.attn_output"), dim, dim);
-        w.tensor(&format!("blk.{l}.ffn_norm"), Dtype::F32, &[dim], ones(dim))
-            .unwrap();
+        w.tensor(&format!("blk.{l}.ffn_norm"), Dtype::F32, &[dim], ones(dim)).unwrap();
         matrix(&mut w, &format!("blk.{l}.ffn_gate"), ffn, dim);
         matrix(&mut w, &format!("blk.{l}.ffn_up"), ffn, dim);
         matrix(&mut w, &format!("blk.{l}.ffn_down"), dim, ffn);

@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::format::{ArqFile, Dtype, TensorView};
 use crate::kernels::{self, Kernels};
 use crate::math;
+use crate::parallel::{self, Parallel, Serial};
 use crate::quant::{BlockQ8, QK8};
 use crate::tokenizer::Tokenizer;
 
@@ -67,39 +68,15 @@ impl LlamaConfig {
             }
         };
         check(cfg.vocab > 0 && cfg.vocab <= MAX_VOCAB, "vocab_size")?;
-        check(
-            cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim.is_multiple_of(QK8),
-            "embedding_length (a multiple of 32)",
-        )?;
-        check(
-            cfg.n_layers > 0 && cfg.n_layers <= MAX_LAYERS,
-            "block_count",
-        )?;
-        check(
-            cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim.is_multiple_of(QK8),
-            "feed_forward_length",
-        )?;
-        check(
-            cfg.n_heads > 0 && cfg.dim.is_multiple_of(cfg.n_heads),
-            "head_count",
-        )?;
-        check(
-            cfg.n_kv_heads > 0 && cfg.n_heads.is_multiple_of(cfg.n_kv_heads),
-            "head_count_kv",
-        )?;
+        check(cfg.dim > 0 && cfg.dim <= MAX_DIM && cfg.dim.is_multiple_of(QK8), "embedding_length (a multiple of 32)")?;
+        check(cfg.n_layers > 0 && cfg.n_layers <= MAX_LAYERS, "block_count")?;
+        check(cfg.ffn_dim > 0 && cfg.ffn_dim <= 4 * MAX_DIM && cfg.ffn_dim.is_multiple_of(QK8), "feed_forward_length")?;
+        check(cfg.n_heads > 0 && cfg.dim.is_multiple_of(cfg.n_heads), "head_count")?;
+        check(cfg.n_kv_heads > 0 && cfg.n_heads.is_multiple_of(cfg.n_kv_heads), "head_count_kv")?;
         let head_dim = cfg.dim / cfg.n_heads;
-        check(
-            head_dim.is_multiple_of(2) && (cfg.n_kv_heads * head_dim).is_multiple_of(QK8),
-            "head dimension",
-        )?;
-        check(
-            cfg.rope_base.is_finite() && cfg.rope_base > 0.0,
-            "rope.freq_base",
-        )?;
-        check(
-            cfg.rms_eps.is_finite() && cfg.rms_eps >= 0.0,
-            "layer_norm_rms_epsilon",
-        )?;
+        check(head_dim.is_multiple_of(2) && (cfg.n_kv_heads * head_dim).is_multiple_of(QK8), "head dimension")?;
+        check(cfg.rope_base.is_finite() && cfg.rope_base > 0.0, "rope.freq_base")?;
+        check(cfg.rms_eps.is_finite() && cfg.rms_eps >= 0.0, "layer_norm_rms_epsilon")?;
         Ok(LlamaConfig { head_dim, ..cfg })
     }
 }
@@ -123,26 +100,15 @@ impl<'a> Weight<'a> {
     /// Row `r` (of length `cols`) as f32, into `out`.
     fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
         match *self {
-            Weight::Q8(w) => {
-                crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out)
-            }
+            Weight::Q8(w) => crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out),
             Weight::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
         }
     }
 }
 
 /// The per-layer tensors, in the order the file stores them.
-const LAYER_ROLES: [&str; 9] = [
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+const LAYER_ROLES: [&str; 9] =
+    ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
 
 struct Layer<'a> {
     attn_norm: &'a [f32],
@@ -186,23 +152,19 @@ pub struct SessionConfig {
     pub ctx: usize,
     /// Tokens per batched pass in prefill and scoring.
     pub batch: usize,
+    /// The most threads a [`Parallel`] given to [`Session::set_parallel`] may run
+    /// (each needs its own attention scratch).
+    pub threads: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig {
-            ctx: 2048,
-            batch: 32,
-        }
+        SessionConfig { ctx: 2048, batch: 32, threads: 1 }
     }
 }
 
 fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
-    Error::BadTensor {
-        role,
-        layer,
-        problem,
-    }
+    Error::BadTensor { role, layer, problem }
 }
 
 impl<'a> Model<'a> {
@@ -218,12 +180,7 @@ impl<'a> Model<'a> {
         }
         let cfg = LlamaConfig::from_file(&file)?;
         let (d, v) = (cfg.dim, cfg.vocab);
-        let matrix = |t: &TensorView<'a>,
-                      role,
-                      layer,
-                      rows: usize,
-                      cols: usize|
-         -> Result<Weight<'a>, Error> {
+        let matrix = |t: &TensorView<'a>, role, layer, rows: usize, cols: usize| -> Result<Weight<'a>, Error> {
             if t.shape.dims() != [rows as u64, cols as u64] {
                 return Err(bad(role, layer, "shape does not match the hyperparameters"));
             }
@@ -235,11 +192,7 @@ impl<'a> Model<'a> {
             }
             t.as_f32().ok_or(bad(role, layer, "dtype must be f32"))
         };
-        let global = |name: &'static str| {
-            file.find(name)
-                .map(|(_, t)| t)
-                .ok_or(bad(name, None, "missing"))
-        };
+        let global = |name: &'static str| file.find(name).map(|(_, t)| t).ok_or(bad(name, None, "missing"));
 
         let embed = matrix(&global("token_embd")?, "token_embd", None, v, d)?;
         let output_norm = vector(&global("output_norm")?, "output_norm", None, d)?;
@@ -247,20 +200,8 @@ impl<'a> Model<'a> {
             Some((_, t)) => matrix(&t, "output", None, v, d)?,
             None => embed,
         };
-        let layer_base = file.find("blk.0.attn_norm").map(|(i, _)| i).ok_or(bad(
-            "attn_norm",
-            Some(0),
-            "missing",
-        ))?;
-        let model = Model {
-            file,
-            cfg,
-            embed,
-            output_norm,
-            output,
-            layer_base,
-            kernels: kernels::best(),
-        };
+        let layer_base = file.find("blk.0.attn_norm").map(|(i, _)| i).ok_or(bad("attn_norm", Some(0), "missing"))?;
+        let model = Model { file, cfg, embed, output_norm, output, layer_base, kernels: kernels::best() };
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
         }
@@ -281,25 +222,16 @@ impl<'a> Model<'a> {
         let m = |j: usize, rows: usize, cols: usize| -> Result<Weight<'a>, Error> {
             let tv = t(j)?;
             if tv.shape.dims() != [rows as u64, cols as u64] {
-                return Err(bad(
-                    LAYER_ROLES[j],
-                    li,
-                    "shape does not match the hyperparameters",
-                ));
+                return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
             }
             Weight::from_view(&tv).ok_or(bad(LAYER_ROLES[j], li, "dtype must be q8 or f32"))
         };
         let v = |j: usize| -> Result<&'a [f32], Error> {
             let tv = t(j)?;
             if tv.shape.dims() != [c.dim as u64] {
-                return Err(bad(
-                    LAYER_ROLES[j],
-                    li,
-                    "shape does not match the hyperparameters",
-                ));
+                return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
             }
-            tv.as_f32()
-                .ok_or(bad(LAYER_ROLES[j], li, "dtype must be f32"))
+            tv.as_f32().ok_or(bad(LAYER_ROLES[j], li, "dtype must be f32"))
         };
         let (d, kv, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
         Ok(Layer {
@@ -333,10 +265,7 @@ impl<'a> Model<'a> {
 
     /// The tokenizer stored in the file.
     pub fn tokenizer(&self) -> Result<Tokenizer<'a>, Error> {
-        let (_, t) = self
-            .file
-            .find("tokenizer")
-            .ok_or(bad("tokenizer", None, "missing"))?;
+        let (_, t) = self.file.find("tokenizer").ok_or(bad("tokenizer", None, "missing"))?;
         Tokenizer::from_blob(t.data).map_err(Error::Tokenizer)
     }
 
@@ -356,9 +285,7 @@ impl<'a> Model<'a> {
 
     /// The exact arena size, in bytes, that [`Session::new`] needs for `cfg`.
     pub fn memory_plan(&self, cfg: &SessionConfig) -> Result<usize, Error> {
-        self.layout(cfg)
-            .map(|l| l.bytes())
-            .ok_or(Error::BadConfig("arena size overflows"))
+        self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
     }
 
     /// The arena's buffers, in carving order (see [`Session::new`]).
@@ -378,7 +305,7 @@ impl<'a> Model<'a> {
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb2
             .then::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
-            .then::<f32>(s.ctx)? // att
+            .then::<f32>(s.ctx.checked_mul(s.threads)?)? // att
             .then::<f32>(b.checked_mul(c.head_dim)?)? // rope
             .then::<f32>(b.checked_mul(c.vocab)?) // logits
     }
@@ -388,6 +315,7 @@ impl<'a> Model<'a> {
 pub struct Session<'a> {
     model: &'a Model<'a>,
     cfg: SessionConfig,
+    pool: &'a dyn Parallel,
     pos: usize,
     key_cache: &'a mut [f32],   // (layer, ctx, kv_dim)
     value_cache: &'a mut [f32], // (layer, ctx, kv_dim)
@@ -400,49 +328,81 @@ pub struct Session<'a> {
     hb: &'a mut [f32],          // (batch, ffn_dim) gate, then the gated product
     hb2: &'a mut [f32],         // (batch, ffn_dim) up
     xq: &'a mut [BlockQ8],      // (batch, max(dim, ffn_dim) / 32) quantized activations
-    att: &'a mut [f32],         // (ctx,) attention scores of one head
+    att: &'a mut [f32],         // (threads, ctx) attention scores, one row per task
     rope: &'a mut [f32],        // (batch, head_dim) cos/sin per position
     logits: &'a mut [f32],      // (batch, vocab)
 }
 
-/// `out (n, rows) = x (n, cols) · wᵀ`: quantizes `x` on the fly for q8 weights.
-fn linear(
-    k: &Kernels,
-    w: &Weight<'_>,
-    rows: usize,
-    x: &[f32],
-    xq: &mut [BlockQ8],
-    out: &mut [f32],
-) {
-    match *w {
-        Weight::Q8(wb) => {
-            let xq = &mut xq[..x.len() / QK8];
-            (k.quantize_q8)(x, xq);
-            (k.matmul_q8)(wb, rows, xq, out);
-        }
-        Weight::F32(wf) => (k.matmul_f32)(wf, rows, x, out),
+/// `out (n, rows) = x (n, cols) · wᵀ`, with `x` already quantized into `xq` for q8
+/// weights. One token splits the rows across tasks; several tokens split the tokens.
+fn matmul(pool: &dyn Parallel, k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f32], xq: &[BlockQ8], out: &mut [f32]) {
+    let n = out.len() / rows;
+    let cols = x.len() / n;
+    let tasks = pool.threads();
+    if n == 1 {
+        // Several chunks per thread, taken dynamically, so a late thread costs little.
+        let chunk = rows.div_ceil(4 * tasks).next_multiple_of(16);
+        parallel::chunks(pool, out, chunk, |i, o| {
+            let r = i * chunk..i * chunk + o.len();
+            match *w {
+                Weight::Q8(wb) => (k.matmul_q8)(&wb[r.start * cols / QK8..r.end * cols / QK8], o.len(), xq, o),
+                Weight::F32(wf) => (k.matmul_f32)(&wf[r.start * cols..r.end * cols], o.len(), x, o),
+            }
+        });
+    } else {
+        let per_task = n.div_ceil(tasks);
+        parallel::chunks(pool, out, per_task * rows, |i, o| {
+            let t = i * per_task..i * per_task + o.len() / rows;
+            match *w {
+                Weight::Q8(wb) => (k.matmul_q8)(wb, rows, &xq[t.start * cols / QK8..t.end * cols / QK8], o),
+                Weight::F32(wf) => (k.matmul_f32)(wf, rows, &x[t.start * cols..t.end * cols], o),
+            }
+        });
     }
 }
 
-/// Like [`linear`] for several weights over the same input, quantizing it once.
-fn linear_shared(
+/// `out_j = x · w_jᵀ` for several weights over the same input, quantizing it once.
+fn linear(
+    pool: &dyn Parallel,
     k: &Kernels,
     x: &[f32],
     xq: &mut [BlockQ8],
     ws: &mut [(&Weight<'_>, usize, &mut [f32])],
 ) {
     let xq = &mut xq[..x.len() / QK8];
-    let mut quantized = false;
+    if ws.iter().any(|(w, _, _)| matches!(w, Weight::Q8(_))) {
+        (k.quantize_q8)(x, xq);
+    }
     for (w, rows, out) in ws.iter_mut() {
-        match **w {
-            Weight::Q8(wb) => {
-                if !quantized {
-                    (k.quantize_q8)(x, xq);
-                    quantized = true;
-                }
-                (k.matmul_q8)(wb, *rows, xq, out);
-            }
-            Weight::F32(wf) => (k.matmul_f32)(wf, *rows, x, out),
+        matmul(pool, k, w, *rows, x, xq, out);
+    }
+}
+
+/// Causal attention of one query head over `len` cached positions: `out = softmax(q·Kᵀ
+/// * scale) · V`, reading head `kv_off..kv_off + hd` of each cached row.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    k: &Kernels,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    kv_dim: usize,
+    kv_off: usize,
+    len: usize,
+    scale: f32,
+    att: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let att = &mut att[..len];
+    for (j, a) in att.iter_mut().enumerate() {
+        *a = (k.dot_f32)(q, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+    }
+    math::softmax(att);
+    out.fill(0.0);
+    for (j, &a) in att.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&values[j * kv_dim + kv_off..][..hd]) {
+            *o += a * v;
         }
     }
 }
@@ -450,13 +410,9 @@ fn linear_shared(
 impl<'a> Session<'a> {
     /// Carves the KV cache and scratch from `arena`, which must hold at least
     /// [`Model::memory_plan`] bytes.
-    pub fn new(
-        model: &'a Model<'a>,
-        arena: &'a mut [u8],
-        cfg: SessionConfig,
-    ) -> Result<Self, Error> {
-        if cfg.ctx == 0 || cfg.batch == 0 {
-            return Err(Error::BadConfig("ctx and batch must be at least 1"));
+    pub fn new(model: &'a Model<'a>, arena: &'a mut [u8], cfg: SessionConfig) -> Result<Self, Error> {
+        if cfg.ctx == 0 || cfg.batch == 0 || cfg.threads == 0 {
+            return Err(Error::BadConfig("ctx, batch and threads must be at least 1"));
         }
         let need = model.memory_plan(&cfg)?;
         let c = model.cfg;
@@ -466,6 +422,7 @@ impl<'a> Session<'a> {
         Ok(Session {
             model,
             cfg,
+            pool: &Serial,
             pos: 0,
             key_cache: a.take(cache)?,
             value_cache: a.take(cache)?,
@@ -478,10 +435,20 @@ impl<'a> Session<'a> {
             hb: a.take(b * c.ffn_dim)?,
             hb2: a.take(b * c.ffn_dim)?,
             xq: a.take(b * c.dim.max(c.ffn_dim) / QK8)?,
-            att: a.take(cfg.ctx)?,
+            att: a.take(cfg.ctx * cfg.threads)?,
             rope: a.take(b * c.head_dim)?,
             logits: a.take(b * c.vocab)?,
         })
+    }
+
+    /// Runs the session's matrix and attention work on `pool` (at most
+    /// `SessionConfig::threads` threads; the default is [`Serial`]).
+    pub fn set_parallel(&mut self, pool: &'a dyn Parallel) -> Result<(), Error> {
+        if pool.threads() > self.cfg.threads {
+            return Err(Error::BadConfig("pool has more threads than SessionConfig::threads"));
+        }
+        self.pool = pool;
+        Ok(())
     }
 
     pub fn model(&self) -> &'a Model<'a> {
@@ -527,20 +494,13 @@ impl<'a> Session<'a> {
 
     /// Appends `tokens` and calls `f(i, logits)` with the logits after token `i`, for
     /// every `i` (teacher forcing: the basis of exact scoring).
-    pub fn forward_all(
-        &mut self,
-        tokens: &[u32],
-        mut f: impl FnMut(usize, &[f32]),
-    ) -> Result<(), Error> {
+    pub fn forward_all(&mut self, tokens: &[u32], mut f: impl FnMut(usize, &[f32])) -> Result<(), Error> {
         self.check_tokens(tokens)?;
         let vocab = self.model.cfg.vocab;
         for (ci, chunk) in tokens.chunks(self.cfg.batch).enumerate() {
             self.forward(chunk, true)?;
             for t in 0..chunk.len() {
-                f(
-                    ci * self.cfg.batch + t,
-                    &self.logits[t * vocab..(t + 1) * vocab],
-                );
+                f(ci * self.cfg.batch + t, &self.logits[t * vocab..(t + 1) * vocab]);
             }
         }
         Ok(())
@@ -581,15 +541,14 @@ impl<'a> Session<'a> {
         let model = self.model;
         let c = model.cfg;
         let kern = model.kernels;
+        let pool = self.pool;
         let (dim, kv_dim, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let pos0 = self.pos;
 
         for (t, &tok) in tokens.iter().enumerate() {
-            model
-                .embed
-                .row_into(tok as usize, dim, &mut self.x[t * dim..(t + 1) * dim]);
+            model.embed.row_into(tok as usize, dim, &mut self.x[t * dim..(t + 1) * dim]);
             math::rope_table(&mut self.rope[t * hd..(t + 1) * hd], pos0 + t, c.rope_base);
         }
         let x = &mut self.x[..n * dim];
@@ -601,7 +560,8 @@ impl<'a> Session<'a> {
             for (o, i) in self.xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 math::rmsnorm(o, i, w.attn_norm, c.rms_eps);
             }
-            linear_shared(
+            linear(
+                pool,
                 kern,
                 &self.xb[..n * dim],
                 self.xq,
@@ -621,42 +581,39 @@ impl<'a> Session<'a> {
                     math::rope(h, table);
                 }
                 let at = cache_l + (pos0 + t) * kv_dim;
-                self.key_cache[at..at + kv_dim]
-                    .copy_from_slice(&self.k[t * kv_dim..(t + 1) * kv_dim]);
-                self.value_cache[at..at + kv_dim]
-                    .copy_from_slice(&self.v[t * kv_dim..(t + 1) * kv_dim]);
+                self.key_cache[at..at + kv_dim].copy_from_slice(&self.k[t * kv_dim..(t + 1) * kv_dim]);
+                self.value_cache[at..at + kv_dim].copy_from_slice(&self.v[t * kv_dim..(t + 1) * kv_dim]);
             }
 
-            // Causal attention of each token over the cache up to its own position.
-            for t in 0..n {
-                let len = pos0 + t + 1;
-                for h in 0..c.n_heads {
-                    let q = &self.q[t * dim + h * hd..t * dim + (h + 1) * hd];
-                    let kvh = (h / group) * hd;
-                    let att = &mut self.att[..len];
-                    for (j, a) in att.iter_mut().enumerate() {
-                        let key = &self.key_cache[cache_l + j * kv_dim + kvh..][..hd];
-                        *a = (kern.dot_f32)(q, key) * scale;
+            // Causal attention of each token over the cache up to its own position: one
+            // token splits its heads across tasks, several tokens split the tokens.
+            let keys = &self.key_cache[cache_l..cache_l + self.cfg.ctx * kv_dim];
+            let values = &self.value_cache[cache_l..cache_l + self.cfg.ctx * kv_dim];
+            let q = &self.q[..n * dim];
+            let ctx = self.cfg.ctx;
+            let tasks = pool.threads();
+            if n == 1 {
+                let heads_per_task = c.n_heads.div_ceil(tasks);
+                parallel::chunks2(pool, &mut self.xb2[..dim], heads_per_task * hd, self.att, ctx, |i, out, att| {
+                    for (j, o) in out.chunks_exact_mut(hd).enumerate() {
+                        let h = i * heads_per_task + j;
+                        let qh = &q[h * hd..(h + 1) * hd];
+                        attend(kern, qh, keys, values, kv_dim, (h / group) * hd, pos0 + 1, scale, att, o);
                     }
-                    math::softmax(att);
-                    let out = &mut self.xb2[t * dim + h * hd..t * dim + (h + 1) * hd];
-                    out.fill(0.0);
-                    for (j, &a) in att.iter().enumerate() {
-                        let val = &self.value_cache[cache_l + j * kv_dim + kvh..][..hd];
-                        for (o, &v) in out.iter_mut().zip(val) {
-                            *o += a * v;
+                });
+            } else {
+                let per_task = n.div_ceil(tasks);
+                parallel::chunks2(pool, &mut self.xb2[..n * dim], per_task * dim, self.att, ctx, |i, out, att| {
+                    for (j, o) in out.chunks_exact_mut(dim).enumerate() {
+                        let t = i * per_task + j;
+                        for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                            let qh = &q[t * dim + h * hd..t * dim + (h + 1) * hd];
+                            attend(kern, qh, keys, values, kv_dim, (h / group) * hd, pos0 + t + 1, scale, att, oh);
                         }
                     }
-                }
+                });
             }
-            linear(
-                kern,
-                &w.wo,
-                dim,
-                &self.xb2[..n * dim],
-                self.xq,
-                &mut self.xb[..n * dim],
-            );
+            linear(pool, kern, &self.xb2[..n * dim], self.xq, &mut [(&w.wo, dim, &mut self.xb[..n * dim])]);
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -665,24 +622,15 @@ impl<'a> Session<'a> {
             for (o, i) in self.xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 math::rmsnorm(o, i, w.ffn_norm, c.rms_eps);
             }
-            linear_shared(
+            linear(
+                pool,
                 kern,
                 &self.xb[..n * dim],
                 self.xq,
-                &mut [
-                    (&w.w_gate, ff, &mut self.hb[..n * ff]),
-                    (&w.w_up, ff, &mut self.hb2[..n * ff]),
-                ],
+                &mut [(&w.w_gate, ff, &mut self.hb[..n * ff]), (&w.w_up, ff, &mut self.hb2[..n * ff])],
             );
             math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
-            linear(
-                kern,
-                &w.w_down,
-                dim,
-                &self.hb[..n * ff],
-                self.xq,
-                &mut self.xb[..n * dim],
-            );
+            linear(pool, kern, &self.hb[..n * ff], self.xq, &mut [(&w.w_down, dim, &mut self.xb[..n * dim])]);
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -691,21 +639,11 @@ impl<'a> Session<'a> {
         // Head: logits = norm(x)·Wᵀ for every row, or only the last.
         let rows = if all_logits { 0..n } else { n - 1..n };
         let m = rows.len();
-        for (o, i) in self
-            .xb
-            .chunks_exact_mut(dim)
-            .zip(x[rows.start * dim..rows.end * dim].chunks_exact(dim))
-        {
+        for (o, i) in self.xb.chunks_exact_mut(dim).zip(x[rows.start * dim..rows.end * dim].chunks_exact(dim)) {
             math::rmsnorm(o, i, model.output_norm, c.rms_eps);
         }
-        linear(
-            kern,
-            &model.output,
-            c.vocab,
-            &self.xb[..m * dim],
-            self.xq,
-            &mut self.logits[..m * c.vocab],
-        );
+        let logits = &mut self.logits[..m * c.vocab];
+        linear(pool, kern, &self.xb[..m * dim], self.xq, &mut [(&model.output, c.vocab, logits)]);
         self.pos += n;
         Ok(())
     }

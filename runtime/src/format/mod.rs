@@ -66,15 +66,9 @@ impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use FormatError::*;
         match self {
-            TooShort { len } => write!(
-                f,
-                "file is {len} bytes, shorter than the {HEADER_LEN}-byte .arq header"
-            ),
+            TooShort { len } => write!(f, "file is {len} bytes, shorter than the {HEADER_LEN}-byte .arq header"),
             BadMagic => write!(f, "not an .arq file (bad magic)"),
-            UnsupportedVersion(v) => write!(
-                f,
-                "unsupported .arq format version {v} (this build reads {VERSION})"
-            ),
+            UnsupportedVersion(v) => write!(f, "unsupported .arq format version {v} (this build reads {VERSION})"),
             OutOfBounds(what) => {
                 write!(f, "truncated or corrupt file: {what} reaches past its end")
             }
@@ -83,10 +77,7 @@ impl fmt::Display for FormatError {
             BadUtf8(what) => write!(f, "corrupt file: {what} is not valid UTF-8"),
             UnknownDtype(d) => write!(f, "unknown tensor dtype {d}"),
             UnknownMetaType(t) => write!(f, "unknown metadata value type {t}"),
-            BadTensorSize { index } => write!(
-                f,
-                "tensor #{index}: byte length does not match dtype and shape"
-            ),
+            BadTensorSize { index } => write!(f, "tensor #{index}: byte length does not match dtype and shape"),
             BadShape { index } => write!(f, "tensor #{index}: invalid shape"),
             ChecksumMismatch { stored, computed } => {
                 write!(f, "data checksum mismatch (stored {stored:016x}, computed {computed:016x}): file is corrupt")
@@ -256,19 +247,13 @@ pub struct ArqFile<'a> {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 fn to_usize(v: u64, what: &'static str) -> Result<usize, FormatError> {
     usize::try_from(v).map_err(|_| FormatError::TooLarge(what))
@@ -280,17 +265,14 @@ fn parse_meta_entry(meta: &[u8], at: usize) -> Result<(&str, MetaValue<'_>, usiz
     let klen = u16_at(meta, at).ok_or(OOB)? as usize;
     let kstart = at + 2;
     let kend = kstart.checked_add(klen).ok_or(OOB)?;
-    let key = core::str::from_utf8(meta.get(kstart..kend).ok_or(OOB)?)
-        .map_err(|_| FormatError::BadUtf8("metadata key"))?;
+    let key =
+        core::str::from_utf8(meta.get(kstart..kend).ok_or(OOB)?).map_err(|_| FormatError::BadUtf8("metadata key"))?;
     let ty = *meta.get(kend).ok_or(OOB)?;
     let v = kend + 1;
     let (value, next) = match ty {
         meta_type::U32 => (MetaValue::U32(u32_at(meta, v).ok_or(OOB)?), v + 4),
         meta_type::I32 => (MetaValue::I32(u32_at(meta, v).ok_or(OOB)? as i32), v + 4),
-        meta_type::F32 => (
-            MetaValue::F32(f32::from_bits(u32_at(meta, v).ok_or(OOB)?)),
-            v + 4,
-        ),
+        meta_type::F32 => (MetaValue::F32(f32::from_bits(u32_at(meta, v).ok_or(OOB)?)), v + 4),
         meta_type::U64 => (MetaValue::U64(u64_at(meta, v).ok_or(OOB)?), v + 8),
         meta_type::BOOL => match *meta.get(v).ok_or(OOB)? {
             0 => (MetaValue::Bool(false), v + 1),
@@ -379,18 +361,13 @@ impl<'a> ArqFile<'a> {
         let data_len = to_usize(h64(56)?, "data length")?;
         let checksum = h64(64)?;
 
-        let section =
-            |off: usize, len: usize, what: &'static str| -> Result<&'a [u8], FormatError> {
-                let end = off.checked_add(len).ok_or(FormatError::TooLarge(what))?;
-                bytes.get(off..end).ok_or(FormatError::OutOfBounds(what))
-            };
-        let dir_len = (n_tensors as usize)
-            .checked_mul(TENSOR_ENTRY_LEN)
-            .ok_or(FormatError::TooLarge("directory"))?;
+        let section = |off: usize, len: usize, what: &'static str| -> Result<&'a [u8], FormatError> {
+            let end = off.checked_add(len).ok_or(FormatError::TooLarge(what))?;
+            bytes.get(off..end).ok_or(FormatError::OutOfBounds(what))
+        };
+        let dir_len = (n_tensors as usize).checked_mul(TENSOR_ENTRY_LEN).ok_or(FormatError::TooLarge("directory"))?;
         if meta_off < HEADER_LEN || dir_off < meta_off + meta_len || data_off < dir_off + dir_len {
-            return Err(FormatError::BadLayout(
-                "sections out of order or overlapping",
-            ));
+            return Err(FormatError::BadLayout("sections out of order or overlapping"));
         }
         if data_off % ALIGN != 0 {
             return Err(FormatError::Misaligned("data section"));
@@ -407,14 +384,7 @@ impl<'a> ArqFile<'a> {
         if at != meta.len() {
             return Err(FormatError::BadLayout("metadata section length"));
         }
-        let file = ArqFile {
-            meta,
-            n_meta,
-            dir,
-            n_tensors,
-            data,
-            checksum,
-        };
+        let file = ArqFile { meta, n_meta, dir, n_tensors, data, checksum };
         for i in 0..n_tensors as usize {
             file.tensor_checked(i)?;
         }
@@ -428,18 +398,11 @@ impl<'a> ArqFile<'a> {
             .get(index * TENSOR_ENTRY_LEN..(index + 1) * TENSOR_ENTRY_LEN)
             .ok_or(FormatError::OutOfBounds("tensor directory"))?;
         let name_field = &e[..TENSOR_NAME_LEN];
-        let name_len = name_field
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(TENSOR_NAME_LEN);
-        if name_len == 0
-            || name_len == TENSOR_NAME_LEN
-            || name_field[name_len..].iter().any(|&b| b != 0)
-        {
+        let name_len = name_field.iter().position(|&b| b == 0).unwrap_or(TENSOR_NAME_LEN);
+        if name_len == 0 || name_len == TENSOR_NAME_LEN || name_field[name_len..].iter().any(|&b| b != 0) {
             return Err(FormatError::BadLayout("tensor name not NUL-padded"));
         }
-        let name = core::str::from_utf8(&name_field[..name_len])
-            .map_err(|_| FormatError::BadUtf8("tensor name"))?;
+        let name = core::str::from_utf8(&name_field[..name_len]).map_err(|_| FormatError::BadUtf8("tensor name"))?;
         let oob = FormatError::OutOfBounds("tensor entry");
         let dtype = Dtype::from_u32(u32_at(e, 64).ok_or(oob)?)?;
         let ndim = u32_at(e, 68).ok_or(oob)? as usize;
@@ -454,9 +417,7 @@ impl<'a> ArqFile<'a> {
                 if *dim == 0 {
                     return Err(FormatError::BadShape { index: idx });
                 }
-                n = n
-                    .checked_mul(*dim)
-                    .ok_or(FormatError::TooLarge("tensor shape"))?;
+                n = n.checked_mul(*dim).ok_or(FormatError::TooLarge("tensor shape"))?;
             } else if *dim != 0 {
                 return Err(FormatError::BadShape { index: idx });
             }
@@ -469,19 +430,9 @@ impl<'a> ArqFile<'a> {
         if dtype.byte_len(n, dims[ndim - 1]) != Some(nbytes) {
             return Err(FormatError::BadTensorSize { index: idx });
         }
-        let end = offset
-            .checked_add(to_usize(nbytes, "tensor size")?)
-            .ok_or(FormatError::TooLarge("tensor size"))?;
-        let data = self
-            .data
-            .get(offset..end)
-            .ok_or(FormatError::OutOfBounds("tensor data"))?;
-        Ok(TensorView {
-            name,
-            dtype,
-            shape: Shape { dims, ndim },
-            data,
-        })
+        let end = offset.checked_add(to_usize(nbytes, "tensor size")?).ok_or(FormatError::TooLarge("tensor size"))?;
+        let data = self.data.get(offset..end).ok_or(FormatError::OutOfBounds("tensor data"))?;
+        Ok(TensorView { name, dtype, shape: Shape { dims, ndim }, data })
     }
 
     pub fn n_tensors(&self) -> usize {
@@ -502,8 +453,7 @@ impl<'a> ArqFile<'a> {
 
     /// The first tensor named `name`, with its directory index.
     pub fn find(&self, name: &str) -> Option<(usize, TensorView<'a>)> {
-        (0..self.n_tensors())
-            .find_map(|i| self.tensor(i).filter(|t| t.name == name).map(|t| (i, t)))
+        (0..self.n_tensors()).find_map(|i| self.tensor(i).filter(|t| t.name == name).map(|t| (i, t)))
     }
 
     pub fn tensors(&self) -> impl Iterator<Item = TensorView<'a>> + '_ {
@@ -511,11 +461,7 @@ impl<'a> ArqFile<'a> {
     }
 
     pub fn meta_iter(&self) -> MetaIter<'a> {
-        MetaIter {
-            meta: self.meta,
-            at: 0,
-            left: self.n_meta,
-        }
+        MetaIter { meta: self.meta, at: 0, left: self.n_meta }
     }
 
     /// The value of metadata key `key` (the first, if repeated).
@@ -524,19 +470,13 @@ impl<'a> ArqFile<'a> {
     }
 
     pub fn meta_u64(&self, key: &'static str) -> Result<u64, FormatError> {
-        self.meta(key)
-            .and_then(|v| v.as_u64())
-            .ok_or(FormatError::MissingMeta(key))
+        self.meta(key).and_then(|v| v.as_u64()).ok_or(FormatError::MissingMeta(key))
     }
     pub fn meta_f32(&self, key: &'static str) -> Result<f32, FormatError> {
-        self.meta(key)
-            .and_then(|v| v.as_f32())
-            .ok_or(FormatError::MissingMeta(key))
+        self.meta(key).and_then(|v| v.as_f32()).ok_or(FormatError::MissingMeta(key))
     }
     pub fn meta_str(&self, key: &'static str) -> Result<&'a str, FormatError> {
-        self.meta(key)
-            .and_then(|v| v.as_str())
-            .ok_or(FormatError::MissingMeta(key))
+        self.meta(key).and_then(|v| v.as_str()).ok_or(FormatError::MissingMeta(key))
     }
 
     /// Bytes of the data section (all tensors and their padding).
@@ -550,10 +490,7 @@ impl<'a> ArqFile<'a> {
         if computed == self.checksum {
             Ok(())
         } else {
-            Err(FormatError::ChecksumMismatch {
-                stored: self.checksum,
-                computed,
-            })
+            Err(FormatError::ChecksumMismatch { stored: self.checksum, computed })
         }
     }
 }

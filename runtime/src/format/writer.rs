@@ -3,8 +3,7 @@
 //! module is its inverse, and the converter re-reads every file it writes.
 
 use super::{
-    checksum, meta_type, Dtype, ALIGN, HEADER_LEN, MAGIC, MAX_DIMS, TENSOR_ENTRY_LEN,
-    TENSOR_NAME_LEN, VERSION,
+    checksum, meta_type, Dtype, ALIGN, HEADER_LEN, MAGIC, MAX_DIMS, TENSOR_ENTRY_LEN, TENSOR_NAME_LEN, VERSION,
 };
 use std::io::{self, Write};
 use std::string::String;
@@ -53,46 +52,25 @@ impl ArqWriter {
     }
 
     /// Adds a tensor; `dims` outermost first, `data` already in `dtype`'s layout.
-    pub fn tensor(
-        &mut self,
-        name: &str,
-        dtype: Dtype,
-        dims: &[u64],
-        data: Vec<u8>,
-    ) -> io::Result<()> {
+    pub fn tensor(&mut self, name: &str, dtype: Dtype, dims: &[u64], data: Vec<u8>) -> io::Result<()> {
         if name.is_empty() || name.len() >= TENSOR_NAME_LEN || name.contains('\0') {
-            return Err(invalid(format!(
-                "tensor name '{name}' must be 1..{} bytes",
-                TENSOR_NAME_LEN - 1
-            )));
+            return Err(invalid(format!("tensor name '{name}' must be 1..{} bytes", TENSOR_NAME_LEN - 1)));
         }
         if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
-            return Err(invalid(format!(
-                "tensor '{name}': shape {dims:?} not supported"
-            )));
+            return Err(invalid(format!("tensor '{name}': shape {dims:?} not supported")));
         }
         let n: u64 = dims.iter().product();
         if dtype.byte_len(n, dims[dims.len() - 1]) != Some(data.len() as u64) {
-            return Err(invalid(format!(
-                "tensor '{name}': {} bytes do not fit {} {dims:?}",
-                data.len(),
-                dtype.name()
-            )));
+            return Err(invalid(format!("tensor '{name}': {} bytes do not fit {} {dims:?}", data.len(), dtype.name())));
         }
-        self.tensors.push(Tensor {
-            name: name.into(),
-            dtype,
-            dims: dims.to_vec(),
-            data,
-        });
+        self.tensors.push(Tensor { name: name.into(), dtype, dims: dims.to_vec(), data });
         Ok(())
     }
 
     fn meta_bytes(&self) -> io::Result<Vec<u8>> {
         let mut m = Vec::new();
         for (k, v) in &self.meta {
-            let klen = u16::try_from(k.len())
-                .map_err(|_| invalid(format!("metadata key too long: {k}")))?;
+            let klen = u16::try_from(k.len()).map_err(|_| invalid(format!("metadata key too long: {k}")))?;
             m.extend_from_slice(&klen.to_le_bytes());
             m.extend_from_slice(k.as_bytes());
             match v {
@@ -118,8 +96,7 @@ impl ArqWriter {
                 }
                 Meta::Str(s) => {
                     m.push(meta_type::STR);
-                    let len = u32::try_from(s.len())
-                        .map_err(|_| invalid(format!("metadata '{k}' too long")))?;
+                    let len = u32::try_from(s.len()).map_err(|_| invalid(format!("metadata '{k}' too long")))?;
                     m.extend_from_slice(&len.to_le_bytes());
                     m.extend_from_slice(s.as_bytes());
                 }
@@ -195,8 +172,7 @@ mod tests {
         let mut v = vec![0u64; bytes.len().div_ceil(8) + 8];
         let base = v.as_ptr() as usize;
         let skip = (ALIGN - base % ALIGN) % ALIGN;
-        bytemuck::cast_slice_mut::<u64, u8>(&mut v)[skip..skip + bytes.len()]
-            .copy_from_slice(bytes);
+        bytemuck::cast_slice_mut::<u64, u8>(&mut v)[skip..skip + bytes.len()].copy_from_slice(bytes);
         (v, skip)
     }
 
@@ -206,16 +182,9 @@ mod tests {
         w.meta("n", Meta::U32(7));
         w.meta("x", Meta::F32(0.5));
         w.meta("b", Meta::Bool(true));
-        w.tensor(
-            "a",
-            Dtype::F32,
-            &[2, 3],
-            bytemuck::cast_slice(&[1.0f32, 2., 3., 4., 5., 6.]).to_vec(),
-        )
-        .unwrap();
+        w.tensor("a", Dtype::F32, &[2, 3], bytemuck::cast_slice(&[1.0f32, 2., 3., 4., 5., 6.]).to_vec()).unwrap();
         w.tensor("q", Dtype::Q8, &[1, 32], vec![0u8; 34]).unwrap();
-        w.tensor("raw", Dtype::U8, &[5], vec![1, 2, 3, 4, 5])
-            .unwrap();
+        w.tensor("raw", Dtype::U8, &[5], vec![1, 2, 3, 4, 5]).unwrap();
         let mut out = Vec::new();
         w.write(&mut out).unwrap();
         out
@@ -225,8 +194,7 @@ mod tests {
     fn roundtrip() {
         let bytes = sample();
         let (buf, skip) = aligned(&bytes);
-        let f = ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + bytes.len()])
-            .unwrap();
+        let f = ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + bytes.len()]).unwrap();
         assert_eq!(f.meta("arq.architecture"), Some(MetaValue::Str("llama")));
         assert_eq!(f.meta_u64("n"), Ok(7));
         assert_eq!(f.meta("b").and_then(|v| v.as_bool()), Some(true));
@@ -245,10 +213,7 @@ mod tests {
         let bytes = sample();
         for cut in 0..bytes.len() {
             let (buf, skip) = aligned(&bytes[..cut]);
-            assert!(
-                ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + cut]).is_err(),
-                "cut {cut}"
-            );
+            assert!(ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + cut]).is_err(), "cut {cut}");
         }
         for at in 0..bytes.len() {
             for flip in [0x01u8, 0x80, 0xff] {
@@ -274,12 +239,8 @@ mod tests {
         let last = bytes.len() - 60; // inside the data section
         bytes[last] ^= 0x10;
         let (buf, skip) = aligned(&bytes);
-        let f = ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + bytes.len()])
-            .unwrap();
-        assert!(matches!(
-            f.verify_checksum(),
-            Err(FormatError::ChecksumMismatch { .. })
-        ));
+        let f = ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + bytes.len()]).unwrap();
+        assert!(matches!(f.verify_checksum(), Err(FormatError::ChecksumMismatch { .. })));
     }
 
     #[test]

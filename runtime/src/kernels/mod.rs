@@ -3,14 +3,18 @@
 //! Every entry of [`Kernels`] computes exactly what the function of the same name in
 //! [`scalar`] computes (bit for bit, including float summation order). The table is
 //! chosen once: by runtime detection on std hosts (capped by the `ARQ_MAX_ISA`
-//! environment variable: `scalar`, `avx2`, `avx512vnni`), by `cfg(target_feature)` on
-//! no_std targets.
+//! environment variable: `scalar`, `avx2`, `avx512vnni` on x86_64; `scalar`, `neon`,
+//! `dotprod` on AArch64), by `cfg(target_feature)` on no_std targets.
 
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
-// The aarch64 NEON (+dotprod) tiers (`aarch64/neon.rs`) and the Cortex-M DSP tier
-// (`arm/dsp.rs`) slot in here as `#[cfg(target_arch = ...)] pub mod ...;`.
+// NEON is baseline on every hard-float AArch64 target; see `aarch64` for why the module
+// needs it at compile time.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub mod aarch64;
+// The Cortex-M DSP tier (`arm/dsp.rs`) slots in here as
+// `#[cfg(target_arch = "arm")] pub mod arm;`.
 
 #[cfg(test)]
 mod tests;
@@ -51,21 +55,16 @@ struct Tier {
 /// around `target_feature` code, so a table must only leave this module through a check
 /// of its `supported` (which [`available`] does).
 static TIERS: &[Tier] = &[
-    Tier {
-        kernels: &SCALAR,
-        supported: || true,
-    },
+    Tier { kernels: &SCALAR, supported: || true },
     #[cfg(target_arch = "x86_64")]
-    Tier {
-        kernels: &x86::avx2::KERNELS,
-        supported: x86::avx2::detected,
-    },
+    Tier { kernels: &x86::avx2::KERNELS, supported: x86::avx2::detected },
     #[cfg(target_arch = "x86_64")]
-    Tier {
-        kernels: &x86::avx512::KERNELS,
-        supported: x86::avx512::detected,
-    },
-    // aarch64: `neon`, then `dotprod`; arm: `dsp` (Cortex-M4/M7 SMLAD).
+    Tier { kernels: &x86::avx512::KERNELS, supported: x86::avx512::detected },
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    Tier { kernels: &aarch64::neon::NEON, supported: aarch64::neon::neon_detected },
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    Tier { kernels: &aarch64::neon::DOTPROD, supported: aarch64::neon::dotprod_detected },
+    // arm: `dsp` (Cortex-M4/M7 SMLAD) slots in here.
 ];
 
 /// Every tier this CPU runs, weakest first ([`SCALAR`] always, the best last).
@@ -73,7 +72,8 @@ pub fn available() -> impl Iterator<Item = &'static Kernels> + Clone {
     TIERS.iter().filter(|t| (t.supported)()).map(|t| t.kernels)
 }
 
-/// The tier called `name` (`scalar`, `avx2`, `avx512vnni`, ...), if this CPU runs it.
+/// The tier called `name` (`scalar`, `avx2`, `avx512vnni`, `neon`, `dotprod`, ...), if
+/// this CPU runs it.
 pub fn by_name(name: &str) -> Option<&'static Kernels> {
     available().find(|k| k.name == name)
 }
@@ -82,15 +82,9 @@ pub fn by_name(name: &str) -> Option<&'static Kernels> {
 /// this build does not know caps nothing (it gives the best tier).
 pub fn best_up_to(max_isa: &str) -> &'static Kernels {
     let max_isa = max_isa.trim();
-    let cap = TIERS
-        .iter()
-        .position(|t| t.kernels.name.eq_ignore_ascii_case(max_isa));
+    let cap = TIERS.iter().position(|t| t.kernels.name.eq_ignore_ascii_case(max_isa));
     let allowed = cap.map_or(TIERS, |i| &TIERS[..=i]);
-    allowed
-        .iter()
-        .rev()
-        .find(|t| (t.supported)())
-        .map_or(&SCALAR, |t| t.kernels)
+    allowed.iter().rev().find(|t| (t.supported)()).map_or(&SCALAR, |t| t.kernels)
 }
 
 /// The best tier this machine supports, within the `ARQ_MAX_ISA` cap (std only),

@@ -19,10 +19,7 @@ pub fn reduce8(l: &[f32; 8]) -> f32 {
 /// Exact integer dot product of two blocks' quants (|result| <= 32 * 127 * 127).
 #[inline]
 pub fn block_isum(a: &BlockQ8, b: &BlockQ8) -> i32 {
-    a.qs.iter()
-        .zip(&b.qs)
-        .map(|(&x, &y)| x as i32 * y as i32)
-        .sum()
+    a.qs.iter().zip(&b.qs).map(|(&x, &y)| x as i32 * y as i32).sum()
 }
 
 /// q8 · q8 over whole rows: block `j` contributes `(isum_j as f32) * (d_a_j * d_b_j)`

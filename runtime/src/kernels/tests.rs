@@ -89,9 +89,7 @@ fn q8_row(rng: &mut Rng, fill: QFill, nb: usize) -> Vec<BlockQ8> {
                 QFill::ZeroScale => [0x0000, 0x8000][j % 2],
                 QFill::LargeScale => 0x7bff, // 65504, the largest finite f16
                 QFill::SubnormalScale => 0x0001 + rng.below(0x3ff) as u16,
-                QFill::NegativeScale => {
-                    0x8000 | half::f16::from_f32(rng.unit().abs() * 0.1).to_bits()
-                }
+                QFill::NegativeScale => 0x8000 | half::f16::from_f32(rng.unit().abs() * 0.1).to_bits(),
                 QFill::MixedScales => match rng.below(5) {
                     0 => 0,
                     1 => 0x7bff,
@@ -101,10 +99,7 @@ fn q8_row(rng: &mut Rng, fill: QFill, nb: usize) -> Vec<BlockQ8> {
                 },
                 _ => half::f16::from_f32(rng.unit().abs() * 0.05).to_bits(),
             };
-            BlockQ8 {
-                d: bits.to_le_bytes(),
-                qs,
-            }
+            BlockQ8 { d: bits.to_le_bytes(), qs }
         })
         .collect()
 }
@@ -125,11 +120,7 @@ fn simd_tiers() -> impl Iterator<Item = &'static Kernels> {
 }
 
 fn assert_same(tier: &str, what: &str, got: f32, want: f32) {
-    assert_eq!(
-        got.to_bits(),
-        want.to_bits(),
-        "{tier}: {what}: {got:e} != scalar {want:e}"
-    );
+    assert_eq!(got.to_bits(), want.to_bits(), "{tier}: {what}: {got:e} != scalar {want:e}");
 }
 
 #[test]
@@ -138,11 +129,7 @@ fn dot_q8_is_bit_exact() {
     for k in simd_tiers() {
         for &nb in &BLOCK_COUNTS {
             for fa in QFILLS {
-                let fa_x = if matches!(fa, QFill::FullRange) {
-                    QFill::AllMin
-                } else {
-                    fa
-                };
+                let fa_x = if matches!(fa, QFill::FullRange) { QFill::AllMin } else { fa };
                 for fb in [QFill::Random, fa_x, QFill::MixedScales] {
                     let a = q8_row(&mut rng, fa, nb);
                     let b = q8_row(&mut rng, fb, nb);
@@ -162,12 +149,7 @@ fn dot_f32_is_bit_exact() {
             for _ in 0..4 {
                 let a = f32_row(&mut rng, n);
                 let b = f32_row(&mut rng, n);
-                assert_same(
-                    k.name,
-                    &format!("dot_f32 n={n}"),
-                    (k.dot_f32)(&a, &b),
-                    scalar::dot_f32(&a, &b),
-                );
+                assert_same(k.name, &format!("dot_f32 n={n}"), (k.dot_f32)(&a, &b), scalar::dot_f32(&a, &b));
             }
         }
     }
@@ -234,12 +216,7 @@ fn matmul_odd_shapes_match_scalar() {
             (k.matmul_q8)(&w, rows, &x, &mut got);
             scalar::matmul_q8(&w, rows, &x, &mut want);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&got),
-                bits(&want),
-                "{}: matmul_q8 {w_blocks} {rows} {x_blocks}",
-                k.name
-            );
+            assert_eq!(bits(&got), bits(&want), "{}: matmul_q8 {w_blocks} {rows} {x_blocks}", k.name);
 
             let w = f32_row(&mut rng, w_blocks);
             let x = f32_row(&mut rng, x_blocks);
@@ -247,12 +224,7 @@ fn matmul_odd_shapes_match_scalar() {
             let mut want = got.clone();
             (k.matmul_f32)(&w, rows, &x, &mut got);
             scalar::matmul_f32(&w, rows, &x, &mut want);
-            assert_eq!(
-                bits(&got),
-                bits(&want),
-                "{}: matmul_f32 {w_blocks} {rows} {x_blocks}",
-                k.name
-            );
+            assert_eq!(bits(&got), bits(&want), "{}: matmul_f32 {w_blocks} {rows} {x_blocks}", k.name);
         }
     }
 }
@@ -308,22 +280,13 @@ fn quantize_q8_is_bit_exact() {
     for k in simd_tiers() {
         for &nb in BLOCK_COUNTS.iter().chain(&[36]) {
             let x = quantizer_input(&mut rng, nb);
-            let zero = BlockQ8 {
-                d: [0xaa; 2],
-                qs: [0x55; QK8],
-            };
+            let zero = BlockQ8 { d: [0xaa; 2], qs: [0x55; QK8] };
             let mut got = vec![zero; nb];
             let mut want = got.clone();
             (k.quantize_q8)(&x, &mut got);
             scalar::quantize_q8(&x, &mut want);
             for (j, (g, s)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    g,
-                    s,
-                    "{}: quantize_q8 nb={nb} block {j} (kind {})",
-                    k.name,
-                    j % 9
-                );
+                assert_eq!(g, s, "{}: quantize_q8 nb={nb} block {j} (kind {})", k.name, j % 9);
             }
         }
     }
@@ -334,18 +297,9 @@ fn tier_list_and_caps() {
     let tiers: Vec<_> = available().collect();
     assert_eq!(tiers[0].name, "scalar");
     for (i, k) in tiers.iter().enumerate() {
-        assert!(
-            tiers[..i].iter().all(|o| o.name != k.name),
-            "duplicate tier {}",
-            k.name
-        );
+        assert!(tiers[..i].iter().all(|o| o.name != k.name), "duplicate tier {}", k.name);
         assert!(core::ptr::eq(by_name(k.name).unwrap(), *k));
-        assert!(
-            core::ptr::eq(best_up_to(k.name), *k),
-            "cap {} gives {}",
-            k.name,
-            best_up_to(k.name).name
-        );
+        assert!(core::ptr::eq(best_up_to(k.name), *k), "cap {} gives {}", k.name, best_up_to(k.name).name);
     }
     let strongest = *tiers.last().unwrap();
     assert!(core::ptr::eq(best_up_to(""), strongest));
@@ -353,10 +307,7 @@ fn tier_list_and_caps() {
     assert!(core::ptr::eq(best_up_to(" SCALAR "), &SCALAR));
     assert!(by_name("no-such-isa").is_none());
     assert!(tiers.iter().any(|k| core::ptr::eq(best(), *k)));
-    eprintln!(
-        "tiers tested: {:?}",
-        tiers.iter().map(|k| k.name).collect::<Vec<_>>()
-    );
+    eprintln!("tiers tested: {:?}", tiers.iter().map(|k| k.name).collect::<Vec<_>>());
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -385,12 +336,7 @@ fn avx512vnni_is_exact_over_the_whole_i8_range() {
     for &nb in &BLOCK_COUNTS {
         let a = q8_row(&mut rng, QFill::FullRange, nb);
         let b = q8_row(&mut rng, QFill::FullRange, nb);
-        assert_same(
-            k.name,
-            &format!("dot_q8 nb={nb}"),
-            (k.dot_q8)(&a, &b),
-            scalar::dot_q8(&a, &b),
-        );
+        assert_same(k.name, &format!("dot_q8 nb={nb}"), (k.dot_q8)(&a, &b), scalar::dot_q8(&a, &b));
         if nb == 0 {
             continue; // the scalar matmul takes no empty rows
         }
@@ -403,5 +349,58 @@ fn avx512vnni_is_exact_over_the_whole_i8_range() {
         for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
             assert_same(k.name, &format!("matmul_q8 nb={nb} out[{i}]"), g, s);
         }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_caps_fall_back_to_weaker_tiers() {
+    // NEON is baseline on every target this module builds for; dotprod is detected.
+    assert!(by_name("neon").is_some(), "no neon tier");
+    assert_eq!(best_up_to("neon").name, "neon");
+    let expect = if by_name("dotprod").is_some() { "dotprod" } else { "neon" };
+    assert_eq!(best_up_to("dotprod").name, expect);
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_tiers_are_exact_over_the_whole_i8_range() {
+    // `smull` and `sdot` are exact for any i8 on both sides, -128 included.
+    let mut rng = Rng(8);
+    for name in ["neon", "dotprod"] {
+        let Some(k) = by_name(name) else {
+            continue;
+        };
+        for &nb in &BLOCK_COUNTS {
+            let a = q8_row(&mut rng, QFill::FullRange, nb);
+            let b = q8_row(&mut rng, QFill::FullRange, nb);
+            assert_same(k.name, &format!("dot_q8 nb={nb}"), (k.dot_q8)(&a, &b), scalar::dot_q8(&a, &b));
+            if nb == 0 {
+                continue; // the scalar matmul takes no empty rows
+            }
+            let (rows, n) = (5, 3); // a full 4 x 2 tile and every remainder path
+            let w = q8_row(&mut rng, QFill::FullRange, rows * nb);
+            let x = q8_row(&mut rng, QFill::FullRange, n * nb);
+            let mut got = vec![0.0; rows * n];
+            let mut want = got.clone();
+            (k.matmul_q8)(&w, rows, &x, &mut got);
+            scalar::matmul_q8(&w, rows, &x, &mut want);
+            for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                assert_same(k.name, &format!("matmul_q8 nb={nb} out[{i}]"), g, s);
+            }
+        }
+    }
+}
+
+/// Lets a test script pin the tiers it expects this CPU to run, e.g.
+/// `ARQ_EXPECT_TIERS=scalar,neon` under `qemu-aarch64 -cpu cortex-a53`.
+#[cfg(feature = "std")]
+#[test]
+fn detected_tiers_match_arq_expect_tiers() {
+    let detected: Vec<_> = available().map(|k| k.name).collect();
+    eprintln!("detected tiers: {}", detected.join(","));
+    if let Ok(expect) = std::env::var("ARQ_EXPECT_TIERS") {
+        let expect: Vec<_> = expect.split(',').map(str::trim).collect();
+        assert_eq!(detected, expect, "ARQ_EXPECT_TIERS");
     }
 }

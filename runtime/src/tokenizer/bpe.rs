@@ -36,8 +36,7 @@ struct Candidate {
     result: u32,
 }
 
-const _: () =
-    assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 20);
+const _: () = assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 20);
 const _: () = assert!(SCRATCH_WORDS_PER_BYTE == 3 + 3 * 5);
 
 impl Candidate {
@@ -120,26 +119,18 @@ impl Tokenizer<'_> {
         }
         let need = SCRATCH_WORDS_PER_BYTE * piece.len();
         let Some(scratch) = scratch.get_mut(..need) else {
-            return Err(TokenizerError::ScratchTooSmall {
-                need,
-                have: scratch.len(),
-            });
+            return Err(TokenizerError::ScratchTooSmall { need, have: scratch.len() });
         };
         let (sym_words, heap_words) = scratch.split_at_mut(3 * piece.len());
         let too_small = |_| TokenizerError::ScratchTooSmall { need, have: need };
         let symbols: &mut [Symbol] = bytemuck::try_cast_slice_mut(sym_words).map_err(too_small)?;
-        let heap_items: &mut [Candidate] =
-            bytemuck::try_cast_slice_mut(heap_words).map_err(too_small)?;
+        let heap_items: &mut [Candidate] = bytemuck::try_cast_slice_mut(heap_words).map_err(too_small)?;
 
         let mut n = 0usize;
         for &b in piece {
             let id = self.byte_token(b);
             if id != NONE {
-                symbols[n] = Symbol {
-                    id,
-                    prev: (n as u32).wrapping_sub(1),
-                    next: n as u32 + 1,
-                };
+                symbols[n] = Symbol { id, prev: (n as u32).wrapping_sub(1), next: n as u32 + 1 };
                 n += 1;
             }
         }
@@ -149,20 +140,11 @@ impl Tokenizer<'_> {
         }
         // `prev` of symbol 0 wrapped to u32::MAX == NONE above.
 
-        let mut heap = Heap {
-            items: heap_items,
-            len: 0,
-        };
+        let mut heap = Heap { items: heap_items, len: 0 };
         for pos in 0..n.saturating_sub(1) {
             let (left, right) = (symbols[pos].id, symbols[pos + 1].id);
             if let Some((rank, result)) = self.merge(left, right) {
-                heap.push(Candidate {
-                    rank,
-                    pos: pos as u32,
-                    left,
-                    right,
-                    result,
-                });
+                heap.push(Candidate { rank, pos: pos as u32, left, right, result });
             }
         }
         while let Some(top) = heap.pop() {
@@ -192,24 +174,12 @@ impl Tokenizer<'_> {
             }
             if let Some(&before) = symbols.get(left.prev as usize) {
                 if let Some((rank, result)) = self.merge(before.id, top.result) {
-                    heap.push(Candidate {
-                        rank,
-                        pos: left.prev,
-                        left: before.id,
-                        right: top.result,
-                        result,
-                    });
+                    heap.push(Candidate { rank, pos: left.prev, left: before.id, right: top.result, result });
                 }
             }
             if let Some(&after) = symbols.get(right.next as usize) {
                 if let Some((rank, result)) = self.merge(top.result, after.id) {
-                    heap.push(Candidate {
-                        rank,
-                        pos: pos as u32,
-                        left: top.result,
-                        right: after.id,
-                        result,
-                    });
+                    heap.push(Candidate { rank, pos: pos as u32, left: top.result, right: after.id, result });
                 }
             }
         }

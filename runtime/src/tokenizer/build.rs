@@ -1,9 +1,6 @@
 //! Building the tokenizer blob from GGUF vocabulary arrays (converter side).
 
-use super::{
-    Layout, PreTokenizer, Tokenizer, TokenizerError, BLOB_MAGIC, BLOB_VERSION, MAX_MERGES,
-    MAX_TOKENS,
-};
+use super::{Layout, PreTokenizer, Tokenizer, TokenizerError, BLOB_MAGIC, BLOB_VERSION, MAX_MERGES, MAX_TOKENS};
 use super::{CONTROL, MODEL_BYTE_LEVEL_BPE, NONE, USER_DEFINED};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -16,8 +13,7 @@ const fn byte_to_char_table() -> [u16; 256] {
     let mut next = 256u16;
     let mut b = 0;
     while b < 256 {
-        let printable =
-            (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+        let printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
         table[b] = if printable {
             b as u16
         } else {
@@ -79,10 +75,7 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
 ) -> Result<Vec<u8>, TokenizerError> {
     let n = tokens.len();
     if n == 0 || n != token_types.len() {
-        return Err(TokenizerError::CountMismatch {
-            tokens: n,
-            types: token_types.len(),
-        });
+        return Err(TokenizerError::CountMismatch { tokens: n, types: token_types.len() });
     }
     if n > MAX_TOKENS as usize {
         return Err(TokenizerError::TooLarge("token count"));
@@ -107,18 +100,14 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
             _ => match byte_level_decode(text) {
                 Some(bytes) => pool.extend_from_slice(&bytes),
                 // Only normal tokens must be byte-level; others may be plain text.
-                None if ty != super::TokenType::Normal.to_u8() => {
-                    pool.extend_from_slice(text.as_bytes())
-                }
+                None if ty != super::TokenType::Normal.to_u8() => pool.extend_from_slice(text.as_bytes()),
                 None => return Err(TokenizerError::NotByteLevel { id }),
             },
         }
         types.push(ty);
-        offsets
-            .push(u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?);
+        offsets.push(u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?);
     }
-    let bytes_of =
-        |id: u32| &pool[offsets[id as usize] as usize..offsets[id as usize + 1] as usize];
+    let bytes_of = |id: u32| &pool[offsets[id as usize] as usize..offsets[id as usize + 1] as usize];
 
     // GGUF text -> id, first occurrence of a text wins.
     let mut by_text: BTreeMap<&str, u32> = BTreeMap::new();
@@ -149,20 +138,13 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
         joined.clear();
         joined.push_str(left);
         joined.push_str(right);
-        let lookup = |s: &str| {
-            by_text
-                .get(s)
-                .copied()
-                .ok_or(TokenizerError::MergeNotInVocab { rank })
-        };
+        let lookup = |s: &str| by_text.get(s).copied().ok_or(TokenizerError::MergeNotInVocab { rank });
         let (l, r, result) = (lookup(left)?, lookup(right)?, lookup(&joined)?);
         merge_table.insert((l, r), (rank, result));
     }
 
     let mut special: Vec<u32> = (0..n as u32)
-        .filter(|&id| {
-            matches!(types[id as usize], CONTROL | USER_DEFINED) && !bytes_of(id).is_empty()
-        })
+        .filter(|&id| matches!(types[id as usize], CONTROL | USER_DEFINED) && !bytes_of(id).is_empty())
         .collect();
     special.sort_by(|&a, &b| bytes_of(b).len().cmp(&bytes_of(a).len()).then(a.cmp(&b)));
 
@@ -170,25 +152,14 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
     sorted.sort_by(|&a, &b| bytes_of(a).cmp(bytes_of(b)).then(a.cmp(&b)));
 
     let pool_len = u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?;
-    let layout = Layout::new(
-        n as u32,
-        merge_table.len() as u32,
-        special.len() as u32,
-        pool_len,
-    )
-    .ok_or(TokenizerError::TooLarge("tables"))?;
+    let layout = Layout::new(n as u32, merge_table.len() as u32, special.len() as u32, pool_len)
+        .ok_or(TokenizerError::TooLarge("tables"))?;
     let mut blob = Vec::with_capacity(layout.end);
     let put = |blob: &mut Vec<u8>, w: u32| blob.extend_from_slice(&w.to_le_bytes());
     blob.extend_from_slice(&BLOB_MAGIC);
-    for w in [
-        BLOB_VERSION,
-        MODEL_BYTE_LEVEL_BPE,
-        pre.to_u32(),
-        n as u32,
-        merge_table.len() as u32,
-    ]
-    .into_iter()
-    .chain([special.len() as u32, pool_len])
+    for w in [BLOB_VERSION, MODEL_BYTE_LEVEL_BPE, pre.to_u32(), n as u32, merge_table.len() as u32]
+        .into_iter()
+        .chain([special.len() as u32, pool_len])
     {
         put(&mut blob, w);
     }
@@ -200,9 +171,7 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
     sorted.iter().for_each(|&id| put(&mut blob, id));
     debug_assert_eq!(blob.len(), layout.merges);
     for (&(l, r), &(rank, result)) in &merge_table {
-        [l, r, rank, result]
-            .into_iter()
-            .for_each(|w| put(&mut blob, w));
+        [l, r, rank, result].into_iter().for_each(|w| put(&mut blob, w));
     }
     debug_assert_eq!(blob.len(), layout.special);
     special.iter().for_each(|&id| put(&mut blob, id));
@@ -229,10 +198,7 @@ mod tests {
             let c = char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)])).unwrap();
             assert_eq!(char_to_byte(c), Some(b));
         }
-        assert_eq!(
-            byte_level_decode("ĠhelloĊ").as_deref(),
-            Some(&b" hello\n"[..])
-        );
+        assert_eq!(byte_level_decode("ĠhelloĊ").as_deref(), Some(&b" hello\n"[..]));
         assert_eq!(byte_level_decode("▁x"), None);
     }
 }

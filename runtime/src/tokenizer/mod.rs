@@ -176,28 +176,16 @@ impl fmt::Display for TokenizerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use TokenizerError::*;
         match *self {
-            TooShort { len } => write!(
-                f,
-                "tokenizer blob is {len} bytes, shorter than its {HEADER_LEN}-byte header"
-            ),
+            TooShort { len } => write!(f, "tokenizer blob is {len} bytes, shorter than its {HEADER_LEN}-byte header"),
             BadMagic => write!(f, "not a tokenizer blob (bad magic)"),
             UnsupportedVersion(v) => {
-                write!(
-                    f,
-                    "unsupported tokenizer blob version {v} (this build reads {BLOB_VERSION})"
-                )
+                write!(f, "unsupported tokenizer blob version {v} (this build reads {BLOB_VERSION})")
             }
-            UnsupportedModel(m) => write!(
-                f,
-                "unsupported tokenizer model {m} (this build runs byte-level BPE)"
-            ),
+            UnsupportedModel(m) => write!(f, "unsupported tokenizer model {m} (this build runs byte-level BPE)"),
             UnknownPreTokenizer(p) => write!(f, "unknown pre-tokenizer {p} in tokenizer blob"),
             TooLarge(what) => write!(f, "corrupt tokenizer blob: {what} too large"),
             LengthMismatch { expected, actual } => {
-                write!(
-                    f,
-                    "corrupt tokenizer blob: {actual} bytes, its counts describe {expected}"
-                )
+                write!(f, "corrupt tokenizer blob: {actual} bytes, its counts describe {expected}")
             }
             Corrupt(what) => write!(f, "corrupt tokenizer blob: {what}"),
             CountMismatch { tokens, types } => {
@@ -206,15 +194,9 @@ impl fmt::Display for TokenizerError {
             BadTokenType { id, value } => write!(f, "token {id} has unknown token type {value}"),
             NotByteLevel { id } => write!(f, "token {id} is not in the byte-level BPE alphabet"),
             BadMerge { rank } => write!(f, "merge #{rank} is not two space-separated tokens"),
-            MergeNotInVocab { rank } => write!(
-                f,
-                "merge #{rank} names a token that is not in the vocabulary"
-            ),
+            MergeNotInVocab { rank } => write!(f, "merge #{rank} names a token that is not in the vocabulary"),
             ScratchTooSmall { need, have } => {
-                write!(
-                    f,
-                    "tokenizer scratch too small: need {need} words, have {have}"
-                )
+                write!(f, "tokenizer scratch too small: need {need} words, have {have}")
             }
         }
     }
@@ -237,12 +219,7 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    pub(crate) fn new(
-        n_tokens: u32,
-        n_merges: u32,
-        n_special: u32,
-        pool_len: u32,
-    ) -> Option<Layout> {
+    pub(crate) fn new(n_tokens: u32, n_merges: u32, n_special: u32, pool_len: u32) -> Option<Layout> {
         let n = usize::try_from(n_tokens).ok()?;
         let m = usize::try_from(n_merges).ok()?;
         let s = usize::try_from(n_special).ok()?;
@@ -255,16 +232,7 @@ impl Layout {
         let types = special.checked_add(s.checked_mul(4)?)?;
         let pool = types.checked_add(n)?;
         let end = pool.checked_add(p)?;
-        Some(Layout {
-            byte_token,
-            offsets,
-            sorted,
-            merges,
-            special,
-            types,
-            pool,
-            end,
-        })
+        Some(Layout { byte_token, offsets, sorted, merges, special, types, pool, end })
     }
 }
 
@@ -332,15 +300,10 @@ impl<'a> Tokenizer<'a> {
         }
         let l = Layout::new(n_tokens, n_merges, n_special, pool_len).ok_or(TooLarge("tables"))?;
         if l.end != blob.len() {
-            return Err(LengthMismatch {
-                expected: l.end,
-                actual: blob.len(),
-            });
+            return Err(LengthMismatch { expected: l.end, actual: blob.len() });
         }
         let words = |a: usize, b: usize| -> Result<&'a [[u8; 4]], TokenizerError> {
-            blob.get(a..b)
-                .and_then(|s| bytemuck::try_cast_slice(s).ok())
-                .ok_or(Corrupt("section bounds"))
+            blob.get(a..b).and_then(|s| bytemuck::try_cast_slice(s).ok()).ok_or(Corrupt("section bounds"))
         };
         let merges: &'a [[u8; 16]] = blob
             .get(l.merges..l.special)
@@ -362,11 +325,7 @@ impl<'a> Tokenizer<'a> {
         t.validate(pool_len)?;
         for &e in t.special {
             let id = le32(e);
-            let first = t
-                .token_bytes(id)
-                .and_then(|b| b.first())
-                .copied()
-                .unwrap_or(0);
+            let first = t.token_bytes(id).and_then(|b| b.first()).copied().unwrap_or(0);
             t.special_first[usize::from(first >> 5)] |= 1 << (first & 31);
             t.has_user_defined |= t.types.get(id as usize) == Some(&USER_DEFINED);
         }
@@ -399,9 +358,7 @@ impl<'a> Tokenizer<'a> {
         let mut prev: Option<(&[u8], u32)> = None;
         for &id in self.sorted {
             let id = le32(id);
-            let bytes = self
-                .token_bytes(id)
-                .ok_or(Corrupt("sorted index id out of range"))?;
+            let bytes = self.token_bytes(id).ok_or(Corrupt("sorted index id out of range"))?;
             if prev.is_some_and(|p| p >= (bytes, id)) {
                 return Err(Corrupt("sorted index not strictly increasing"));
             }
@@ -410,11 +367,9 @@ impl<'a> Tokenizer<'a> {
         let mut prev_key = None;
         for m in self.merges {
             let [left, right, _rank, result] = merge_fields(m);
-            let (Some(l), Some(r), Some(res)) = (
-                self.token_bytes(left),
-                self.token_bytes(right),
-                self.token_bytes(result),
-            ) else {
+            let (Some(l), Some(r), Some(res)) =
+                (self.token_bytes(left), self.token_bytes(right), self.token_bytes(result))
+            else {
                 return Err(Corrupt("merge id out of range"));
             };
             if prev_key.is_some_and(|k| k >= (left, right)) {
@@ -428,23 +383,15 @@ impl<'a> Tokenizer<'a> {
         let mut prev: Option<(usize, u32)> = None;
         for &id in self.special {
             let id = le32(id);
-            let bytes = self
-                .token_bytes(id)
-                .ok_or(Corrupt("special id out of range"))?;
-            if !matches!(
-                self.types.get(id as usize),
-                Some(&CONTROL) | Some(&USER_DEFINED)
-            ) {
+            let bytes = self.token_bytes(id).ok_or(Corrupt("special id out of range"))?;
+            if !matches!(self.types.get(id as usize), Some(&CONTROL) | Some(&USER_DEFINED)) {
                 return Err(Corrupt("special token is not control or user-defined"));
             }
             if bytes.is_empty() || core::str::from_utf8(bytes).is_err() {
                 return Err(Corrupt("special token is empty or not UTF-8"));
             }
-            if prev.is_some_and(|(len, pid)| len < bytes.len() || (len == bytes.len() && pid >= id))
-            {
-                return Err(Corrupt(
-                    "special tokens not ordered by length descending, then id",
-                ));
+            if prev.is_some_and(|(len, pid)| len < bytes.len() || (len == bytes.len() && pid >= id)) {
+                return Err(Corrupt("special tokens not ordered by length descending, then id"));
             }
             prev = Some((bytes.len(), id));
         }
@@ -480,9 +427,7 @@ impl<'a> Tokenizer<'a> {
     /// The token whose bytes are exactly `bytes` (the lowest id if several are), e.g.
     /// `token_id(b"<|im_end|>")`.
     pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
-        let i = self
-            .sorted
-            .partition_point(|&id| self.token_bytes(le32(id)).is_some_and(|b| b < bytes));
+        let i = self.sorted.partition_point(|&id| self.token_bytes(le32(id)).is_some_and(|b| b < bytes));
         let id = le32(*self.sorted.get(i)?);
         (self.token_bytes(id)? == bytes).then_some(id)
     }
@@ -493,9 +438,7 @@ impl<'a> Tokenizer<'a> {
     }
 
     fn byte_token(&self, b: u8) -> u32 {
-        self.byte_token
-            .get(usize::from(b))
-            .map_or(NONE, |&id| le32(id))
+        self.byte_token.get(usize::from(b)).map_or(NONE, |&id| le32(id))
     }
 
     /// (rank, result) of merging `left` with `right`, if the vocabulary has that merge.
@@ -537,11 +480,7 @@ impl<'a> Tokenizer<'a> {
         mut f: impl FnMut(Segment<'t>) -> Result<(), TokenizerError>,
     ) -> Result<(), TokenizerError> {
         if self.special.is_empty() || !(control || self.has_user_defined) {
-            return if text.is_empty() {
-                Ok(())
-            } else {
-                f(Segment::Text(text))
-            };
+            return if text.is_empty() { Ok(()) } else { f(Segment::Text(text)) };
         }
         let bytes = text.as_bytes();
         let (mut start, mut i) = (0, 0);
@@ -683,14 +622,8 @@ impl CacheSlot {
 #[cfg(feature = "alloc")]
 impl PieceCache {
     fn for_text_len(len: usize) -> PieceCache {
-        let n = if len < 1024 {
-            0
-        } else {
-            (len / 16).next_power_of_two().min(4096)
-        };
-        PieceCache {
-            slots: alloc::vec![CacheSlot::default(); n],
-        }
+        let n = if len < 1024 { 0 } else { (len / 16).next_power_of_two().min(4096) };
+        PieceCache { slots: alloc::vec![CacheSlot::default(); n] }
     }
 
     fn slot(&self, piece: &[u8]) -> Option<usize> {
@@ -751,39 +684,21 @@ mod tests {
     use std::vec;
 
     fn byte_level(s: &str) -> String {
-        s.bytes()
-            .map(|b| char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)])).unwrap())
-            .collect()
+        s.bytes().map(|b| char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)])).unwrap()).collect()
     }
 
     /// 3 control tokens, 256 bytes (in GPT-2's order, not byte order), a few merges.
     fn small_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
-        let mut tokens: Vec<String> = vec![
-            "<|endoftext|>".into(),
-            "<|im_start|>".into(),
-            "<|im_end|>".into(),
-        ];
+        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
         let mut types = vec![3, 3, 3];
         let mut order: Vec<u8> = (0..=255).collect();
         order.sort_by_key(|&b| BYTE_TO_CHAR[usize::from(b)]);
         for b in order {
-            tokens.push(
-                char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)]))
-                    .unwrap()
-                    .to_string(),
-            );
+            tokens.push(char::from_u32(u32::from(BYTE_TO_CHAR[usize::from(b)])).unwrap().to_string());
             types.push(1);
         }
         let mut merges = Vec::new();
-        for (l, r) in [
-            ("h", "e"),
-            ("l", "l"),
-            ("he", "ll"),
-            ("hell", "o"),
-            (" ", "w"),
-            ("é", "t"),
-            ("1", "2"),
-        ] {
+        for (l, r) in [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), (" ", "w"), ("é", "t"), ("1", "2")] {
             let (l, r) = (byte_level(l), byte_level(r));
             // "é" is two bytes: its own merge first.
             if l.chars().count() == 2 && !tokens.contains(&l) {
@@ -822,10 +737,7 @@ mod tests {
         assert!(plain.len() > 1 && !plain.contains(&1));
         assert_eq!(tok.decode(&plain), "<|im_start|>");
         // Digits are isolated before merging: "12" never merges under smollm.
-        assert_eq!(
-            tok.encode("12", false),
-            [tok.token_id(b"1").unwrap(), tok.token_id(b"2").unwrap()]
-        );
+        assert_eq!(tok.encode("12", false), [tok.token_id(b"1").unwrap(), tok.token_id(b"2").unwrap()]);
         assert!(tok.is_control(0) && !tok.is_control(hello));
         assert_eq!(tok.token_type(hello), Some(TokenType::Normal));
         assert_eq!(tok.token_bytes(tok.vocab_size()), None);
@@ -843,52 +755,31 @@ mod tests {
         let text = "<|im_start|>hello world, 12 hells!!!<|endoftext|>";
         let mut scratch = [0u32; SCRATCH_WORDS_PER_BYTE * 8];
         let mut ids = Vec::new();
-        tok.encode_with_scratch(text, true, &mut scratch, |id| ids.push(id))
-            .unwrap();
+        tok.encode_with_scratch(text, true, &mut scratch, |id| ids.push(id)).unwrap();
         assert_eq!(ids, tok.encode(text, true));
         let mut small = [0u32; SCRATCH_WORDS_PER_BYTE * 4];
-        let err = tok
-            .encode_with_scratch(text, true, &mut small, |_| {})
-            .unwrap_err();
+        let err = tok.encode_with_scratch(text, true, &mut small, |_| {}).unwrap_err();
         assert_eq!(
             err,
-            TokenizerError::ScratchTooSmall {
-                need: SCRATCH_WORDS_PER_BYTE * 5,
-                have: SCRATCH_WORDS_PER_BYTE * 4
-            }
+            TokenizerError::ScratchTooSmall { need: SCRATCH_WORDS_PER_BYTE * 5, have: SCRATCH_WORDS_PER_BYTE * 4 }
         );
     }
 
     #[test]
     fn build_rejects_bad_vocabularies() {
         let (t, ty, m) = small_vocab();
-        assert!(matches!(
-            build_blob(&t, &ty[1..], &m),
-            Err(TokenizerError::CountMismatch { .. })
-        ));
+        assert!(matches!(build_blob(&t, &ty[1..], &m), Err(TokenizerError::CountMismatch { .. })));
         let mut bad_ty = ty.clone();
         bad_ty[5] = 9;
-        assert_eq!(
-            build_blob(&t, &bad_ty, &m),
-            Err(TokenizerError::BadTokenType { id: 5, value: 9 })
-        );
+        assert_eq!(build_blob(&t, &bad_ty, &m), Err(TokenizerError::BadTokenType { id: 5, value: 9 }));
         let mut bad_t = t.clone();
         bad_t[10] = "▁x".into();
-        assert_eq!(
-            build_blob(&bad_t, &ty, &m),
-            Err(TokenizerError::NotByteLevel { id: 10 })
-        );
+        assert_eq!(build_blob(&bad_t, &ty, &m), Err(TokenizerError::NotByteLevel { id: 10 }));
         let mut bad_m = m.clone();
         bad_m[1] = "hl".into();
-        assert_eq!(
-            build_blob(&t, &ty, &bad_m),
-            Err(TokenizerError::BadMerge { rank: 1 })
-        );
+        assert_eq!(build_blob(&t, &ty, &bad_m), Err(TokenizerError::BadMerge { rank: 1 }));
         bad_m[1] = "q z".into();
-        assert_eq!(
-            build_blob(&t, &ty, &bad_m),
-            Err(TokenizerError::MergeNotInVocab { rank: 1 })
-        );
+        assert_eq!(build_blob(&t, &ty, &bad_m), Err(TokenizerError::MergeNotInVocab { rank: 1 }));
         let empty: [&str; 0] = [];
         assert!(build_blob(&empty, &[], &empty).is_err());
     }
@@ -930,17 +821,11 @@ mod tests {
     fn truncated_blobs_are_rejected() {
         let blob = small_blob();
         for len in 0..blob.len() {
-            assert!(
-                Tokenizer::from_blob(&blob[..len]).is_err(),
-                "prefix of {len} bytes accepted"
-            );
+            assert!(Tokenizer::from_blob(&blob[..len]).is_err(), "prefix of {len} bytes accepted");
         }
         let mut longer = blob.clone();
         longer.push(0);
-        assert!(matches!(
-            Tokenizer::from_blob(&longer),
-            Err(TokenizerError::LengthMismatch { .. })
-        ));
+        assert!(matches!(Tokenizer::from_blob(&longer), Err(TokenizerError::LengthMismatch { .. })));
         // Unaligned start: zero-copy parsing must not care.
         let mut shifted = vec![0u8];
         shifted.extend_from_slice(&blob);
@@ -986,18 +871,7 @@ mod tests {
                 exercise(&tok);
             }
         }
-        let header_fuzz = [
-            0u32,
-            1,
-            2,
-            255,
-            256,
-            1 << 24,
-            (1 << 24) + 1,
-            u32::MAX / 16,
-            u32::MAX - 1,
-            u32::MAX,
-        ];
+        let header_fuzz = [0u32, 1, 2, 255, 256, 1 << 24, (1 << 24) + 1, u32::MAX / 16, u32::MAX - 1, u32::MAX];
         for word in 4..8 {
             for &v in &header_fuzz {
                 let mut bad = blob.clone();
@@ -1014,9 +888,6 @@ mod tests {
         assert!(e.to_string().contains("4 bytes"));
         let mut blob = small_blob();
         blob[0] = b'X';
-        assert_eq!(
-            Tokenizer::from_blob(&blob).unwrap_err(),
-            TokenizerError::BadMagic
-        );
+        assert_eq!(Tokenizer::from_blob(&blob).unwrap_err(), TokenizerError::BadMagic);
     }
 }

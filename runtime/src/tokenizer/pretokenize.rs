@@ -58,11 +58,7 @@ impl PreTokenizer {
 
     /// The pieces of `text`, in order; they concatenate back to `text`.
     pub fn pieces(self, text: &str) -> Pieces<'_> {
-        Pieces {
-            text,
-            pos: 0,
-            split_digits: self == PreTokenizer::Smollm,
-        }
+        Pieces { text, pos: 0, split_digits: self == PreTokenizer::Smollm }
     }
 }
 
@@ -157,9 +153,7 @@ fn pattern_match(s: &str, first: char, split_digits: bool) -> usize {
     // the first char after an optional space picks the alternative.
     let next = after.chars().next();
     let (skip, c) = match next {
-        Some(next) if first == ' ' && !at_end(Some(next)) && class(next) != Class::Space => {
-            (1, next)
-        }
+        Some(next) if first == ' ' && !at_end(Some(next)) && class(next) != Class::Space => (1, next),
         _ => (0, first),
     };
     let cls = class(c);
@@ -185,9 +179,7 @@ fn pattern_match(s: &str, first: char, split_digits: bool) -> usize {
 
 /// Byte length of the longest prefix of `s` whose chars all satisfy `pred`.
 fn run_len(s: &str, pred: impl Fn(char) -> bool) -> usize {
-    s.char_indices()
-        .find(|&(_, c)| !pred(c))
-        .map_or(s.len(), |(i, _)| i)
+    s.char_indices().find(|&(_, c)| !pred(c)).map_or(s.len(), |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -206,10 +198,7 @@ mod tests {
         assert_eq!(split(p, "Hello world"), ["Hello", " world"]);
         assert_eq!(split(p, "a  b"), ["a", " ", " b"]);
         assert_eq!(split(p, "a \n\n b  "), ["a", " \n\n", " b", "  "]);
-        assert_eq!(
-            split(p, "I'm he's 'sam"),
-            ["I", "'m", " he", "'s", " '", "sam"]
-        );
+        assert_eq!(split(p, "I'm he's 'sam"), ["I", "'m", " he", "'s", " '", "sam"]);
         assert_eq!(split(p, "x 123!!"), ["x", " 123", "!!"]);
         assert_eq!(split(p, "\tb"), ["\t", "b"]);
         assert_eq!(split(p, " "), [" "]);

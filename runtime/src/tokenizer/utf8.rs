@@ -19,10 +19,7 @@ const REPLACEMENT: &str = "\u{fffd}";
 
 impl Utf8Stream {
     pub const fn new() -> Utf8Stream {
-        Utf8Stream {
-            pending: [0; 4],
-            len: 0,
-        }
+        Utf8Stream { pending: [0; 4], len: 0 }
     }
 
     /// The bytes held back: a valid but incomplete UTF-8 prefix (0 to 3 bytes).
@@ -71,8 +68,8 @@ impl Utf8Stream {
             if invalid.is_empty() {
                 continue;
             }
-            let incomplete = chunks.peek().is_none()
-                && matches!(core::str::from_utf8(invalid), Err(e) if e.error_len().is_none());
+            let incomplete =
+                chunks.peek().is_none() && matches!(core::str::from_utf8(invalid), Err(e) if e.error_len().is_none());
             if incomplete && invalid.len() < 4 {
                 self.pending[..invalid.len()].copy_from_slice(invalid);
                 self.len = invalid.len() as u8;
@@ -131,9 +128,7 @@ mod tests {
             }
         }
         let mut s = Utf8Stream::new();
-        s.push(&"😀".as_bytes()[..3], |_| {
-            panic!("emitted half a character")
-        });
+        s.push(&"😀".as_bytes()[..3], |_| panic!("emitted half a character"));
         assert_eq!(s.pending(), &"😀".as_bytes()[..3]);
     }
 

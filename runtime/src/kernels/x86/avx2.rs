@@ -316,14 +316,7 @@ fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0:
 /// One R x T tile of the f32 matmul; R * T independent 8-lane accumulators hide the
 /// add latency that bounds a single [`dot_f32`].
 #[target_feature(enable = "avx2,f16c")]
-fn f32_tile<const R: usize, const T: usize>(
-    w: &[f32],
-    x: &[f32],
-    out: &mut [f32],
-    s: Shape,
-    r0: usize,
-    t0: usize,
-) {
+fn f32_tile<const R: usize, const T: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize, t0: usize) {
     let k = s.kb;
     let mut wc: [&[[f32; 8]]; R] = [&[]; R];
     let mut wt: [&[f32]; R] = [&[]; R];
@@ -414,10 +407,7 @@ fn scales_tail(b: &[BlockQ8]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn accumulate(acc: __m256, isum: __m256i, dw: __m256, dx: __m256) -> __m256 {
-    _mm256_add_ps(
-        acc,
-        _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx)),
-    )
+    _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx)))
 }
 
 /// 8 i32 partial sums whose total is the exact integer dot product of one block pair:
@@ -454,10 +444,7 @@ fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
     if w.len() <= 4 {
         // The first half of `hsum8`'s tree is enough.
         let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(h0123),
-            _mm256_extracti128_si256::<1>(h0123),
-        );
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h0123), _mm256_extracti128_si256::<1>(h0123));
         return _mm256_zextsi128_si256(s);
     }
     hsum8(v)
@@ -495,10 +482,7 @@ fn reduce8(acc: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn round_clamp(y: __m256) -> __m256i {
-    let c = _mm256_min_ps(
-        _mm256_set1_ps(127.0),
-        _mm256_max_ps(_mm256_set1_ps(-127.0), y),
-    );
+    let c = _mm256_min_ps(_mm256_set1_ps(127.0), _mm256_max_ps(_mm256_set1_ps(-127.0), y));
     let c = _mm256_and_ps(c, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
     _mm256_cvtps_epi32(c)
 }

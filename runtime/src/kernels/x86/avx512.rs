@@ -202,10 +202,7 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         let v = [load16(&c16[0]), load16(&c16[1])];
         // `vmaxps` returns its second operand when either is NaN, so NaN inputs are
         // skipped exactly as `f32::max` skips them; without NaN the order is free.
-        let m = _mm512_max_ps(
-            _mm512_abs_ps(v[1]),
-            _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()),
-        );
+        let m = _mm512_max_ps(_mm512_abs_ps(v[1]), _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()));
         let m_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(m)));
         let m8 = _mm256_max_ps(_mm512_castps512_ps256(m), m_hi);
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps::<1>(m8));
@@ -292,10 +289,7 @@ fn q8_tile<const R: usize, const T: usize>(
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for g in 0..kb / 8 {
         let zero = _mm512_setzero_si512();
-        let mut xq = [ActGroup {
-            q: [zero; 4],
-            correction: [zero; 4],
-        }; T];
+        let mut xq = [ActGroup { q: [zero; 4], correction: [zero; 4] }; T];
         let mut dx = [_mm256_setzero_ps(); T];
         for j in 0..T {
             xq[j] = load_x(&xg[j][g]);
@@ -345,14 +339,7 @@ fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0:
 /// One R x T tile of the f32 matmul; R * T independent 8-lane accumulators hide the
 /// add latency that bounds a single [`dot_f32`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn f32_tile<const R: usize, const T: usize>(
-    w: &[f32],
-    x: &[f32],
-    out: &mut [f32],
-    s: Shape,
-    r0: usize,
-    t0: usize,
-) {
+fn f32_tile<const R: usize, const T: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize, t0: usize) {
     let k = s.kb;
     let mut wc: [&[[f32; 8]]; R] = [&[]; R];
     let mut wt: [&[f32]; R] = [&[]; R];
@@ -461,10 +448,7 @@ fn load_w(w: &[BlockQ8; 8]) -> WeightGroup {
 fn load_x(x: &[BlockQ8; 8]) -> ActGroup {
     let zero = _mm512_setzero_si512();
     let bias = _mm512_set1_epi8(i8::MIN);
-    let mut g = ActGroup {
-        q: [zero; 4],
-        correction: [zero; 4],
-    };
+    let mut g = ActGroup { q: [zero; 4], correction: [zero; 4] };
     for j in 0..4 {
         g.q[j] = load_pair(&x[j], &x[j + 4]);
         g.correction[j] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, g.q[j]));
@@ -494,14 +478,8 @@ fn isum8_loaded(w: &WeightGroup, x: &ActGroup) -> __m256i {
         *p = _mm512_dpbusd_epi32(x.correction[j], w.0[j], x.q[j]);
     }
     // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
-    let ab = _mm512_add_epi32(
-        _mm512_unpacklo_epi32(p[0], p[1]),
-        _mm512_unpackhi_epi32(p[0], p[1]),
-    );
-    let cd = _mm512_add_epi32(
-        _mm512_unpacklo_epi32(p[2], p[3]),
-        _mm512_unpackhi_epi32(p[2], p[3]),
-    );
+    let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+    let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
     // Per 128-bit lane L: [a_L, b_L, c_L, d_L]; lanes 0, 1 are blocks 0..4, lanes 2, 3
     // blocks 4..8.
     let abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
@@ -559,10 +537,7 @@ fn hsum_tail(v: [__m256i; 8], len: usize) -> __m256i {
     // 128-bit half h of h0123 holds [v0, v1, v2, v3] summed over that half's lanes.
     let h0123 = _mm256_hadd_epi32(h01, h23);
     if len <= 4 {
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(h0123),
-            _mm256_extracti128_si256::<1>(h0123),
-        );
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h0123), _mm256_extracti128_si256::<1>(h0123));
         return _mm256_zextsi128_si256(s);
     }
     let h45 = _mm256_hadd_epi32(v[4], v[5]);
@@ -578,10 +553,7 @@ fn hsum_tail(v: [__m256i; 8], len: usize) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn accumulate(acc: __m256, isum: __m256i, dw: __m256, dx: __m256) -> __m256 {
-    _mm256_add_ps(
-        acc,
-        _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx)),
-    )
+    _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx)))
 }
 
 /// [`scalar::reduce8`] on the lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
@@ -600,10 +572,7 @@ fn reduce8(acc: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn round_clamp(y: __m512) -> __m512i {
-    let c = _mm512_min_ps(
-        _mm512_set1_ps(127.0),
-        _mm512_max_ps(_mm512_set1_ps(-127.0), y),
-    );
+    let c = _mm512_min_ps(_mm512_set1_ps(127.0), _mm512_max_ps(_mm512_set1_ps(-127.0), y));
     let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
     _mm512_cvtps_epi32(_mm512_maskz_mov_ps(ordered, c))
 }

@@ -1,0 +1,678 @@
+//! The `neon` and `dotprod` tiers: bit-exact with [`scalar`].
+//!
+//! The two tiers differ only in how one q8 block pair's integer dot product is formed
+//! ([`BlockDot`]: [`Mull`] for `neon`, [`Sdot`] for `dotprod`). The q8 bodies are
+//! generic over it and `#[inline(always)]`, so each tier's `#[target_feature]` entry
+//! point compiles its own copy with its own features; the f32 kernels and the quantizer
+//! hold no int8 products and serve both tiers. See [`super`] for why the results equal
+//! the scalar contract.
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+use half::f16;
+
+use crate::kernels::{scalar, Kernels};
+use crate::quant::{BlockQ8, QK8};
+
+/// Weight rows per matmul tile.
+const TILE_ROWS: usize = 4;
+/// Activation rows (tokens) per q8 matmul tile.
+const TILE_TOKENS_Q8: usize = 2;
+/// Activation rows (tokens) per f32 matmul tile: 4 x 2 outputs of two registers each
+/// plus the loads fit the 32 vector registers.
+const TILE_TOKENS_F32: usize = 2;
+
+/// The `neon` table. Only [`crate::kernels`] hands it out, and only after
+/// [`neon_detected`] returned true.
+pub(in crate::kernels) static NEON: Kernels = Kernels {
+    name: "neon",
+    dot_q8: safe::dot_q8_neon,
+    dot_f32: safe::dot_f32,
+    matmul_q8: safe::matmul_q8_neon,
+    matmul_f32: safe::matmul_f32,
+    quantize_q8: safe::quantize_q8,
+};
+
+/// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
+/// [`dotprod_detected`] returned true.
+pub(in crate::kernels) static DOTPROD: Kernels = Kernels {
+    name: "dotprod",
+    dot_q8: safe::dot_q8_dotprod,
+    dot_f32: safe::dot_f32,
+    matmul_q8: safe::matmul_q8_dotprod,
+    matmul_f32: safe::matmul_f32,
+    quantize_q8: safe::quantize_q8,
+};
+
+/// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is
+/// enabled at compile time (see [`super`]), so this is true wherever it exists.
+pub(in crate::kernels) fn neon_detected() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "neon")
+    }
+}
+
+/// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
+/// the `dotprod` kernels.
+pub(in crate::kernels) fn dotprod_detected() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(all(target_feature = "neon", target_feature = "dotprod"))
+    }
+}
+
+/// The safe entry points the tables hold.
+mod safe {
+    use crate::quant::BlockQ8;
+
+    pub fn dot_q8_neon(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+        // SAFETY: this fn is only reachable through `NEON` or `DOTPROD`, which the
+        // dispatch in `kernels` hands out only after detecting neon.
+        unsafe { super::dot_q8_neon(a, b) }
+    }
+
+    pub fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
+        unsafe { super::matmul_q8_neon(w, rows, x, out) }
+    }
+
+    pub fn dot_q8_dotprod(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+        // SAFETY: this fn is only reachable through `DOTPROD`, which the dispatch in
+        // `kernels` hands out only after detecting neon and dotprod.
+        unsafe { super::dot_q8_dotprod(a, b) }
+    }
+
+    pub fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
+        // detected.
+        unsafe { super::matmul_q8_dotprod(w, rows, x, out) }
+    }
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
+        unsafe { super::dot_f32(a, b) }
+    }
+
+    pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
+        unsafe { super::matmul_f32(w, rows, x, out) }
+    }
+
+    pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
+        unsafe { super::quantize_q8(x, out) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------
+
+/// [`scalar::dot_q8`], bit for bit, for any i8 quants on both sides.
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q8_neon(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+    // SAFETY: `Mull` needs neon, which the caller guarantees.
+    unsafe { dot_q8_with::<Mull>(a, b) }
+}
+
+/// [`scalar::dot_q8`], bit for bit, for any i8 quants on both sides.
+///
+/// # Safety
+/// The CPU must support neon and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q8_dotprod(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
+    unsafe { dot_q8_with::<Sdot>(a, b) }
+}
+
+/// [`scalar::matmul_q8`], bit for bit, for any i8 quants on both sides: tiles of
+/// 4 weight rows x 2 tokens, each output equal to [`dot_q8_neon`] of its row and token.
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    // SAFETY: `Mull` needs neon, which the caller guarantees.
+    unsafe { matmul_q8_with::<Mull>(w, rows, x, out) }
+}
+
+/// [`scalar::matmul_q8`], bit for bit, for any i8 quants on both sides: tiles of
+/// 4 weight rows x 2 tokens, each output equal to [`dot_q8_dotprod`] of its row and
+/// token.
+///
+/// # Safety
+/// The CPU must support neon and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
+    unsafe { matmul_q8_with::<Sdot>(w, rows, x, out) }
+}
+
+/// [`scalar::dot_f32`], bit for bit.
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ca, ta) = a[..n].as_chunks::<8>();
+    let (cb, tb) = b[..n].as_chunks::<8>();
+    let mut acc = [vdupq_n_f32(0.0); 2];
+    for (x, y) in ca.iter().zip(cb) {
+        acc = mul_add8(acc, load8(x), load8(y));
+    }
+    if !ta.is_empty() {
+        acc = mul_add8(acc, load8(&pad8f(ta)), load8(&pad8f(tb)));
+    }
+    reduce8(acc)
+}
+
+/// [`scalar::matmul_f32`], bit for bit: tiles of 4 weight rows x 2 tokens.
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
+        // own behaviour, whatever it is.
+        return scalar::matmul_f32(w, rows, x, out);
+    };
+    let mut r0 = 0;
+    while r0 + TILE_ROWS <= rows {
+        f32_rows::<TILE_ROWS>(w, x, out, shape, r0);
+        r0 += TILE_ROWS;
+    }
+    match rows - r0 {
+        1 => f32_rows::<1>(w, x, out, shape, r0),
+        2 => f32_rows::<2>(w, x, out, shape, r0),
+        3 => f32_rows::<3>(w, x, out, shape, r0),
+        _ => {}
+    }
+}
+
+/// [`crate::quant::quantize_row_q8`], bit for bit (quiet NaN inputs included).
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    let (chunks, _) = x.as_chunks::<QK8>();
+    for (c, block) in chunks.iter().zip(out.iter_mut()) {
+        let (c4, _) = c.as_chunks::<4>();
+        let mut v = [vdupq_n_f32(0.0); QK8 / 4];
+        for (v, c) in v.iter_mut().zip(c4) {
+            *v = load4(c);
+        }
+        // `fmaxnm` returns the number when the other operand is a quiet NaN, so NaN
+        // inputs are skipped exactly as `f32::max` skips them (which is `fmaxnm` on
+        // AArch64 too); `m` never holds a NaN, and without NaN the order is free.
+        let mut m = vdupq_n_f32(0.0);
+        for &vi in &v {
+            m = vmaxnmq_f32(m, vabsq_f32(vi));
+        }
+        let amax = vmaxnmvq_f32(m);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        block.d = f16::from_f32(d).to_le_bytes();
+
+        let idv = vdupq_n_f32(id);
+        let mut q = [vdupq_n_s32(0); QK8 / 4];
+        for (q, &vi) in q.iter_mut().zip(&v) {
+            *q = round_clamp(vmulq_f32(vi, idv));
+        }
+        // Plain narrowing is exact: every value is in [-127, 127].
+        let h = [
+            vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1])),
+            vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3])),
+            vcombine_s16(vmovn_s32(q[4]), vmovn_s32(q[5])),
+            vcombine_s16(vmovn_s32(q[6]), vmovn_s32(q[7])),
+        ];
+        let lo = vcombine_s8(vmovn_s16(h[0]), vmovn_s16(h[1]));
+        let hi = vcombine_s8(vmovn_s16(h[2]), vmovn_s16(h[3]));
+        let p = block.qs.as_mut_ptr();
+        // SAFETY: `block.qs` is 32 writable bytes, `p..p + 16` and `p + 16..p + 32`;
+        // `st1` needs no alignment.
+        unsafe {
+            vst1q_s8(p, lo);
+            vst1q_s8(p.add(16), hi);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tier-specific part: one block pair's integer dot product
+// ---------------------------------------------------------------------------------------
+
+/// How a tier forms the exact integer dot product of one block pair.
+trait BlockDot {
+    /// 4 i32 lanes whose sum is exactly `sum(w.qs[i] * x.qs[i])`, for any i8 quants.
+    ///
+    /// # Safety
+    /// The CPU must support the tier's features.
+    unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t;
+}
+
+/// The `neon` tier: `smull`/`smull2` form i16 products (exact: at most 128 * 128 = 2^14
+/// in magnitude), `sadalp` adds adjacent pairs of them into the i32 lanes.
+struct Mull;
+
+impl BlockDot for Mull {
+    /// # Safety
+    /// The CPU must support neon.
+    #[inline(always)]
+    unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t {
+        let (w0, w1) = load_qs(w);
+        let (x0, x1) = load_qs(x);
+        let s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+        let s = vpadalq_s16(s, vmull_high_s8(w0, x0));
+        let s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+        vpadalq_s16(s, vmull_high_s8(w1, x1))
+    }
+}
+
+/// The `dotprod` tier: `sdot` adds each group of 4 byte products into its i32 lane
+/// (exact: at most 4 * 2^14 per instruction).
+struct Sdot;
+
+impl BlockDot for Sdot {
+    /// # Safety
+    /// The CPU must support neon and dotprod.
+    #[inline(always)]
+    unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t {
+        let (w0, w1) = load_qs(w);
+        let (x0, x1) = load_qs(x);
+        let mut acc = vdupq_n_s32(0);
+        // SAFETY: `sdot` (FEAT_DotProd) only reads and writes the named vector
+        // registers; the caller guarantees the CPU has dotprod, and this body is inlined
+        // (`inline(always)` all the way up) into `#[target_feature(enable =
+        // "neon,dotprod")]` entry points, whose features let the assembler accept it.
+        unsafe {
+            asm!(
+                "sdot {acc:v}.4s, {w0:v}.16b, {x0:v}.16b",
+                "sdot {acc:v}.4s, {w1:v}.16b, {x1:v}.16b",
+                acc = inout(vreg) acc,
+                w0 = in(vreg) w0,
+                x0 = in(vreg) x0,
+                w1 = in(vreg) w1,
+                x1 = in(vreg) x1,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        acc
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The q8 bodies, generic over the tier
+// ---------------------------------------------------------------------------------------
+
+/// [`scalar::dot_q8`] with `D`'s integer products.
+///
+/// # Safety
+/// The CPU must support `D`'s features.
+#[inline(always)]
+unsafe fn dot_q8_with<D: BlockDot>(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ga, ta) = a[..n].as_chunks::<8>();
+    let (gb, tb) = b[..n].as_chunks::<8>();
+    let mut acc = [vdupq_n_f32(0.0); 2];
+    for (wa, xb) in ga.iter().zip(gb) {
+        // SAFETY: the caller guarantees `D`'s features.
+        acc = unsafe { accumulate8::<D>(acc, wa, xb, scales8(wa), scales8(xb)) };
+    }
+    if !ta.is_empty() {
+        // SAFETY: as above.
+        acc = unsafe { accumulate8::<D>(acc, ta, tb, scales8(ta), scales8(tb)) };
+    }
+    reduce8(acc)
+}
+
+/// [`scalar::matmul_q8`] with `D`'s integer products.
+///
+/// # Safety
+/// The CPU must support `D`'s features.
+#[inline(always)]
+unsafe fn matmul_q8_with<D: BlockDot>(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        return scalar::matmul_q8(w, rows, x, out);
+    };
+    let mut r0 = 0;
+    // SAFETY (every call below): the caller guarantees `D`'s features.
+    while r0 + TILE_ROWS <= rows {
+        unsafe { q8_rows::<D, TILE_ROWS>(w, x, out, shape, r0) };
+        r0 += TILE_ROWS;
+    }
+    match rows - r0 {
+        1 => unsafe { q8_rows::<D, 1>(w, x, out, shape, r0) },
+        2 => unsafe { q8_rows::<D, 2>(w, x, out, shape, r0) },
+        3 => unsafe { q8_rows::<D, 3>(w, x, out, shape, r0) },
+        _ => {}
+    }
+}
+
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q8` tokens at a time.
+///
+/// # Safety
+/// The CPU must support `D`'s features.
+#[inline(always)]
+unsafe fn q8_rows<D: BlockDot, const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    // SAFETY (both calls): the caller guarantees `D`'s features.
+    while t0 + TILE_TOKENS_Q8 <= s.n {
+        unsafe { q8_tile::<D, R, TILE_TOKENS_Q8>(w, x, out, s, r0, t0) };
+        t0 += TILE_TOKENS_Q8;
+    }
+    while t0 < s.n {
+        unsafe { q8_tile::<D, R, 1>(w, x, out, s, r0, t0) };
+        t0 += 1;
+    }
+}
+
+/// One R x T tile: weight rows `r0..r0 + R` times tokens `t0..t0 + T`. The scales of
+/// each group of 8 blocks are converted once for the tile; each output keeps its own 8
+/// float lanes.
+///
+/// # Safety
+/// The CPU must support `D`'s features.
+#[inline(always)]
+unsafe fn q8_tile<D: BlockDot, const R: usize, const T: usize>(
+    w: &[BlockQ8],
+    x: &[BlockQ8],
+    out: &mut [f32],
+    s: Shape,
+    r0: usize,
+    t0: usize,
+) {
+    let kb = s.kb;
+    let mut wg: [&[[BlockQ8; 8]]; R] = [&[]; R];
+    let mut wt: [&[BlockQ8]; R] = [&[]; R];
+    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
+    }
+    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
+    let mut xt: [&[BlockQ8]; T] = [&[]; T];
+    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
+    }
+
+    let zero = vdupq_n_f32(0.0);
+    let mut acc = [[[zero; 2]; T]; R];
+    for g in 0..kb / 8 {
+        let mut dx = [[zero; 2]; T];
+        for j in 0..T {
+            dx[j] = scales8(&xg[j][g]);
+        }
+        for i in 0..R {
+            let wb = &wg[i][g];
+            let dw = scales8(wb);
+            for j in 0..T {
+                // SAFETY: the caller guarantees `D`'s features.
+                acc[i][j] = unsafe { accumulate8::<D>(acc[i][j], wb, &xg[j][g], dw, dx[j]) };
+            }
+        }
+    }
+    if !kb.is_multiple_of(8) {
+        let mut dx = [[zero; 2]; T];
+        for j in 0..T {
+            dx[j] = scales8(xt[j]);
+        }
+        for i in 0..R {
+            let dw = scales8(wt[i]);
+            for j in 0..T {
+                // SAFETY: the caller guarantees `D`'s features.
+                acc[i][j] = unsafe { accumulate8::<D>(acc[i][j], wt[i], xt[j], dw, dx[j]) };
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+        }
+    }
+}
+
+/// Adds up to 8 block pairs (a whole group or a row's tail) to the 8 float lanes: pair
+/// `j` contributes `isum_j as f32 * (dw_j * dx_j)` to lane `j`, lanes 0..4 in `acc[0]`
+/// and 4..8 in `acc[1]`. Missing pairs add +0.0 (see [`isum4`] and [`scales8`]) or
+/// nothing.
+///
+/// # Safety
+/// The CPU must support `D`'s features.
+#[inline(always)]
+unsafe fn accumulate8<D: BlockDot>(
+    acc: [float32x4_t; 2],
+    w: &[BlockQ8],
+    x: &[BlockQ8],
+    dw: [float32x4_t; 2],
+    dx: [float32x4_t; 2],
+) -> [float32x4_t; 2] {
+    let (w_lo, w_hi) = w.split_at(w.len().min(4));
+    let (x_lo, x_hi) = x.split_at(x.len().min(4));
+    // SAFETY (both calls): the caller guarantees `D`'s features.
+    let lo = accumulate(acc[0], unsafe { isum4::<D>(w_lo, x_lo) }, dw[0], dx[0]);
+    if w_hi.is_empty() {
+        return [lo, acc[1]];
+    }
+    let hi = accumulate(acc[1], unsafe { isum4::<D>(w_hi, x_hi) }, dw[1], dx[1]);
+    [lo, hi]
+}
+
+/// The exact i32 dot products of up to 4 block pairs, pair `j` in lane `j`; lanes past
+/// the shorter slice are 0. `addp` folds each pair's 4 partials into its lane.
+///
+/// # Safety
+/// The CPU must support `D`'s features.
+#[inline(always)]
+unsafe fn isum4<D: BlockDot>(w: &[BlockQ8], x: &[BlockQ8]) -> int32x4_t {
+    let mut p = [vdupq_n_s32(0); 4];
+    for ((p, w), x) in p.iter_mut().zip(w).zip(x) {
+        // SAFETY: the caller guarantees `D`'s features.
+        *p = unsafe { D::partials(w, x) };
+    }
+    vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
+}
+
+// ---------------------------------------------------------------------------------------
+// Building blocks shared by both tiers
+// ---------------------------------------------------------------------------------------
+
+/// Validated matmul shape: `rows > 0` weight rows of `kb > 0` blocks (or elements) with
+/// nothing left over, `n` whole activation rows, and room for `n * rows` outputs.
+#[derive(Clone, Copy)]
+struct Shape {
+    rows: usize,
+    kb: usize,
+    n: usize,
+}
+
+impl Shape {
+    fn of(w_len: usize, rows: usize, x_len: usize, out_len: usize) -> Option<Shape> {
+        let kb = w_len.checked_div(rows)?;
+        let n = x_len.checked_div(kb)?;
+        let fits = kb * rows == w_len && n.checked_mul(rows).is_some_and(|m| m <= out_len);
+        fits.then_some(Shape { rows, kb, n })
+    }
+}
+
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_F32` tokens at a time.
+#[target_feature(enable = "neon")]
+fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    while t0 + TILE_TOKENS_F32 <= s.n {
+        f32_tile::<R, TILE_TOKENS_F32>(w, x, out, s, r0, t0);
+        t0 += TILE_TOKENS_F32;
+    }
+    while t0 < s.n {
+        f32_tile::<R, 1>(w, x, out, s, r0, t0);
+        t0 += 1;
+    }
+}
+
+/// One R x T tile of the f32 matmul; R * T independent 8-lane accumulators hide the
+/// add latency that bounds a single [`dot_f32`].
+#[target_feature(enable = "neon")]
+fn f32_tile<const R: usize, const T: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize, t0: usize) {
+    let k = s.kb;
+    let mut wc: [&[[f32; 8]]; R] = [&[]; R];
+    let mut wt: [&[f32]; R] = [&[]; R];
+    for (i, (c, t)) in wc.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*c, *t) = w[(r0 + i) * k..(r0 + i + 1) * k].as_chunks::<8>();
+    }
+    let mut xc: [&[[f32; 8]]; T] = [&[]; T];
+    let mut xt: [&[f32]; T] = [&[]; T];
+    for (j, (c, t)) in xc.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*c, *t) = x[(t0 + j) * k..(t0 + j + 1) * k].as_chunks::<8>();
+    }
+
+    let zero = vdupq_n_f32(0.0);
+    let mut acc = [[[zero; 2]; T]; R];
+    for c in 0..k / 8 {
+        let mut xv = [[zero; 2]; T];
+        for j in 0..T {
+            xv[j] = load8(&xc[j][c]);
+        }
+        for i in 0..R {
+            let wv = load8(&wc[i][c]);
+            for j in 0..T {
+                acc[i][j] = mul_add8(acc[i][j], wv, xv[j]);
+            }
+        }
+    }
+    if !k.is_multiple_of(8) {
+        for i in 0..R {
+            let wv = load8(&pad8f(wt[i]));
+            for j in 0..T {
+                acc[i][j] = mul_add8(acc[i][j], wv, load8(&pad8f(xt[j])));
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+        }
+    }
+}
+
+/// Up to 8 floats followed by +0.0. Their products add +0.0 to their lanes, which
+/// leaves every lane unchanged: lanes start at +0.0, and a sum that starts at +0.0 is
+/// never -0.0 in round-to-nearest.
+#[inline]
+fn pad8f(tail: &[f32]) -> [f32; 8] {
+    let mut p = [0.0; 8];
+    p[..tail.len()].copy_from_slice(tail);
+    p
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn load4(v: &[f32; 4]) -> float32x4_t {
+    // SAFETY: `v` is 4 readable floats; `ld1` needs no alignment.
+    unsafe { vld1q_f32(v.as_ptr()) }
+}
+
+/// The 8 scalar lanes as two registers: elements 0..4 and 4..8.
+#[inline]
+#[target_feature(enable = "neon")]
+fn load8(v: &[f32; 8]) -> [float32x4_t; 2] {
+    // SAFETY: `v` is 8 readable floats, `p..p + 4` and `p + 4..p + 8`; `ld1` needs no
+    // alignment.
+    unsafe {
+        let p = v.as_ptr();
+        [vld1q_f32(p), vld1q_f32(p.add(4))]
+    }
+}
+
+/// A block's 32 quants as two registers.
+#[inline]
+#[target_feature(enable = "neon")]
+fn load_qs(b: &BlockQ8) -> (int8x16_t, int8x16_t) {
+    // SAFETY: `b.qs` is 32 readable bytes, `p..p + 16` and `p + 16..p + 32`; `ld1` needs
+    // no alignment.
+    unsafe {
+        let p = b.qs.as_ptr();
+        (vld1q_s8(p), vld1q_s8(p.add(16)))
+    }
+}
+
+/// Lane `j` += `a_j * b_j` over the 8 lanes: the scalar `lane += x * y`, lane-wise,
+/// rounded twice (no FMA).
+#[inline]
+#[target_feature(enable = "neon")]
+fn mul_add8(acc: [float32x4_t; 2], a: [float32x4_t; 2], b: [float32x4_t; 2]) -> [float32x4_t; 2] {
+    [vaddq_f32(acc[0], vmulq_f32(a[0], b[0])), vaddq_f32(acc[1], vmulq_f32(a[1], b[1]))]
+}
+
+/// Lane `j` += `isum_j as f32 * (dw_j * dx_j)`: the scalar expression, lane-wise.
+#[inline]
+#[target_feature(enable = "neon")]
+fn accumulate(acc: float32x4_t, isum: int32x4_t, dw: float32x4_t, dx: float32x4_t) -> float32x4_t {
+    vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(isum), vmulq_f32(dw, dx)))
+}
+
+/// The scales of up to 8 blocks as f32 lanes (blocks 0..4, then 4..8), lanes past
+/// `b.len()` +0.0, equal to [`BlockQ8::scale`]. A missing block (scale 0, isum 0) adds
+/// +0.0 to its lane, which leaves the lane unchanged.
+#[inline]
+#[target_feature(enable = "neon")]
+fn scales8(b: &[BlockQ8]) -> [float32x4_t; 2] {
+    let mut h = [0u64; 2];
+    for (j, b) in b.iter().take(8).enumerate() {
+        h[j / 4] |= (u16::from_le_bytes(b.d) as u64) << (16 * (j % 4));
+    }
+    [f16x4_to_f32(vcreate_u16(h[0])), f16x4_to_f32(vcreate_u16(h[1]))]
+}
+
+/// 4 f16 (as bits) to f32 by `fcvtl`, exactly. Its intrinsic (`vcvt_f32_f16`) takes
+/// the unstable `float16x4_t`, so the instruction goes through `asm!`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: `fcvtl` (half to single precision, 4 lanes) is base Advanced SIMD, which
+    // this fn's `target_feature` guarantees; it only reads and writes the named vector
+    // registers.
+    unsafe {
+        asm!(
+            "fcvtl {out:v}.4s, {h:v}.4h",
+            h = in(vreg) h,
+            out = lateout(vreg) out,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// [`scalar::reduce8`] on the lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn reduce8(acc: [float32x4_t; 2]) -> f32 {
+    // a = [l0+l4, l1+l5, l2+l6, l3+l7], b = [a0+a2, a1+a3].
+    let a = vaddq_f32(acc[0], acc[1]);
+    let b = vadd_f32(vget_low_f32(a), vget_high_f32(a));
+    vget_lane_f32::<0>(b) + vget_lane_f32::<1>(b)
+}
+
+/// `clamp(rint(y), -127, 127)` as i32 lanes, NaN to 0, exactly as the scalar
+/// `rintf(y).clamp(-127.0, 127.0) as i8`: `fcvtns` rounds half to even, saturates out
+/// of range values (±inf included) and turns NaN into 0, and clamping the rounded
+/// integer equals rounding the clamped float because the bounds are integers.
+#[inline]
+#[target_feature(enable = "neon")]
+fn round_clamp(y: float32x4_t) -> int32x4_t {
+    let q = vcvtnq_s32_f32(y);
+    vminq_s32(vmaxq_s32(q, vdupq_n_s32(-127)), vdupq_n_s32(127))
+}
