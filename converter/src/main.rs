@@ -13,6 +13,8 @@ use arq::{math, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::convert::{self, ConvertOptions, Quant};
 use clap::{Parser, Subcommand};
+
+mod bench;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -104,6 +106,21 @@ enum Cmd {
         #[command(flatten)]
         threads: ThreadsArg,
     },
+    /// Measure load time, prompt and generation tokens/s and peak RSS.
+    Bench {
+        model: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Measured repetitions (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
+    },
 }
 
 #[derive(clap::Args)]
@@ -176,6 +193,9 @@ fn main() -> ExitCode {
         Cmd::Score { model, file, ctx, json, per_token, threads } => {
             cmd_score(&model, &file, ctx, json, per_token, &threads)
         }
+        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, json, threads } => threads
+            .pool()
+            .and_then(|pool| bench::run(&model, &bench::BenchArgs { prompt_tokens, gen_tokens, reps, json }, &pool)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
