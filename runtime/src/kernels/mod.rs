@@ -19,7 +19,7 @@ pub mod aarch64;
 #[cfg(test)]
 mod tests;
 
-use crate::quant::BlockQ8;
+use crate::quant::{BlockQ4, BlockQ8};
 
 /// One ISA tier's kernels. Shapes are as documented in [`scalar`].
 pub struct Kernels {
@@ -30,6 +30,8 @@ pub struct Kernels {
     pub matmul_q8: fn(&[BlockQ8], usize, &[BlockQ8], &mut [f32]),
     pub matmul_f32: fn(&[f32], usize, &[f32], &mut [f32]),
     pub quantize_q8: fn(&[f32], &mut [BlockQ8]),
+    pub dot_q4_q8: fn(&[BlockQ4], &[BlockQ8]) -> f32,
+    pub matmul_q4_q8: fn(&[BlockQ4], usize, &[BlockQ8], &mut [f32]),
 }
 
 /// The portable tier.
@@ -40,6 +42,8 @@ pub static SCALAR: Kernels = Kernels {
     matmul_q8: scalar::matmul_q8,
     matmul_f32: scalar::matmul_f32,
     quantize_q8: scalar::quantize_q8,
+    dot_q4_q8: scalar::dot_q4_q8,
+    matmul_q4_q8: scalar::matmul_q4_q8,
 };
 
 /// The environment variable that caps the tier [`best`] picks on std hosts.

@@ -5,7 +5,7 @@
 //! (or block) `i` goes to lane `i % 8`, and the lanes are reduced by [`reduce8`]. No
 //! fused multiply-add anywhere: each product is rounded, then added.
 
-use crate::quant::{BlockQ8, QK8};
+use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// The fixed reduction of the 8 lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`,
 /// the order a 256-bit register folds in halves.
@@ -33,6 +33,35 @@ pub fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
     reduce8(&lanes)
 }
 
+/// The exact integer parts of a q4 · q8 block pair: `(sum q_i * x_i, sum x_i)` with the
+/// weight quants `q_i` in [0, 15] (|first| <= 32 * 15 * 128, |second| <= 32 * 128).
+#[inline]
+pub fn block_isum_q4(w: &BlockQ4, x: &BlockQ8) -> (i32, i32) {
+    let (lo, hi) = x.qs.split_at(QK8 / 2);
+    let (mut isum, mut xsum) = (0i32, 0i32);
+    for ((&b, &xl), &xh) in w.qs.iter().zip(lo).zip(hi) {
+        isum += (b & 0x0f) as i32 * xl as i32 + (b >> 4) as i32 * xh as i32;
+        xsum += xl as i32 + xh as i32;
+    }
+    (isum, xsum)
+}
+
+/// q4 weights · q8 activations over whole rows. Block `j`, with weight scale `d_w`,
+/// minimum `m_w` and activation scale `d_x`, contributes
+/// `(isum_j as f32) * (d_w * d_x) + (xsum_j as f32) * (m_w * d_x)` to lane `j % 8`:
+/// each product rounded, then the two terms added, then the sum added to the lane. This
+/// is `sum_i (q_i * d_w + m_w) * (x_i * d_x)` regrouped around the exact integer sums.
+pub fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut lanes = [0.0f32; 8];
+    for (j, (a, b)) in w.iter().zip(x).enumerate() {
+        let (isum, xsum) = block_isum_q4(a, b);
+        let dx = b.scale();
+        lanes[j % 8] += isum as f32 * (a.scale() * dx) + xsum as f32 * (a.min() * dx);
+    }
+    reduce8(&lanes)
+}
+
 /// f32 · f32: element `i` contributes `a_i * b_i` to lane `i % 8`.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
@@ -50,6 +79,17 @@ pub fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     for (t, xt) in x.chunks_exact(kb).enumerate() {
         for (r, wr) in w.chunks_exact(kb).enumerate() {
             out[t * rows + r] = dot_q8(wr, xt);
+        }
+    }
+}
+
+/// `out[t * rows + r] = dot_q4_q8(w_row_r, x_row_t)` for q4 weights of `rows` rows of
+/// `k / 32` blocks and `n = x.len() / (k / 32)` q8 activation rows.
+pub fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let kb = w.len() / rows.max(1);
+    for (t, xt) in x.chunks_exact(kb).enumerate() {
+        for (r, wr) in w.chunks_exact(kb).enumerate() {
+            out[t * rows + r] = dot_q4_q8(wr, xt);
         }
     }
 }

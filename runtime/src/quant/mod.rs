@@ -4,6 +4,13 @@
 //! the reduction (last) dimension. A row of `k` values is `k / 32` consecutive blocks.
 //! Weights and on-the-fly activations use the same block, so the dot product of two
 //! blocks is an exact i32 sum times the product of the two scales.
+//!
+//! `q4` ([`BlockQ4`], in `q4.rs`): asymmetric 4-bit weights with an f16 scale and an f16
+//! minimum per block of 32; activations stay q8.
+
+mod q4;
+
+pub use q4::{dequantize_row_q4, quantize_row_q4, BlockQ4, QK4};
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;

@@ -3,18 +3,26 @@
 //! q8 blocks: `vpsignb` + `vpmaddubsw` + `vpmaddwd` give 8 i32 partial sums per block
 //! pair, `vphaddd` folds 8 blocks into one register with block `j` in lane `j`, and the
 //! float part is the scalar one done 8 lanes at a time (see the [`super`] docs).
+//!
+//! q4 weights x q8 activations: one 16-byte load, a copy shifted right by 4 and an
+//! `and 0x0f` unpack a block's 32 quants in element order; `vpmaddubsw` takes them as
+//! the unsigned operand directly (no sign trick: pair sums stay within 2 * 15 * 128),
+//! `vpmaddubsw` with ones gives the activation sums the minimum needs, and both fold
+//! like the q8 sums.
 
 use core::arch::x86_64::*;
 
 use half::f16;
 
 use crate::kernels::{scalar, Kernels};
-use crate::quant::{BlockQ8, QK8};
+use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per matmul tile.
 const TILE_ROWS: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
 const TILE_TOKENS_Q8: usize = 2;
+/// Activation rows (tokens) per q4 matmul tile.
+const TILE_TOKENS_Q4: usize = 2;
 /// Activation rows (tokens) per f32 matmul tile: 4 x 2 accumulators plus 6 loads fit
 /// the 16 ymm registers.
 const TILE_TOKENS_F32: usize = 2;
@@ -28,6 +36,8 @@ pub(in crate::kernels) static KERNELS: Kernels = Kernels {
     matmul_q8: safe::matmul_q8,
     matmul_f32: safe::matmul_f32,
     quantize_q8: safe::quantize_q8,
+    dot_q4_q8: safe::dot_q4_q8,
+    matmul_q4_q8: safe::matmul_q4_q8,
 };
 
 /// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
@@ -45,7 +55,7 @@ pub(in crate::kernels) fn detected() -> bool {
 
 /// The safe entry points the table holds.
 mod safe {
-    use crate::quant::BlockQ8;
+    use crate::quant::{BlockQ4, BlockQ8};
 
     pub fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
         // SAFETY: this fn is only reachable through `KERNELS`, which the dispatch in
@@ -71,6 +81,16 @@ mod safe {
     pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         // SAFETY: as in `dot_q8`: installed only after avx2 and f16c were detected.
         unsafe { super::quantize_q8(x, out) }
+    }
+
+    pub fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+        // SAFETY: as in `dot_q8`: installed only after avx2 and f16c were detected.
+        unsafe { super::dot_q4_q8(w, x) }
+    }
+
+    pub fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8`: installed only after avx2 and f16c were detected.
+        unsafe { super::matmul_q4_q8(w, rows, x, out) }
     }
 }
 
@@ -120,6 +140,50 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
         1 => q8_rows::<1>(w, x, out, shape, r0),
         2 => q8_rows::<2>(w, x, out, shape, r0),
         3 => q8_rows::<3>(w, x, out, shape, r0),
+        _ => {}
+    }
+}
+
+/// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+    let n = w.len().min(x.len());
+    let (gw, tw) = w[..n].as_chunks::<8>();
+    let (gx, tx) = x[..n].as_chunks::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for (wg, xg) in gw.iter().zip(gx) {
+        let (dw, mw) = scales_q4(wg);
+        acc = accumulate_q4(acc, isum_q4(&unpack_q4(wg), xg), xsum(xg), dw, mw, scales8(xg));
+    }
+    if !tw.is_empty() {
+        let (dw, mw) = scales_q4(tw);
+        acc = accumulate_q4(acc, isum_q4(&unpack_q4(tw), tx), xsum(tx), dw, mw, scales_tail(tx));
+    }
+    reduce8(acc)
+}
+
+/// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
+/// 4 weight rows x 2 tokens, each output equal to [`dot_q4_q8`] of its row and token.
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        return scalar::matmul_q4_q8(w, rows, x, out);
+    };
+    let mut r0 = 0;
+    while r0 + TILE_ROWS <= rows {
+        q4_rows::<TILE_ROWS>(w, x, out, shape, r0);
+        r0 += TILE_ROWS;
+    }
+    match rows - r0 {
+        1 => q4_rows::<1>(w, x, out, shape, r0),
+        2 => q4_rows::<2>(w, x, out, shape, r0),
+        3 => q4_rows::<3>(w, x, out, shape, r0),
         _ => {}
     }
 }
@@ -299,6 +363,82 @@ fn q8_tile<const R: usize, const T: usize>(
     }
 }
 
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q4` tokens at a time.
+#[target_feature(enable = "avx2,f16c")]
+fn q4_rows<const R: usize>(w: &[BlockQ4], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    while t0 + TILE_TOKENS_Q4 <= s.n {
+        q4_tile::<R, TILE_TOKENS_Q4>(w, x, out, s, r0, t0);
+        t0 += TILE_TOKENS_Q4;
+    }
+    while t0 < s.n {
+        q4_tile::<R, 1>(w, x, out, s, r0, t0);
+        t0 += 1;
+    }
+}
+
+/// One R x T tile of the q4 matmul. Each group of 8 weight blocks is unpacked once for
+/// the tile, and each token's scales and activation sums once per group.
+#[target_feature(enable = "avx2,f16c")]
+fn q4_tile<const R: usize, const T: usize>(
+    w: &[BlockQ4],
+    x: &[BlockQ8],
+    out: &mut [f32],
+    s: Shape,
+    r0: usize,
+    t0: usize,
+) {
+    let kb = s.kb;
+    let mut wg: [&[[BlockQ4; 8]]; R] = [&[]; R];
+    let mut wt: [&[BlockQ4]; R] = [&[]; R];
+    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
+    }
+    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
+    let mut xt: [&[BlockQ8]; T] = [&[]; T];
+    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
+    }
+
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for g in 0..kb / 8 {
+        let mut dx = [_mm256_setzero_ps(); T];
+        let mut sx = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            dx[j] = scales8(&xg[j][g]);
+            sx[j] = xsum(&xg[j][g]);
+        }
+        for i in 0..R {
+            let wb = &wg[i][g];
+            let wq = unpack_q4(wb);
+            let (dw, mw) = scales_q4(wb);
+            for j in 0..T {
+                acc[i][j] = accumulate_q4(acc[i][j], isum_q4(&wq, &xg[j][g]), sx[j], dw, mw, dx[j]);
+            }
+        }
+    }
+    if !kb.is_multiple_of(8) {
+        let mut dx = [_mm256_setzero_ps(); T];
+        let mut sx = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            dx[j] = scales_tail(xt[j]);
+            sx[j] = xsum(xt[j]);
+        }
+        for i in 0..R {
+            let wq = unpack_q4(wt[i]);
+            let (dw, mw) = scales_q4(wt[i]);
+            for j in 0..T {
+                acc[i][j] = accumulate_q4(acc[i][j], isum_q4(&wq, xt[j]), sx[j], dw, mw, dx[j]);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+        }
+    }
+}
+
 /// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_F32` tokens at a time.
 #[target_feature(enable = "avx2,f16c")]
 fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize) {
@@ -448,6 +588,76 @@ fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
         return _mm256_zextsi128_si256(s);
     }
     hsum8(v)
+}
+
+/// The quants of up to 8 q4 blocks as bytes in [0, 15], block `j` in `v[j]` in element
+/// order (the low 128 bits elements 0..16, the high 128 bits 16..32); missing blocks 0.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn unpack_q4(b: &[BlockQ4]) -> [__m256i; 8] {
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (v, b) in v.iter_mut().zip(b) {
+        // SAFETY: `b.qs` is 16 readable bytes; `loadu` needs no alignment.
+        let q = unsafe { _mm_loadu_si128(b.qs.as_ptr().cast()) };
+        *v = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+    }
+    v
+}
+
+/// The scales `d` and minima `m` of up to 8 q4 blocks as f32 lanes (exact, as in
+/// [`scales_tail`]), lanes past `b.len()` +0.0.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn scales_q4(b: &[BlockQ4]) -> (__m256, __m256) {
+    let (mut d, mut m) = ([0u64; 2], [0u64; 2]);
+    for (j, b) in b.iter().take(8).enumerate() {
+        d[j / 4] |= (u16::from_le_bytes(b.d) as u64) << (16 * (j % 4));
+        m[j / 4] |= (u16::from_le_bytes(b.m) as u64) << (16 * (j % 4));
+    }
+    (
+        _mm256_cvtph_ps(_mm_set_epi64x(d[1] as i64, d[0] as i64)),
+        _mm256_cvtph_ps(_mm_set_epi64x(m[1] as i64, m[0] as i64)),
+    )
+}
+
+/// The exact `sum q_i * x_i` of up to 8 block pairs (weights unpacked by
+/// [`unpack_q4`]), pair `j` in lane `j`, missing lanes 0: `vpmaddubsw` of the unsigned
+/// quants (at most 15) and the signed activations (any i8) has pair sums within
+/// 2 * 15 * 128 < 2^15, so it never saturates; `vpmaddwd` widens the pairs.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn isum_q4(w: &[__m256i; 8], x: &[BlockQ8]) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    let mut v = [_mm256_setzero_si256(); 8];
+    for ((v, &w), x) in v.iter_mut().zip(w).zip(x) {
+        *v = _mm256_madd_epi16(_mm256_maddubs_epi16(w, load_qs(x)), ones);
+    }
+    hsum8(v)
+}
+
+/// The activation sums `sum x_i` of up to 8 blocks as f32 lanes (exact: |sum| <= 4096),
+/// lanes past `x.len()` +0.0.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn xsum(x: &[BlockQ8]) -> __m256 {
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (v, x) in v.iter_mut().zip(x) {
+        *v = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load_qs(x)), ones16);
+    }
+    _mm256_cvtepi32_ps(hsum8(v))
+}
+
+/// Lane `j` += `isum_j as f32 * (dw_j * dx_j) + xsum_j * (mw_j * dx_j)`: the scalar
+/// expression of [`scalar::dot_q4_q8`], lane-wise.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn accumulate_q4(acc: __m256, isum: __m256i, xsum: __m256, dw: __m256, mw: __m256, dx: __m256) -> __m256 {
+    let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx));
+    let offset = _mm256_mul_ps(xsum, _mm256_mul_ps(mw, dx));
+    _mm256_add_ps(acc, _mm256_add_ps(scaled, offset))
 }
 
 /// Lane `j` = the sum of the 8 lanes of `v[j]`.
