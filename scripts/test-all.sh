@@ -28,3 +28,6 @@ RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   /usr/bin/cargo build --release -p arq --no-default-features \
   --target thumbv7em-none-eabihf -Zbuild-std=core
 echo "no_std build: ok"
+
+echo "== aarch64 (Raspberry Pi class): the runtime's tests under qemu, NEON+dotprod and plain NEON tiers"
+bash scripts/test-aarch64.sh

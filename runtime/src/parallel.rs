@@ -47,6 +47,7 @@ impl<T> Chunks<T> {
     /// # Safety
     /// Each `i` must be used by at most one task at a time, while the slice `new` took
     /// is still mutably borrowed by the caller of [`chunks2`].
+    #[allow(clippy::mut_from_ref)] // the chunks are disjoint; see `# Safety`
     unsafe fn get(&self, i: usize) -> &mut [T] {
         let start = (i * self.chunk).min(self.len);
         let end = (start + self.chunk).min(self.len);

@@ -32,6 +32,9 @@ pub(in crate::kernels) static NEON: Kernels = Kernels {
     matmul_q8: safe::matmul_q8_neon,
     matmul_f32: safe::matmul_f32,
     quantize_q8: safe::quantize_q8,
+    // q4 weights use the scalar contract on AArch64 for now.
+    dot_q4_q8: scalar::dot_q4_q8,
+    matmul_q4_q8: scalar::matmul_q4_q8,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
@@ -43,6 +46,9 @@ pub(in crate::kernels) static DOTPROD: Kernels = Kernels {
     matmul_q8: safe::matmul_q8_dotprod,
     matmul_f32: safe::matmul_f32,
     quantize_q8: safe::quantize_q8,
+    // q4 weights use the scalar contract on AArch64 for now.
+    dot_q4_q8: scalar::dot_q4_q8,
+    matmul_q4_q8: scalar::matmul_q4_q8,
 };
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is
@@ -256,13 +262,20 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
 // ---------------------------------------------------------------------------------------
 // The tier-specific part: one block pair's integer dot product
 // ---------------------------------------------------------------------------------------
+//
+// The q8 bodies below are generic over the tier and `#[inline(always)]`, so that each
+// tier's `#[target_feature]` entry point compiles its own copy with its own features
+// (`sdot` is assembled inside the `neon,dotprod` entry points). `inline(always)` rules
+// out `#[target_feature]` on them, so they are `unsafe fn`s whose bodies sit in one
+// `unsafe` block: the NEON intrinsics and `D::partials` they call need the features
+// their caller guarantees.
 
 /// How a tier forms the exact integer dot product of one block pair.
 trait BlockDot {
     /// 4 i32 lanes whose sum is exactly `sum(w.qs[i] * x.qs[i])`, for any i8 quants.
     ///
     /// # Safety
-    /// The CPU must support the tier's features.
+    /// The CPU must support neon and the tier's features.
     unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t;
 }
 
@@ -271,36 +284,35 @@ trait BlockDot {
 struct Mull;
 
 impl BlockDot for Mull {
-    /// # Safety
-    /// The CPU must support neon.
     #[inline(always)]
     unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t {
-        let (w0, w1) = load_qs(w);
-        let (x0, x1) = load_qs(x);
-        let s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
-        let s = vpadalq_s16(s, vmull_high_s8(w0, x0));
-        let s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
-        vpadalq_s16(s, vmull_high_s8(w1, x1))
+        // SAFETY: the caller guarantees neon, all these intrinsics need.
+        unsafe {
+            let (w0, w1) = load_qs(w);
+            let (x0, x1) = load_qs(x);
+            let s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+            let s = vpadalq_s16(s, vmull_high_s8(w0, x0));
+            let s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+            vpadalq_s16(s, vmull_high_s8(w1, x1))
+        }
     }
 }
 
 /// The `dotprod` tier: `sdot` adds each group of 4 byte products into its i32 lane
-/// (exact: at most 4 * 2^14 per instruction).
+/// (exact: at most 4 * 2^14 per instruction). Its intrinsic (`vdotq_s32`) is unstable
+/// (`stdarch_neon_dotprod`) as of Rust 1.96, so the instruction goes through `asm!`.
 struct Sdot;
 
 impl BlockDot for Sdot {
-    /// # Safety
-    /// The CPU must support neon and dotprod.
     #[inline(always)]
     unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t {
-        let (w0, w1) = load_qs(w);
-        let (x0, x1) = load_qs(x);
-        let mut acc = vdupq_n_s32(0);
-        // SAFETY: `sdot` (FEAT_DotProd) only reads and writes the named vector
-        // registers; the caller guarantees the CPU has dotprod, and this body is inlined
-        // (`inline(always)` all the way up) into `#[target_feature(enable =
-        // "neon,dotprod")]` entry points, whose features let the assembler accept it.
+        // SAFETY: the caller guarantees neon and dotprod. `sdot` (FEAT_DotProd) only
+        // reads and writes the named vector registers; this body is inlined
+        // (`inline(always)` all the way up) into the `neon,dotprod` entry points.
         unsafe {
+            let (w0, w1) = load_qs(w);
+            let (x0, x1) = load_qs(x);
+            let mut acc = vdupq_n_s32(0);
             asm!(
                 "sdot {acc:v}.4s, {w0:v}.16b, {x0:v}.16b",
                 "sdot {acc:v}.4s, {w1:v}.16b, {x1:v}.16b",
@@ -311,8 +323,8 @@ impl BlockDot for Sdot {
                 x1 = in(vreg) x1,
                 options(pure, nomem, nostack, preserves_flags),
             );
+            acc
         }
-        acc
     }
 }
 
@@ -323,55 +335,60 @@ impl BlockDot for Sdot {
 /// [`scalar::dot_q8`] with `D`'s integer products.
 ///
 /// # Safety
-/// The CPU must support `D`'s features.
+/// The CPU must support neon and `D`'s features.
 #[inline(always)]
 unsafe fn dot_q8_with<D: BlockDot>(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
     let n = a.len().min(b.len());
     let (ga, ta) = a[..n].as_chunks::<8>();
     let (gb, tb) = b[..n].as_chunks::<8>();
-    let mut acc = [vdupq_n_f32(0.0); 2];
-    for (wa, xb) in ga.iter().zip(gb) {
-        // SAFETY: the caller guarantees `D`'s features.
-        acc = unsafe { accumulate8::<D>(acc, wa, xb, scales8(wa), scales8(xb)) };
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (wa, xb) in ga.iter().zip(gb) {
+            acc = accumulate8::<D>(acc, wa, xb, scales8(wa), scales8(xb));
+        }
+        if !ta.is_empty() {
+            acc = accumulate8::<D>(acc, ta, tb, scales8(ta), scales8(tb));
+        }
+        reduce8(acc)
     }
-    if !ta.is_empty() {
-        // SAFETY: as above.
-        acc = unsafe { accumulate8::<D>(acc, ta, tb, scales8(ta), scales8(tb)) };
-    }
-    reduce8(acc)
 }
 
 /// [`scalar::matmul_q8`] with `D`'s integer products.
 ///
 /// # Safety
-/// The CPU must support `D`'s features.
+/// The CPU must support neon and `D`'s features.
 #[inline(always)]
 unsafe fn matmul_q8_with<D: BlockDot>(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
+        // own behaviour, whatever it is.
         return scalar::matmul_q8(w, rows, x, out);
     };
-    let mut r0 = 0;
-    // SAFETY (every call below): the caller guarantees `D`'s features.
-    while r0 + TILE_ROWS <= rows {
-        unsafe { q8_rows::<D, TILE_ROWS>(w, x, out, shape, r0) };
-        r0 += TILE_ROWS;
-    }
-    match rows - r0 {
-        1 => unsafe { q8_rows::<D, 1>(w, x, out, shape, r0) },
-        2 => unsafe { q8_rows::<D, 2>(w, x, out, shape, r0) },
-        3 => unsafe { q8_rows::<D, 3>(w, x, out, shape, r0) },
-        _ => {}
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let mut r0 = 0;
+        while r0 + TILE_ROWS <= rows {
+            q8_rows::<D, TILE_ROWS>(w, x, out, shape, r0);
+            r0 += TILE_ROWS;
+        }
+        match rows - r0 {
+            1 => q8_rows::<D, 1>(w, x, out, shape, r0),
+            2 => q8_rows::<D, 2>(w, x, out, shape, r0),
+            3 => q8_rows::<D, 3>(w, x, out, shape, r0),
+            _ => {}
+        }
     }
 }
 
 /// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q8` tokens at a time.
 ///
 /// # Safety
-/// The CPU must support `D`'s features.
+/// The CPU must support neon and `D`'s features.
 #[inline(always)]
 unsafe fn q8_rows<D: BlockDot, const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
     let mut t0 = 0;
-    // SAFETY (both calls): the caller guarantees `D`'s features.
+    // SAFETY (both calls): the caller guarantees neon and `D`'s features.
     while t0 + TILE_TOKENS_Q8 <= s.n {
         unsafe { q8_tile::<D, R, TILE_TOKENS_Q8>(w, x, out, s, r0, t0) };
         t0 += TILE_TOKENS_Q8;
@@ -387,7 +404,7 @@ unsafe fn q8_rows<D: BlockDot, const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out
 /// float lanes.
 ///
 /// # Safety
-/// The CPU must support `D`'s features.
+/// The CPU must support neon and `D`'s features.
 #[inline(always)]
 unsafe fn q8_tile<D: BlockDot, const R: usize, const T: usize>(
     w: &[BlockQ8],
@@ -409,38 +426,41 @@ unsafe fn q8_tile<D: BlockDot, const R: usize, const T: usize>(
         (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
     }
 
-    let zero = vdupq_n_f32(0.0);
-    let mut acc = [[[zero; 2]; T]; R];
-    for g in 0..kb / 8 {
-        let mut dx = [[zero; 2]; T];
-        for j in 0..T {
-            dx[j] = scales8(&xg[j][g]);
-        }
-        for i in 0..R {
-            let wb = &wg[i][g];
-            let dw = scales8(wb);
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    let acc = unsafe {
+        let zero = vdupq_n_f32(0.0);
+        let mut acc = [[[zero; 2]; T]; R];
+        for g in 0..kb / 8 {
+            let mut dx = [[zero; 2]; T];
             for j in 0..T {
-                // SAFETY: the caller guarantees `D`'s features.
-                acc[i][j] = unsafe { accumulate8::<D>(acc[i][j], wb, &xg[j][g], dw, dx[j]) };
+                dx[j] = scales8(&xg[j][g]);
+            }
+            for i in 0..R {
+                let wb = &wg[i][g];
+                let dw = scales8(wb);
+                for j in 0..T {
+                    acc[i][j] = accumulate8::<D>(acc[i][j], wb, &xg[j][g], dw, dx[j]);
+                }
             }
         }
-    }
-    if !kb.is_multiple_of(8) {
-        let mut dx = [[zero; 2]; T];
-        for j in 0..T {
-            dx[j] = scales8(xt[j]);
-        }
-        for i in 0..R {
-            let dw = scales8(wt[i]);
+        if !kb.is_multiple_of(8) {
+            let mut dx = [[zero; 2]; T];
             for j in 0..T {
-                // SAFETY: the caller guarantees `D`'s features.
-                acc[i][j] = unsafe { accumulate8::<D>(acc[i][j], wt[i], xt[j], dw, dx[j]) };
+                dx[j] = scales8(xt[j]);
+            }
+            for i in 0..R {
+                let dw = scales8(wt[i]);
+                for j in 0..T {
+                    acc[i][j] = accumulate8::<D>(acc[i][j], wt[i], xt[j], dw, dx[j]);
+                }
             }
         }
-    }
+        acc
+    };
     for (i, acc_i) in acc.iter().enumerate() {
         for (j, &a) in acc_i.iter().enumerate() {
-            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+            // SAFETY: the caller guarantees neon.
+            out[(t0 + j) * s.rows + r0 + i] = unsafe { reduce8(a) };
         }
     }
 }
@@ -451,7 +471,7 @@ unsafe fn q8_tile<D: BlockDot, const R: usize, const T: usize>(
 /// nothing.
 ///
 /// # Safety
-/// The CPU must support `D`'s features.
+/// The CPU must support neon and `D`'s features.
 #[inline(always)]
 unsafe fn accumulate8<D: BlockDot>(
     acc: [float32x4_t; 2],
@@ -462,28 +482,31 @@ unsafe fn accumulate8<D: BlockDot>(
 ) -> [float32x4_t; 2] {
     let (w_lo, w_hi) = w.split_at(w.len().min(4));
     let (x_lo, x_hi) = x.split_at(x.len().min(4));
-    // SAFETY (both calls): the caller guarantees `D`'s features.
-    let lo = accumulate(acc[0], unsafe { isum4::<D>(w_lo, x_lo) }, dw[0], dx[0]);
-    if w_hi.is_empty() {
-        return [lo, acc[1]];
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let lo = accumulate(acc[0], isum4::<D>(w_lo, x_lo), dw[0], dx[0]);
+        if w_hi.is_empty() {
+            return [lo, acc[1]];
+        }
+        [lo, accumulate(acc[1], isum4::<D>(w_hi, x_hi), dw[1], dx[1])]
     }
-    let hi = accumulate(acc[1], unsafe { isum4::<D>(w_hi, x_hi) }, dw[1], dx[1]);
-    [lo, hi]
 }
 
 /// The exact i32 dot products of up to 4 block pairs, pair `j` in lane `j`; lanes past
 /// the shorter slice are 0. `addp` folds each pair's 4 partials into its lane.
 ///
 /// # Safety
-/// The CPU must support `D`'s features.
+/// The CPU must support neon and `D`'s features.
 #[inline(always)]
 unsafe fn isum4<D: BlockDot>(w: &[BlockQ8], x: &[BlockQ8]) -> int32x4_t {
-    let mut p = [vdupq_n_s32(0); 4];
-    for ((p, w), x) in p.iter_mut().zip(w).zip(x) {
-        // SAFETY: the caller guarantees `D`'s features.
-        *p = unsafe { D::partials(w, x) };
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let mut p = [vdupq_n_s32(0); 4];
+        for ((p, w), x) in p.iter_mut().zip(w).zip(x) {
+            *p = D::partials(w, x);
+        }
+        vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
     }
-    vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
 }
 
 // ---------------------------------------------------------------------------------------
