@@ -95,7 +95,7 @@ pub use pool::ThreadPool;
 #[cfg(feature = "std")]
 mod pool {
     use super::Parallel;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Condvar, Mutex};
     use std::thread::JoinHandle;
     use std::vec::Vec;
@@ -106,21 +106,49 @@ mod pool {
         f: *const (dyn Fn(usize) + Sync),
         n: usize,
     }
-    // SAFETY: the pointee is `Sync`; the pointer is only dereferenced while `run` keeps
-    // the closure alive (it waits for every worker to finish the job).
+    // SAFETY: the pointee is `Sync`; a worker dereferences the pointer only for a task it
+    // claimed in the job's generation, and `run` does not return before every claimed
+    // task is done.
     unsafe impl Send for Job {}
 
     struct Shared {
-        job: Mutex<(u64, Option<Job>)>, // (generation, job)
+        /// (generation, job), replaced by `run` for each new job.
+        job: Mutex<(u32, Option<Job>)>,
         wake: Condvar,
-        next: AtomicUsize,
-        busy: AtomicUsize,
-        generation: AtomicUsize,
+        /// `generation << 32 | next task index`: a task is claimed by a compare-exchange,
+        /// which fails once the generation has moved on, so a late worker can never run
+        /// a task of a finished job.
+        claim: AtomicU64,
+        /// Tasks of the current job that have finished.
+        done: AtomicUsize,
         stop: AtomicBool,
     }
 
-    /// A persistent pool: `threads - 1` workers plus the calling thread. Workers spin
-    /// briefly between jobs (a step issues hundreds of small jobs) and then sleep.
+    impl Shared {
+        /// Runs tasks of generation `generation` until none is left.
+        fn work(&self, generation: u32, job: Job) {
+            let mut cur = self.claim.load(Ordering::Acquire);
+            loop {
+                if (cur >> 32) as u32 != generation || (cur as u32 as usize) >= job.n {
+                    return;
+                }
+                match self.claim.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        // SAFETY: see `Job`: this task was claimed in `generation`.
+                        unsafe { (*job.f)(cur as u32 as usize) };
+                        self.done.fetch_add(1, Ordering::AcqRel);
+                        cur = self.claim.load(Ordering::Acquire);
+                    }
+                    Err(now) => cur = now,
+                }
+            }
+        }
+    }
+
+    /// A persistent pool: `threads - 1` workers plus the calling thread, which takes
+    /// tasks too and never waits for a worker that has not started one (so a worker
+    /// descheduled on a busy machine delays nothing). Workers spin briefly between jobs
+    /// (a step issues hundreds of small jobs), then sleep.
     pub struct ThreadPool {
         shared: Arc<Shared>,
         workers: Vec<JoinHandle<()>>,
@@ -130,22 +158,17 @@ mod pool {
 
     const SPIN: u32 = 20_000;
 
-    fn work(shared: &Shared, job: Job) {
-        loop {
-            let i = shared.next.fetch_add(1, Ordering::AcqRel);
-            if i >= job.n {
-                break;
-            }
-            // SAFETY: see `Job`.
-            unsafe { (*job.f)(i) };
-        }
-    }
-
     fn worker(shared: Arc<Shared>) {
-        let mut seen = 0u64;
+        let mut seen = 0u32;
         loop {
             let mut spins = 0;
-            while shared.generation.load(Ordering::Acquire) as u64 == seen && !shared.stop.load(Ordering::Acquire) {
+            loop {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if (shared.claim.load(Ordering::Acquire) >> 32) as u32 != seen {
+                    break;
+                }
                 if spins < SPIN {
                     spins += 1;
                     std::hint::spin_loop();
@@ -156,15 +179,11 @@ mod pool {
                     }
                 }
             }
-            if shared.stop.load(Ordering::Acquire) {
-                return;
-            }
             let (generation, job) = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
             seen = generation;
             if let Some(job) = job {
-                work(&shared, job);
+                shared.work(generation, job);
             }
-            shared.busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -174,9 +193,8 @@ mod pool {
             let shared = Arc::new(Shared {
                 job: Mutex::new((0, None)),
                 wake: Condvar::new(),
-                next: AtomicUsize::new(0),
-                busy: AtomicUsize::new(0),
-                generation: AtomicUsize::new(0),
+                claim: AtomicU64::new(0),
+                done: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
             });
             let mut workers = Vec::new();
@@ -194,29 +212,28 @@ mod pool {
         }
 
         fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-            if self.workers.is_empty() || n <= 1 {
+            if self.workers.is_empty() || n <= 1 || n > u32::MAX as usize {
                 (0..n).for_each(f);
                 return;
             }
             let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: erasing the closure's lifetime is sound because this function does
-            // not return before every worker has finished with the job (`busy == 0`).
+            // not return before every claimed task has finished (`done == n`), and no
+            // task of this generation can be claimed after that.
             let f: *const (dyn Fn(usize) + Sync) = unsafe { core::mem::transmute(f) };
             let job = Job { f, n };
-            self.shared.next.store(0, Ordering::Release);
-            self.shared.busy.store(self.workers.len(), Ordering::Release);
-            {
+            self.shared.done.store(0, Ordering::Release);
+            let generation = {
                 let mut guard = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
-                guard.0 += 1;
+                guard.0 = guard.0.wrapping_add(1);
                 guard.1 = Some(job);
-                self.shared.generation.store(guard.0 as usize, Ordering::Release);
-            }
+                self.shared.claim.store((guard.0 as u64) << 32, Ordering::Release);
+                guard.0
+            };
             self.shared.wake.notify_all();
-            work(&self.shared, job);
-            // Workers finish their last task; if one was descheduled (a loaded machine),
-            // stop burning the core it needs.
+            self.shared.work(generation, job);
             let mut spins = 0u32;
-            while self.shared.busy.load(Ordering::Acquire) != 0 {
+            while self.shared.done.load(Ordering::Acquire) != n {
                 if spins < SPIN {
                     spins += 1;
                     std::hint::spin_loop();
