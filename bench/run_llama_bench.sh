@@ -13,6 +13,8 @@
 #   BENCH_THREADS     thread counts (default "1 2")
 #   BENCH_REPS        repetitions (default 5)
 #   BENCH_P, BENCH_N  prompt and generation lengths (default 128, 64)
+#   BENCH_WAIT_IDLE   if set to N, first wait up to N seconds for the machine
+#                     to be idle (2-thread runs collapse when a core is shared)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
@@ -25,6 +27,31 @@ bin=$("$here/build_llama_cpp.sh")
 models=$(LLAMA_CPP_BIN="$bin" "$here/prepare_peer_models.sh")
 mapfile -t ggufs <<< "$models"
 
+# The machine is idle when, over 5 samples 1 s apart, no process but the
+# sampler itself is runnable (/proc/stat procs_running).
+machine_idle() {
+  local i r
+  for i in 1 2 3 4 5; do
+    r=$(awk '/^procs_running/ {print $2}' /proc/stat)
+    [ "$r" -le 1 ] || return 1
+    sleep 1
+  done
+}
+# Wait (if BENCH_WAIT_IDLE is set) for the machine to be idle; prints "idle" or
+# "busy" (gave up waiting).
+wait_idle() {
+  [ -n "${BENCH_WAIT_IDLE:-}" ] || { echo "unchecked"; return; }
+  local deadline=$(( $(date +%s) + BENCH_WAIT_IDLE ))
+  until machine_idle; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "machine still busy after ${BENCH_WAIT_IDLE}s, running anyway" >&2
+      echo "busy"; return
+    fi
+    sleep 5
+  done
+  echo "idle"
+}
+
 summary="$cache/results-summary.txt"
 {
   echo "# llama.cpp peer: llama-bench -p $p -n $n -r $reps ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
@@ -36,18 +63,20 @@ for gguf in "${ggufs[@]}"; do
   quant=$(basename "$gguf" .gguf); quant=${quant##*.}
   for t in $threads; do
     base="$cache/results-$quant-t$t"
-    echo "== $quant, $t thread(s)" >&2
+    state=$(wait_idle)
+    echo "== $quant, $t thread(s) (machine: $state)" >&2
     "$bin/llama-bench" -m "$gguf" -p "$p" -n "$n" -t "$t" -r "$reps" \
       -o md -oe json > "$base.txt" 2> "$base.json"
     cat "$base.txt" >&2
-    python3 - "$base.json" "$quant" >> "$summary" <<'EOF'
+    python3 - "$base.json" "$quant" "$state" >> "$summary" <<'EOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))
 for r in rows:
     test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
     print(f"{sys.argv[2]:5s} t={r['n_threads']} {test:6s} "
-          f"{r['avg_ts']:9.2f} +- {r['stddev_ts']:6.2f} tok/s  "
-          f"build={r['build_commit']}({r['build_number']}) cpu_info={r['cpu_info']!r}")
+          f"mean {r['avg_ts']:8.2f} +- {r['stddev_ts']:7.2f} tok/s, "
+          f"max {max(r['samples_ts']):8.2f}  "
+          f"(start: {sys.argv[3]}, build {r['build_commit']}({r['build_number']}))")
 EOF
   done
 done

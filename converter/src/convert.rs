@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use arq::format::writer::{ArqWriter, Meta};
 use arq::format::{ArqFile, Dtype};
-use arq::quant::{BlockQ8, QK8};
+use arq::quant::{BlockQ4, BlockQ8, QK4, QK8};
 use arq::tokenizer::PreTokenizer;
 use half::f16;
 
@@ -19,6 +19,9 @@ use crate::report::{self, AccuracyReport};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
     Q8,
+    /// q4 layer matrices; the token embedding and the output head stay q8 (see
+    /// [`Quant::dtype_of`]).
+    Q4,
     F32,
 }
 
@@ -26,7 +29,24 @@ impl Quant {
     pub fn name(self) -> &'static str {
         match self {
             Quant::Q8 => "q8",
+            Quant::Q4 => "q4",
             Quant::F32 => "f32",
+        }
+    }
+
+    /// The dtype of matrix `name` in a file of this weight type.
+    ///
+    /// With q4, `token_embd` (which is also the output head when that is tied) and
+    /// `output` are q8, as llama.cpp keeps them above 4 bits in its Q4 files. On
+    /// SmolLM2-135M (calibration KL against the unquantized model, built-in text) a q4
+    /// embedding alone costs 0.064 nats/token and +6.3% perplexity; in q8 it costs 0.000,
+    /// for 12 MB more (84 vs 96 MB).
+    pub fn dtype_of(self, name: &str) -> Dtype {
+        match self {
+            Quant::Q8 => Dtype::Q8,
+            Quant::Q4 if name == "token_embd" || name == "output" => Dtype::Q8,
+            Quant::Q4 => Dtype::Q4,
+            Quant::F32 => Dtype::F32,
         }
     }
 }
@@ -220,18 +240,35 @@ impl LlamaSource {
                 w.tensor("tokenizer", Dtype::U8, &[self.tokenizer_blob.len() as u64], self.tokenizer_blob.clone())?;
                 tokenizer_written = true;
             }
-            if t.is_matrix && quant == Quant::Q8 {
-                if !(t.dims[1] as usize).is_multiple_of(QK8) {
-                    bail!("tensor {}: row length {} is not a multiple of 32, cannot quantize to q8", t.name, t.dims[1]);
-                }
-                let blocks = quantize_weights_q8(&t.values);
-                let mut deq = vec![0.0f32; t.values.len()];
-                arq::quant::dequantize_row_q8(&blocks, &mut deq);
-                errors.push((t.name.clone(), report::relative_error(&t.values, &deq)));
-                w.tensor(&t.name, Dtype::Q8, &t.dims, bytemuck::cast_slice(&blocks).to_vec())?;
-            } else {
-                w.tensor(&t.name, Dtype::F32, &t.dims, bytemuck::cast_slice(&t.values).to_vec())?;
+            let dtype = if t.is_matrix { quant.dtype_of(&t.name) } else { Dtype::F32 };
+            if dtype != Dtype::F32 && !(t.dims[1] as usize).is_multiple_of(QK8) {
+                bail!(
+                    "tensor {}: row length {} is not a multiple of 32, cannot quantize to {}",
+                    t.name,
+                    t.dims[1],
+                    dtype.name()
+                );
             }
+            let (data, deq) = match dtype {
+                Dtype::Q8 => {
+                    let blocks = quantize_weights_q8(&t.values);
+                    let mut deq = vec![0.0f32; t.values.len()];
+                    arq::quant::dequantize_row_q8(&blocks, &mut deq);
+                    (bytemuck::cast_slice(&blocks).to_vec(), Some(deq))
+                }
+                Dtype::Q4 => {
+                    let mut blocks = vec![BlockQ4 { d: [0; 2], m: [0; 2], qs: [0; QK4 / 2] }; t.values.len() / QK4];
+                    arq::quant::quantize_row_q4(&t.values, &mut blocks);
+                    let mut deq = vec![0.0f32; t.values.len()];
+                    arq::quant::dequantize_row_q4(&blocks, &mut deq);
+                    (bytemuck::cast_slice(&blocks).to_vec(), Some(deq))
+                }
+                _ => (bytemuck::cast_slice(&t.values).to_vec(), None),
+            };
+            if let Some(deq) = deq {
+                errors.push((t.name.clone(), report::relative_error(&t.values, &deq)));
+            }
+            w.tensor(&t.name, dtype, &t.dims, data)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -300,4 +337,20 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     };
     write_validated(&bytes, out)?;
     Ok(ConvertSummary { bytes: bytes.len() as u64, tensor_errors, accuracy })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_keeps_the_embedding_and_head_in_q8() {
+        assert_eq!(Quant::Q4.dtype_of("token_embd"), Dtype::Q8);
+        assert_eq!(Quant::Q4.dtype_of("output"), Dtype::Q8);
+        assert_eq!(Quant::Q4.dtype_of("blk.0.attn_q"), Dtype::Q4);
+        assert_eq!(Quant::Q4.dtype_of("blk.29.ffn_down"), Dtype::Q4);
+        assert_eq!(Quant::Q8.dtype_of("token_embd"), Dtype::Q8);
+        assert_eq!(Quant::F32.dtype_of("blk.0.attn_q"), Dtype::F32);
+        assert_eq!(Quant::Q4.name(), "q4");
+    }
 }

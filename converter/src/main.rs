@@ -144,7 +144,11 @@ impl ThreadsArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum QuantArg {
+    /// 8-bit matrices.
     Q8,
+    /// 4-bit layer matrices; the token embedding and output head stay q8.
+    Q4,
+    /// Unquantized.
     F32,
 }
 
@@ -216,6 +220,7 @@ fn cmd_convert(
 ) -> Result<()> {
     let quant = match quant {
         QuantArg::Q8 => Quant::Q8,
+        QuantArg::Q4 => Quant::Q4,
         QuantArg::F32 => Quant::F32,
     };
     let calib = match calib {

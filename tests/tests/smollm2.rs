@@ -31,17 +31,19 @@ fn gguf_path() -> Option<PathBuf> {
 
 struct Converted {
     q8: ModelBytes,
+    q4: ModelBytes,
     f32: ModelBytes,
 }
 
-/// Both conversions, made once per test binary.
+/// The three conversions, made once per test binary.
 fn models() -> Option<&'static Converted> {
     static M: OnceLock<Option<Converted>> = OnceLock::new();
     M.get_or_init(|| {
         let src = LlamaSource::from_gguf(&gguf_path()?, false).expect("convert SmolLM2");
         let (q8, _) = src.to_arq(Quant::Q8, false).expect("q8");
+        let (q4, _) = src.to_arq(Quant::Q4, false).expect("q4");
         let (f32, _) = src.to_arq(Quant::F32, false).expect("f32");
-        Some(Converted { q8: ModelBytes::copy_of(&q8), f32: ModelBytes::copy_of(&f32) })
+        Some(Converted { q8: ModelBytes::copy_of(&q8), q4: ModelBytes::copy_of(&q4), f32: ModelBytes::copy_of(&f32) })
     })
     .as_ref()
 }
@@ -108,6 +110,23 @@ fn q8_perplexity_within_1_percent_and_top1_at_least_97_percent() {
     );
     assert!(rel.abs() < 0.01, "q8 perplexity off by {:.3}%", 100.0 * rel);
     assert!(top1 >= 0.97, "q8 top-1 agreement {:.2}%", 100.0 * top1);
+}
+
+#[test]
+fn q4_perplexity_within_1_percent_and_top1_at_least_96_percent() {
+    // The GGUF's layer matrices are Q4_1 blocks, which q4 stores exactly, and its Q8_0
+    // embedding stays q8: only the q8 activations differ from the f32 conversion.
+    let Some(m) = models() else { return };
+    let model = Model::load(m.q4.bytes()).unwrap();
+    let (ppl, ppl_ref, top1) = compare_with_reference(&model);
+    let rel = ppl / ppl_ref - 1.0;
+    eprintln!(
+        "q4: perplexity {ppl:.4} vs transformers f32 {ppl_ref:.4} ({:+.3}%), top-1 agreement {:.2}%",
+        100.0 * rel,
+        100.0 * top1
+    );
+    assert!(rel.abs() < 0.01, "q4 perplexity off by {:.3}%", 100.0 * rel);
+    assert!(top1 >= 0.96, "q4 top-1 agreement {:.2}%", 100.0 * top1);
 }
 
 #[test]
@@ -184,7 +203,12 @@ fn greedy_continuation_matches_reference() {
 #[test]
 fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
     let Some(m) = models() else { return };
-    let model = Model::load(m.q8.bytes()).unwrap();
+    for bytes in [&m.q8, &m.q4] {
+        kv_cache_equals_full_recompute(&Model::load(bytes.bytes()).unwrap());
+    }
+}
+
+fn kv_cache_equals_full_recompute(model: &Model<'_>) {
     let ids: Vec<u32> = ids_of(&reference()["texts"]["prose"]["ids"])[..48].to_vec();
     let vocab = model.config().vocab;
     let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1 };
@@ -193,11 +217,11 @@ fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut full = Vec::new();
     {
-        let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+        let mut s = Session::new(model, &mut arena, cfg).unwrap();
         s.forward_all(&ids, |_, l| full.extend_from_slice(l)).unwrap();
     }
     // Incremental: prefill a prefix, then one token per step through the KV cache.
-    let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+    let mut s = Session::new(model, &mut arena, cfg).unwrap();
     let split = 21;
     let l = s.prefill(&ids[..split]).unwrap();
     assert_eq!(bits(l), bits(&full[(split - 1) * vocab..split * vocab]));
@@ -228,6 +252,38 @@ fn threads_give_bit_identical_logits() {
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
+}
+
+#[test]
+fn q4_conversion_is_exact_and_every_kernel_tier_gives_identical_logits() {
+    let Some(m) = models() else { return };
+    // The GGUF's layer matrices are Q4_1 blocks: q4 must store them exactly.
+    let src = LlamaSource::from_gguf(&gguf_path().unwrap(), false).unwrap();
+    let (_, errors) = src.to_arq(Quant::Q4, false).unwrap();
+    let layers: Vec<_> = errors.iter().filter(|(name, _)| name.starts_with("blk.")).collect();
+    assert_eq!(layers.len(), 30 * 7);
+    for (name, err) in layers {
+        assert!(*err == 0.0, "{name}: relative error {err}");
+    }
+    let ids: Vec<u32> = ids_of(&reference()["texts"]["chat"]["ids"])[..24].to_vec();
+    let mut logits = Vec::new();
+    for k in arq::kernels::available() {
+        let mut model = Model::load(m.q4.bytes()).unwrap();
+        model.set_kernels(k);
+        let cfg = SessionConfig { ctx: 32, batch: 8, threads: 1 };
+        let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+        let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+        let mut out = Vec::new();
+        s.forward_all(&ids[..20], |_, l| out.extend_from_slice(l)).unwrap();
+        for &t in &ids[20..] {
+            out.extend_from_slice(s.step(t).unwrap());
+        }
+        logits.push((k.name, bits(&out)));
+    }
+    for (name, l) in &logits[1..] {
+        assert!(l == &logits[0].1, "{name} differs from {}", logits[0].0);
+    }
+    eprintln!("q4 logits identical on {:?}", logits.iter().map(|l| l.0).collect::<Vec<_>>());
 }
 
 fn bits(x: &[f32]) -> Vec<u32> {

@@ -13,7 +13,7 @@ use crate::format::{ArqFile, Dtype, TensorView};
 use crate::kernels::{self, Kernels};
 use crate::math;
 use crate::parallel::{self, Parallel, Serial};
-use crate::quant::{BlockQ8, QK8};
+use crate::quant::{BlockQ4, BlockQ8, QK4, QK8};
 use crate::tokenizer::Tokenizer;
 
 /// Caps on hyperparameters: far above any model this runtime targets, low enough that
@@ -85,6 +85,7 @@ impl LlamaConfig {
 #[derive(Clone, Copy, Debug)]
 pub enum Weight<'a> {
     Q8(&'a [BlockQ8]),
+    Q4(&'a [BlockQ4]),
     F32(&'a [f32]),
 }
 
@@ -92,6 +93,7 @@ impl<'a> Weight<'a> {
     fn from_view(t: &TensorView<'a>) -> Option<Self> {
         match t.dtype {
             Dtype::Q8 => t.as_q8().map(Weight::Q8),
+            Dtype::Q4 => t.as_q4().map(Weight::Q4),
             Dtype::F32 => t.as_f32().map(Weight::F32),
             _ => None,
         }
@@ -101,6 +103,7 @@ impl<'a> Weight<'a> {
     fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
         match *self {
             Weight::Q8(w) => crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out),
+            Weight::Q4(w) => crate::quant::dequantize_row_q4(&w[r * cols / QK4..(r + 1) * cols / QK4], out),
             Weight::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
         }
     }
@@ -184,7 +187,7 @@ impl<'a> Model<'a> {
             if t.shape.dims() != [rows as u64, cols as u64] {
                 return Err(bad(role, layer, "shape does not match the hyperparameters"));
             }
-            Weight::from_view(t).ok_or(bad(role, layer, "dtype must be q8 or f32"))
+            Weight::from_view(t).ok_or(bad(role, layer, "dtype must be q8, q4 or f32"))
         };
         let vector = |t: &TensorView<'a>, role, layer, n: usize| -> Result<&'a [f32], Error> {
             if t.shape.dims() != [n as u64] {
@@ -224,7 +227,7 @@ impl<'a> Model<'a> {
             if tv.shape.dims() != [rows as u64, cols as u64] {
                 return Err(bad(LAYER_ROLES[j], li, "shape does not match the hyperparameters"));
             }
-            Weight::from_view(&tv).ok_or(bad(LAYER_ROLES[j], li, "dtype must be q8 or f32"))
+            Weight::from_view(&tv).ok_or(bad(LAYER_ROLES[j], li, "dtype must be q8, q4 or f32"))
         };
         let v = |j: usize| -> Result<&'a [f32], Error> {
             let tv = t(j)?;
@@ -334,7 +337,7 @@ pub struct Session<'a> {
 }
 
 /// `out (n, rows) = x (n, cols) · wᵀ`, with `x` already quantized into `xq` for q8
-/// weights. One token splits the rows across tasks; several tokens split the tokens.
+/// and q4 weights. One token splits the rows across tasks; several tokens split the tokens.
 fn matmul(pool: &dyn Parallel, k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f32], xq: &[BlockQ8], out: &mut [f32]) {
     let n = out.len() / rows;
     let cols = x.len() / n;
@@ -346,6 +349,7 @@ fn matmul(pool: &dyn Parallel, k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f3
             let r = i * chunk..i * chunk + o.len();
             match *w {
                 Weight::Q8(wb) => (k.matmul_q8)(&wb[r.start * cols / QK8..r.end * cols / QK8], o.len(), xq, o),
+                Weight::Q4(wb) => (k.matmul_q4_q8)(&wb[r.start * cols / QK4..r.end * cols / QK4], o.len(), xq, o),
                 Weight::F32(wf) => (k.matmul_f32)(&wf[r.start * cols..r.end * cols], o.len(), x, o),
             }
         });
@@ -355,6 +359,7 @@ fn matmul(pool: &dyn Parallel, k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f3
             let t = i * per_task..i * per_task + o.len() / rows;
             match *w {
                 Weight::Q8(wb) => (k.matmul_q8)(wb, rows, &xq[t.start * cols / QK8..t.end * cols / QK8], o),
+                Weight::Q4(wb) => (k.matmul_q4_q8)(wb, rows, &xq[t.start * cols / QK8..t.end * cols / QK8], o),
                 Weight::F32(wf) => (k.matmul_f32)(wf, rows, &x[t.start * cols..t.end * cols], o),
             }
         });
@@ -370,7 +375,7 @@ fn linear(
     ws: &mut [(&Weight<'_>, usize, &mut [f32])],
 ) {
     let xq = &mut xq[..x.len() / QK8];
-    if ws.iter().any(|(w, _, _)| matches!(w, Weight::Q8(_))) {
+    if ws.iter().any(|(w, _, _)| matches!(w, Weight::Q8(_) | Weight::Q4(_))) {
         (k.quantize_q8)(x, xq);
     }
     for (w, rows, out) in ws.iter_mut() {

@@ -8,7 +8,7 @@
 #[cfg(feature = "std")]
 pub mod writer;
 
-use crate::quant::BlockQ8;
+use crate::quant::{BlockQ4, BlockQ8};
 use core::fmt;
 
 #[cfg(target_endian = "big")]
@@ -97,6 +97,8 @@ pub enum Dtype {
     Q8,
     /// Raw bytes (e.g. the tokenizer tables), shape `[len]`.
     U8,
+    /// [`BlockQ4`] blocks of 32 along the last dimension.
+    Q4,
 }
 
 impl Dtype {
@@ -106,6 +108,7 @@ impl Dtype {
             1 => Dtype::F16,
             2 => Dtype::Q8,
             3 => Dtype::U8,
+            4 => Dtype::Q4,
             other => return Err(FormatError::UnknownDtype(other)),
         })
     }
@@ -115,6 +118,7 @@ impl Dtype {
             Dtype::F16 => 1,
             Dtype::Q8 => 2,
             Dtype::U8 => 3,
+            Dtype::Q4 => 4,
         }
     }
     pub fn name(self) -> &'static str {
@@ -123,10 +127,11 @@ impl Dtype {
             Dtype::F16 => "f16",
             Dtype::Q8 => "q8",
             Dtype::U8 => "u8",
+            Dtype::Q4 => "q4",
         }
     }
     /// Bytes for a tensor whose last dimension is `last` and which has `n` elements,
-    /// or `None` when the shape does not fit the dtype (q8 needs `last % 32 == 0`).
+    /// or `None` when the shape does not fit the dtype (q8 and q4 need `last % 32 == 0`).
     pub fn byte_len(self, n: u64, last: u64) -> Option<u64> {
         match self {
             Dtype::F32 => n.checked_mul(4),
@@ -137,6 +142,12 @@ impl Dtype {
                     return None;
                 }
                 (n / 32).checked_mul(core::mem::size_of::<BlockQ8>() as u64)
+            }
+            Dtype::Q4 => {
+                if !last.is_multiple_of(32) {
+                    return None;
+                }
+                (n / 32).checked_mul(core::mem::size_of::<BlockQ4>() as u64)
             }
         }
     }
@@ -230,6 +241,13 @@ impl<'a> TensorView<'a> {
     pub fn as_q8(&self) -> Option<&'a [BlockQ8]> {
         match self.dtype {
             Dtype::Q8 => bytemuck::try_cast_slice(self.data).ok(),
+            _ => None,
+        }
+    }
+    /// The data as q4 blocks (the dtype must be Q4).
+    pub fn as_q4(&self) -> Option<&'a [BlockQ4]> {
+        match self.dtype {
+            Dtype::Q4 => bytemuck::try_cast_slice(self.data).ok(),
             _ => None,
         }
     }
@@ -492,5 +510,65 @@ impl<'a> ArqFile<'a> {
         } else {
             Err(FormatError::ChecksumMismatch { stored: self.checksum, computed })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_ids_round_trip_and_unknown_ids_are_refused() {
+        for id in 0..=4 {
+            assert_eq!(Dtype::from_u32(id).unwrap().to_u32(), id);
+        }
+        assert_eq!(Dtype::from_u32(4), Ok(Dtype::Q4));
+        assert_eq!(Dtype::Q4.name(), "q4");
+        assert_eq!(Dtype::from_u32(5), Err(FormatError::UnknownDtype(5)));
+    }
+
+    #[test]
+    fn q4_byte_len_is_20_bytes_per_32_values() {
+        assert_eq!(Dtype::Q4.byte_len(3 * 64, 64), Some(6 * 20));
+        assert_eq!(Dtype::Q4.byte_len(32, 32), Some(20));
+        assert_eq!(Dtype::Q4.byte_len(2 * 48, 48), None);
+        // 20 / 32 < 1: no element count overflows it.
+        assert_eq!(Dtype::Q4.byte_len(u64::MAX / 32 * 32, 32), Some(u64::MAX / 32 * 20));
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn q4_tensors_round_trip_through_the_writer() {
+        use crate::quant::{quantize_row_q4, QK4};
+
+        let x: Vec<f32> = (0..2 * 64).map(|i| (i as f32 * 0.3).sin()).collect();
+        let mut blocks = vec![<BlockQ4 as bytemuck::Zeroable>::zeroed(); x.len() / QK4];
+        quantize_row_q4(&x, &mut blocks);
+        let mut w = writer::ArqWriter::new();
+        w.tensor("w", Dtype::Q4, &[2, 64], bytemuck::cast_slice(&blocks).to_vec()).unwrap();
+        assert!(w.tensor("bad", Dtype::Q4, &[2, 48], vec![0; 60]).is_err());
+        assert!(w.tensor("short", Dtype::Q4, &[2, 64], vec![0; 79]).is_err());
+        let mut bytes = Vec::new();
+        w.write(&mut bytes).unwrap();
+
+        // The reader needs a 64-byte aligned start.
+        let mut buf = vec![0u8; bytes.len() + ALIGN];
+        let at = buf.as_ptr().align_offset(ALIGN);
+        buf[at..at + bytes.len()].copy_from_slice(&bytes);
+        let f = ArqFile::parse(&buf[at..at + bytes.len()]).unwrap();
+        let (_, t) = f.find("w").unwrap();
+        assert_eq!(t.dtype, Dtype::Q4);
+        assert_eq!(t.shape.dims(), &[2, 64]);
+        assert_eq!(t.as_q4().unwrap(), &blocks[..]);
+        assert!(t.as_q8().is_none() && t.as_f32().is_none());
+
+        // A q4 entry whose byte length disagrees with its shape is refused.
+        let dir = f.dir.as_ptr() as usize - buf[at..].as_ptr() as usize;
+        let mut bad = buf[at..at + bytes.len()].to_vec();
+        bad[dir + 112..dir + 120].copy_from_slice(&60u64.to_le_bytes());
+        let mut buf2 = vec![0u8; bad.len() + ALIGN];
+        let at2 = buf2.as_ptr().align_offset(ALIGN);
+        buf2[at2..at2 + bad.len()].copy_from_slice(&bad);
+        assert_eq!(ArqFile::parse(&buf2[at2..at2 + bad.len()]).err(), Some(FormatError::BadTensorSize { index: 0 }));
     }
 }

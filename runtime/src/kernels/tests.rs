@@ -2,7 +2,7 @@
 //! the dispatch rules.
 
 use super::*;
-use crate::quant::QK8;
+use crate::quant::{BlockQ4, QK4, QK8};
 
 /// Block counts (q8) and element counts (f32) around the 8-lane and tile boundaries.
 const BLOCK_COUNTS: [usize; 9] = [0, 1, 7, 8, 9, 15, 16, 17, 33];
@@ -225,6 +225,140 @@ fn matmul_odd_shapes_match_scalar() {
             (k.matmul_f32)(&w, rows, &x, &mut got);
             scalar::matmul_f32(&w, rows, &x, &mut want);
             assert_eq!(bits(&got), bits(&want), "{}: matmul_f32 {w_blocks} {rows} {x_blocks}", k.name);
+        }
+    }
+}
+
+/// A q4 row for `fill`: the same extremes as [`q8_row`], mapped onto the q4 block (quants
+/// in [0, 15], and the minimum `m` as extreme as the scale).
+fn q4_row(rng: &mut Rng, fill: QFill, nb: usize) -> Vec<BlockQ4> {
+    let f16 = |v: f32| half::f16::from_f32(v).to_bits();
+    (0..nb)
+        .map(|j| {
+            let q: [u8; QK4] = core::array::from_fn(|i| match fill {
+                QFill::AllMax | QFill::LargeScale => 15,
+                QFill::AllMin => 0,
+                QFill::AlternatingMax => [15, 0][(i + j) % 2],
+                _ => rng.below(16) as u8,
+            });
+            let (d, m): (u16, u16) = match fill {
+                QFill::ZeroScale => ([0x0000, 0x8000][j % 2], f16(rng.unit() * 0.1)),
+                // 65504, the largest finite f16, and its negative as the minimum.
+                QFill::LargeScale => (0x7bff, 0xfbff),
+                QFill::SubnormalScale => (0x0001 + rng.below(0x3ff) as u16, 0x8001 + rng.below(0x3ff) as u16),
+                QFill::NegativeScale => (0x8000 | f16(rng.unit().abs() * 0.1), f16(rng.unit().abs() * 0.5)),
+                QFill::MixedScales => {
+                    let mut pick = || match rng.below(5) {
+                        0 => 0,
+                        1 => 0x7bff,
+                        2 => 0x0001,
+                        3 => 0x8000 | 0x3c00,
+                        _ => f16(rng.unit() * 4.0),
+                    };
+                    (pick(), pick())
+                }
+                // Any finite f16 bit patterns (exponent field below 31).
+                QFill::FullRange => {
+                    let mut any = || (rng.next() as u16) & 0xfbff;
+                    (any(), any())
+                }
+                _ => (f16(rng.unit().abs() * 0.01), f16(rng.unit() * -0.1)),
+            };
+            let mut qs = [0u8; QK4 / 2];
+            for (i, b) in qs.iter_mut().enumerate() {
+                *b = q[i] | (q[i + QK4 / 2] << 4);
+            }
+            BlockQ4 { d: d.to_le_bytes(), m: m.to_le_bytes(), qs }
+        })
+        .collect()
+}
+
+#[test]
+fn dot_q4_q8_is_bit_exact() {
+    // Any i8 activations, -128 included: the q4 kernels need no range condition.
+    let mut rng = Rng(8);
+    for k in simd_tiers() {
+        for &nb in &BLOCK_COUNTS {
+            for fw in QFILLS {
+                for fx in [QFill::Random, fw, QFill::MixedScales, QFill::FullRange] {
+                    let w = q4_row(&mut rng, fw, nb);
+                    let x = q8_row(&mut rng, fx, nb);
+                    let what = format!("dot_q4_q8 nb={nb} {fw:?}x{fx:?}");
+                    assert_same(k.name, &what, (k.dot_q4_q8)(&w, &x), scalar::dot_q4_q8(&w, &x));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_q4_q8_is_bit_exact() {
+    let mut rng = Rng(9);
+    for k in simd_tiers() {
+        for &kb in &[1, 7, 8, 9, 15, 16, 17, 33] {
+            for &rows in ROWS.iter().chain(&[12, 13]) {
+                for &n in &TOKENS {
+                    let fw = QFILLS[rng.below(QFILLS.len() as u64) as usize];
+                    let fx = [QFill::Random, QFill::FullRange, QFill::MixedScales][rng.below(3) as usize];
+                    let w = q4_row(&mut rng, fw, rows * kb);
+                    let x = q8_row(&mut rng, fx, n * kb);
+                    // One spare output past the end must stay untouched.
+                    let mut got = vec![7.0f32; rows * n + 1];
+                    let mut want = got.clone();
+                    (k.matmul_q4_q8)(&w, rows, &x, &mut got);
+                    scalar::matmul_q4_q8(&w, rows, &x, &mut want);
+                    for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                        let what = format!("matmul_q4_q8 kb={kb} rows={rows} n={n} {fw:?}x{fx:?} out[{i}]");
+                        assert_same(k.name, &what, g, s);
+                    }
+                    // Each output is the dot product of its row and token.
+                    for t in 0..n {
+                        for r in 0..rows {
+                            let d = (k.dot_q4_q8)(&w[r * kb..(r + 1) * kb], &x[t * kb..(t + 1) * kb]);
+                            assert_same(k.name, &format!("matmul_q4_q8 vs dot r={r} t={t}"), got[t * rows + r], d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_q4_q8_odd_shapes_match_scalar() {
+    // Shapes off the tiled path: no tokens, a partial trailing token, a ragged weight.
+    let mut rng = Rng(10);
+    for k in simd_tiers() {
+        for (w_blocks, rows, x_blocks) in [(6, 3, 0), (6, 3, 5), (7, 3, 4), (3, 3, 2)] {
+            let w = q4_row(&mut rng, QFill::Random, w_blocks);
+            let x = q8_row(&mut rng, QFill::Random, x_blocks);
+            let mut got = vec![7.0f32; 16];
+            let mut want = got.clone();
+            (k.matmul_q4_q8)(&w, rows, &x, &mut got);
+            scalar::matmul_q4_q8(&w, rows, &x, &mut want);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{}: matmul_q4_q8 {w_blocks} {rows} {x_blocks}", k.name);
+        }
+    }
+}
+
+#[test]
+fn scalar_dot_q4_q8_is_the_dequantized_dot_product() {
+    // The contract regroups sum((q * d_w + m_w) * (x * d_x)) around exact integer sums;
+    // it must agree with the f64 dot product of the dequantized rows.
+    let mut rng = Rng(11);
+    for &nb in &BLOCK_COUNTS {
+        for fill in [QFill::Random, QFill::AllMax, QFill::AlternatingMax, QFill::NegativeScale] {
+            let w = q4_row(&mut rng, fill, nb);
+            let x = q8_row(&mut rng, QFill::FullRange, nb);
+            let mut wf = vec![0.0f32; nb * QK4];
+            let mut xf = vec![0.0f32; nb * QK8];
+            crate::quant::dequantize_row_q4(&w, &mut wf);
+            crate::quant::dequantize_row_q8(&x, &mut xf);
+            let exact: f64 = wf.iter().zip(&xf).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let scale: f64 = wf.iter().zip(&xf).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let got = scalar::dot_q4_q8(&w, &x) as f64;
+            assert!((got - exact).abs() <= 1e-5 * scale + 1e-30, "nb={nb} {fill:?}: {got:e} vs {exact:e}");
         }
     }
 }

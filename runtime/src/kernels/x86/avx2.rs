@@ -4,11 +4,11 @@
 //! pair, `vphaddd` folds 8 blocks into one register with block `j` in lane `j`, and the
 //! float part is the scalar one done 8 lanes at a time (see the [`super`] docs).
 //!
-//! q4 weights x q8 activations: one 16-byte load, a copy shifted right by 4 and an
-//! `and 0x0f` unpack a block's 32 quants in element order; `vpmaddubsw` takes them as
-//! the unsigned operand directly (no sign trick: pair sums stay within 2 * 15 * 128),
-//! `vpmaddubsw` with ones gives the activation sums the minimum needs, and both fold
-//! like the q8 sums.
+//! q4 weights x q8 activations: a 16-byte broadcast load, `vpsrlvd` by 0 (low 128 bits)
+//! or 4 (high 128 bits) and an `and 0x0f` unpack a block's 32 quants in element order;
+//! `vpmaddubsw` takes them as the unsigned operand directly (no sign trick: pair sums
+//! stay within 2 * 15 * 128), `vpmaddubsw` with ones gives the activation sums the
+//! minimum needs, and both fold like the q8 sums.
 
 use core::arch::x86_64::*;
 
@@ -597,28 +597,29 @@ fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
 fn unpack_q4(b: &[BlockQ4]) -> [__m256i; 8] {
     let mask = _mm256_set1_epi8(0x0f);
     let mut v = [_mm256_setzero_si256(); 8];
+    let shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
     for (v, b) in v.iter_mut().zip(b) {
         // SAFETY: `b.qs` is 16 readable bytes; `loadu` needs no alignment.
-        let q = unsafe { _mm_loadu_si128(b.qs.as_ptr().cast()) };
-        *v = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+        let q = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(b.qs.as_ptr().cast())) };
+        *v = _mm256_and_si256(_mm256_srlv_epi32(q, shift), mask);
     }
     v
 }
 
 /// The scales `d` and minima `m` of up to 8 q4 blocks as f32 lanes (exact, as in
-/// [`scales_tail`]), lanes past `b.len()` +0.0.
+/// [`scales_tail`]), lanes past `b.len()` +0.0. Each block's first 4 bytes, `d` then
+/// `m`, make one dword; a byte shuffle and a permute split the `d` from the `m`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn scales_q4(b: &[BlockQ4]) -> (__m256, __m256) {
-    let (mut d, mut m) = ([0u64; 2], [0u64; 2]);
-    for (j, b) in b.iter().take(8).enumerate() {
-        d[j / 4] |= (u16::from_le_bytes(b.d) as u64) << (16 * (j % 4));
-        m[j / 4] |= (u16::from_le_bytes(b.m) as u64) << (16 * (j % 4));
-    }
-    (
-        _mm256_cvtph_ps(_mm_set_epi64x(d[1] as i64, d[0] as i64)),
-        _mm256_cvtph_ps(_mm_set_epi64x(m[1] as i64, m[0] as i64)),
-    )
+    let dm = |j: usize| b.get(j).map_or(0, |b| u32::from_le_bytes([b.d[0], b.d[1], b.m[0], b.m[1]])) as i32;
+    let v = _mm256_setr_epi32(dm(0), dm(1), dm(2), dm(3), dm(4), dm(5), dm(6), dm(7));
+    // Per 128-bit lane: the four `d`, then the four `m`; then the `d` of both lanes low.
+    let split = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    );
+    let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split));
+    (_mm256_cvtph_ps(_mm256_castsi256_si128(v)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(v)))
 }
 
 /// The exact `sum q_i * x_i` of up to 8 block pairs (weights unpacked by

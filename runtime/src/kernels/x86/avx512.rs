@@ -7,13 +7,19 @@
 //! register with block `j` in lane `j`. The float part is the scalar one done 8 lanes at
 //! a time (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider
 //! tiles.
+//!
+//! q4 weights x q8 activations: the quants are unsigned already, so `vpdpbusd` takes
+//! them without the bias: two 16-byte loads broadcast into a zmm register, `vpsrlvq`
+//! by 0 or 4 per 128-bit lane and `and 0x0f` lay out blocks `(j, j + 4)` in the q8
+//! operand's order, and `vpdpbusd` with ones gives the activation sums the minimum
+//! needs, folded by the same tree.
 
 use core::arch::x86_64::*;
 
 use half::f16;
 
 use crate::kernels::{scalar, Kernels};
-use crate::quant::{BlockQ8, QK8};
+use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per q8 matmul tile.
 const TILE_ROWS_Q8: usize = 8;
@@ -21,6 +27,10 @@ const TILE_ROWS_Q8: usize = 8;
 const TILE_ROWS_F32: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
 const TILE_TOKENS_Q8: usize = 4;
+/// Weight rows per q4 matmul tile.
+const TILE_ROWS_Q4: usize = 8;
+/// Activation rows (tokens) per q4 matmul tile.
+const TILE_TOKENS_Q4: usize = 4;
 /// Activation rows (tokens) per f32 matmul tile: 4 x 4 accumulators plus 8 loads in
 /// the 32 ymm registers.
 const TILE_TOKENS_F32: usize = 4;
@@ -34,6 +44,8 @@ pub(in crate::kernels) static KERNELS: Kernels = Kernels {
     matmul_q8: safe::matmul_q8,
     matmul_f32: safe::matmul_f32,
     quantize_q8: safe::quantize_q8,
+    dot_q4_q8: safe::dot_q4_q8,
+    matmul_q4_q8: safe::matmul_q4_q8,
 };
 
 /// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
@@ -66,7 +78,7 @@ pub(in crate::kernels) fn detected() -> bool {
 
 /// The safe entry points the table holds.
 mod safe {
-    use crate::quant::BlockQ8;
+    use crate::quant::{BlockQ4, BlockQ8};
 
     pub fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
         // SAFETY: this fn is only reachable through `KERNELS`, which the dispatch in
@@ -93,6 +105,16 @@ mod safe {
     pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         // SAFETY: as in `dot_q8`: installed only after the features were detected.
         unsafe { super::quantize_q8(x, out) }
+    }
+
+    pub fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+        // SAFETY: as in `dot_q8`: installed only after the features were detected.
+        unsafe { super::dot_q4_q8(w, x) }
+    }
+
+    pub fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8`: installed only after the features were detected.
+        unsafe { super::matmul_q4_q8(w, rows, x, out) }
     }
 }
 
@@ -144,6 +166,55 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
         1 => q8_rows::<1>(w, x, out, shape, r0),
         2 => q8_rows::<2>(w, x, out, shape, r0),
         3 => q8_rows::<3>(w, x, out, shape, r0),
+        _ => {}
+    }
+}
+
+/// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+    let n = w.len().min(x.len());
+    let (gw, tw) = w[..n].as_chunks::<8>();
+    let (gx, tx) = x[..n].as_chunks::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for (wg, xg) in gw.iter().zip(gx) {
+        let xq = load_x_q4(xg);
+        let (dw, mw) = scales_q4(wg);
+        acc = accumulate_q4(acc, isum8_q4(&load_w_q4(wg), &xq), xq.sum, dw, mw, scales8(xg));
+    }
+    if !tw.is_empty() {
+        let (dw, mw) = scales_q4_tail(tw);
+        acc = accumulate_q4(acc, isum_tail_q4(tw, tx), xsum_tail(tx), dw, mw, scales_tail(tx));
+    }
+    reduce8(acc)
+}
+
+/// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
+/// 8 weight rows x 4 tokens, each output equal to [`dot_q4_q8`] of its row and token.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        return scalar::matmul_q4_q8(w, rows, x, out);
+    };
+    let mut r0 = 0;
+    while r0 + TILE_ROWS_Q4 <= rows {
+        q4_rows::<TILE_ROWS_Q4>(w, x, out, shape, r0);
+        r0 += TILE_ROWS_Q4;
+    }
+    if r0 + 4 <= rows {
+        q4_rows::<4>(w, x, out, shape, r0);
+        r0 += 4;
+    }
+    match rows - r0 {
+        1 => q4_rows::<1>(w, x, out, shape, r0),
+        2 => q4_rows::<2>(w, x, out, shape, r0),
+        3 => q4_rows::<3>(w, x, out, shape, r0),
         _ => {}
     }
 }
@@ -322,6 +393,82 @@ fn q8_tile<const R: usize, const T: usize>(
     }
 }
 
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q4` tokens at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_rows<const R: usize>(w: &[BlockQ4], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    while t0 + TILE_TOKENS_Q4 <= s.n {
+        q4_tile::<R, TILE_TOKENS_Q4>(w, x, out, s, r0, t0);
+        t0 += TILE_TOKENS_Q4;
+    }
+    match s.n - t0 {
+        1 => q4_tile::<R, 1>(w, x, out, s, r0, t0),
+        2 => q4_tile::<R, 2>(w, x, out, s, r0, t0),
+        3 => q4_tile::<R, 3>(w, x, out, s, r0, t0),
+        _ => {}
+    }
+}
+
+/// One R x T tile of the q4 matmul: each group of 8 weight blocks is unpacked once for
+/// the tile, each token's activations, scales and sums loaded once per group.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_tile<const R: usize, const T: usize>(
+    w: &[BlockQ4],
+    x: &[BlockQ8],
+    out: &mut [f32],
+    s: Shape,
+    r0: usize,
+    t0: usize,
+) {
+    let kb = s.kb;
+    let mut wg: [&[[BlockQ4; 8]]; R] = [&[]; R];
+    let mut wt: [&[BlockQ4]; R] = [&[]; R];
+    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
+    }
+    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
+    let mut xt: [&[BlockQ8]; T] = [&[]; T];
+    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
+    }
+
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for g in 0..kb / 8 {
+        let mut xq = [ActGroupQ4 { q: [_mm512_setzero_si512(); 4], sum: _mm256_setzero_ps() }; T];
+        let mut dx = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            xq[j] = load_x_q4(&xg[j][g]);
+            dx[j] = scales8(&xg[j][g]);
+        }
+        for i in 0..R {
+            let wq = load_w_q4(&wg[i][g]);
+            let (dw, mw) = scales_q4(&wg[i][g]);
+            for j in 0..T {
+                acc[i][j] = accumulate_q4(acc[i][j], isum8_q4(&wq, &xq[j]), xq[j].sum, dw, mw, dx[j]);
+            }
+        }
+    }
+    if !kb.is_multiple_of(8) {
+        let mut dx = [_mm256_setzero_ps(); T];
+        let mut sx = [_mm256_setzero_ps(); T];
+        for j in 0..T {
+            dx[j] = scales_tail(xt[j]);
+            sx[j] = xsum_tail(xt[j]);
+        }
+        for i in 0..R {
+            let (dw, mw) = scales_q4_tail(wt[i]);
+            for j in 0..T {
+                acc[i][j] = accumulate_q4(acc[i][j], isum_tail_q4(wt[i], xt[j]), sx[j], dw, mw, dx[j]);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
+        }
+    }
+}
+
 /// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_F32` tokens at a time.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize) {
@@ -477,6 +624,14 @@ fn isum8_loaded(w: &WeightGroup, x: &ActGroup) -> __m256i {
     for (j, p) in p.iter_mut().enumerate() {
         *p = _mm512_dpbusd_epi32(x.correction[j], w.0[j], x.q[j]);
     }
+    fold_pairs(p)
+}
+
+/// Lane `j` of the result = the sum of the 8 i32 lanes of block `j` (register `j % 4`,
+/// low half for `j < 4`, high half otherwise): the unpack/add tree of [`isum8_loaded`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn fold_pairs(p: [__m512i; 4]) -> __m256i {
     // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
     let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
     let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
@@ -486,6 +641,128 @@ fn isum8_loaded(w: &WeightGroup, x: &ActGroup) -> __m256i {
     // Reorder to lanes [0, 2 | 1, 3] and add the halves: [0+1, 2+3].
     let s = _mm512_shuffle_i32x4::<0b11_01_10_00>(abcd, abcd);
     _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
+}
+
+/// Activation operand of 8 blocks for q4 weights: blocks `(j, j + 4)` in register `j`,
+/// and the blocks' sums `sum x_i` as f32 lanes (exact: |sum| <= 4096).
+#[derive(Clone, Copy)]
+struct ActGroupQ4 {
+    q: [__m512i; 4],
+    sum: __m256,
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_x_q4(x: &[BlockQ8; 8]) -> ActGroupQ4 {
+    let zero = _mm512_setzero_si512();
+    let ones = _mm512_set1_epi8(1);
+    let mut q = [zero; 4];
+    let mut sums = [zero; 4];
+    for j in 0..4 {
+        q[j] = load_pair(&x[j], &x[j + 4]);
+        sums[j] = _mm512_dpbusd_epi32(zero, ones, q[j]);
+    }
+    ActGroupQ4 { q, sum: _mm256_cvtepi32_ps(fold_pairs(sums)) }
+}
+
+/// Weight operand of 8 q4 blocks in [`load_x_q4`]'s layout: register `j` holds block
+/// `j`'s quants in its low 256 bits and block `j + 4`'s in its high 256 bits, each as
+/// 32 bytes in [0, 15] in element order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_w_q4(w: &[BlockQ4; 8]) -> [__m512i; 4] {
+    let mask = _mm512_set1_epi8(0x0f);
+    // 64-bit elements 2, 3, 6, 7 (128-bit lanes 1 and 3) take the high nibbles.
+    let shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    let mut v = [_mm512_setzero_si512(); 4];
+    for (j, v) in v.iter_mut().enumerate() {
+        // SAFETY: each `qs` is 16 readable bytes; `loadu` needs no alignment.
+        let (a, b) =
+            unsafe { (_mm_loadu_si128(w[j].qs.as_ptr().cast()), _mm_loadu_si128(w[j + 4].qs.as_ptr().cast())) };
+        let both = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(a), 0xff00, b);
+        *v = _mm512_and_si512(_mm512_srlv_epi64(both, shift), mask);
+    }
+    v
+}
+
+/// The exact `sum q_i * x_i` of 8 block pairs, pair `j` in lane `j`: `vpdpbusd` of the
+/// unsigned quants and the signed activations, exact for every i8 activation.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn isum8_q4(w: &[__m512i; 4], x: &ActGroupQ4) -> __m256i {
+    let zero = _mm512_setzero_si512();
+    let mut p = [zero; 4];
+    for (j, p) in p.iter_mut().enumerate() {
+        *p = _mm512_dpbusd_epi32(zero, w[j], x.q[j]);
+    }
+    fold_pairs(p)
+}
+
+/// [`isum8_q4`] of the fewer than 8 pairs of a row's tail, one ymm `vpdpbusd` per block;
+/// the missing lanes are 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn isum_tail_q4(w: &[BlockQ4], x: &[BlockQ8]) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut v = [zero; 8];
+    for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
+        // SAFETY: `w.qs` is 16 readable bytes; `loadu` needs no alignment.
+        let q = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
+        let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+        *v = _mm256_dpbusd_epi32(zero, wq, load_qs(x));
+    }
+    hsum_tail(v, w.len())
+}
+
+/// The sums `sum x_i` of up to 8 blocks as f32 lanes, lanes past `x.len()` +0.0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn xsum_tail(x: &[BlockQ8]) -> __m256 {
+    let zero = _mm256_setzero_si256();
+    let ones = _mm256_set1_epi8(1);
+    let mut v = [zero; 8];
+    for (v, x) in v.iter_mut().zip(x) {
+        *v = _mm256_dpbusd_epi32(zero, ones, load_qs(x));
+    }
+    _mm256_cvtepi32_ps(hsum_tail(v, x.len()))
+}
+
+/// The scales `d` and minima `m` of 8 q4 blocks as f32 lanes (exact, as in
+/// [`scales_tail`]). Block `j`'s `d` and `m` are dword `5 j` of the 160-byte group (a
+/// block is 5 dwords), so two 64-byte loads and one `vpermt2d` collect them, and
+/// `vpmovdw` splits `d` (low halves) from `m` (high halves).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn scales_q4(b: &[BlockQ4; 8]) -> (__m256, __m256) {
+    let bytes: &[u8; 160] = bytemuck::cast_ref(b);
+    // SAFETY: bytes 0..64 and 80..144 lie within the 160-byte group; `loadu` needs no
+    // alignment.
+    let (lo, hi) =
+        unsafe { (_mm512_loadu_si512(bytes.as_ptr().cast()), _mm512_loadu_si512(bytes.as_ptr().add(80).cast())) };
+    // Blocks 0..4 at dwords 0, 5, 10, 15 of `lo`; blocks 4..8 at 0, 5, 10, 15 of `hi`.
+    let idx = _mm512_setr_epi32(0, 5, 10, 15, 16, 21, 26, 31, 0, 0, 0, 0, 0, 0, 0, 0);
+    let dm = _mm512_castsi512_si256(_mm512_permutex2var_epi32(lo, idx, hi));
+    (_mm256_cvtph_ps(_mm256_cvtepi32_epi16(dm)), _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32::<16>(dm))))
+}
+
+/// [`scales_q4`] of up to 8 blocks (a row's tail), lanes past `b.len()` +0.0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn scales_q4_tail(b: &[BlockQ4]) -> (__m256, __m256) {
+    let dm = |j: usize| b.get(j).map_or(0, |b| u32::from_le_bytes([b.d[0], b.d[1], b.m[0], b.m[1]])) as i32;
+    let dm = _mm256_setr_epi32(dm(0), dm(1), dm(2), dm(3), dm(4), dm(5), dm(6), dm(7));
+    (_mm256_cvtph_ps(_mm256_cvtepi32_epi16(dm)), _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32::<16>(dm))))
+}
+
+/// Lane `j` += `isum_j as f32 * (dw_j * dx_j) + xsum_j * (mw_j * dx_j)`: the scalar
+/// expression of [`scalar::dot_q4_q8`], lane-wise, no fused multiply-add.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn accumulate_q4(acc: __m256, isum: __m256i, xsum: __m256, dw: __m256, mw: __m256, dx: __m256) -> __m256 {
+    let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx));
+    let offset = _mm256_mul_ps(xsum, _mm256_mul_ps(mw, dx));
+    _mm256_add_ps(acc, _mm256_add_ps(scaled, offset))
 }
 
 /// The 8 blocks' scales as f32, equal to [`BlockQ8::scale`]: `vcvtph2ps` is exact, as
