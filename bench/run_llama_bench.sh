@@ -13,8 +13,10 @@
 #   BENCH_THREADS     thread counts (default "1 2")
 #   BENCH_REPS        repetitions (default 5)
 #   BENCH_P, BENCH_N  prompt and generation lengths (default 128, 64)
-#   BENCH_WAIT_IDLE   if set to N, first wait up to N seconds for the machine
-#                     to be idle (2-thread runs collapse when a core is shared)
+#   BENCH_WAIT_IDLE   if set to N, before each llama-bench run wait up to N
+#                     seconds for the machine to be idle (2-thread runs collapse
+#                     when another process shares a core); BENCH_IDLE_SECS sets
+#                     how long it must look idle (default 5)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
@@ -27,11 +29,11 @@ bin=$("$here/build_llama_cpp.sh")
 models=$(LLAMA_CPP_BIN="$bin" "$here/prepare_peer_models.sh")
 mapfile -t ggufs <<< "$models"
 
-# The machine is idle when, over 5 samples 1 s apart, no process but the
-# sampler itself is runnable (/proc/stat procs_running).
+# The machine is idle when, over BENCH_IDLE_SECS (default 5) samples 1 s apart,
+# no process but the sampler itself is runnable (/proc/stat procs_running).
 machine_idle() {
   local i r
-  for i in 1 2 3 4 5; do
+  for ((i = 0; i < ${BENCH_IDLE_SECS:-5}; i++)); do
     r=$(awk '/^procs_running/ {print $2}' /proc/stat)
     [ "$r" -le 1 ] || return 1
     sleep 1

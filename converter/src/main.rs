@@ -241,7 +241,8 @@ fn cmd_convert(
     );
     if !s.tensor_errors.is_empty() {
         let mean = s.tensor_errors.iter().map(|e| e.1).sum::<f64>() / s.tensor_errors.len() as f64;
-        let worst = s.tensor_errors.iter().fold(("", 0.0f64), |w, e| if e.1 > w.1 { (&e.0, e.1) } else { w });
+        let worst =
+            s.tensor_errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(("", 0.0), |e| (e.0.as_str(), e.1));
         eprintln!("per-tensor relative error ({} matrices):", s.tensor_errors.len());
         for (name, err) in &s.tensor_errors {
             eprintln!("  {name:<24} {err:.5}");

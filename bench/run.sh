@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# arq against llama.cpp on SmolLM2-135M-Instruct, side by side in the same run:
+# q8 vs llama.cpp Q8_0 and q4 vs llama.cpp Q4_1, prompt processing (128 tokens) and
+# generation (64 tokens), at 1 and 2 threads. The two tools alternate, round after
+# round, so drifting load on this shared machine hits both; medians over all samples.
+# Writes bench/RESULTS.md. The peer is built once and cached outside the repo
+# (bench/build_llama_cpp.sh); its Q8_0 is requantized from the same GGUF.
+#
+# Env: BENCH_ROUNDS (default 3), BENCH_REPS per round (default 3), BENCH_THREADS ("1 2").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${BENCH_ROUNDS:-3}"
+reps="${BENCH_REPS:-3}"
+threads="${BENCH_THREADS:-1 2}"
+cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
+
+gguf=$(models/fetch_smollm2.sh)
+bin=$(bench/build_llama_cpp.sh)
+mapfile -t peer < <(LLAMA_CPP_BIN="$bin" bench/prepare_peer_models.sh)
+peer_q41="${peer[0]}"
+peer_q80="${peer[1]}"
+
+cargo build --release -p arq-convert >&2
+arq=target/release/arq
+for q in q8 q4; do
+  out="models/cache/smollm2-$q.arq"
+  [ -s "$out" ] || "$arq" convert "$gguf" -o "$out" --quant "$q" --no-calib >&2
+done
+
+raw=$(mktemp -d)
+trap 'rm -rf "$raw"' EXIT
+for round in $(seq "$rounds"); do
+  for t in $threads; do
+    for pair in "q8 $peer_q80" "q4 $peer_q41"; do
+      set -- $pair
+      echo "round $round, $t threads, $1" >&2
+      "$bin/llama-bench" -m "$2" -p 128 -n 64 -t "$t" -r "$reps" -o json > "$raw/llama-$1-t$t-r$round.json" 2>/dev/null
+      "$arq" bench "models/cache/smollm2-$1.arq" --prompt-tokens 128 --gen-tokens 64 --threads "$t" --reps "$reps" --json \
+        > "$raw/arq-$1-t$t-r$round.json"
+    done
+  done
+done
+
+cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+commit=$(git rev-parse --short HEAD)
+python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$threads" "$bin" > bench/RESULTS.md <<'PY'
+import glob, json, statistics, sys, datetime
+raw, cpu, nproc, commit, rounds, reps, threads, bin_dir = sys.argv[1:]
+def med(v): return statistics.median(v) if v else float("nan")
+rows = []
+for t in threads.split():
+    for q, peer in (("q8", "Q8_0"), ("q4", "Q4_1")):
+        pp, tg, lpp, ltg, rss, load = [], [], [], [], [], []
+        for f in glob.glob(f"{raw}/arq-{q}-t{t}-r*.json"):
+            d = json.load(open(f))
+            pp.append(d["prompt_tokens_per_s"]); tg.append(d["gen_tokens_per_s"])
+            rss.append(d["peak_rss_bytes"]); load.append(d["first_token_ms"])
+        for f in glob.glob(f"{raw}/llama-{q}-t{t}-r*.json"):
+            for e in json.load(open(f)):
+                (lpp if e["n_prompt"] else ltg).extend(e["samples_ts"])
+        rows.append((t, q, peer, med(pp), med(lpp), med(tg), med(ltg), med(rss), med(load)))
+print("# Benchmarks\n")
+print(f"arq against llama.cpp on SmolLM2-135M-Instruct, same machine, same run, tools alternating.")
+print(f"Medians over {rounds} rounds x {reps} repetitions (arq: after a warm-up each round; llama.cpp: llama-bench's samples).\n")
+print(f"- machine: {cpu}, {nproc} cores (shared and noisy; compare ratios, not absolute numbers)")
+print(f"- arq commit {commit}; peer: llama.cpp vendored in llama-cpp-python 0.3.36 (CPU backend, GGML_NATIVE), `{bin_dir}`")
+print(f"- date: {datetime.date.today()}")
+print(f"- command: `bash bench/run.sh` (arq: `arq bench MODEL --prompt-tokens 128 --gen-tokens 64 --threads T --reps {reps} --json`; peer: `llama-bench -m GGUF -p 128 -n 64 -t T -r {reps}`)\n")
+print("| threads | arq | llama.cpp | prompt tok/s arq | prompt tok/s llama.cpp | ratio | gen tok/s arq | gen tok/s llama.cpp | ratio | arq peak RSS MiB | arq first token ms |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for t, q, peer, pp, lpp, tg, ltg, rss, load in rows:
+    print(f"| {t} | {q} | {peer} | {pp:.1f} | {lpp:.1f} | {pp/lpp:.2f} | {tg:.1f} | {ltg:.1f} | {tg/ltg:.2f} | {rss/1048576:.0f} | {load:.0f} |")
+PY
+cat bench/RESULTS.md
