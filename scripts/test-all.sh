@@ -20,8 +20,12 @@ echo "== fetching SmolLM2-135M-Instruct"
 ARQ_SMOLLM2_GGUF=$(models/fetch_smollm2.sh)
 export ARQ_SMOLLM2_GGUF
 
+# Every cargo test summary line is collected for the closing count.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== workspace tests (release)"
-cargo test --release --workspace
+cargo test --release --workspace 2>&1 | tee -a "$log"
 
 echo "== no_std build of the engine for thumbv7em-none-eabihf (Debian's rustc-web)"
 RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
@@ -30,4 +34,8 @@ RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
 echo "no_std build: ok"
 
 echo "== aarch64 (Raspberry Pi class): the runtime's tests under qemu, NEON+dotprod and plain NEON tiers"
-bash scripts/test-aarch64.sh
+bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
+
+# One closing line over all runs above (x86 workspace + both aarch64 tiers).
+grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' |
+  awk '{p += $1; f += $2} END {printf "Summary: %d passed, %d failed\n", p, f}'
