@@ -291,6 +291,15 @@ impl<'a> Model<'a> {
         self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
     }
 
+    /// Scratch for multi-token products split by rows across threads (none for one thread).
+    fn split_len(c: &LlamaConfig, s: &SessionConfig) -> Option<usize> {
+        if s.threads > 1 {
+            s.batch.checked_mul(c.dim.max(c.ffn_dim))
+        } else {
+            Some(0)
+        }
+    }
+
     /// The arena's buffers, in carving order (see [`Session::new`]).
     fn layout(&self, s: &SessionConfig) -> Option<Layout> {
         let c = &self.cfg;
@@ -310,7 +319,8 @@ impl<'a> Model<'a> {
             .then::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
             .then::<f32>(s.ctx.checked_mul(s.threads)?)? // att
             .then::<f32>(b.checked_mul(c.head_dim)?)? // rope
-            .then::<f32>(b.checked_mul(c.vocab)?) // logits
+            .then::<f32>(b.checked_mul(c.vocab)?)? // logits
+            .then::<f32>(Self::split_len(c, s)?) // split
     }
 }
 
@@ -334,11 +344,44 @@ pub struct Session<'a> {
     att: &'a mut [f32],         // (threads, ctx) attention scores, one row per task
     rope: &'a mut [f32],        // (batch, head_dim) cos/sin per position
     logits: &'a mut [f32],      // (batch, vocab)
+    split: &'a mut [f32],       // (batch, max(dim, ffn_dim)) row-split products, threads > 1
 }
 
-/// `out (n, rows) = x (n, cols) · wᵀ`, with `x` already quantized into `xq` for q8
-/// and q4 weights. One token splits the rows across tasks; several tokens split the tokens.
-fn matmul(pool: &dyn Parallel, k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f32], xq: &[BlockQ8], out: &mut [f32]) {
+/// `out = x_rows · w_rowsᵀ` for weight rows `r` and all tokens of `x`/`xq`, into `out`
+/// laid out (tokens, r.len()).
+fn matmul_rows(
+    k: &Kernels,
+    w: &Weight<'_>,
+    r: core::ops::Range<usize>,
+    cols: usize,
+    x: &[f32],
+    xq: &[BlockQ8],
+    out: &mut [f32],
+) {
+    let rows = r.len();
+    match *w {
+        Weight::Q8(wb) => (k.matmul_q8)(&wb[r.start * cols / QK8..r.end * cols / QK8], rows, xq, out),
+        Weight::Q4(wb) => (k.matmul_q4_q8)(&wb[r.start * cols / QK4..r.end * cols / QK4], rows, xq, out),
+        Weight::F32(wf) => (k.matmul_f32)(&wf[r.start * cols..r.end * cols], rows, x, out),
+    }
+}
+
+/// `out (n, rows) = x (n, cols) · wᵀ`, with `x` already quantized into `xq` for q8 and
+/// q4 weights. The weight rows are split across tasks, so each thread streams only its
+/// share of the weights. One token writes its chunks of `out` in place; several tokens
+/// compute each chunk as (n, chunk) into `scratch` and then scatter it into `out`
+/// (when `scratch` is too small, as for all-token logits, the tokens are split instead).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    pool: &dyn Parallel,
+    k: &Kernels,
+    w: &Weight<'_>,
+    rows: usize,
+    x: &[f32],
+    xq: &[BlockQ8],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     let n = out.len() / rows;
     let cols = x.len() / n;
     let tasks = pool.threads();
@@ -347,21 +390,29 @@ fn matmul(pool: &dyn Parallel, k: &Kernels, w: &Weight<'_>, rows: usize, x: &[f3
         let chunk = rows.div_ceil(4 * tasks).next_multiple_of(16);
         parallel::chunks(pool, out, chunk, |i, o| {
             let r = i * chunk..i * chunk + o.len();
-            match *w {
-                Weight::Q8(wb) => (k.matmul_q8)(&wb[r.start * cols / QK8..r.end * cols / QK8], o.len(), xq, o),
-                Weight::Q4(wb) => (k.matmul_q4_q8)(&wb[r.start * cols / QK4..r.end * cols / QK4], o.len(), xq, o),
-                Weight::F32(wf) => (k.matmul_f32)(&wf[r.start * cols..r.end * cols], o.len(), x, o),
-            }
+            matmul_rows(k, w, r, cols, x, xq, o)
         });
+    } else if tasks == 1 {
+        matmul_rows(k, w, 0..rows, cols, x, xq, out);
+    } else if scratch.len() >= n * rows {
+        let chunk = rows.div_ceil(tasks).next_multiple_of(16);
+        let scratch = &mut scratch[..n * rows];
+        parallel::chunks(pool, scratch, n * chunk, |i, o| {
+            let r = i * chunk..i * chunk + o.len() / n;
+            matmul_rows(k, w, r, cols, x, xq, o)
+        });
+        for (i, part) in scratch.chunks(n * chunk).enumerate() {
+            let width = part.len() / n;
+            for (t, src) in part.chunks_exact(width).enumerate() {
+                out[t * rows + i * chunk..][..width].copy_from_slice(src);
+            }
+        }
     } else {
         let per_task = n.div_ceil(tasks);
         parallel::chunks(pool, out, per_task * rows, |i, o| {
             let t = i * per_task..i * per_task + o.len() / rows;
-            match *w {
-                Weight::Q8(wb) => (k.matmul_q8)(wb, rows, &xq[t.start * cols / QK8..t.end * cols / QK8], o),
-                Weight::Q4(wb) => (k.matmul_q4_q8)(wb, rows, &xq[t.start * cols / QK8..t.end * cols / QK8], o),
-                Weight::F32(wf) => (k.matmul_f32)(wf, rows, &x[t.start * cols..t.end * cols], o),
-            }
+            let xt = &x[t.start * cols..t.end * cols];
+            matmul_rows(k, w, 0..rows, cols, xt, &xq[t.start * cols / QK8..t.end * cols / QK8], o)
         });
     }
 }
@@ -372,6 +423,7 @@ fn linear(
     k: &Kernels,
     x: &[f32],
     xq: &mut [BlockQ8],
+    scratch: &mut [f32],
     ws: &mut [(&Weight<'_>, usize, &mut [f32])],
 ) {
     let xq = &mut xq[..x.len() / QK8];
@@ -379,7 +431,7 @@ fn linear(
         (k.quantize_q8)(x, xq);
     }
     for (w, rows, out) in ws.iter_mut() {
-        matmul(pool, k, w, *rows, x, xq, out);
+        matmul(pool, k, w, *rows, x, xq, out, scratch);
     }
 }
 
@@ -443,6 +495,7 @@ impl<'a> Session<'a> {
             att: a.take(cfg.ctx * cfg.threads)?,
             rope: a.take(b * c.head_dim)?,
             logits: a.take(b * c.vocab)?,
+            split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
         })
     }
 
@@ -570,6 +623,7 @@ impl<'a> Session<'a> {
                 kern,
                 &self.xb[..n * dim],
                 self.xq,
+                self.split,
                 &mut [
                     (&w.wq, dim, &mut self.q[..n * dim]),
                     (&w.wk, kv_dim, &mut self.k[..n * kv_dim]),
@@ -618,7 +672,7 @@ impl<'a> Session<'a> {
                     }
                 });
             }
-            linear(pool, kern, &self.xb2[..n * dim], self.xq, &mut [(&w.wo, dim, &mut self.xb[..n * dim])]);
+            linear(pool, kern, &self.xb2[..n * dim], self.xq, self.split, &mut [(&w.wo, dim, &mut self.xb[..n * dim])]);
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -632,10 +686,18 @@ impl<'a> Session<'a> {
                 kern,
                 &self.xb[..n * dim],
                 self.xq,
+                self.split,
                 &mut [(&w.w_gate, ff, &mut self.hb[..n * ff]), (&w.w_up, ff, &mut self.hb2[..n * ff])],
             );
             math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
-            linear(pool, kern, &self.hb[..n * ff], self.xq, &mut [(&w.w_down, dim, &mut self.xb[..n * dim])]);
+            linear(
+                pool,
+                kern,
+                &self.hb[..n * ff],
+                self.xq,
+                self.split,
+                &mut [(&w.w_down, dim, &mut self.xb[..n * dim])],
+            );
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -648,7 +710,7 @@ impl<'a> Session<'a> {
             math::rmsnorm(o, i, model.output_norm, c.rms_eps);
         }
         let logits = &mut self.logits[..m * c.vocab];
-        linear(pool, kern, &self.xb[..m * dim], self.xq, &mut [(&model.output, c.vocab, logits)]);
+        linear(pool, kern, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.output, c.vocab, logits)]);
         self.pos += n;
         Ok(())
     }
