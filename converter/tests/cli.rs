@@ -100,6 +100,22 @@ fn next_score_and_inspect_print_the_documented_json() {
 }
 
 #[test]
+fn bench_reports_the_documented_json() {
+    let d = tmpdir("bench");
+    let m = tiny_model(&d);
+    let out =
+        arq(&["bench", s(&m), "--prompt-tokens", "16", "--gen-tokens", "8", "--reps", "2", "--threads", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["threads"], 2);
+    for key in ["load_ms", "first_token_ms", "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {}", v[key]);
+    }
+    let too_long = arq(&["bench", s(&m), "--prompt-tokens", "60", "--gen-tokens", "8"]);
+    assert_error(&too_long, 1, "exceed the model's context");
+}
+
+#[test]
 fn bad_inputs_fail_cleanly() {
     let d = tmpdir("bad");
     let m = tiny_model(&d);
