@@ -45,8 +45,11 @@ impl<'a> Arena<'a> {
         Ok(Arena { rest })
     }
 
-    /// The next buffer of `n` zeroed `T`s. The caller sized the arena with the same
-    /// sequence of [`Layout::then`] calls, so this cannot run out.
+    /// The next buffer of `n` `T`s. The caller sized the arena with the same sequence of
+    /// [`Layout::then`] calls, so this cannot run out. The buffer keeps whatever bytes
+    /// the arena held (every `T` here is plain data, and the engine writes each element
+    /// before reading it): not zeroing keeps untouched KV-cache pages of a large,
+    /// lazily-zeroed host allocation out of the resident set.
     pub fn take<T: bytemuck::Pod>(&mut self, n: usize) -> Result<&'a mut [T], Error> {
         let b = n * core::mem::size_of::<T>();
         let padded = b.div_ceil(ALIGN) * ALIGN;
@@ -56,9 +59,7 @@ impl<'a> Arena<'a> {
         }
         let (head, tail) = rest.split_at_mut(padded);
         self.rest = tail;
-        let buf = &mut head[..b];
-        buf.fill(0);
-        bytemuck::try_cast_slice_mut(buf).map_err(|_| Error::BadConfig("arena alignment"))
+        bytemuck::try_cast_slice_mut(&mut head[..b]).map_err(|_| Error::BadConfig("arena alignment"))
     }
 }
 

@@ -232,6 +232,28 @@ fn kv_cache_equals_full_recompute(model: &Model<'_>) {
 }
 
 #[test]
+fn arena_contents_do_not_matter() {
+    // Session::new does not zero the arena: every buffer is written before it is read.
+    let Some(m) = models() else { return };
+    let model = Model::load(m.q8.bytes()).unwrap();
+    let ids: Vec<u32> = ids_of(&reference()["texts"]["factual"]["ids"])[..24].to_vec();
+    let cfg = SessionConfig { ctx: 32, batch: 8, threads: 2 };
+    let pool = arq::parallel::ThreadPool::new(2).unwrap();
+    let run = |fill: u8| {
+        let mut arena = vec![fill; model.memory_plan(&cfg).unwrap()];
+        let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+        s.set_parallel(&pool).unwrap();
+        let mut out = Vec::new();
+        s.forward_all(&ids[..20], |_, l| out.extend_from_slice(l)).unwrap();
+        for &t in &ids[20..] {
+            out.extend_from_slice(s.step(t).unwrap());
+        }
+        bits(&out)
+    };
+    assert_eq!(run(0x00), run(0xff)); // 0xffffffff is a NaN in every f32 buffer
+}
+
+#[test]
 fn threads_give_bit_identical_logits() {
     let Some(m) = models() else { return };
     let model = Model::load(m.q8.bytes()).unwrap();
