@@ -17,6 +17,14 @@
 #                     seconds for the machine to be idle (2-thread runs collapse
 #                     when another process shares a core); BENCH_IDLE_SECS sets
 #                     how long it must look idle (default 5)
+#   BENCH_NICE        niceness for llama-bench (default -20 as root, else 0):
+#                     on a shared 2-core machine other jobs (cargo, tests) steal
+#                     a core and 2-thread runs collapse (ggml threads spin at
+#                     barriers); at -20 the scheduler gives them ~1% of the CPU.
+#                     With autogroup scheduling on, nice only ranks processes
+#                     within one session, so llama-bench runs in a session of
+#                     its own (setsid) whose autogroup gets the same niceness.
+#                     Measure arq the same way for a fair comparison.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
@@ -24,6 +32,7 @@ threads="${BENCH_THREADS:-1 2}"
 reps="${BENCH_REPS:-5}"
 p="${BENCH_P:-128}"
 n="${BENCH_N:-64}"
+if [ "$(id -u)" = 0 ]; then nice_lvl="${BENCH_NICE:--20}"; else nice_lvl="${BENCH_NICE:-0}"; fi
 
 bin=$("$here/build_llama_cpp.sh")
 models=$(LLAMA_CPP_BIN="$bin" "$here/prepare_peer_models.sh")
@@ -56,7 +65,7 @@ wait_idle() {
 
 summary="$cache/results-summary.txt"
 {
-  echo "# llama.cpp peer: llama-bench -p $p -n $n -r $reps ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
+  echo "# llama.cpp peer: llama-bench -p $p -n $n -r $reps, nice $nice_lvl ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
   echo "# host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs on the machine skew the numbers)"
 } > "$summary"
@@ -67,7 +76,11 @@ for gguf in "${ggufs[@]}"; do
     base="$cache/results-$quant-t$t"
     state=$(wait_idle)
     echo "== $quant, $t thread(s) (machine: $state)" >&2
-    "$bin/llama-bench" -m "$gguf" -p "$p" -n "$n" -t "$t" -r "$reps" \
+    setsid --wait bash -c '
+      n=$1; shift
+      [ -w /proc/self/autogroup ] && echo "$n" > /proc/self/autogroup 2>/dev/null
+      exec nice -n "$n" "$@"' _ "$nice_lvl" \
+      "$bin/llama-bench" -m "$gguf" -p "$p" -n "$n" -t "$t" -r "$reps" \
       -o md -oe json > "$base.txt" 2> "$base.json"
     cat "$base.txt" >&2
     python3 - "$base.json" "$quant" "$state" >> "$summary" <<'EOF'
