@@ -180,6 +180,36 @@ fn matmul_q8_is_bit_exact() {
     }
 }
 
+/// The one-token path (matrix-vector tiles of row pairs, the row tail padded to a
+/// group) over every fill, with each row's fill drawn separately.
+#[test]
+fn matmul_q8_one_token_is_bit_exact() {
+    let mut rng = Rng(11);
+    for k in simd_tiers() {
+        for &kb in &[1, 2, 7, 8, 9, 16, 18, 24, 33] {
+            for &rows in &[1, 2, 3, 4, 5, 6, 7, 8, 9, 13] {
+                for fill in QFILLS {
+                    let w: Vec<BlockQ8> = (0..rows)
+                        .flat_map(|r| {
+                            let f = if r % 2 == 0 { fill } else { QFILLS[rng.below(QFILLS.len() as u64) as usize] };
+                            q8_row(&mut rng, f, kb)
+                        })
+                        .collect();
+                    let x = q8_row(&mut rng, QFill::Random, kb);
+                    let mut got = vec![7.0f32; rows + 1];
+                    let mut want = got.clone();
+                    (k.matmul_q8)(&w, rows, &x, &mut got);
+                    scalar::matmul_q8(&w, rows, &x, &mut want);
+                    for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                        let what = format!("matmul_q8 one token kb={kb} rows={rows} {fill:?} out[{i}]");
+                        assert_same(k.name, &what, g, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_f32_is_bit_exact() {
     let mut rng = Rng(4);

@@ -17,6 +17,10 @@ use half::f16;
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
+/// How far ahead of the weights being read the one-token matmuls prefetch, in bytes:
+/// without it the hardware prefetchers leave a core well short of its streaming
+/// bandwidth, as each cache line waits for the math on the previous ones.
+const PREFETCH_AHEAD: usize = 8192;
 /// Weight rows per matmul tile.
 const TILE_ROWS: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
@@ -330,8 +334,15 @@ fn q8_tile<const R: usize, const T: usize>(
         (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
     }
 
+    // One token: DRAM-bound, see `PREFETCH_AHEAD`; the steps spread the tile's bytes.
+    let tile = &w[r0 * kb..(r0 + R) * kb];
+    let step = size_of_val(tile).div_ceil(kb.div_ceil(8));
+    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(PREFETCH_AHEAD);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for g in 0..kb / 8 {
+        if T == 1 {
+            prefetch(ahead.wrapping_add(g * step), step);
+        }
         let mut dx = [_mm256_setzero_ps(); T];
         for j in 0..T {
             dx[j] = scales8(&xg[j][g]);
@@ -345,6 +356,9 @@ fn q8_tile<const R: usize, const T: usize>(
         }
     }
     if !kb.is_multiple_of(8) {
+        if T == 1 {
+            prefetch(ahead.wrapping_add(kb / 8 * step), step);
+        }
         let mut dx = [_mm256_setzero_ps(); T];
         for j in 0..T {
             dx[j] = scales_tail(xt[j]);
@@ -360,6 +374,18 @@ fn q8_tile<const R: usize, const T: usize>(
         for (j, &a) in acc_i.iter().enumerate() {
             out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
         }
+    }
+}
+
+/// Hints the cache lines of `len` bytes from `p` into L1. Prefetches never fault, so
+/// `p` may point past the weights.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn prefetch(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+        off += 64;
     }
 }
 
@@ -400,8 +426,15 @@ fn q4_tile<const R: usize, const T: usize>(
         (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
     }
 
+    // One token: DRAM-bound, see `PREFETCH_AHEAD`; the steps spread the tile's bytes.
+    let tile = &w[r0 * kb..(r0 + R) * kb];
+    let step = size_of_val(tile).div_ceil(kb.div_ceil(8));
+    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(PREFETCH_AHEAD);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for g in 0..kb / 8 {
+        if T == 1 {
+            prefetch(ahead.wrapping_add(g * step), step);
+        }
         let mut dx = [_mm256_setzero_ps(); T];
         let mut sx = [_mm256_setzero_ps(); T];
         for j in 0..T {
@@ -418,6 +451,9 @@ fn q4_tile<const R: usize, const T: usize>(
         }
     }
     if !kb.is_multiple_of(8) {
+        if T == 1 {
+            prefetch(ahead.wrapping_add(kb / 8 * step), step);
+        }
         let mut dx = [_mm256_setzero_ps(); T];
         let mut sx = [_mm256_setzero_ps(); T];
         for j in 0..T {

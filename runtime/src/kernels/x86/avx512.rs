@@ -6,7 +6,9 @@
 //! block pair for any i8 values, and an unpack/add tree folds 8 blocks into one ymm
 //! register with block `j` in lane `j`. The float part is the scalar one done 8 lanes at
 //! a time (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider
-//! tiles.
+//! tiles. With one token (decode) the q8 matmul is bound by DRAM: it prefetches the
+//! weights `PREFETCH_AHEAD` bytes ahead and folds two rows into one zmm register, so
+//! the last fold step and the float part run 16 lanes wide.
 //!
 //! q4 weights x q8 activations: the quants are unsigned already, so `vpdpbusd` takes
 //! them without the bias: two 16-byte loads broadcast into a zmm register, `vpsrlvq`
@@ -23,6 +25,12 @@ use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per q8 matmul tile.
 const TILE_ROWS_Q8: usize = 8;
+/// Weight row pairs per tile of the one-token (matrix-vector) q8 path.
+const GEMV_PAIRS_Q8: usize = 2;
+/// How far ahead of the weights being read the one-token paths prefetch, in bytes. The
+/// hardware prefetchers alone leave the core at about 60% of its streaming bandwidth
+/// here, as each cache line waits for the math of the previous ones.
+const PREFETCH_AHEAD: usize = 8192;
 /// Weight rows per f32 matmul tile.
 const TILE_ROWS_F32: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
@@ -153,6 +161,9 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
         // own behaviour, whatever it is.
         return scalar::matmul_q8(w, rows, x, out);
     };
+    if shape.n == 1 {
+        return q8_gemv(w, x, out, shape);
+    }
     let mut r0 = 0;
     while r0 + TILE_ROWS_Q8 <= rows {
         q8_rows::<TILE_ROWS_Q8>(w, x, out, shape, r0);
@@ -318,6 +329,97 @@ impl Shape {
     }
 }
 
+/// The one-token q8 matmul: tiles of `2 * GEMV_PAIRS_Q8` rows, then pairs, then a
+/// single row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q8_gemv(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape) {
+    let (xg, xt) = x[..s.kb].as_chunks::<8>();
+    // The row tail as a whole group padded with zero blocks (isum 0, scale 0).
+    let mut x_tail = [BlockQ8 { d: [0; 2], qs: [0; QK8] }; 8];
+    x_tail[..xt.len()].copy_from_slice(xt);
+    let xs = GemvAct { groups: xg, tail: &x_tail, tail_len: xt.len() };
+    let mut r0 = 0;
+    while r0 + 2 * GEMV_PAIRS_Q8 <= s.rows {
+        q8_gemv_tile::<GEMV_PAIRS_Q8>(w, &xs, out, s.kb, r0);
+        r0 += 2 * GEMV_PAIRS_Q8;
+    }
+    while r0 + 2 <= s.rows {
+        q8_gemv_tile::<1>(w, &xs, out, s.kb, r0);
+        r0 += 2;
+    }
+    if r0 < s.rows {
+        q8_tile::<1, 1>(w, x, out, s, r0, 0);
+    }
+}
+
+/// The activation row of [`q8_gemv`]: whole groups, then the tail padded to a group.
+struct GemvAct<'a> {
+    groups: &'a [[BlockQ8; 8]],
+    tail: &'a [BlockQ8; 8],
+    tail_len: usize,
+}
+
+/// `2 * P` weight rows from `r0` against one token. Rows go in pairs so one fold
+/// ([`fold_pairs2`]) and one 16-lane float step serve two rows; each row keeps its own
+/// 8 lanes (256-bit half) in the contract's order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q8_gemv_tile<const P: usize>(w: &[BlockQ8], xs: &GemvAct, out: &mut [f32], kb: usize, r0: usize) {
+    let tile = &w[r0 * kb..(r0 + 2 * P) * kb];
+    let steps = xs.groups.len() + usize::from(xs.tail_len > 0);
+    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(PREFETCH_AHEAD);
+    let step = size_of_val(tile).div_ceil(steps);
+    let mut acc = [_mm512_setzero_ps(); P];
+    for (g, xg) in xs.groups.iter().enumerate() {
+        prefetch(ahead.wrapping_add(g * step), step);
+        let xq = load_x(xg);
+        let dx = scales8(xg);
+        let dx = concat8(dx, dx);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let (a, b) = (row_group(tile, kb, 2 * i, g), row_group(tile, kb, 2 * i + 1, g));
+            let isum = fold_pairs2(isum8_partials(&load_w(a), &xq), isum8_partials(&load_w(b), &xq));
+            let dw = concat8(scales8(a), scales8(b));
+            *acc = accumulate16(*acc, isum, dw, dx);
+        }
+    }
+    if xs.tail_len > 0 {
+        let g = xs.groups.len();
+        prefetch(ahead.wrapping_add(g * step), step);
+        let xq = load_x(xs.tail);
+        let dx = scales8(xs.tail);
+        let dx = concat8(dx, dx);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a = &tile[2 * i * kb + 8 * g..(2 * i + 1) * kb];
+            let b = &tile[(2 * i + 1) * kb + 8 * g..(2 * i + 2) * kb];
+            let isum = fold_pairs2(isum8_partials(&load_w_tail(a), &xq), isum8_partials(&load_w_tail(b), &xq));
+            let dw = concat8(scales_tail(a), scales_tail(b));
+            *acc = accumulate16(*acc, isum, dw, dx);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        out[r0 + 2 * i] = reduce8(_mm512_castps512_ps256(*a));
+        out[r0 + 2 * i + 1] = reduce8(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))));
+    }
+}
+
+/// Group `g` of row `i` of a tile of rows of `kb` blocks.
+#[inline]
+fn row_group(tile: &[BlockQ8], kb: usize, i: usize, g: usize) -> &[BlockQ8; 8] {
+    let (groups, _) = tile[i * kb..(i + 1) * kb].as_chunks::<8>();
+    &groups[g]
+}
+
+/// Hints the cache lines of `len` bytes from `p` into L1. Prefetches never fault, so
+/// `p` may point past the weights.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn prefetch(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
+        off += 64;
+    }
+}
+
 /// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q8` tokens at a time.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q8_rows<const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
@@ -432,8 +534,15 @@ fn q4_tile<const R: usize, const T: usize>(
         (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
     }
 
+    // One token: DRAM-bound, see `PREFETCH_AHEAD`; the steps spread the tile's bytes.
+    let tile = &w[r0 * kb..(r0 + R) * kb];
+    let step = size_of_val(tile).div_ceil(kb.div_ceil(8));
+    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(PREFETCH_AHEAD);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for g in 0..kb / 8 {
+        if T == 1 {
+            prefetch(ahead.wrapping_add(g * step), step);
+        }
         let mut xq = [ActGroupQ4 { q: [_mm512_setzero_si512(); 4], sum: _mm256_setzero_ps() }; T];
         let mut dx = [_mm256_setzero_ps(); T];
         for j in 0..T {
@@ -449,6 +558,9 @@ fn q4_tile<const R: usize, const T: usize>(
         }
     }
     if !kb.is_multiple_of(8) {
+        if T == 1 {
+            prefetch(ahead.wrapping_add(kb / 8 * step), step);
+        }
         let mut dx = [_mm256_setzero_ps(); T];
         let mut sx = [_mm256_setzero_ps(); T];
         for j in 0..T {
@@ -590,6 +702,19 @@ fn load_w(w: &[BlockQ8; 8]) -> WeightGroup {
     g
 }
 
+/// [`load_w`] of the fewer than 8 blocks of a row's tail, the missing blocks zero.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_w_tail(w: &[BlockQ8]) -> WeightGroup {
+    let bias = _mm256_set1_epi8(i8::MIN);
+    let half = |j: usize| w.get(j).map_or(_mm256_setzero_si256(), |b| _mm256_xor_si256(load_qs(b), bias));
+    let mut g = WeightGroup([_mm512_setzero_si512(); 4]);
+    for (j, g) in g.0.iter_mut().enumerate() {
+        *g = _mm512_inserti64x4::<1>(_mm512_zextsi256_si512(half(j)), half(j + 4));
+    }
+    g
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn load_x(x: &[BlockQ8; 8]) -> ActGroup {
@@ -620,11 +745,18 @@ fn isum8(w: &[BlockQ8; 8], x: &[BlockQ8; 8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn isum8_loaded(w: &WeightGroup, x: &ActGroup) -> __m256i {
+    fold_pairs(isum8_partials(w, x))
+}
+
+/// The i32 partial sums of [`isum8_loaded`] before the fold.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn isum8_partials(w: &WeightGroup, x: &ActGroup) -> [__m512i; 4] {
     let mut p = [_mm512_setzero_si512(); 4];
     for (j, p) in p.iter_mut().enumerate() {
         *p = _mm512_dpbusd_epi32(x.correction[j], w.0[j], x.q[j]);
     }
-    fold_pairs(p)
+    p
 }
 
 /// Lane `j` of the result = the sum of the 8 i32 lanes of block `j` (register `j % 4`,
@@ -641,6 +773,38 @@ fn fold_pairs(p: [__m512i; 4]) -> __m256i {
     // Reorder to lanes [0, 2 | 1, 3] and add the halves: [0+1, 2+3].
     let s = _mm512_shuffle_i32x4::<0b11_01_10_00>(abcd, abcd);
     _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
+}
+
+/// [`fold_pairs`] of two rows at once: lanes 0..8 of the result are `a`'s block sums,
+/// lanes 8..16 `b`'s. The last step, one shuffle per row in [`fold_pairs`], takes two
+/// shuffles for both rows here.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn fold_pairs2(a: [__m512i; 4], b: [__m512i; 4]) -> __m512i {
+    let half_fold = |p: [__m512i; 4]| {
+        let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+        let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+        _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd))
+    };
+    let (a, b) = (half_fold(a), half_fold(b));
+    // 128-bit lanes [a0, a2, b0, b2] + [a1, a3, b1, b3].
+    let even = _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b);
+    let odd = _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b);
+    _mm512_add_epi32(even, odd)
+}
+
+/// `lo` in lanes 0..8, `hi` in lanes 8..16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn concat8(lo: __m256, hi: __m256) -> __m512 {
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi)))
+}
+
+/// [`accumulate`] on 16 lanes (two rows' 8 lanes each).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn accumulate16(acc: __m512, isum: __m512i, dw: __m512, dx: __m512) -> __m512 {
+    _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dx)))
 }
 
 /// Activation operand of 8 blocks for q4 weights: blocks `(j, j + 4)` in register `j`,
