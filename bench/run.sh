@@ -76,6 +76,7 @@ print(f"Medians over {rounds} rounds x {reps} repetitions (arq: after a warm-up 
 print(f"- machine: {cpu}, {nproc} cores (shared and noisy; compare ratios, not absolute numbers)")
 print(f"- arq commit {commit}; peer: llama.cpp vendored in llama-cpp-python 0.3.36 (CPU backend, GGML_NATIVE), `{bin_dir}`")
 print(f"- date: {datetime.date.today()}")
+print("- the peer is built with -march=native minus AMX: Debian 12's GCC 12 miscompiles ggml's AMX tile setup (SIGILL); see bench/build_llama_cpp.sh")
 print("- both tools run at top priority in their own session (`setsid`, autogroup and nice -20), alternating")
 print(f"- command: `bash bench/run.sh` (arq: `arq bench MODEL --prompt-tokens 128 --gen-tokens 64 --threads T --reps {reps} --json`; peer: `llama-bench -m GGUF -p 128 -n 64 -t T -r {reps}`)\n")
 print("| threads | arq | llama.cpp | prompt tok/s arq | prompt tok/s llama.cpp | ratio | gen tok/s arq | gen tok/s llama.cpp | ratio | arq peak RSS MiB | arq first token ms |")
