@@ -340,7 +340,18 @@ def train(model, cfg, data, args):
                 wall_seconds=round(time.time() - w0, 1), val_history=[round(v, 3) for v in hist])
 
 
-def export_onnx(model, path):
+def arq_metadata(head):
+    """Model-level ONNX metadata that tells `arq convert` the head (the graph alone cannot:
+    15 output channels may be a 15-way categorical or a 5-component logistic mixture)."""
+    if head["type"] == "categorical":
+        return {"arq.head": "categorical", "arq.levels": str(head["classes"])}
+    if head["type"] == "bernoulli":
+        return {"arq.head": "bernoulli", "arq.levels": "2"}
+    return {"arq.head": "logistic_mixture", "arq.levels": str(head["levels"]),
+            "arq.mixtures": str(head["components"]), "arq.min_log_scale": str(head["min_log_scale"])}
+
+
+def export_onnx(model, path, metadata):
     model.eval()
     x = torch.zeros(1, 1, H, W)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -351,6 +362,9 @@ def export_onnx(model, path):
 
     m = onnx.load(path)
     tidy_onnx(m)
+    for key, val in metadata.items():
+        p = m.metadata_props.add()
+        p.key, p.value = key, val
     onnx.save(m, path)
     onnx.checker.check_model(m, full_check=True)
     return m
@@ -474,7 +488,7 @@ def main():
           f"  (test {bpd(test_nats):.4f} bits/dim)")
 
     onnx_path = os.path.join(args.out_dir, f"{args.model}.onnx")
-    m = export_onnx(model, onnx_path)
+    m = export_onnx(model, onnx_path, arq_metadata(cfg["head"]))
     ort_diff = onnx_check(onnx_path, model, xte[:64])
     # test NLL again from onnxruntime's outputs (same head code, f32), as a cross-check
     import hashlib
