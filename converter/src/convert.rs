@@ -286,6 +286,14 @@ fn temp_path(out: &Path) -> PathBuf {
 
 /// Writes `bytes` to `out` atomically: a temp file, fsync, re-open and validate with
 /// the runtime's reader (structure, checksum, model), then rename.
+/// Whether the runtime's loader for the file's architecture accepts it.
+pub fn check_loads(file: ArqFile<'_>) -> Result<(), arq::Error> {
+    match file.meta("arq.architecture").and_then(|v| v.as_str()) {
+        Some("pixelcnn") => arq::arch::pixelcnn::PixelCnn::from_file(file).map(|_| ()),
+        _ => arq::Model::from_file(file).map(|_| ()),
+    }
+}
+
 pub fn write_validated(bytes: &[u8], out: &Path) -> Result<()> {
     let tmp = temp_path(out);
     let result = (|| -> Result<()> {
@@ -296,7 +304,7 @@ pub fn write_validated(bytes: &[u8], out: &Path) -> Result<()> {
         let mapped = ModelBytes::map(&tmp)?;
         let file = ArqFile::parse(mapped.bytes()).map_err(|e| anyhow!("written file failed validation: {e}"))?;
         file.verify_checksum().map_err(|e| anyhow!("written file failed validation: {e}"))?;
-        arq::Model::from_file(file).map_err(|e| anyhow!("written file failed validation: {e}"))?;
+        check_loads(file).map_err(|e| anyhow!("written file failed validation: {e}"))?;
         fs::rename(&tmp, out).with_context(|| format!("cannot rename into {}", out.display()))?;
         Ok(())
     })();

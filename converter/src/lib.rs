@@ -3,5 +3,7 @@
 pub mod aligned;
 pub mod convert;
 pub mod gguf;
+pub mod images;
+pub mod onnx;
 pub mod progress;
 pub mod report;

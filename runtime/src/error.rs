@@ -26,6 +26,9 @@ pub enum Error {
     BadConfig(&'static str),
     /// The tokenizer tables are invalid.
     Tokenizer(TokenizerError),
+    /// A value passed to a session does not fit the model (e.g. an image of another
+    /// size, a pixel level out of range).
+    BadInput(&'static str),
 }
 
 impl From<FormatError> for Error {
@@ -51,6 +54,7 @@ impl fmt::Display for Error {
             }
             Error::BadConfig(what) => write!(f, "invalid session configuration: {what}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            Error::BadInput(what) => f.write_str(what),
         }
     }
 }

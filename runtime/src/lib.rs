@@ -15,6 +15,7 @@ pub mod arch;
 pub mod arena;
 pub mod error;
 pub mod format;
+pub mod heads;
 pub mod kernels;
 pub mod math;
 pub mod parallel;
@@ -23,4 +24,5 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use arch::llama::{LlamaConfig, Model, Session, SessionConfig};
+pub use arch::pixelcnn::{PixelCnn, PixelConfig, PixelSession, PixelSessionConfig};
 pub use error::Error;

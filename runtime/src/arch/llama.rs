@@ -90,7 +90,7 @@ pub enum Weight<'a> {
 }
 
 impl<'a> Weight<'a> {
-    fn from_view(t: &TensorView<'a>) -> Option<Self> {
+    pub(crate) fn from_view(t: &TensorView<'a>) -> Option<Self> {
         match t.dtype {
             Dtype::Q8 => t.as_q8().map(Weight::Q8),
             Dtype::Q4 => t.as_q4().map(Weight::Q4),

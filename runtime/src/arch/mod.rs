@@ -1,1 +1,2 @@
 pub mod llama;
+pub mod pixelcnn;

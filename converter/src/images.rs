@@ -1,0 +1,1 @@
+//! Image input and output (.npy, PNG): in progress.

@@ -1,0 +1,1 @@
+//! ONNX import (PixelCNN pattern) with tract-onnx: in progress.
