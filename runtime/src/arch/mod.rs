@@ -1,2 +1,4 @@
 pub mod llama;
 pub mod pixelcnn;
+#[cfg(feature = "std")]
+pub mod pixelcnn_synth;

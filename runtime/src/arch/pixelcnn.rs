@@ -591,15 +591,15 @@ impl<'a> PixelSession<'a> {
             return Err(Error::BadInput("sampling levels needs a discrete head"));
         }
         self.reset();
-        for i in 0..out.len() {
+        for (i, o) in out.iter_mut().enumerate() {
             let level = if i < start {
-                out[i] as usize
+                *o as usize
             } else {
                 let lp = self.log_probs()?;
                 heads::sample_log_weights(lp, temp, rng)
             };
             self.push_level(level)?;
-            out[i] = level as u8;
+            *o = level as u8;
         }
         Ok(())
     }
@@ -804,5 +804,161 @@ impl<'a> PixelSession<'a> {
         let out = &mut v2h[..n * c.n_params()];
         m.out2.apply(k, og, self.fpatchq, out);
         Ok(out)
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::arch::pixelcnn_synth::{synthetic, AlignedBytes, SynthSpec};
+    use rand_core::SeedableRng;
+    use rand_pcg::Pcg32;
+
+    fn spec(height: usize, width: usize, layers: &[(usize, usize)], q8: bool) -> SynthSpec {
+        SynthSpec { height, width, layers: layers.to_vec(), q8, levels: 5, ..SynthSpec::digits_like(height, width, q8) }
+    }
+
+    /// A random image of network inputs on the model's level grid.
+    fn image(model: &PixelCnn<'_>, seed: u64) -> Vec<f32> {
+        let mut rng = Pcg32::seed_from_u64(seed);
+        let levels = model.config().levels;
+        (0..model.config().pixels()).map(|_| model.value_of_level(rng.next_u32() as usize % levels)).collect()
+    }
+
+    fn cached_params(s: &mut PixelSession<'_>, x: &[f32]) -> Vec<f32> {
+        s.reset();
+        let mut all = Vec::new();
+        for &v in x {
+            all.extend_from_slice(s.params().unwrap());
+            s.push(v).unwrap();
+        }
+        all
+    }
+
+    #[test]
+    fn cached_generation_equals_the_full_forward_pass_bit_for_bit() {
+        type Geometry<'g> = (usize, usize, &'g [(usize, usize)]);
+        let geometries: &[Geometry] = &[
+            (8, 8, &[(7, 1), (3, 1), (3, 2), (3, 1), (3, 2)]),
+            (5, 7, &[(5, 1), (5, 2), (3, 3)]),
+            (1, 6, &[(3, 1), (3, 1)]),
+            (6, 1, &[(3, 1)]),
+        ];
+        for &(h, w, layers) in geometries {
+            for q8 in [false, true] {
+                let file = AlignedBytes::copy_of(&synthetic(&spec(h, w, layers, q8)));
+                let model = PixelCnn::load(file.bytes()).unwrap();
+                let cfg = PixelSessionConfig { full_forward: true };
+                let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+                let mut s = PixelSession::new(&model, &mut arena, cfg).unwrap();
+                for seed in 0..3 {
+                    let x = image(&model, seed);
+                    let cached = cached_params(&mut s, &x);
+                    let full = s.forward_full(&x).unwrap().to_vec();
+                    assert_eq!(cached.len(), full.len());
+                    for (i, (a, b)) in cached.iter().zip(&full).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{h}x{w} q8={q8} seed {seed} value {i}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pixel i's output must not change when any pixel at or after i changes, and must
+    /// change (for some pixel) when an earlier one does: no blind spot.
+    #[test]
+    fn outputs_depend_on_exactly_the_earlier_pixels() {
+        let file = AlignedBytes::copy_of(&synthetic(&spec(6, 6, &[(5, 1), (3, 1), (3, 2), (3, 1)], false)));
+        let model = PixelCnn::load(file.bytes()).unwrap();
+        let cfg = PixelSessionConfig { full_forward: true };
+        let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+        let mut s = PixelSession::new(&model, &mut arena, cfg).unwrap();
+        let p = model.config().n_params();
+        let x = image(&model, 7);
+        let base = s.forward_full(&x).unwrap().to_vec();
+        let n = x.len();
+        for j in 0..n {
+            let mut y = x.clone();
+            y[j] = if y[j] > 0.0 { -1.0 } else { 1.0 };
+            let out = s.forward_full(&y).unwrap().to_vec();
+            for i in 0..n {
+                let same = out[i * p..(i + 1) * p] == base[i * p..(i + 1) * p];
+                if i <= j {
+                    assert!(same, "pixel {i} depends on pixel {j}");
+                }
+            }
+            // The pixel right after j, and the pixel below j, see j.
+            for i in [j + 1, j + 6] {
+                if i < n {
+                    assert_ne!(out[i * p..(i + 1) * p], base[i * p..(i + 1) * p], "pixel {i} blind to {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn memory_plan_is_exact_and_a_short_arena_is_refused() {
+        let file = AlignedBytes::copy_of(&synthetic(&spec(8, 8, &[(7, 1), (3, 2)], true)));
+        let model = PixelCnn::load(file.bytes()).unwrap();
+        for full_forward in [false, true] {
+            let cfg = PixelSessionConfig { full_forward };
+            let need = model.memory_plan(&cfg).unwrap();
+            let mut arena = vec![0u8; need];
+            assert!(PixelSession::new(&model, &mut arena, cfg).is_ok());
+            let mut short = vec![0u8; need - 1];
+            assert!(matches!(PixelSession::new(&model, &mut short, cfg), Err(Error::ArenaTooSmall { .. })));
+        }
+        let cached = model.memory_plan(&PixelSessionConfig::default()).unwrap();
+        assert!(cached < model.memory_plan(&PixelSessionConfig { full_forward: true }).unwrap());
+    }
+
+    #[test]
+    fn nll_sums_the_conditionals_and_sampling_is_reproducible() {
+        let file = AlignedBytes::copy_of(&synthetic(&spec(4, 5, &[(5, 1), (3, 2)], true)));
+        let model = PixelCnn::load(file.bytes()).unwrap();
+        let mut arena = vec![0u8; model.memory_plan(&PixelSessionConfig::default()).unwrap()];
+        let mut s = PixelSession::new(&model, &mut arena, PixelSessionConfig::default()).unwrap();
+        let mut a = vec![0u8; 20];
+        let mut b = vec![0u8; 20];
+        s.sample(&mut a, 0, 1.0, &mut Pcg32::seed_from_u64(9)).unwrap();
+        s.sample(&mut b, 0, 1.0, &mut Pcg32::seed_from_u64(9)).unwrap();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|&v| v < 5));
+        let mut want = 0.0;
+        s.reset();
+        for &v in &a {
+            let lp = s.log_probs().unwrap();
+            assert!((lp.iter().map(|v| v.exp()).sum::<f64>() - 1.0).abs() < 1e-9);
+            want -= lp[v as usize];
+            s.push_level(v as usize).unwrap();
+        }
+        assert_eq!(s.nll(&a).unwrap(), want);
+        // Clamped pixels are kept; bad input is refused.
+        let mut c = a.clone();
+        s.sample(&mut c, 7, 1.0, &mut Pcg32::seed_from_u64(1)).unwrap();
+        assert_eq!(c[..7], a[..7]);
+        assert_eq!(s.nll(&[0; 19]).err(), Some(Error::BadInput("image size differs from the model's")));
+        assert!(s.nll(&[5; 20]).is_err());
+        assert!(s.push_level(5).is_err());
+        s.reset();
+        for _ in 0..20 {
+            s.push_level(0).unwrap();
+        }
+        assert!(s.params().is_err(), "a complete image has no next pixel");
+    }
+
+    #[test]
+    fn every_kernel_tier_gives_the_same_params() {
+        let file = AlignedBytes::copy_of(&synthetic(&spec(5, 6, &[(7, 1), (3, 2), (3, 1)], true)));
+        let mut model = PixelCnn::load(file.bytes()).unwrap();
+        let x = image(&model, 3);
+        let mut results = Vec::new();
+        for k in crate::kernels::available() {
+            model.set_kernels(k);
+            let mut arena = vec![0u8; model.memory_plan(&PixelSessionConfig::default()).unwrap()];
+            let mut s = PixelSession::new(&model, &mut arena, PixelSessionConfig::default()).unwrap();
+            results.push(cached_params(&mut s, &x));
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
     }
 }
