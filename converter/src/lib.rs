@@ -5,5 +5,6 @@ pub mod convert;
 pub mod gguf;
 pub mod images;
 pub mod onnx;
+pub mod pixel;
 pub mod progress;
 pub mod report;

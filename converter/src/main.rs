@@ -15,6 +15,7 @@ use arq_convert::convert::{self, ConvertOptions, Quant};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod pixel_cmd;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Convert a GGUF model (LLaMA family) to a quantized .arq file.
+    /// Convert a GGUF model (LLaMA family) or an ONNX gated PixelCNN to a quantized
+    /// .arq file.
     Convert {
         input: PathBuf,
         #[arg(short, long)]
@@ -43,6 +45,13 @@ enum Cmd {
         /// Overwrite OUTPUT if it exists.
         #[arg(long)]
         force: bool,
+        /// ONNX PixelCNN: the output head, overriding the file's metadata
+        /// (categorical, bernoulli, logistic_mixture:K, gaussian_mixture:K).
+        #[arg(long)]
+        head: Option<String>,
+        /// ONNX PixelCNN: discrete levels per pixel, overriding the file's metadata.
+        #[arg(long)]
+        levels: Option<usize>,
     },
     /// Show a model's hyperparameters, tensors, tokenizer and arena size.
     Inspect {
@@ -103,12 +112,73 @@ enum Cmd {
         /// Include every position's log-prob in the output.
         #[arg(long)]
         per_token: bool,
+        /// PixelCNN models: include every image's NLL in the output.
+        #[arg(long)]
+        per_image: bool,
         #[command(flatten)]
         threads: ThreadsArg,
     },
-    /// Measure load time, prompt and generation tokens/s and peak RSS.
-    Bench {
+    /// Sample images from a PixelCNN model into a PNG grid.
+    Sample {
         model: PathBuf,
+        /// Images to sample.
+        #[arg(short = 'n', long, default_value_t = 16)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Temperature on each pixel's distribution; 0 takes the most likely level.
+        #[arg(long, default_value_t = 1.0)]
+        temp: f32,
+        /// The PNG grid to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Grid columns (default: a square grid).
+        #[arg(long)]
+        cols: Option<usize>,
+        /// Pixel magnification (default: tiles of at least 32 pixels).
+        #[arg(long)]
+        scale: Option<usize>,
+        /// Also write the sampled levels as a uint8 .npy file (N, H, W).
+        #[arg(long)]
+        npy: Option<PathBuf>,
+        /// Also print the images as ASCII art on stdout.
+        #[arg(long)]
+        ascii: bool,
+    },
+    /// Fill the masked pixels of an image with a PixelCNN model.
+    Impute {
+        model: PathBuf,
+        /// The image (PNG, grey levels mapped onto the model's levels).
+        #[arg(long)]
+        image: PathBuf,
+        /// Same-size PNG: white (>= 128) marks the pixels to fill.
+        #[arg(long)]
+        mask: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Particles for sequential Monte Carlo (used when observed pixels follow
+        /// missing ones).
+        #[arg(long, default_value_t = 64)]
+        particles: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1.0)]
+        temp: f32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure load time, prompt and generation tokens/s and peak RSS (text models), or
+    /// cached vs naive sampling time per image (PixelCNN models).
+    Bench {
+        #[arg(required_unless_present = "synthetic")]
+        model: Option<PathBuf>,
+        /// PixelCNN: benchmark a random-weight model of the digits models' shape at HxW
+        /// (e.g. 28x28) instead of a file.
+        #[arg(long, conflicts_with = "model")]
+        synthetic: Option<String>,
+        /// PixelCNN: naive-sampler repetitions (each samples one image).
+        #[arg(long, default_value_t = 3)]
+        naive_reps: usize,
         #[arg(long, default_value_t = 128)]
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
@@ -184,8 +254,14 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Convert { input, output, quant, calib, no_calib, force } => {
-            cmd_convert(&input, &output, quant, calib.as_deref(), no_calib, force)
+        Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels } => {
+            if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+                cmd_convert_onnx(&input, &output, quant, head.as_deref(), levels, force)
+            } else if head.is_some() || levels.is_some() {
+                Err(anyhow!("--head and --levels apply to ONNX PixelCNN models only"))
+            } else {
+                cmd_convert(&input, &output, quant, calib.as_deref(), no_calib, force)
+            }
         }
         Cmd::Inspect { model, ctx, verify, json } => cmd_inspect(&model, ctx, verify, json),
         Cmd::Generate { model, prompt, n, sampling, ctx, chat, threads } => {
@@ -194,12 +270,29 @@ fn main() -> ExitCode {
         Cmd::Next { model, prompt, top, chat, json, threads } => {
             cmd_next(&model, &prompt, top as usize, chat, json, &threads)
         }
-        Cmd::Score { model, file, ctx, json, per_token, threads } => {
-            cmd_score(&model, &file, ctx, json, per_token, &threads)
+        Cmd::Score { model, file, ctx, json, per_token, per_image, threads } => {
+            cmd_score(&model, &file, ctx, json, per_token, per_image, &threads)
         }
-        Cmd::Bench { model, prompt_tokens, gen_tokens, reps, json, threads } => threads
-            .pool()
-            .and_then(|pool| bench::run(&model, &bench::BenchArgs { prompt_tokens, gen_tokens, reps, json }, &pool)),
+        Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => with_pixel_model(&model, |m| {
+            let args =
+                pixel_cmd::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };
+            pixel_cmd::sample(m, &args)
+        }),
+        Cmd::Impute { model, image, mask, output, particles, seed, temp, json } => with_pixel_model(&model, |m| {
+            let args =
+                pixel_cmd::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
+            pixel_cmd::impute(m, &args)
+        }),
+        Cmd::Bench { model, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads } => cmd_bench(
+            model.as_deref(),
+            synthetic.as_deref(),
+            naive_reps,
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            json,
+            &threads,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +301,83 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Opens a PixelCNN `.arq` file and runs `f` on it.
+fn with_pixel_model(path: &Path, f: impl FnOnce(&arq::PixelCnn<'_>) -> Result<()>) -> Result<()> {
+    let loaded = Loaded::open(path)?;
+    if pixel_cmd::architecture(loaded.bytes.bytes()).as_deref() == Some("llama") {
+        bail!("{} is a text model; sample and impute take PixelCNN models (use generate)", path.display());
+    }
+    f(&pixel_cmd::load(&loaded.bytes, path)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_bench(
+    model: Option<&Path>,
+    synthetic: Option<&str>,
+    naive_reps: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    reps: usize,
+    json: bool,
+    threads: &ThreadsArg,
+) -> Result<()> {
+    if let Some(size) = synthetic {
+        let (h, w) = pixel_cmd::parse_size(size)?;
+        let bytes = pixel_cmd::synthetic_model(h, w);
+        let model = arq::PixelCnn::load(bytes.bytes())?;
+        return pixel_cmd::bench(&model, &format!("synthetic {h}x{w} (random q8 weights)"), reps, naive_reps, json);
+    }
+    let Some(path) = model else { bail!("give a MODEL or --synthetic HxW") };
+    if path.exists() && pixel_cmd::architecture(ModelBytes::map(path)?.bytes()).as_deref() == Some("pixelcnn") {
+        return with_pixel_model(path, |m| pixel_cmd::bench(m, &path.display().to_string(), reps, naive_reps, json));
+    }
+    let pool = threads.pool()?;
+    bench::run(path, &bench::BenchArgs { prompt_tokens, gen_tokens, reps, json }, &pool)
+}
+
+fn cmd_convert_onnx(
+    input: &Path,
+    output: &Path,
+    quant: QuantArg,
+    head: Option<&str>,
+    levels: Option<usize>,
+    force: bool,
+) -> Result<()> {
+    use arq_convert::onnx::{convert_onnx, HeadSpec, OnnxConvertOptions};
+    let quant = match quant {
+        QuantArg::Q8 => Quant::Q8,
+        QuantArg::Q4 => Quant::Q4,
+        QuantArg::F32 => Quant::F32,
+    };
+    let head = match (head, levels) {
+        (Some(h), l) => Some(HeadSpec { levels: l.or(h.parse::<HeadSpec>()?.levels), ..h.parse::<HeadSpec>()? }),
+        (None, Some(_)) => bail!("--levels needs --head"),
+        (None, None) => None,
+    };
+    let t0 = Instant::now();
+    let s = convert_onnx(input, output, &OnnxConvertOptions { quant, force, head })?;
+    eprintln!("{}", s.description);
+    eprintln!(
+        "wrote {} ({} bytes, {}) in {:.2} s",
+        output.display(),
+        s.bytes,
+        quant.name(),
+        t0.elapsed().as_secs_f64()
+    );
+    if !s.tensor_errors.is_empty() {
+        let mean = s.tensor_errors.iter().map(|e| e.1).sum::<f64>() / s.tensor_errors.len() as f64;
+        let worst =
+            s.tensor_errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(("", 0.0), |e| (e.0.as_str(), e.1));
+        eprintln!(
+            "q8 relative error over {} matrices: mean {mean:.5}, worst {} {:.5}",
+            s.tensor_errors.len(),
+            worst.0,
+            worst.1
+        );
+    }
+    Ok(())
 }
 
 fn cmd_convert(
@@ -276,6 +446,12 @@ impl Loaded {
         Ok(Loaded { bytes: ModelBytes::map(path)? })
     }
     fn model(&self, path: &Path) -> Result<Model<'_>> {
+        if pixel_cmd::architecture(self.bytes.bytes()).as_deref() == Some("pixelcnn") {
+            bail!(
+                "{} is a PixelCNN image model; this command takes text models (see sample, score, impute)",
+                path.display()
+            );
+        }
         Model::load(self.bytes.bytes()).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 }
@@ -486,8 +662,16 @@ fn cmd_score(
     ctx: Option<usize>,
     json_out: bool,
     per_token: bool,
+    per_image: bool,
     threads: &ThreadsArg,
 ) -> Result<()> {
+    {
+        let loaded = Loaded::open(path)?;
+        if pixel_cmd::architecture(loaded.bytes.bytes()).as_deref() == Some("pixelcnn") {
+            let model = pixel_cmd::load(&loaded.bytes, path)?;
+            return pixel_cmd::score(&model, file, json_out, per_image, threads.count());
+        }
+    }
     let pool = threads.pool()?;
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8(text).map_err(|_| anyhow!("{}: not UTF-8 text", file.display()))?;
@@ -591,6 +775,10 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
     let file = arq::format::ArqFile::parse(bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if verify {
         file.verify_checksum().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
+    if file.meta("arq.architecture").and_then(|v| v.as_str()) == Some("pixelcnn") {
+        let model = arq::PixelCnn::from_file(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        return pixel_cmd::inspect(&model, path, bytes.len(), verify, json_out);
     }
     let model = Model::from_file(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let c = *model.config();

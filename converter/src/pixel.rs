@@ -1,0 +1,268 @@
+//! The image-model jobs behind `arq score`, `sample`, `impute` and `bench` for PixelCNN
+//! files: exact likelihoods over image sets, seeded sampling, imputation (exact, or
+//! sequential Monte Carlo when observed pixels follow missing ones), and the naive
+//! one-forward-pass-per-pixel sampler the cached one is measured against.
+
+use anyhow::{bail, Result};
+use arq::{PixelCnn, PixelSession, PixelSessionConfig};
+use rand_core::SeedableRng;
+use rand_pcg::Pcg32;
+
+use crate::images::Images;
+
+/// An arena sized for one session of `model`.
+pub fn arena(model: &PixelCnn<'_>, full_forward: bool) -> Result<Vec<u8>> {
+    Ok(vec![0u8; model.memory_plan(&PixelSessionConfig { full_forward })?])
+}
+
+fn session<'a>(model: &'a PixelCnn<'a>, arena: &'a mut [u8], full_forward: bool) -> Result<PixelSession<'a>> {
+    Ok(PixelSession::new(model, arena, PixelSessionConfig { full_forward })?)
+}
+
+/// Checks that `images` fit the model: size and level range.
+pub fn check_images(model: &PixelCnn<'_>, images: &Images, what: &str) -> Result<()> {
+    let c = model.config();
+    if !c.head.is_discrete() {
+        bail!("this model's {} head takes continuous values; image files hold levels", c.head.name());
+    }
+    if (images.height, images.width) != (c.height, c.width) {
+        bail!("{what}: images are {}x{}, the model takes {}x{}", images.height, images.width, c.height, c.width);
+    }
+    for i in 0..images.n {
+        if let Some(p) = images.image(i).iter().position(|&v| v as usize >= c.levels) {
+            bail!(
+                "{what}: image {i}, pixel ({}, {}) has value {}, outside the model's levels 0..{}",
+                p / c.width,
+                p % c.width,
+                images.image(i)[p],
+                c.levels - 1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Negative log-likelihood of each image, in nats, split over `threads` threads.
+pub fn score_images(model: &PixelCnn<'_>, images: &Images, threads: usize) -> Result<Vec<f64>> {
+    check_images(model, images, "input")?;
+    let mut nll = vec![0.0; images.n];
+    let per = images.n.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| -> Result<()> {
+        let jobs: Vec<_> = nll
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(t, out)| {
+                s.spawn(move || -> Result<()> {
+                    let mut mem = arena(model, false)?;
+                    let mut s = session(model, &mut mem, false)?;
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = s.nll(images.image(t * per + j))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for j in jobs {
+            j.join().map_err(|_| anyhow::anyhow!("a scoring thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(nll)
+}
+
+/// `n` images sampled with the cached generator; image `i` uses the seed `seed + i`,
+/// so any one image can be reproduced alone.
+pub fn sample_images(model: &PixelCnn<'_>, n: usize, seed: u64, temp: f32) -> Result<Images> {
+    check_discrete(model)?;
+    let c = model.config();
+    let mut mem = arena(model, false)?;
+    let mut s = session(model, &mut mem, false)?;
+    let mut data = vec![0u8; n * c.pixels()];
+    for (i, img) in data.chunks_exact_mut(c.pixels()).enumerate() {
+        let mut rng = Pcg32::seed_from_u64(seed.wrapping_add(i as u64));
+        s.sample(img, 0, temp, &mut rng)?;
+    }
+    Ok(Images { n, height: c.height, width: c.width, data })
+}
+
+fn check_discrete(model: &PixelCnn<'_>) -> Result<()> {
+    let c = model.config();
+    if !c.head.is_discrete() {
+        bail!("this model's {} head takes continuous values; sampling levels needs a discrete head", c.head.name());
+    }
+    Ok(())
+}
+
+/// One image sampled the naive way: the whole network over the whole image for every
+/// pixel. Same random stream as [`sample_images`] for the same seed, and the same
+/// image, since both paths give bit-identical parameters.
+pub fn sample_naive(model: &PixelCnn<'_>, seed: u64, temp: f32) -> Result<Vec<u8>> {
+    check_discrete(model)?;
+    let c = model.config();
+    let mut mem = arena(model, true)?;
+    let mut s = session(model, &mut mem, true)?;
+    let mut rng = Pcg32::seed_from_u64(seed);
+    let (np, levels) = (c.n_params(), c.levels);
+    let mut x_in = vec![0.0f32; c.pixels()];
+    let mut out = vec![0u8; c.pixels()];
+    let mut lp = vec![0.0f64; levels];
+    for i in 0..c.pixels() {
+        let params = s.forward_full(&x_in)?;
+        c.head.log_probs(levels, &params[i * np..(i + 1) * np], &mut lp);
+        let level = arq::heads::sample_log_weights(&lp, temp, &mut rng);
+        out[i] = level as u8;
+        x_in[i] = model.value_of_level(level);
+    }
+    Ok(out)
+}
+
+/// How an imputation was done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImputeMethod {
+    /// Every observed pixel precedes every missing one: the missing pixels were sampled
+    /// exactly from `p(missing | observed)`.
+    Exact,
+    /// Observed pixels follow missing ones: sequential Monte Carlo with `particles`
+    /// particles, weighted by the likelihood of each later observed pixel.
+    Smc { particles: usize, resamples: usize, final_ess: f64 },
+}
+
+/// Fills the pixels of `image` where `missing` is true by sampling from the model
+/// conditioned on the others, with the random stream of `seed`.
+///
+/// Sequential Monte Carlo (when needed): particles advance pixel by pixel in raster
+/// order; a missing pixel is sampled from each particle's conditional, an observed one
+/// is clamped and multiplies the particle's weight by its probability. When the
+/// effective sample size `(sum w)^2 / sum w^2` drops below half the particles, they are
+/// resampled (systematic resampling). The result is one particle drawn by weight.
+/// With one particle this is clamped sampling (observed pixels clamped, never weighed).
+pub fn impute(
+    model: &PixelCnn<'_>,
+    image: &[u8],
+    missing: &[bool],
+    particles: usize,
+    seed: u64,
+    temp: f32,
+) -> Result<(Vec<u8>, ImputeMethod)> {
+    check_discrete(model)?;
+    let c = model.config();
+    if image.len() != c.pixels() || missing.len() != c.pixels() {
+        bail!("image and mask must have the model's {}x{} pixels", c.height, c.width);
+    }
+    if let Some(p) = image.iter().zip(missing).position(|(&v, &m)| !m && v as usize >= c.levels) {
+        bail!(
+            "pixel ({}, {}) has value {}, outside the model's levels 0..{}",
+            p / c.width,
+            p % c.width,
+            image[p],
+            c.levels - 1
+        );
+    }
+    if particles == 0 {
+        bail!("--particles must be at least 1");
+    }
+    let mut rng = Pcg32::seed_from_u64(seed);
+    let first_missing = missing.iter().position(|&m| m);
+    let last_observed = missing.iter().rposition(|&m| !m);
+    let exact = match (first_missing, last_observed) {
+        (None, _) => return Ok((image.to_vec(), ImputeMethod::Exact)),
+        (Some(_), None) => true,
+        (Some(f), Some(l)) => l < f,
+    };
+    if exact {
+        let mut mem = arena(model, false)?;
+        let mut s = session(model, &mut mem, false)?;
+        let mut out = image.to_vec();
+        s.sample(&mut out, first_missing.unwrap_or(0), temp, &mut rng)?;
+        return Ok((out, ImputeMethod::Exact));
+    }
+
+    let n = particles;
+    // Two sets of particles: resampling copies the survivors from one into the other.
+    let mut mems = (0..2 * n).map(|_| arena(model, false)).collect::<Result<Vec<_>>>()?;
+    let mut all = mems.iter_mut().map(|m| session(model, m, false)).collect::<Result<Vec<_>>>()?;
+    let mut spare = all.split_off(n);
+    let mut cur = all;
+    let mut imgs = vec![image.to_vec(); n];
+    let mut logw = vec![0.0f64; n];
+    let mut resamples = 0;
+    for i in 0..c.pixels() {
+        for (p, s) in cur.iter_mut().enumerate() {
+            let lp = s.log_probs()?;
+            let level = if missing[i] {
+                arq::heads::sample_log_weights(lp, temp, &mut rng)
+            } else {
+                logw[p] += lp[image[i] as usize];
+                image[i] as usize
+            };
+            imgs[p][i] = level as u8;
+            s.push_level(level)?;
+        }
+        if !missing[i] && n > 1 && ess(&logw) < n as f64 / 2.0 {
+            let ancestors = systematic_resample(&logw, &mut rng);
+            for (dst, &a) in spare.iter_mut().zip(&ancestors) {
+                dst.copy_state_from(&cur[a]);
+            }
+            std::mem::swap(&mut cur, &mut spare);
+            imgs = ancestors.iter().map(|&a| imgs[a].clone()).collect();
+            logw.fill(0.0);
+            resamples += 1;
+        }
+    }
+    let final_ess = ess(&logw);
+    let pick = arq::heads::sample_log_weights(&logw, 1.0, &mut rng);
+    Ok((imgs.swap_remove(pick), ImputeMethod::Smc { particles: n, resamples, final_ess }))
+}
+
+/// Effective sample size of log-weights.
+pub fn ess(logw: &[f64]) -> f64 {
+    let max = logw.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let (s, s2) = logw.iter().fold((0.0, 0.0), |(s, s2), &v| {
+        let w = (v - max).exp();
+        (s + w, s2 + w * w)
+    });
+    s * s / s2
+}
+
+/// Ancestor indices by systematic resampling: one uniform offset, `n` evenly spaced
+/// points through the cumulative normalized weights.
+fn systematic_resample(logw: &[f64], rng: &mut Pcg32) -> Vec<usize> {
+    use rand_core::RngCore;
+    let n = logw.len();
+    let max = logw.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let w: Vec<f64> = logw.iter().map(|&v| (v - max).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let u0 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut out = Vec::with_capacity(n);
+    let (mut j, mut cum) = (0, w[0] / total);
+    for k in 0..n {
+        let u = (u0 + k as f64) / n as f64;
+        while u > cum && j + 1 < n {
+            j += 1;
+            cum += w[j] / total;
+        }
+        out.push(j);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ess_of_equal_and_degenerate_weights() {
+        assert!((ess(&[0.0; 8]) - 8.0).abs() < 1e-12);
+        assert!((ess(&[0.0, -1000.0, -1000.0]) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn systematic_resampling_follows_the_weights() {
+        let mut rng = Pcg32::seed_from_u64(0);
+        let logw = [0.5f64.ln(), 0.25f64.ln(), 0.25f64.ln(), f64::NEG_INFINITY];
+        let a = systematic_resample(&logw, &mut rng);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.iter().filter(|&&i| i == 0).count(), 2);
+        assert!(!a.contains(&3));
+    }
+}

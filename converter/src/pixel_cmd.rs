@@ -1,0 +1,332 @@
+//! The `arq` subcommands for PixelCNN files: score, sample, impute, bench, inspect.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use arq::arch::pixelcnn_synth::{synthetic, SynthSpec};
+use arq::{PixelCnn, PixelSessionConfig};
+use arq_convert::aligned::ModelBytes;
+use arq_convert::images::{self, Images};
+use arq_convert::pixel::{self, ImputeMethod};
+use serde_json::json;
+
+/// The value of `arq.architecture` in an `.arq` file (`None` for other files, which the
+/// text-model loader then reports on).
+pub fn architecture(bytes: &[u8]) -> Option<String> {
+    let f = arq::format::ArqFile::parse(bytes).ok()?;
+    f.meta("arq.architecture").and_then(|v| v.as_str()).map(str::to_string)
+}
+
+pub fn load<'a>(bytes: &'a ModelBytes, path: &Path) -> Result<PixelCnn<'a>> {
+    PixelCnn::load(bytes.bytes()).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+pub fn score(model: &PixelCnn<'_>, input: &Path, json_out: bool, per_image: bool, threads: usize) -> Result<()> {
+    let c = model.config();
+    if !c.head.is_discrete() {
+        bail!("this model's {} head takes continuous values; image files hold levels", c.head.name());
+    }
+    let imgs = images::read_levels(input, c.levels)?;
+    let nll = pixel::score_images(model, &imgs, threads)?;
+    let total: f64 = nll.iter().sum();
+    let dims = c.pixels();
+    let per = total / imgs.n as f64;
+    let bpd = per / dims as f64 / std::f64::consts::LN_2;
+    if json_out {
+        let mut v = json!({
+            "images": imgs.n, "nll_nats": total, "nats_per_image": per, "bits_per_dim": bpd,
+            "dims_per_image": dims, "height": c.height, "width": c.width, "levels": c.levels,
+        });
+        if per_image {
+            v["per_image"] = json!(nll);
+        }
+        println!("{v}");
+    } else {
+        if per_image {
+            for (i, v) in nll.iter().enumerate() {
+                println!("{i:>6} {v:>12.4}");
+            }
+        }
+        println!(
+            "{} images of {}x{}: NLL {total:.3} nats, {per:.4} nats/image, {bpd:.5} bits/dim",
+            imgs.n, c.height, c.width
+        );
+    }
+    Ok(())
+}
+
+pub struct SampleArgs<'p> {
+    pub n: usize,
+    pub seed: u64,
+    pub temp: f32,
+    pub output: &'p Path,
+    pub cols: Option<usize>,
+    pub scale: Option<usize>,
+    pub npy: Option<&'p Path>,
+    pub ascii: bool,
+}
+
+/// The scale that makes a tile at least 32 pixels on its short side.
+fn default_scale(height: usize, width: usize) -> usize {
+    (32 / height.min(width).max(1)).max(1)
+}
+
+pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
+    if a.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    if !(a.temp >= 0.0 && a.temp.is_finite()) {
+        bail!("--temp must be a finite number >= 0");
+    }
+    for out in [Some(a.output), a.npy].into_iter().flatten() {
+        if out.is_dir() {
+            bail!("{} is a directory", out.display());
+        }
+    }
+    let c = model.config();
+    let t0 = Instant::now();
+    let imgs = pixel::sample_images(model, a.n, a.seed, a.temp)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let grey = Images { data: imgs.data.iter().map(|&v| images::level_to_gray(v, c.levels)).collect(), ..imgs.clone() };
+    let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
+    let (gh, gw, px) = images::grid(&grey, cols, a.scale.unwrap_or(default_scale(c.height, c.width)), 1);
+    images::write_png_gray(a.output, gh, gw, &px)?;
+    if let Some(npy) = a.npy {
+        images::write_npy_u8(npy, &imgs)?;
+    }
+    if a.ascii {
+        print!("{}", ascii_art(&imgs, c.levels));
+    }
+    eprintln!(
+        "wrote {} ({} images of {}x{}, {gw}x{gh} grid) | {:.2} ms/image (cached), seed {}, temp {}",
+        a.output.display(),
+        a.n,
+        c.height,
+        c.width,
+        secs * 1e3 / a.n as f64,
+        a.seed,
+        a.temp
+    );
+    Ok(())
+}
+
+/// Images as text, darkest to brightest ` .:-=+*#%@`, one blank line between images.
+pub fn ascii_art(imgs: &Images, levels: usize) -> String {
+    const RAMP: &[u8] = b" .:-=+*#%@";
+    let mut s = String::new();
+    for i in 0..imgs.n {
+        for row in imgs.image(i).chunks(imgs.width) {
+            for &v in row {
+                let ch = RAMP[v as usize * (RAMP.len() - 1) / (levels - 1)] as char;
+                s.push(ch);
+                s.push(ch);
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub struct ImputeArgs<'p> {
+    pub image: &'p Path,
+    pub mask: &'p Path,
+    pub output: &'p Path,
+    pub particles: usize,
+    pub seed: u64,
+    pub temp: f32,
+    pub json: bool,
+}
+
+pub fn impute(model: &PixelCnn<'_>, a: &ImputeArgs<'_>) -> Result<()> {
+    let c = model.config();
+    if !c.head.is_discrete() {
+        bail!("this model's {} head takes continuous values; imputation needs a discrete head", c.head.name());
+    }
+    if !(a.temp >= 0.0 && a.temp.is_finite()) {
+        bail!("--temp must be a finite number >= 0");
+    }
+    if a.output.is_dir() {
+        bail!("{} is a directory", a.output.display());
+    }
+    let (h, w, grey) = images::read_png_gray(a.image)?;
+    if (h, w) != (c.height, c.width) {
+        bail!("{}: image is {h}x{w}, the model takes {}x{}", a.image.display(), c.height, c.width);
+    }
+    let (mh, mw, mask) = images::read_png_gray(a.mask)?;
+    if (mh, mw) != (h, w) {
+        bail!("{}: mask is {mh}x{mw}, the image is {h}x{w}", a.mask.display());
+    }
+    let levels: Vec<u8> = grey.iter().map(|&g| images::gray_to_level(g, c.levels)).collect();
+    let missing: Vec<bool> = mask.iter().map(|&m| m >= 128).collect();
+    let n_missing = missing.iter().filter(|&&m| m).count();
+    let t0 = Instant::now();
+    let (out, method) = pixel::impute(model, &levels, &missing, a.particles, a.seed, a.temp)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let px: Vec<u8> = out.iter().map(|&v| images::level_to_gray(v, c.levels)).collect();
+    images::write_png_gray(a.output, h, w, &px)?;
+    let (name, detail) = match method {
+        ImputeMethod::Exact => ("exact", json!({})),
+        ImputeMethod::Smc { particles, resamples, final_ess } => {
+            ("smc", json!({"particles": particles, "resamples": resamples, "ess": final_ess}))
+        }
+    };
+    if a.json {
+        let mut v =
+            json!({"method": name, "missing_pixels": n_missing, "output": a.output.display().to_string(), "ms": ms});
+        if let Some(o) = detail.as_object() {
+            for (k, x) in o {
+                v[k] = x.clone();
+            }
+        }
+        println!("{v}");
+    } else {
+        let how = match method {
+            ImputeMethod::Exact => "exact sampling (every observed pixel precedes the missing ones)".to_string(),
+            ImputeMethod::Smc { particles, resamples, final_ess } => format!(
+                "sequential Monte Carlo: {particles} particles, {resamples} resamplings, final effective sample size {final_ess:.1}"
+            ),
+        };
+        eprintln!("imputed {n_missing} pixels by {how}; wrote {} in {ms:.1} ms", a.output.display());
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Parses `HxW` (e.g. `28x28`).
+pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let (h, w) = s.split_once(['x', 'X']).ok_or_else(|| anyhow!("--synthetic: expected HxW, e.g. 28x28"))?;
+    let (h, w) = (h.trim().parse::<usize>(), w.trim().parse::<usize>());
+    match (h, w) {
+        (Ok(h), Ok(w)) if (1..=256).contains(&h) && (1..=256).contains(&w) => Ok((h, w)),
+        _ => bail!("--synthetic: expected HxW with sides 1..=256, e.g. 28x28"),
+    }
+}
+
+/// The digits models' geometry with random q8 weights at `h x w` (`--synthetic`).
+pub fn synthetic_model(h: usize, w: usize) -> ModelBytes {
+    ModelBytes::copy_of(&synthetic(&SynthSpec::digits_like(h, w, true)))
+}
+
+/// `arq bench` on a PixelCNN: time per sampled image, cached generator vs the naive
+/// full forward pass per pixel; medians over `reps` after a warm-up.
+pub fn bench(model: &PixelCnn<'_>, label: &str, reps: usize, naive_reps: usize, json_out: bool) -> Result<()> {
+    if reps == 0 || naive_reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let c = model.config();
+    let mut cached = Vec::new();
+    for rep in 0..=reps {
+        let t = Instant::now();
+        let img = pixel::sample_images(model, 1, rep as u64, 1.0)?;
+        std::hint::black_box(&img);
+        if rep > 0 {
+            cached.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut naive = Vec::new();
+    for rep in 0..naive_reps {
+        let t = Instant::now();
+        let img = pixel::sample_naive(model, rep as u64, 1.0)?;
+        naive.push(t.elapsed().as_secs_f64());
+        // Same seed, same image: the two samplers agree exactly.
+        let want = pixel::sample_images(model, 1, rep as u64, 1.0)?;
+        if img != want.data {
+            bail!("internal error: naive and cached sampling disagree for seed {rep}");
+        }
+    }
+    let (cm, nm) = (median(cached), median(naive));
+    let arena = model.memory_plan(&PixelSessionConfig::default())?;
+    let arena_full = model.memory_plan(&PixelSessionConfig { full_forward: true })?;
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "model": label, "height": c.height, "width": c.width, "kernels": model.kernels().name,
+                "cached_ms_per_image": cm * 1e3, "naive_ms_per_image": nm * 1e3, "speedup": nm / cm,
+                "reps": reps, "naive_reps": naive_reps, "arena_bytes": arena, "arena_bytes_full_forward": arena_full,
+            })
+        );
+    } else {
+        println!(
+            "{label}: {}x{} | cached {:.3} ms/image | naive {:.1} ms/image | speedup {:.1}x | arena {arena} bytes (naive {arena_full}) | kernels {}",
+            c.height,
+            c.width,
+            cm * 1e3,
+            nm * 1e3,
+            nm / cm,
+            model.kernels().name
+        );
+    }
+    Ok(())
+}
+
+pub fn inspect(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: bool, json_out: bool) -> Result<()> {
+    let c = model.config();
+    let f = model.file();
+    let meta_str = |k: &str| f.meta(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let arena = model.memory_plan(&PixelSessionConfig::default())?;
+    let layers: Vec<_> = (0..c.n_layers).map(|l| json!({"kernel": c.kernel[l], "dilation": c.dilation[l]})).collect();
+    let tensors: Vec<_> = f.tensors().collect();
+    let params: u64 = tensors.iter().map(|t| t.shape.n_elements()).sum();
+    if json_out {
+        let t: Vec<_> = tensors
+            .iter()
+            .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape.dims(), "bytes": t.data.len()}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "file_bytes": file_bytes, "architecture": "pixelcnn", "quant": meta_str("arq.quant"),
+                "hyperparameters": {"height": c.height, "width": c.width, "channels": c.channels,
+                    "out_hidden": c.out_hidden, "layers": layers, "head": c.head.name(), "levels": c.levels,
+                    "head_channels": c.n_params()},
+                "stored_values": params, "arena": {"bytes": arena}, "checksum_verified": verify, "tensors": t,
+            })
+        );
+        return Ok(());
+    }
+    println!("{}: {} bytes, pixelcnn, {} weights", path.display(), file_bytes, meta_str("arq.quant"));
+    println!("  name           {}", meta_str("general.name"));
+    println!(
+        "  image          {}x{}, {} levels, head {} ({} channels)",
+        c.height,
+        c.width,
+        c.levels,
+        c.head.name(),
+        c.n_params()
+    );
+    let geo: Vec<String> = (0..c.n_layers).map(|l| format!("{}:{}", c.kernel[l], c.dilation[l])).collect();
+    println!(
+        "  stacks         {} channels, {} gated layers (kernel:dilation {}), output gate {}",
+        c.channels,
+        c.n_layers,
+        geo.join(","),
+        c.out_hidden
+    );
+    println!("  arena          {arena} bytes (cached generation and scoring)");
+    if verify {
+        println!("  checksum       ok");
+    }
+    println!("  tensors        {} ({} stored values, padding included)", tensors.len(), params);
+    for t in &tensors {
+        println!(
+            "    {:<24} {:<4} {:<16} {:>10} bytes",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape.dims()),
+            t.data.len()
+        );
+    }
+    Ok(())
+}
