@@ -3,7 +3,7 @@
 # q8 vs llama.cpp Q8_0 and q4 vs llama.cpp Q4_1, prompt processing (128 tokens) and
 # generation (64 tokens), at 1 and 2 threads. The two tools alternate, round after
 # round, so drifting load on this shared machine hits both; medians over all samples.
-# Writes bench/RESULTS.md. The peer is built once and cached outside the repo
+# Writes its section of bench/RESULTS.md (bench/section.py). The peer is built once and cached outside the repo
 # (bench/build_llama_cpp.sh); its Q8_0 is requantized from the same GGUF.
 #
 # Env: BENCH_ROUNDS (default 3), BENCH_REPS per round (default 3), BENCH_THREADS ("1 2").
@@ -54,7 +54,7 @@ done
 
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 commit=$(git rev-parse --short HEAD)
-python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$threads" "$bin" > bench/RESULTS.md <<'PY'
+python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$threads" "$bin" > "$raw/section.md" <<'PY'
 import glob, json, statistics, sys, datetime
 raw, cpu, nproc, commit, rounds, reps, threads, bin_dir = sys.argv[1:]
 def med(v): return statistics.median(v) if v else float("nan")
@@ -70,7 +70,7 @@ for t in threads.split():
             for e in json.load(open(f)):
                 (lpp if e["n_prompt"] else ltg).extend(e["samples_ts"])
         rows.append((t, q, peer, med(pp), med(lpp), med(tg), med(ltg), med(rss), med(load)))
-print("# Benchmarks\n")
+print("## Text models: arq vs llama.cpp\n")
 print(f"arq against llama.cpp on SmolLM2-135M-Instruct, same machine, same run, tools alternating.")
 print(f"Medians over {rounds} rounds x {reps} repetitions (arq: after a warm-up each round; llama.cpp: llama-bench's samples).\n")
 print(f"- machine: {cpu}, {nproc} cores (shared and noisy; compare ratios, not absolute numbers)")
@@ -84,4 +84,5 @@ print("|---|---|---|---|---|---|---|---|---|---|---|")
 for t, q, peer, pp, lpp, tg, ltg, rss, load in rows:
     print(f"| {t} | {q} | {peer} | {pp:.1f} | {lpp:.1f} | {pp/lpp:.2f} | {tg:.1f} | {ltg:.1f} | {tg/ltg:.2f} | {rss/1048576:.0f} | {load:.0f} |")
 PY
-cat bench/RESULTS.md
+python3 bench/section.py bench/RESULTS.md text-models < "$raw/section.md"
+cat "$raw/section.md"
