@@ -4,6 +4,7 @@ pub mod aligned;
 pub mod convert;
 pub mod gguf;
 pub mod images;
+#[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod pixel;
 pub mod progress;

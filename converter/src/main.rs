@@ -337,6 +337,12 @@ fn cmd_bench(
     bench::run(path, &bench::BenchArgs { prompt_tokens, gen_tokens, reps, json }, &pool)
 }
 
+#[cfg(not(feature = "onnx"))]
+fn cmd_convert_onnx(input: &Path, _: &Path, _: QuantArg, _: Option<&str>, _: Option<usize>, _: bool) -> Result<()> {
+    bail!("{}: this arq was built without ONNX import (cargo feature `onnx`)", input.display())
+}
+
+#[cfg(feature = "onnx")]
 fn cmd_convert_onnx(
     input: &Path,
     output: &Path,
