@@ -55,6 +55,8 @@ const MAX_SIDE: usize = 1024;
 const MAX_CHANNELS: usize = 4096;
 const MAX_KERNEL: usize = 31;
 const MAX_DILATION: usize = 64;
+/// Larger pads (Conv or Pad) are refused before any arithmetic on them.
+const MAX_PAD: i64 = 1 << 20;
 /// `min_log_scale` of mixture heads when neither the model nor `--head` gives one
 /// (PixelCNN++'s clamp).
 pub const DEFAULT_MIN_LOG_SCALE: f32 = -7.0;
@@ -287,6 +289,7 @@ fn read_proto(path: &Path) -> Result<pb::ModelProto> {
     })?;
     match &proto.graph {
         Some(g) if proto.ir_version > 0 && !g.node.is_empty() => Ok(proto),
+        Some(_) if proto.ir_version > 0 => bail!("{}: the ONNX graph has no nodes", path.display()),
         _ => bail!("{}: not an ONNX model (no IR version or no graph)", path.display()),
     }
 }
@@ -514,7 +517,10 @@ fn decode_tensor(t: &pb::TensorProto) -> std::result::Result<Const, String> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format!("tensor '{name}' has a negative dimension")))
         .collect::<std::result::Result<_, _>>()?;
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("tensor '{name}' has an impossible shape {:?}", t.dims))?;
     let raw = &t.raw_data;
     let c = match t.data_type {
         1 => {
@@ -1066,7 +1072,7 @@ impl<'g> Walker<'g> {
             }
         }
         let pads = attr_ints(n, "pads").unwrap_or_else(|| vec![0; 4]);
-        if pads.len() != 4 {
+        if pads.len() != 4 || pads.iter().any(|p| p.abs() > MAX_PAD) {
             return Err(format!("pads {pads:?}"));
         }
         match attr_str(n, "auto_pad").as_deref() {
@@ -1362,6 +1368,9 @@ impl<'g> Walker<'g> {
         let r = axes.len();
         if pads.len() != 2 * r {
             return Err(format!("Pad pads {pads:?} do not fit {r} axes"));
+        }
+        if pads.iter().any(|p| p.abs() > MAX_PAD) {
+            return Err(format!("Pad pads {pads:?} are out of range"));
         }
         let mut frame = x.frame;
         for (j, &a) in axes.iter().enumerate() {
