@@ -19,7 +19,7 @@ for m in digits17-q8 digits17-f32 digits-dlm-q8; do
   echo "bench $m" >&2
   "$arq" bench "models/pixelcnn/$m.arq" --reps "$reps" --naive-reps "$naive_reps" --json > "$raw/$m.json"
 done
-echo "bench synthetic 28x28 (the naive sampler takes about a minute per image here)" >&2
+echo "bench synthetic 28x28 (the naive sampler takes about 20 s per image here)" >&2
 "$arq" bench --synthetic 28x28 --reps 5 --naive-reps 1 --json > "$raw/synthetic28.json"
 
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
