@@ -36,6 +36,10 @@ echo "no_std build: ok"
 echo "== aarch64 (Raspberry Pi class): the runtime's tests under qemu, NEON+dotprod and plain NEON tiers"
 bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
 
-# One closing line over all runs above (x86 workspace + both aarch64 tiers).
+echo "== aarch64 end to end: the arq CLI under qemu (generate, next, sample, score) equals x86, both tiers"
+bash scripts/test-aarch64-cli.sh 2>&1 | tee -a "$log"
+
+# One closing line over all runs above (x86 workspace, both aarch64 tiers, and the
+# aarch64 CLI's end-to-end checks, which print one cargo-style `test result:` line).
 grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' |
   awk '{p += $1; f += $2} END {printf "Summary: %d passed, %d failed\n", p, f}'
