@@ -320,12 +320,13 @@ pub struct ConvertSummary {
     pub accuracy: Option<AccuracyReport>,
 }
 
-/// `arq convert`: the whole pipeline.
-pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertSummary> {
+/// The checks every conversion makes before reading anything: the input exists, the
+/// output does not (unless `force`), and they are not the same file.
+pub fn check_paths(input: &Path, out: &Path, force: bool) -> Result<()> {
     if !input.exists() {
         bail!("{}: no such file", input.display());
     }
-    if out.exists() && !opts.force {
+    if out.exists() && !force {
         bail!("{} already exists (use --force to overwrite)", out.display());
     }
     if let (Ok(a), Ok(b)) = (input.canonicalize(), out.canonicalize()) {
@@ -333,6 +334,12 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
             bail!("output {} is the input file", out.display());
         }
     }
+    Ok(())
+}
+
+/// `arq convert`: the whole pipeline.
+pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    check_paths(input, out, opts.force)?;
     let src = LlamaSource::from_gguf(input, opts.progress)?;
     let (bytes, tensor_errors) = src.to_arq(opts.quant, opts.progress)?;
     let accuracy = if opts.quant != Quant::F32 && !opts.skip_calibration {

@@ -212,6 +212,33 @@ impl ThreadsArg {
     }
 }
 
+impl From<QuantArg> for Quant {
+    fn from(q: QuantArg) -> Quant {
+        match q {
+            QuantArg::Q8 => Quant::Q8,
+            QuantArg::Q4 => Quant::Q4,
+            QuantArg::F32 => Quant::F32,
+        }
+    }
+}
+
+/// The per-matrix quantization errors of a conversion: mean and worst, and with
+/// `each`, every matrix.
+fn print_tensor_errors(errors: &[(String, f64)], each: bool) {
+    if errors.is_empty() {
+        return;
+    }
+    let mean = errors.iter().map(|e| e.1).sum::<f64>() / errors.len() as f64;
+    let worst = errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(("", 0.0), |e| (e.0.as_str(), e.1));
+    eprintln!("per-tensor relative error ({} matrices):", errors.len());
+    if each {
+        for (name, err) in errors {
+            eprintln!("  {name:<24} {err:.5}");
+        }
+    }
+    eprintln!("  mean {mean:.5}, worst {} {:.5}", worst.0, worst.1);
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum QuantArg {
     /// 8-bit matrices.
@@ -352,11 +379,7 @@ fn cmd_convert_onnx(
     force: bool,
 ) -> Result<()> {
     use arq_convert::onnx::{convert_onnx, HeadSpec, OnnxConvertOptions};
-    let quant = match quant {
-        QuantArg::Q8 => Quant::Q8,
-        QuantArg::Q4 => Quant::Q4,
-        QuantArg::F32 => Quant::F32,
-    };
+    let quant = Quant::from(quant);
     let head = match (head, levels) {
         (Some(h), l) => Some(HeadSpec { levels: l.or(h.parse::<HeadSpec>()?.levels), ..h.parse::<HeadSpec>()? }),
         (None, Some(_)) => bail!("--levels needs --head"),
@@ -372,17 +395,7 @@ fn cmd_convert_onnx(
         quant.name(),
         t0.elapsed().as_secs_f64()
     );
-    if !s.tensor_errors.is_empty() {
-        let mean = s.tensor_errors.iter().map(|e| e.1).sum::<f64>() / s.tensor_errors.len() as f64;
-        let worst =
-            s.tensor_errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(("", 0.0), |e| (e.0.as_str(), e.1));
-        eprintln!(
-            "q8 relative error over {} matrices: mean {mean:.5}, worst {} {:.5}",
-            s.tensor_errors.len(),
-            worst.0,
-            worst.1
-        );
-    }
+    print_tensor_errors(&s.tensor_errors, false);
     Ok(())
 }
 
@@ -394,11 +407,7 @@ fn cmd_convert(
     no_calib: bool,
     force: bool,
 ) -> Result<()> {
-    let quant = match quant {
-        QuantArg::Q8 => Quant::Q8,
-        QuantArg::Q4 => Quant::Q4,
-        QuantArg::F32 => Quant::F32,
-    };
+    let quant = Quant::from(quant);
     let calib = match calib {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("cannot read calibration text {}", p.display()))?)
@@ -415,16 +424,7 @@ fn cmd_convert(
         quant.name(),
         t0.elapsed().as_secs_f64()
     );
-    if !s.tensor_errors.is_empty() {
-        let mean = s.tensor_errors.iter().map(|e| e.1).sum::<f64>() / s.tensor_errors.len() as f64;
-        let worst =
-            s.tensor_errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(("", 0.0), |e| (e.0.as_str(), e.1));
-        eprintln!("per-tensor relative error ({} matrices):", s.tensor_errors.len());
-        for (name, err) in &s.tensor_errors {
-            eprintln!("  {name:<24} {err:.5}");
-        }
-        eprintln!("  mean {mean:.5}, worst {} {:.5}", worst.0, worst.1);
-    }
+    print_tensor_errors(&s.tensor_errors, true);
     if let Some(a) = s.accuracy {
         eprintln!(
             "calibration ({} tokens) vs unquantized: KL {:.5} nats/token, top-1 agreement {:.2}%, perplexity {:.3} (unquantized {:.3}, {:+.2}%)",
@@ -775,6 +775,22 @@ fn cmd_score(
     Ok(())
 }
 
+/// `inspect --json`'s tensor list.
+fn tensors_json(tensors: &[arq::format::TensorView<'_>]) -> Vec<serde_json::Value> {
+    tensors
+        .iter()
+        .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape.dims(), "bytes": t.data.len()}))
+        .collect()
+}
+
+/// `inspect`'s tensor table.
+fn print_tensors(tensors: &[arq::format::TensorView<'_>]) {
+    for t in tensors {
+        let shape = format!("{:?}", t.shape.dims());
+        println!("    {:<24} {:<4} {:<16} {:>10} bytes", t.name, t.dtype.name(), shape, t.data.len());
+    }
+}
+
 fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<()> {
     let loaded = Loaded::open(path)?;
     let bytes = loaded.bytes.bytes();
@@ -810,10 +826,7 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
                 (k.to_string(), j)
             })
             .collect();
-        let t: Vec<_> = tensors
-            .iter()
-            .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape.dims(), "bytes": t.data.len()}))
-            .collect();
+        let t = tensors_json(&tensors);
         println!(
             "{}",
             json!({
@@ -862,14 +875,6 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
         println!("  checksum       ok");
     }
     println!("  tensors        {}", tensors.len());
-    for t in &tensors {
-        println!(
-            "    {:<24} {:<4} {:<16} {:>10} bytes",
-            t.name,
-            t.dtype.name(),
-            format!("{:?}", t.shape.dims()),
-            t.data.len()
-        );
-    }
+    print_tensors(&tensors);
     Ok(())
 }

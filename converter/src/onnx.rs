@@ -442,17 +442,7 @@ pub struct OnnxConvertSummary {
 /// re-validate with the runtime's loader. Never leaves a partial output, never touches
 /// the input; an existing output needs `force`.
 pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
-    if !input.exists() {
-        bail!("{}: no such file", input.display());
-    }
-    if out.exists() && !opts.force {
-        bail!("{} already exists (use --force to overwrite)", out.display());
-    }
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), out.canonicalize()) {
-        if a == b {
-            bail!("output {} is the input file", out.display());
-        }
-    }
+    crate::convert::check_paths(input, out, opts.force)?;
     if opts.quant == Quant::Q4 {
         bail!("q4 is for text models: PixelCNN files hold q8 or f32 convolutions (use --quant q8 or f32)");
     }

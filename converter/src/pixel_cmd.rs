@@ -11,6 +11,8 @@ use arq_convert::images::{self, Images};
 use arq_convert::pixel::{self, ImputeMethod};
 use serde_json::json;
 
+use crate::bench::median;
+
 /// The value of `arq.architecture` in an `.arq` file (`None` for other files, which the
 /// text-model loader then reports on).
 pub fn architecture(bytes: &[u8]) -> Option<String> {
@@ -193,16 +195,6 @@ pub fn impute(model: &PixelCnn<'_>, a: &ImputeArgs<'_>) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Parses `HxW` (e.g. `28x28`).
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     let (h, w) = s.split_once(['x', 'X']).ok_or_else(|| anyhow!("--synthetic: expected HxW, e.g. 28x28"))?;
@@ -280,10 +272,7 @@ pub fn inspect(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: boo
     let tensors: Vec<_> = f.tensors().collect();
     let params: u64 = tensors.iter().map(|t| t.shape.n_elements()).sum();
     if json_out {
-        let t: Vec<_> = tensors
-            .iter()
-            .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape.dims(), "bytes": t.data.len()}))
-            .collect();
+        let t = crate::tensors_json(&tensors);
         println!(
             "{}",
             json!({
@@ -319,14 +308,6 @@ pub fn inspect(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: boo
         println!("  checksum       ok");
     }
     println!("  tensors        {} ({} stored values, padding included)", tensors.len(), params);
-    for t in &tensors {
-        println!(
-            "    {:<24} {:<4} {:<16} {:>10} bytes",
-            t.name,
-            t.dtype.name(),
-            format!("{:?}", t.shape.dims()),
-            t.data.len()
-        );
-    }
+    crate::print_tensors(&tensors);
     Ok(())
 }
