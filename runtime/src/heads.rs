@@ -6,6 +6,8 @@
 
 use rand_core::RngCore;
 
+use crate::arch::pixelcnn::MAX_LEVELS;
+
 /// The output distribution of a pixel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Head {
@@ -112,23 +114,43 @@ impl Head {
                 let (mu, ls) = rest.split_at(k);
                 let lse = log_sum_exp(logits.iter().map(|&v| v as f64));
                 let half = 1.0 / (levels - 1) as f64;
-                for (x, o) in out.iter_mut().enumerate() {
-                    let y = value_of_level(x, levels) as f64;
-                    let comp = (0..k).map(|j| {
-                        let inv_s = libm::exp(-(ls[j].max(min_log_scale) as f64));
-                        let a = (y - mu[j] as f64 + half) * inv_s;
-                        let b = (y - mu[j] as f64 - half) * inv_s;
-                        let lp = if x == 0 {
-                            -softplus(-a)
-                        } else if x == levels - 1 {
-                            -softplus(b)
+                // Level x's bin is [edge(x - 1), edge(x)] with edge(x) = (y_x - mu + h) / s,
+                // so each component needs one softplus per edge, not two per level, and
+                // `b - a = -2h / s` is the same for every level. The mixture's
+                // log-sum-exp runs online per level (running max `out[x]`, sum `sum[x]`).
+                let mut sum = [0.0f64; MAX_LEVELS];
+                out.fill(f64::NEG_INFINITY);
+                for j in 0..k {
+                    let inv_s = libm::exp(-(ls[j].max(min_log_scale) as f64));
+                    let log_width = libm::log(-libm::expm1(-2.0 * half * inv_s));
+                    let lw = logits[j] as f64 - lse;
+                    let edge = |x: usize| (value_of_level(x, levels) as f64 - mu[j] as f64 + half) * inv_s;
+                    // softplus of the bin's lower edge (the previous level's upper one).
+                    let mut sp_b = 0.0;
+                    for x in 0..levels {
+                        let lp = if x + 1 == levels {
+                            -sp_b // the upper tail: log(1 - sigmoid(b)) = -softplus(b)
                         } else {
-                            // log(sigmoid(a) - sigmoid(b)), exact for any a > b.
-                            a + libm::log(-libm::expm1(b - a)) - softplus(a) - softplus(b)
+                            let a = edge(x);
+                            let sp_a = softplus(a);
+                            // log(sigmoid(a) - sigmoid(b)), exact for any a > b; level 0
+                            // takes the lower tail, log(sigmoid(a)) = a - softplus(a).
+                            let lp = if x == 0 { a - sp_a } else { a + log_width - sp_a - sp_b };
+                            sp_b = sp_a;
+                            lp
                         };
-                        logits[j] as f64 - lse + lp
-                    });
-                    *o = log_sum_exp(comp);
+                        let v = lw + lp;
+                        let (m, acc) = (&mut out[x], &mut sum[x]);
+                        if v > *m {
+                            *acc = *acc * libm::exp(*m - v) + 1.0;
+                            *m = v;
+                        } else if v > f64::NEG_INFINITY {
+                            *acc += libm::exp(v - *m);
+                        }
+                    }
+                }
+                for (o, s) in out.iter_mut().zip(&sum) {
+                    *o += libm::log(*s);
                 }
             }
             Head::GaussianMixture { .. } => {}
