@@ -206,7 +206,7 @@ get = lambda n: sec.get(n, 0)
 flash = get(".vector_table") + get(".text") + get(".rodata") + get(".data")  # .data's load image
 statics = get(".data") + get(".bss") + get(".uninit")
 ram = statics + stack
-print(f"firmware pixelcnn: flash {flash} bytes (code {flash - model} + model {model}), "
+print(f"firmware pixelcnn: flash {flash} bytes (code and constants {flash - model} + model {model}), "
       f"RAM {ram} bytes (arena {arena} + statics {statics - arena} + stack {stack} measured)")
 EOF
 
