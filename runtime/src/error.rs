@@ -29,6 +29,8 @@ pub enum Error {
     /// A value passed to a session does not fit the model (e.g. an image of another
     /// size, a pixel level out of range).
     BadInput(&'static str),
+    /// The offload device (the GPU) failed during a step.
+    Offload(&'static str),
 }
 
 impl From<FormatError> for Error {
@@ -55,6 +57,7 @@ impl fmt::Display for Error {
             Error::BadConfig(what) => write!(f, "invalid session configuration: {what}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::BadInput(what) => f.write_str(what),
+            Error::Offload(what) => write!(f, "gpu: {what}"),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! `static` blob in microcontroller flash) and one caller-supplied arena whose
 //! exact size [`Model::memory_plan`](arch::llama::Model::memory_plan) computes
 //! before anything runs. `alloc` adds the tokenizer's encoder conveniences and
-//! the file writer; `std` adds runtime ISA detection.
+//! the file writer; `std` adds runtime ISA detection; `gpu` adds [`gpu`], the matrix
+//! products on a Vulkan/Metal/DX12 device through wgpu.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -15,6 +16,8 @@ pub mod arch;
 pub mod arena;
 pub mod error;
 pub mod format;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod heads;
 pub mod kernels;
 pub mod math;

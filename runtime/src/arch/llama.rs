@@ -166,6 +166,17 @@ impl Default for SessionConfig {
     }
 }
 
+/// Matrix products computed off the CPU: the `gpu` feature's `GpuMatmul` implements it
+/// (a trait here so the forward pass needs no feature gate).
+pub trait Offload {
+    /// The most tokens one call may carry (the session's `batch` must not exceed it).
+    fn max_tokens(&self) -> usize;
+    /// `out (n, rows) = x (n, cols) · wᵀ` for every `(w, rows, out)` of `jobs`, from
+    /// `xq`: the `n` activation rows quantized exactly as the CPU path quantizes them.
+    /// Only q8 and q4 weights are offered.
+    fn matmul(&self, xq: &[BlockQ8], n: usize, jobs: &mut [(&Weight<'_>, usize, &mut [f32])]) -> Result<(), Error>;
+}
+
 fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
     Error::BadTensor { role, layer, problem }
 }
@@ -286,6 +297,25 @@ impl<'a> Model<'a> {
         self.kernels
     }
 
+    /// The matrices a step multiplies by (the output head, then each layer's seven), as
+    /// `(weight, rows, cols)`; the embedding is only read by rows, unless tied as the head.
+    pub fn matrices(&self) -> impl Iterator<Item = (Weight<'a>, usize, usize)> + '_ {
+        let c = self.cfg;
+        let (d, kv, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
+        core::iter::once((self.output, c.vocab, d)).chain((0..c.n_layers).flat_map(move |l| {
+            let w = self.layer(l);
+            [
+                (w.wq, d, d),
+                (w.wk, kv, d),
+                (w.wv, kv, d),
+                (w.wo, d, d),
+                (w.w_gate, ff, d),
+                (w.w_up, ff, d),
+                (w.w_down, d, ff),
+            ]
+        }))
+    }
+
     /// The exact arena size, in bytes, that [`Session::new`] needs for `cfg`.
     pub fn memory_plan(&self, cfg: &SessionConfig) -> Result<usize, Error> {
         self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
@@ -329,6 +359,7 @@ pub struct Session<'a> {
     model: &'a Model<'a>,
     cfg: SessionConfig,
     pool: &'a dyn Parallel,
+    offload: Option<&'a dyn Offload>,
     pos: usize,
     key_cache: &'a mut [f32],   // (layer, ctx, kv_dim)
     value_cache: &'a mut [f32], // (layer, ctx, kv_dim)
@@ -417,22 +448,30 @@ fn matmul(
     }
 }
 
-/// `out_j = x · w_jᵀ` for several weights over the same input, quantizing it once.
+/// `out_j = x · w_jᵀ` for several weights over the same input, quantizing it once. With
+/// an offload and only q8/q4 weights, the products run there on the same quantized input.
 fn linear(
     pool: &dyn Parallel,
     k: &Kernels,
+    offload: Option<&dyn Offload>,
     x: &[f32],
     xq: &mut [BlockQ8],
     scratch: &mut [f32],
     ws: &mut [(&Weight<'_>, usize, &mut [f32])],
-) {
+) -> Result<(), Error> {
     let xq = &mut xq[..x.len() / QK8];
-    if ws.iter().any(|(w, _, _)| matches!(w, Weight::Q8(_) | Weight::Q4(_))) {
+    let quantized = |w: &Weight<'_>| matches!(w, Weight::Q8(_) | Weight::Q4(_));
+    if ws.iter().any(|(w, _, _)| quantized(w)) {
         (k.quantize_q8)(x, xq);
+    }
+    if let Some(off) = offload.filter(|_| ws.iter().all(|(w, _, _)| quantized(w))) {
+        let n = ws[0].2.len() / ws[0].1;
+        return off.matmul(xq, n, ws);
     }
     for (w, rows, out) in ws.iter_mut() {
         matmul(pool, k, w, *rows, x, xq, out, scratch);
     }
+    Ok(())
 }
 
 /// Causal attention of one query head over `len` cached positions: `out = softmax(q·Kᵀ
@@ -480,6 +519,7 @@ impl<'a> Session<'a> {
             model,
             cfg,
             pool: &Serial,
+            offload: None,
             pos: 0,
             key_cache: a.take(cache)?,
             value_cache: a.take(cache)?,
@@ -506,6 +546,16 @@ impl<'a> Session<'a> {
             return Err(Error::BadConfig("pool has more threads than SessionConfig::threads"));
         }
         self.pool = pool;
+        Ok(())
+    }
+
+    /// Sends the q8 and q4 matrix products to `offload` (a GPU); the rest of the step
+    /// stays here. `None` brings them back to the CPU.
+    pub fn set_offload(&mut self, offload: Option<&'a dyn Offload>) -> Result<(), Error> {
+        if offload.is_some_and(|o| o.max_tokens() < self.cfg.batch) {
+            return Err(Error::BadConfig("offload takes fewer tokens per call than SessionConfig::batch"));
+        }
+        self.offload = offload;
         Ok(())
     }
 
@@ -600,6 +650,7 @@ impl<'a> Session<'a> {
         let c = model.cfg;
         let kern = model.kernels;
         let pool = self.pool;
+        let off = self.offload;
         let (dim, kv_dim, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / libm::sqrtf(hd as f32);
@@ -621,6 +672,7 @@ impl<'a> Session<'a> {
             linear(
                 pool,
                 kern,
+                off,
                 &self.xb[..n * dim],
                 self.xq,
                 self.split,
@@ -629,7 +681,7 @@ impl<'a> Session<'a> {
                     (&w.wk, kv_dim, &mut self.k[..n * kv_dim]),
                     (&w.wv, kv_dim, &mut self.v[..n * kv_dim]),
                 ],
-            );
+            )?;
             let cache_l = l * self.cfg.ctx * kv_dim;
             for t in 0..n {
                 let table = &self.rope[t * hd..(t + 1) * hd];
@@ -672,7 +724,8 @@ impl<'a> Session<'a> {
                     }
                 });
             }
-            linear(pool, kern, &self.xb2[..n * dim], self.xq, self.split, &mut [(&w.wo, dim, &mut self.xb[..n * dim])]);
+            let wo = &mut [(&w.wo, dim, &mut self.xb[..n * dim])];
+            linear(pool, kern, off, &self.xb2[..n * dim], self.xq, self.split, wo)?;
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -684,20 +737,22 @@ impl<'a> Session<'a> {
             linear(
                 pool,
                 kern,
+                off,
                 &self.xb[..n * dim],
                 self.xq,
                 self.split,
                 &mut [(&w.w_gate, ff, &mut self.hb[..n * ff]), (&w.w_up, ff, &mut self.hb2[..n * ff])],
-            );
+            )?;
             math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
             linear(
                 pool,
                 kern,
+                off,
                 &self.hb[..n * ff],
                 self.xq,
                 self.split,
                 &mut [(&w.w_down, dim, &mut self.xb[..n * dim])],
-            );
+            )?;
             for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
                 *xi += o;
             }
@@ -710,7 +765,7 @@ impl<'a> Session<'a> {
             math::rmsnorm(o, i, model.output_norm, c.rms_eps);
         }
         let logits = &mut self.logits[..m * c.vocab];
-        linear(pool, kern, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.output, c.vocab, logits)]);
+        linear(pool, kern, off, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.output, c.vocab, logits)])?;
         self.pos += n;
         Ok(())
     }
