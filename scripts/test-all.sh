@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in rustc-web cargo-web rust-web-src lld; do
+for pkg in rustc-web cargo-web rust-web-src lld mesa-vulkan-drivers; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -24,6 +24,10 @@ export ARQ_SMOLLM2_GGUF
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+# lavapipe (mesa-vulkan-drivers) is a Vulkan driver on the CPU: the GPU tests run the
+# real Vulkan path on it, and fail instead of skipping when no adapter is found.
+export ARQ_REQUIRE_GPU=1
+
 echo "== workspace tests (release)"
 cargo test --release --workspace 2>&1 | tee -a "$log"
 
@@ -33,13 +37,17 @@ RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   --target thumbv7em-none-eabihf -Zbuild-std=core
 echo "no_std build: ok"
 
+echo "== Cortex-M4F firmware under qemu (mps2-an386): PixelCNN samples and score equal the host's"
+bash scripts/test-firmware.sh 2>&1 | tee -a "$log"
+
 echo "== aarch64 (Raspberry Pi class): the runtime's tests under qemu, NEON+dotprod and plain NEON tiers"
 bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
 
 echo "== aarch64 end to end: the arq CLI under qemu (generate, next, sample, score) equals x86, both tiers"
 bash scripts/test-aarch64-cli.sh 2>&1 | tee -a "$log"
 
-# One closing line over all runs above (x86 workspace, both aarch64 tiers, and the
-# aarch64 CLI's end-to-end checks, which print one cargo-style `test result:` line).
+# One closing line over all runs above (x86 workspace, the firmware's checks, both
+# aarch64 tiers, and the aarch64 CLI's end-to-end checks; the end-to-end scripts print
+# one cargo-style `test result:` line each).
 grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' |
   awk '{p += $1; f += $2} END {printf "Summary: %d passed, %d failed\n", p, f}'

@@ -16,6 +16,7 @@ pub struct BenchArgs {
     pub gen_tokens: usize,
     pub reps: usize,
     pub json: bool,
+    pub backend: crate::backend::BackendArg,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -63,19 +64,27 @@ pub fn run(path: &Path, args: &BenchArgs, pool: &ThreadPool) -> Result<()> {
     }
     let cfg = SessionConfig { ctx, batch: 32, threads: pool.threads() };
     let mut arena = vec![0u8; model.memory_plan(&cfg)?];
+    // A GPU backend uploads the matrices here: part of loading.
+    let backend = crate::backend::open(args.backend, &model, &cfg, pool)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let first_token_ms = {
         let mut s = Session::new(&model, &mut arena, cfg)?;
         s.set_parallel(pool)?;
+        s.set_offload(backend.offload())?;
         math::argmax(s.step(1)?);
         t0.elapsed().as_secs_f64() * 1e3
     };
 
     let ids = prompt_ids(&model, args.prompt_tokens)?;
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    let (mut measured_s, mut gpu_before) = (0.0, 0.0);
     for rep in 0..=args.reps {
+        if rep == 1 {
+            gpu_before = backend.gpu_stats().map_or(0.0, |(_, s)| s);
+        }
         let mut s = Session::new(&model, &mut arena, cfg)?;
         s.set_parallel(pool)?;
+        s.set_offload(backend.offload())?;
         let t = Instant::now();
         let mut next = math::argmax(s.prefill(&ids)?) as u32;
         let prompt_s = t.elapsed().as_secs_f64();
@@ -86,11 +95,14 @@ pub fn run(path: &Path, args: &BenchArgs, pool: &ThreadPool) -> Result<()> {
         let gen_s = t.elapsed().as_secs_f64();
         if rep > 0 {
             // Repetition 0 is the warm-up.
+            measured_s += prompt_s + gen_s;
             pp.push(args.prompt_tokens as f64 / prompt_s);
             tg.push(args.gen_tokens as f64 / gen_s);
         }
     }
     let (pp, tg) = (median(pp), median(tg));
+    // Share of the measured wall time spent in GPU calls (activations up, kernels, products back).
+    let gpu_share = backend.gpu_stats().map(|(_, s)| (s - gpu_before) / measured_s);
     let rss = peak_rss_bytes();
     if args.json {
         println!(
@@ -108,19 +120,26 @@ pub fn run(path: &Path, args: &BenchArgs, pool: &ThreadPool) -> Result<()> {
                 "gen_tokens_per_s": tg,
                 "peak_rss_bytes": rss,
                 "arena_bytes": arena.len(),
+                "backend": if backend.offload().is_some() { "gpu" } else { "cpu" },
+                "adapter": backend.adapter(),
+                "gpu_time_share": gpu_share,
             })
         );
     } else {
         println!(
-            "{}: {} threads, {} kernels, {} reps (medians)",
+            "{}: {} threads, {} kernels, backend {}, {} reps (medians)",
             path.display(),
             pool.threads(),
             model.kernels().name,
+            backend.describe(),
             args.reps
         );
         println!("  load             {load_ms:.1} ms (first token at {first_token_ms:.1} ms)");
         println!("  prompt ({:>4})    {pp:.1} tok/s", args.prompt_tokens);
         println!("  generation ({:>3}) {tg:.1} tok/s", args.gen_tokens);
+        if let Some(share) = gpu_share {
+            println!("  gpu calls        {:.0} % of the time (the rest: CPU work of the step)", share * 100.0);
+        }
         if let Some(r) = rss {
             println!(
                 "  peak RSS         {:.1} MiB (arena {:.1} MiB)",

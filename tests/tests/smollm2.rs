@@ -333,3 +333,58 @@ fn arena_plan_is_exact_and_errors_are_typed() {
     s.reset();
     assert_eq!(s.step(49152).err(), Some(Error::TokenOutOfRange { id: 49152, vocab: 49152 }));
 }
+
+/// The GPU backend on SmolLM2 q8 and q4 against the CPU backend on the same inputs:
+/// teacher-forced log-probs within 2e-3 nats and the same greedy continuation. Without an
+/// adapter it prints a note and passes, unless `ARQ_REQUIRE_GPU` is set.
+#[test]
+fn gpu_backend_matches_the_cpu_backend() {
+    use arq::gpu::{GpuDevice, GpuError, GpuMatmul, GpuOptions};
+    let Some(m) = models() else { return };
+    let dev = match GpuDevice::new(&GpuOptions::default()) {
+        Ok(d) => d,
+        Err(GpuError::NoAdapter) if std::env::var_os("ARQ_REQUIRE_GPU").is_none() => {
+            eprintln!("note: no GPU adapter (install mesa-vulkan-drivers for lavapipe); skipping");
+            return;
+        }
+        Err(e) => panic!("the GPU path must run (ARQ_REQUIRE_GPU): {e}"),
+    };
+    let ids: Vec<u32> = ids_of(&reference()["texts"]["prose"]["ids"])[..48].to_vec();
+    let greedy_prompt = ids_of(&reference()["greedy"]["ids"]);
+    for (name, bytes) in [("q8", &m.q8), ("q4", &m.q4)] {
+        let model = Model::load(bytes.bytes()).unwrap();
+        let gpu = GpuMatmul::for_model(dev.clone(), &model, 16).unwrap();
+        let run = |off: Option<&GpuMatmul>| {
+            let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1 };
+            let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+            let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+            s.set_offload(off.map(|g| g as _)).unwrap();
+            let mut lps = Vec::new();
+            s.forward_all(&ids, |i, l| {
+                if i + 1 < ids.len() {
+                    lps.push(math::log_prob(l, ids[i + 1] as usize));
+                }
+            })
+            .unwrap();
+            s.reset();
+            let mut next = math::argmax(s.prefill(&greedy_prompt).unwrap()) as u32;
+            let mut tokens = vec![next];
+            while tokens.len() < 16 {
+                next = math::argmax(s.step(next).unwrap()) as u32;
+                tokens.push(next);
+            }
+            (lps, tokens)
+        };
+        let (cpu_lp, cpu_tokens) = run(None);
+        let (gpu_lp, gpu_tokens) = run(Some(&gpu));
+        let max_diff = cpu_lp.iter().zip(&gpu_lp).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        eprintln!(
+            "SmolLM2 {name} on {}: max |log-prob diff| {max_diff:e} over {} tokens; greedy 16 tokens equal: {}",
+            dev.describe(),
+            cpu_lp.len(),
+            cpu_tokens == gpu_tokens
+        );
+        assert!(max_diff <= 2e-3, "{name}: max |diff| {max_diff}");
+        assert_eq!(cpu_tokens, gpu_tokens, "{name}: greedy tokens differ");
+    }
+}
