@@ -12,8 +12,10 @@ use arq::tokenizer::{Tokenizer, Utf8Stream};
 use arq::{math, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::convert::{self, ConvertOptions, Quant};
+use backend::{BackendArg, BackendOpt};
 use clap::{Parser, Subcommand};
 
+mod backend;
 mod bench;
 mod pixel_cmd;
 use serde_json::json;
@@ -83,6 +85,8 @@ enum Cmd {
         chat: bool,
         #[command(flatten)]
         threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendOpt,
     },
     /// Print the next-token distribution p(x_i | x_<i) after a prompt.
     Next {
@@ -117,6 +121,8 @@ enum Cmd {
         per_image: bool,
         #[command(flatten)]
         threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendOpt,
     },
     /// Sample images from a PixelCNN model into a PNG grid.
     Sample {
@@ -190,6 +196,8 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendOpt,
     },
 }
 
@@ -276,6 +284,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // lavapipe probes for a Wayland display when wgpu opens it, and libwayland prints an
+    // error line on a headless machine without XDG_RUNTIME_DIR; give it a directory to look
+    // in (and find nothing) so `--backend gpu` output stays clean. Set before any thread.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!("arq: internal error: {info}");
     }));
@@ -291,14 +305,14 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Inspect { model, ctx, verify, json } => cmd_inspect(&model, ctx, verify, json),
-        Cmd::Generate { model, prompt, n, sampling, ctx, chat, threads } => {
-            cmd_generate(&model, &prompt, n, &sampling, ctx, chat, &threads)
+        Cmd::Generate { model, prompt, n, sampling, ctx, chat, threads, backend } => {
+            cmd_generate(&model, &prompt, n, &sampling, ctx, chat, &threads, backend.backend)
         }
         Cmd::Next { model, prompt, top, chat, json, threads } => {
             cmd_next(&model, &prompt, top as usize, chat, json, &threads)
         }
-        Cmd::Score { model, file, ctx, json, per_token, per_image, threads } => {
-            cmd_score(&model, &file, ctx, json, per_token, per_image, &threads)
+        Cmd::Score { model, file, ctx, json, per_token, per_image, threads, backend } => {
+            cmd_score(&model, &file, ctx, json, per_token, per_image, &threads, backend.backend)
         }
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => with_pixel_model(&model, |m| {
             let args =
@@ -310,16 +324,17 @@ fn main() -> ExitCode {
                 pixel_cmd::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
             pixel_cmd::impute(m, &args)
         }),
-        Cmd::Bench { model, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads } => cmd_bench(
-            model.as_deref(),
-            synthetic.as_deref(),
-            naive_reps,
-            prompt_tokens,
-            gen_tokens,
-            reps,
-            json,
-            &threads,
-        ),
+        Cmd::Bench { model, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads, backend } => {
+            cmd_bench(
+                model.as_deref(),
+                synthetic.as_deref(),
+                naive_reps,
+                (prompt_tokens, gen_tokens, reps),
+                json,
+                &threads,
+                backend.backend,
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -344,13 +359,19 @@ fn cmd_bench(
     model: Option<&Path>,
     synthetic: Option<&str>,
     naive_reps: usize,
-    prompt_tokens: usize,
-    gen_tokens: usize,
-    reps: usize,
+    (prompt_tokens, gen_tokens, reps): (usize, usize, usize),
     json: bool,
     threads: &ThreadsArg,
+    backend: BackendArg,
 ) -> Result<()> {
+    let text_only = || -> Result<()> {
+        if backend != BackendArg::Cpu {
+            bail!("--backend applies to text models; PixelCNN models run on the CPU");
+        }
+        Ok(())
+    };
     if let Some(size) = synthetic {
+        text_only()?;
         let (h, w) = pixel_cmd::parse_size(size)?;
         let bytes = pixel_cmd::synthetic_model(h, w);
         let model = arq::PixelCnn::load(bytes.bytes())?;
@@ -358,10 +379,11 @@ fn cmd_bench(
     }
     let Some(path) = model else { bail!("give a MODEL or --synthetic HxW") };
     if path.exists() && pixel_cmd::architecture(ModelBytes::map(path)?.bytes()).as_deref() == Some("pixelcnn") {
+        text_only()?;
         return with_pixel_model(path, |m| pixel_cmd::bench(m, &path.display().to_string(), reps, naive_reps, json));
     }
     let pool = threads.pool()?;
-    bench::run(path, &bench::BenchArgs { prompt_tokens, gen_tokens, reps, json }, &pool)
+    bench::run(path, &bench::BenchArgs { prompt_tokens, gen_tokens, reps, json, backend }, &pool)
 }
 
 #[cfg(not(feature = "onnx"))]
@@ -523,6 +545,7 @@ fn new_arena(model: &Model<'_>, cfg: &SessionConfig) -> Result<Vec<u8>> {
     Ok(vec![0u8; model.memory_plan(cfg)?])
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_generate(
     path: &Path,
     prompt: &str,
@@ -531,6 +554,7 @@ fn cmd_generate(
     ctx: Option<usize>,
     chat: bool,
     threads: &ThreadsArg,
+    backend: BackendArg,
 ) -> Result<()> {
     let pool = threads.pool()?;
     let sampler_cfg = SamplerConfig {
@@ -552,9 +576,11 @@ fn cmd_generate(
         bail!("prompt is {} tokens, longer than the context ({}); raise --ctx or shorten it", ids.len(), cfg.ctx);
     }
     let eos = model.file().meta("tokenizer.eos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    let backend = backend::open(backend, &model, &cfg, &pool)?;
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
     session.set_parallel(&pool)?;
+    session.set_offload(backend.offload())?;
     let mut scratch = vec![Candidate::default(); model.config().vocab];
     let mut history = ids.clone();
 
@@ -604,13 +630,14 @@ fn cmd_generate(
     writeln!(out)?;
     let gen_s = t1.elapsed().as_secs_f64();
     eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({stop_reason}) | kernels: {}, threads: {}",
+        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({stop_reason}) | kernels: {}, threads: {}, backend: {}",
         ids.len(),
         ids.len() as f64 / prompt_s,
         generated,
         if generated > 0 { generated as f64 / gen_s } else { 0.0 },
         model.kernels().name,
-        pool.threads()
+        pool.threads(),
+        backend.describe()
     );
     Ok(())
 }
@@ -662,6 +689,7 @@ struct Scored {
     top_logprob: f64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_score(
     path: &Path,
     file: &Path,
@@ -670,10 +698,14 @@ fn cmd_score(
     per_token: bool,
     per_image: bool,
     threads: &ThreadsArg,
+    backend: BackendArg,
 ) -> Result<()> {
     {
         let loaded = Loaded::open(path)?;
         if pixel_cmd::architecture(loaded.bytes.bytes()).as_deref() == Some("pixelcnn") {
+            if backend != BackendArg::Cpu {
+                bail!("--backend applies to text models; PixelCNN models run on the CPU");
+            }
             let model = pixel_cmd::load(&loaded.bytes, path)?;
             return pixel_cmd::score(&model, file, json_out, per_image, threads.count());
         }
@@ -702,9 +734,11 @@ fn cmd_score(
     // Windows of `ctx` tokens advancing by `stride`; each scores only positions that no
     // earlier window scored, conditioned on up to ctx-1 preceding tokens.
     let stride = (cfg.ctx / 2).max(1);
+    let backend = backend::open(backend, &model, &cfg, &pool)?;
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
     session.set_parallel(&pool)?;
+    session.set_offload(backend.offload())?;
     let mut scored: Vec<Scored> = Vec::with_capacity(ids.len());
     let mut next_unscored = 1; // position 0 is the condition
     let mut start = 0;
