@@ -44,9 +44,17 @@ RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR
   -p arq-convert --bin arq --no-default-features
 arm_arq="$cross_dir/aarch64-unknown-linux-gnu/release/arq"
 
-echo "== building arq for the host"
-cargo build --release -p arq-convert --bin arq
-host_arq="${CARGO_TARGET_DIR:-target}/release/arq"
+# The host arq: the one test-all.sh's workspace tests just built (ARQ_HOST_BIN; a plain
+# `cargo build -p arq-convert` resolves features differently and would rebuild its
+# dependencies), or a build of our own when run alone.
+if [ -n "${ARQ_HOST_BIN:-}" ] && [ -x "$ARQ_HOST_BIN" ]; then
+  host_arq=$ARQ_HOST_BIN
+  echo "== host arq: $host_arq"
+else
+  echo "== building arq for the host"
+  cargo build --release -p arq-convert --bin arq
+  host_arq="${CARGO_TARGET_DIR:-target}/release/arq"
+fi
 
 echo "== models"
 gguf="${ARQ_SMOLLM2_GGUF:-$(models/fetch_smollm2.sh)}"

@@ -30,6 +30,9 @@ export ARQ_REQUIRE_GPU=1
 
 echo "== workspace tests (release)"
 cargo test --release --workspace 2>&1 | tee -a "$log"
+# The arq binary those tests ran (CARGO_BIN_EXE_arq): the end-to-end scripts below
+# reuse it instead of rebuilding it with another feature resolution.
+export ARQ_HOST_BIN="${CARGO_TARGET_DIR:-target}/release/arq"
 
 echo "== no_std build of the engine for thumbv7em-none-eabihf (Debian's rustc-web)"
 RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \

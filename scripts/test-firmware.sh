@@ -56,11 +56,17 @@ t0=$SECONDS
 )
 echo "firmware build: $((SECONDS - t0)) s"
 
-echo "== building arq for the host"
-t0=$SECONDS
-cargo build --release -p arq-convert --bin arq
-host_arq="${CARGO_TARGET_DIR:-target}/release/arq"
-echo "host build: $((SECONDS - t0)) s"
+# The host arq: the one test-all.sh's workspace tests just built (ARQ_HOST_BIN; a plain
+# `cargo build -p arq-convert` resolves features differently and would rebuild its
+# dependencies), or a build of our own when run alone.
+if [ -n "${ARQ_HOST_BIN:-}" ] && [ -x "$ARQ_HOST_BIN" ]; then
+  host_arq=$ARQ_HOST_BIN
+  echo "== host arq: $host_arq"
+else
+  echo "== building arq for the host"
+  cargo build --release -p arq-convert --bin arq
+  host_arq="${CARGO_TARGET_DIR:-target}/release/arq"
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
