@@ -18,19 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib.sh
+apt_install rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
 
 # The tiers must come from detection, not from a cap the caller left in the environment.
 unset ARQ_MAX_ISA
@@ -73,16 +62,6 @@ echo "$smollm2, $digits"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-passed=0
-failed=0
-pass() {
-  passed=$((passed + 1))
-  echo "e2e: PASS $*"
-}
-fail() {
-  failed=$((failed + 1))
-  echo "e2e: FAIL $*"
-}
 
 # run DIR ARQ... -- ARGS: runs one arq command, stdout to DIR/stdout, stderr to DIR/stderr.
 # Returns the command's exit status (never aborts the script).
@@ -217,7 +196,4 @@ echo "  generate: $(cat "$work/x86/generate/stdout")"
 echo "  next:     $(cat "$work/x86/next/stdout")"
 echo "  score:    $(cat "$work/x86/score/stdout")"
 echo "aarch64 CLI end to end: $((SECONDS - start)) s in all"
-status=ok
-[ "$failed" -eq 0 ] || status=FAILED
-echo "test result: $status. $passed passed; $failed failed; 0 ignored; 0 measured; 0 filtered out"
-[ "$failed" -eq 0 ]
+finish_checks

@@ -5,16 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-for pkg in rustc-web cargo-web rust-web-src lld mesa-vulkan-drivers; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "== installing ${need_apt[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+source scripts/lib.sh
+apt_install rustc-web cargo-web rust-web-src lld mesa-vulkan-drivers
 
 echo "== fetching SmolLM2-135M-Instruct"
 ARQ_SMOLLM2_GGUF=$(models/fetch_smollm2.sh)

@@ -21,19 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-packages=(rustc-web cargo-web rust-web-src lld qemu-system-arm)
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib.sh
+apt_install rustc-web cargo-web rust-web-src lld qemu-system-arm
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 if ! command -v defmt-print >/dev/null; then
   echo "== installing defmt-print (crates.io, with rustup's cargo)"
@@ -71,16 +60,6 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-passed=0
-failed=0
-pass() {
-  passed=$((passed + 1))
-  echo "e2e: PASS $*"
-}
-fail() {
-  failed=$((failed + 1))
-  echo "e2e: FAIL $*"
-}
 show() { # show LABEL FILE
   echo "---- $1"
   if [ -s "$2" ]; then
@@ -226,7 +205,4 @@ print(f"firmware pixelcnn: flash {flash} bytes (code and constants {flash - mode
 EOF
 
 echo "firmware end to end: $((SECONDS - start)) s in all"
-status=ok
-[ "$failed" -eq 0 ] || status=FAILED
-echo "test result: $status. $passed passed; $failed failed; 0 ignored; 0 measured; 0 filtered out"
-[ "$failed" -eq 0 ]
+finish_checks
