@@ -594,7 +594,7 @@ impl<'a> PixelSession<'a> {
         if out.len() != c.pixels() || start > out.len() {
             return Err(Error::BadInput("image size differs from the model's"));
         }
-        if !c.head.is_discrete() || c.levels > 256 {
+        if !c.head.is_discrete() {
             return Err(Error::BadInput("sampling levels needs a discrete head"));
         }
         self.reset();
