@@ -36,15 +36,16 @@ impl Quant {
 
     /// The dtype of matrix `name` in a file of this weight type.
     ///
-    /// With q4, `token_embd` (which is also the output head when that is tied) and
-    /// `output` are q8, as llama.cpp keeps them above 4 bits in its Q4 files. On
+    /// With q4, `token_embd` (which is also the output head when that is tied),
+    /// `output` and GPT-2's `position_embd` are q8, as llama.cpp keeps the embeddings and
+    /// the head above 4 bits in its Q4 files. On
     /// SmolLM2-135M (calibration KL against the unquantized model, built-in text) a q4
     /// embedding alone costs 0.064 nats/token and +6.3% perplexity; in q8 it costs 0.000,
     /// for 12 MB more (84 vs 96 MB).
     pub fn dtype_of(self, name: &str) -> Dtype {
         match self {
             Quant::Q8 => Dtype::Q8,
-            Quant::Q4 if name == "token_embd" || name == "output" => Dtype::Q8,
+            Quant::Q4 if matches!(name, "token_embd" | "output" | "position_embd") => Dtype::Q8,
             Quant::Q4 => Dtype::Q4,
             Quant::F32 => Dtype::F32,
         }
@@ -119,6 +120,30 @@ pub fn quantize_weights_q8(x: &[f32]) -> Vec<BlockQ8> {
             b
         })
         .collect()
+}
+
+/// A matrix's bytes in `dtype` (`Q8`, `Q4` or `F32`; the quantized types need rows of a
+/// multiple of 32 values, which the caller checks) and, when quantized, its relative
+/// quantization error.
+pub fn encode_matrix(values: &[f32], dtype: Dtype) -> (Vec<u8>, Option<f64>) {
+    let (data, deq) = match dtype {
+        Dtype::Q8 => {
+            let blocks = quantize_weights_q8(values);
+            let mut deq = vec![0.0f32; values.len()];
+            arq::quant::dequantize_row_q8(&blocks, &mut deq);
+            (bytemuck::cast_slice(&blocks).to_vec(), Some(deq))
+        }
+        Dtype::Q4 => {
+            let mut blocks = vec![BlockQ4 { d: [0; 2], m: [0; 2], qs: [0; QK4 / 2] }; values.len() / QK4];
+            arq::quant::quantize_row_q4(values, &mut blocks);
+            let mut deq = vec![0.0f32; values.len()];
+            arq::quant::dequantize_row_q4(&blocks, &mut deq);
+            (bytemuck::cast_slice(&blocks).to_vec(), Some(deq))
+        }
+        _ => (bytemuck::cast_slice(values).to_vec(), None),
+    };
+    let err = deq.map(|d| report::relative_error(values, &d));
+    (data, err)
 }
 
 /// The model read from a GGUF file, ready to be written in any dtype.
@@ -249,24 +274,9 @@ impl LlamaSource {
                     dtype.name()
                 );
             }
-            let (data, deq) = match dtype {
-                Dtype::Q8 => {
-                    let blocks = quantize_weights_q8(&t.values);
-                    let mut deq = vec![0.0f32; t.values.len()];
-                    arq::quant::dequantize_row_q8(&blocks, &mut deq);
-                    (bytemuck::cast_slice(&blocks).to_vec(), Some(deq))
-                }
-                Dtype::Q4 => {
-                    let mut blocks = vec![BlockQ4 { d: [0; 2], m: [0; 2], qs: [0; QK4 / 2] }; t.values.len() / QK4];
-                    arq::quant::quantize_row_q4(&t.values, &mut blocks);
-                    let mut deq = vec![0.0f32; t.values.len()];
-                    arq::quant::dequantize_row_q4(&blocks, &mut deq);
-                    (bytemuck::cast_slice(&blocks).to_vec(), Some(deq))
-                }
-                _ => (bytemuck::cast_slice(&t.values).to_vec(), None),
-            };
-            if let Some(deq) = deq {
-                errors.push((t.name.clone(), report::relative_error(&t.values, &deq)));
+            let (data, err) = encode_matrix(&t.values, dtype);
+            if let Some(err) = err {
+                errors.push((t.name.clone(), err));
             }
             w.tensor(&t.name, dtype, &t.dims, data)?;
             bar.inc(1);
@@ -284,16 +294,23 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
-/// Writes `bytes` to `out` atomically: a temp file, fsync, re-open and validate with
-/// the runtime's reader (structure, checksum, model), then rename.
 /// Whether the runtime's loader for the file's architecture accepts it.
 pub fn check_loads(file: ArqFile<'_>) -> Result<(), arq::Error> {
     match file.meta("arq.architecture").and_then(|v| v.as_str()) {
         Some("pixelcnn") => arq::arch::pixelcnn::PixelCnn::from_file(file).map(|_| ()),
+        // Until the runtime loads GPT-2 files: the structure (parsed by the caller) and
+        // the tokenizer tables.
+        Some("gpt2") => {
+            let missing = arq::Error::BadTensor { role: "tokenizer", layer: None, problem: "missing" };
+            let (_, t) = file.find("tokenizer").ok_or(missing)?;
+            arq::tokenizer::Tokenizer::from_blob(t.data).map(|_| ()).map_err(arq::Error::Tokenizer)
+        }
         _ => arq::Model::from_file(file).map(|_| ()),
     }
 }
 
+/// Writes `bytes` to `out` atomically: a temp file, fsync, re-open and validate with
+/// the runtime's reader (structure, checksum, model), then rename.
 pub fn write_validated(bytes: &[u8], out: &Path) -> Result<()> {
     let tmp = temp_path(out);
     let result = (|| -> Result<()> {
@@ -362,6 +379,7 @@ mod tests {
     fn q4_keeps_the_embedding_and_head_in_q8() {
         assert_eq!(Quant::Q4.dtype_of("token_embd"), Dtype::Q8);
         assert_eq!(Quant::Q4.dtype_of("output"), Dtype::Q8);
+        assert_eq!(Quant::Q4.dtype_of("position_embd"), Dtype::Q8);
         assert_eq!(Quant::Q4.dtype_of("blk.0.attn_q"), Dtype::Q4);
         assert_eq!(Quant::Q4.dtype_of("blk.29.ffn_down"), Dtype::Q4);
         assert_eq!(Quant::Q8.dtype_of("token_embd"), Dtype::Q8);
