@@ -1,4 +1,4 @@
-//! arq-convert: importers (GGUF), the quantizer, the `.arq` writer pipeline, the
+//! arq-convert: importers (GGUF; ONNX PixelCNN and GPT-2), the quantizer, the `.arq` writer pipeline, the
 //! accuracy report, and the pieces of the `arq` command-line tool.
 pub mod aligned;
 pub mod convert;
@@ -6,6 +6,8 @@ pub mod gguf;
 pub mod images;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(feature = "onnx")]
+pub mod onnx_gpt2;
 pub mod pixel;
 pub mod progress;
 pub mod report;

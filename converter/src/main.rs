@@ -29,8 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Convert a GGUF model (LLaMA family) or an ONNX gated PixelCNN to a quantized
-    /// .arq file.
+    /// Convert a GGUF model (LLaMA family) or an ONNX model (gated PixelCNN, GPT-2) to a
+    /// quantized .arq file.
     Convert {
         input: PathBuf,
         #[arg(short, long)]
@@ -348,7 +348,7 @@ fn main() -> ExitCode {
 /// Opens a PixelCNN `.arq` file and runs `f` on it.
 fn with_pixel_model(path: &Path, f: impl FnOnce(&arq::PixelCnn<'_>) -> Result<()>) -> Result<()> {
     let loaded = Loaded::open(path)?;
-    if pixel_cmd::architecture(loaded.bytes.bytes()).as_deref() == Some("llama") {
+    if matches!(pixel_cmd::architecture(loaded.bytes.bytes()).as_deref(), Some("llama" | "gpt2")) {
         bail!("{} is a text model; sample and impute take PixelCNN models (use generate)", path.display());
     }
     f(&pixel_cmd::load(&loaded.bytes, path)?)
@@ -400,8 +400,11 @@ fn cmd_convert_onnx(
     levels: Option<usize>,
     force: bool,
 ) -> Result<()> {
-    use arq_convert::onnx::{convert_onnx, HeadSpec, OnnxConvertOptions};
+    use arq_convert::onnx::{convert_onnx, onnx_architecture, HeadSpec, OnnxConvertOptions};
     let quant = Quant::from(quant);
+    if (head.is_some() || levels.is_some()) && onnx_architecture(input)?.as_deref() == Some("gpt2") {
+        bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
+    }
     let head = match (head, levels) {
         (Some(h), l) => Some(HeadSpec { levels: l.or(h.parse::<HeadSpec>()?.levels), ..h.parse::<HeadSpec>()? }),
         (None, Some(_)) => bail!("--levels needs --head"),

@@ -278,7 +278,7 @@ pub struct PixelCnnSource {
 }
 
 /// Parses `path` as an ONNX model (one clear line when it is not one).
-fn read_proto(path: &Path) -> Result<pb::ModelProto> {
+pub(crate) fn read_proto(path: &Path) -> Result<pb::ModelProto> {
     let meta = std::fs::metadata(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     if meta.len() == 0 {
         bail!("{}: not an ONNX model (empty file)", path.display());
@@ -298,7 +298,11 @@ impl PixelCnnSource {
     /// Reads a gated PixelCNN from an ONNX file; `head` overrides the model's
     /// `arq.head`/`arq.levels`/`arq.mixtures`/`arq.min_log_scale` metadata.
     pub fn from_onnx(path: &Path, head: Option<HeadSpec>) -> Result<Self> {
-        let proto = read_proto(path)?;
+        Self::from_proto(path, &read_proto(path)?, head)
+    }
+
+    /// [`PixelCnnSource::from_onnx`] for a model already read from `path`.
+    fn from_proto(path: &Path, proto: &pb::ModelProto, head: Option<HeadSpec>) -> Result<Self> {
         let at = |e: String| anyhow!("{}: {e}", path.display());
         let graph = proto.graph.as_ref().expect("checked by read_proto");
         let parsed = Walker::run(graph).map_err(at)?;
@@ -417,14 +421,14 @@ impl PixelCnnSource {
 // ---------------------------------------------------------------------------------------
 // Conversion
 
-/// Options of `arq convert` for an ONNX PixelCNN.
+/// Options of `arq convert` for an ONNX model.
 #[derive(Clone, Debug)]
 pub struct OnnxConvertOptions {
-    /// `Q8` or `F32` (`Q4` is refused).
+    /// PixelCNN: `Q8` or `F32` (`Q4` is refused); GPT-2: any.
     pub quant: Quant,
     /// Overwrite an existing output.
     pub force: bool,
-    /// Overrides the model's head metadata.
+    /// Overrides a PixelCNN's head metadata (refused for a GPT-2).
     pub head: Option<HeadSpec>,
 }
 
@@ -434,19 +438,36 @@ pub struct OnnxConvertSummary {
     pub bytes: u64,
     /// Relative error of each q8 weight matrix (empty for f32).
     pub tensor_errors: Vec<TensorError>,
-    /// [`PixelCnnSource::describe`].
+    /// [`PixelCnnSource::describe`] or [`crate::onnx_gpt2::Gpt2Source::describe`].
     pub description: String,
 }
 
-/// `arq convert` for an ONNX gated PixelCNN: read, check, write atomically and
-/// re-validate with the runtime's loader. Never leaves a partial output, never touches
-/// the input; an existing output needs `force`.
+/// The model metadata `arq.architecture` of an ONNX file, if it has one.
+pub fn onnx_architecture(path: &Path) -> Result<Option<String>> {
+    Ok(architecture(&read_proto(path)?))
+}
+
+fn architecture(proto: &pb::ModelProto) -> Option<String> {
+    proto.metadata_props.iter().find(|e| e.key == "arq.architecture").map(|e| e.value.trim().to_string())
+}
+
+/// `arq convert` for an ONNX model: a GPT-2 when its metadata says
+/// `arq.architecture = gpt2` ([`crate::onnx_gpt2`]), else a gated PixelCNN. Reads,
+/// checks, writes atomically and re-validates with the runtime's loader. Never leaves a
+/// partial output, never touches the input; an existing output needs `force`.
 pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
     crate::convert::check_paths(input, out, opts.force)?;
+    let proto = read_proto(input)?;
+    if architecture(&proto).as_deref() == Some("gpt2") {
+        if opts.head.is_some() {
+            bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
+        }
+        return crate::onnx_gpt2::convert_proto(input, &proto, out, opts.quant);
+    }
     if opts.quant == Quant::Q4 {
         bail!("q4 is for text models: PixelCNN files hold q8 or f32 convolutions (use --quant q8 or f32)");
     }
-    let src = PixelCnnSource::from_onnx(input, opts.head)?;
+    let src = PixelCnnSource::from_proto(input, &proto, opts.head)?;
     let (bytes, tensor_errors) = src.to_arq(opts.quant)?;
     write_validated(&bytes, out)?;
     Ok(OnnxConvertSummary { bytes: bytes.len() as u64, tensor_errors, description: src.describe() })
@@ -487,7 +508,7 @@ pub fn tract_forward(path: &Path, x_in: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// A decoded constant (initializer or Constant node).
 #[derive(Clone, Debug)]
-enum Const {
+pub(crate) enum Const {
     F32 { dims: Vec<usize>, data: Vec<f32> },
     I64 { data: Vec<i64> },
 }
@@ -497,7 +518,7 @@ fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
 }
 
 /// Decodes a TensorProto (f32/f64/f16/bf16 or i64/i32; raw or typed fields).
-fn decode_tensor(t: &pb::TensorProto) -> std::result::Result<Const, String> {
+pub(crate) fn decode_tensor(t: &pb::TensorProto) -> std::result::Result<Const, String> {
     let name = &t.name;
     if t.data_location == Some(1) || !t.external_data.is_empty() {
         return Err(format!("tensor '{name}' keeps its data in an external file, which is not supported"));
@@ -770,24 +791,24 @@ struct Walker<'g> {
     out2: Option<Found>,
 }
 
-fn attr<'n>(n: &'n pb::NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
+pub(crate) fn attr<'n>(n: &'n pb::NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {
     n.attribute.iter().find(|a| a.name == name)
 }
 
-fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(n, name).map(|a| a.ints.clone())
 }
 
-fn attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
     attr(n, name).map(|a| a.i)
 }
 
-fn attr_str(n: &pb::NodeProto, name: &str) -> Option<String> {
+pub(crate) fn attr_str(n: &pb::NodeProto, name: &str) -> Option<String> {
     attr(n, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
 }
 
 /// ONNX Slice's index normalization for step 1.
-fn clamp_index(i: i64, dim: i64) -> i64 {
+pub(crate) fn clamp_index(i: i64, dim: i64) -> i64 {
     let i = if i < 0 { i.saturating_add(dim) } else { i };
     i.clamp(0, dim)
 }
