@@ -485,6 +485,111 @@ fn accepts_graph_variants() {
     assert_eq!(names[4..6], ["output", "tokenizer"]);
 }
 
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn i64_init(name: &str, dims: &[i64], v: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 7,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Replaces the nodes named `names` (consecutive) by `with`.
+fn replace_nodes(m: &mut pb::ModelProto, names: &[&str], with: Vec<pb::NodeProto>) {
+    let g = graph(m);
+    let i = g.node.iter().position(|n| n.name == names[0]).unwrap();
+    for (j, name) in names.iter().enumerate() {
+        assert_eq!(g.node[i + j].name, *name);
+    }
+    g.node.splice(i..i + names.len(), with);
+}
+
+/// More rewrites that compute the same function: positions by Range + Gather, a
+/// Dropout, the qkv cut by one Split, a `Gelu(approximate = "tanh")` node, the mask
+/// negated with `Where(not_mask, scores, -inf)`, the scale after the mask.
+#[test]
+fn accepts_equivalent_rewrites() {
+    let mut m = load_proto(&model_path());
+    graph(&mut m).initializer.extend([
+        f32_init("test_zero", &[], &[0.0]),
+        f32_init("test_one_f", &[], &[1.0]),
+        i64_init("test_zero_i", &[], &[0]),
+        i64_init("test_one_i", &[], &[1]),
+        i64_init("test_axis0", &[1], &[0]),
+        i64_init("test_split", &[3], &[96, 96, 96]),
+    ]);
+    let s =
+        |name: &str, v: &str| pb::AttributeProto { name: name.into(), r#type: 3, s: v.into(), ..Default::default() };
+    let i = |name: &str, v: i64| pb::AttributeProto { name: name.into(), r#type: 2, i: v, ..Default::default() };
+    // pos_emb[0:T] as Gather(pos_emb, Range(0, T, 1)), then a Dropout on the sum.
+    replace_nodes(
+        &mut m,
+        &["model/Slice", "model/Add"],
+        vec![
+            node("Squeeze", "t/Squeeze", &["val_1", "test_axis0"], &["t_scalar"], vec![]),
+            node("Range", "t/Range", &["test_zero_i", "t_scalar", "test_one_i"], &["t_positions"], vec![]),
+            node("Gather", "t/Gather", &["pos_emb.weight_f32", "t_positions"], &["slice_1"], vec![]),
+            node("Add", "model/Add", &["embedding", "slice_1"], &["t_add"], vec![]),
+            node("Dropout", "t/Dropout", &["t_add"], &["add"], vec![]),
+        ],
+    );
+    // Block 0: one Split for q, k, v (in place of the first Slice; the others go).
+    let g = graph(&mut m);
+    let first = g.node.iter().position(|n| n.name == "blocks.0.attn/Slice").unwrap();
+    g.node[first] =
+        node("Split", "t/Split", &["linear", "test_split"], &["slice_4", "slice_5", "slice_6"], vec![i("axis", 2)]);
+    g.node.retain(|n| n.name != "blocks.0.attn/Slice_1" && n.name != "blocks.0.attn/Slice_2");
+    // Block 1: the Gelu operator.
+    replace_nodes(
+        &mut m,
+        &[
+            "blocks.1.mlp/Pow",
+            "blocks.1.mlp/Mul",
+            "blocks.1.mlp/Add",
+            "blocks.1.mlp/Mul_1",
+            "blocks.1.mlp/Tanh",
+            "blocks.1.mlp/Add_1",
+            "blocks.1.mlp/Mul_2",
+            "blocks.1.mlp/Mul_3",
+        ],
+        vec![node("Gelu", "t/Gelu", &["linear_6"], &["gelu_1"], vec![s("approximate", "tanh")])],
+    );
+    // Block 3: the scale after the mask, which is negated.
+    replace_nodes(
+        &mut m,
+        &["blocks.3.attn/Mul", "blocks.3.attn/Where"],
+        vec![
+            node("Not", "t/Not", &["slice_3"], &["t_keep"], vec![]),
+            node("Where", "t/Where", &["t_keep", "matmul_6", "val_86"], &["t_masked"], vec![]),
+            node("Mul", "t/Mul", &["t_masked", "val_84"], &["masked_fill_3"], vec![]),
+        ],
+    );
+    converts_like_the_original("rewrites", &m);
+
+    // A Linear without a bias: zeros.
+    let mut m = load_proto(&model_path());
+    let g = graph(&mut m);
+    g.node.retain(|n| n.name != "blocks.3.attn.proj/Add");
+    for n in g.node.iter_mut().filter(|n| n.name == "blocks.3/Add") {
+        n.input[1] = "val_327".into();
+    }
+    let src = Gpt2Source::from_proto(Path::new("tinygpt.onnx"), &m).unwrap();
+    assert!(src.layers[3].attn_output.bias.iter().all(|&b| b == 0.0));
+    assert!(src.layers[2].attn_output.bias.iter().any(|&b| b != 0.0));
+}
+
 /// Converting `m` fails with one line containing every `want`; no output is left and
 /// the input is unchanged.
 fn refused(tag: &str, m: &pb::ModelProto, want: &[&str]) {
