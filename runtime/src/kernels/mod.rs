@@ -14,9 +14,10 @@ pub mod x86;
 // needs it at compile time.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod aarch64;
-// The DSP extension (Cortex-M4/M7, ARMv7-A/R) is a compile-time feature of the target;
-// see `arm` for why the tier exists and why its kernels need no run-time detection.
-#[cfg(all(target_arch = "arm", target_feature = "dsp"))]
+// The DSP extension (Cortex-M4/M7, ARMv7-A/R) is a compile-time property of the target,
+// which build.rs states as `arq_arm_dsp` (stable rustc hides Arm target features); see
+// `arm` for why the tier exists and why its kernels need no run-time detection.
+#[cfg(arq_arm_dsp)]
 pub mod arm;
 
 #[cfg(test)]
@@ -71,7 +72,7 @@ static TIERS: &[Tier] = &[
     Tier { kernels: &aarch64::neon::NEON, supported: aarch64::neon::neon_detected },
     #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
     Tier { kernels: &aarch64::neon::DOTPROD, supported: aarch64::neon::dotprod_detected },
-    #[cfg(all(target_arch = "arm", target_feature = "dsp"))]
+    #[cfg(arq_arm_dsp)]
     Tier { kernels: &arm::dsp::DSP, supported: arm::dsp::detected },
 ];
 

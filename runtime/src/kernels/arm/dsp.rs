@@ -26,9 +26,9 @@ pub(in crate::kernels) static DSP: Kernels = Kernels {
 };
 
 /// Whether this CPU runs the `dsp` kernels: always, since this module is only compiled
-/// where the DSP extension is enabled at compile time (see [`super`]).
+/// for targets whose every CPU has the DSP extension (see [`super`]).
 pub(in crate::kernels) fn detected() -> bool {
-    cfg!(target_feature = "dsp")
+    true
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,13 +14,17 @@
 //! |---|---|---|---|---|
 //! | `dsp` | `LDR` of 4 quants, `SXTB16` (+ `ROR #8`), `SMLAD`: one `asm!` block per block (pair); the matmul runs 2 weight rows per activation word | nibble masks, `SXTB16`, `SMLAD` (the activation sum by `SMLAD` with `0x0001_0001`) | the scalar code | normal f16 by an integer exponent rebias, the rest by `half` |
 //!
-//! The module is compiled where `target_feature = "dsp"` is enabled at compile time:
-//! `thumbv7em-*` (Cortex-M4/M7), `armv7r`, `armv7-*` Linux and Android. There it is a
-//! baseline of every CPU the build runs on, so the tier is always supported, and its
-//! kernels are safe `fn`s: no caller has to promise a feature. The instructions go
-//! through stable `asm!`: their intrinsics (`core::arch::arm::__smlad`, `__sxtb16`) are
-//! unstable (`stdarch_arm_dsp`) as of Rust 1.96, and a `#![feature]` would make the
-//! runtime nightly-only on exactly the targets this tier serves.
+//! The module is compiled for targets with the DSP extension (`cfg(arq_arm_dsp)`, set by
+//! the crate's `build.rs`): `thumbv7em-*` (Cortex-M4/M7), `armv7*` (ARMv7-A/R, Linux and
+//! bare metal), or any Arm target that enables `target_feature = "dsp"`. The build
+//! script is needed because stable rustc leaves Arm target features out of
+//! `cfg(target_feature)` (they are unstable), so `cfg(target_feature = "dsp")` alone would
+//! drop the tier from every stable build. There the extension is a baseline of every CPU
+//! the build runs on, so the tier is always supported, and its kernels are safe `fn`s:
+//! no caller has to promise a feature. The instructions go through stable `asm!`: their
+//! intrinsics (`core::arch::arm::__smlad`, `__sxtb16`) are unstable (`stdarch_arm_dsp`)
+//! as of Rust 1.96, and a `#![feature]` would make the runtime nightly-only on exactly
+//! the targets this tier serves.
 //!
 //! Why the results are identical to the scalar contract:
 //!
