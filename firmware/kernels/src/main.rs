@@ -65,7 +65,7 @@ fn run(t: &mut Tally) {
         return;
     };
     let mut rng = Rng(0x5eed);
-    let sections: [(&str, fn(&mut Tally, &mut Rng, &Kernels)); 8] = [
+    let sections: [(&str, Section); 8] = [
         ("f16_to_f32 (all 65536 patterns)", f16_conversion),
         ("dot_q8", dot_q8),
         ("matmul_q8", matmul_q8),
@@ -81,6 +81,9 @@ fn run(t: &mut Tally) {
         defmt::println!("{=str}: {=u32} cases, {=u32} mismatches", name, t.cases - cases, t.mismatches - mismatches);
     }
 }
+
+/// One group of cases, against the tier it is given.
+type Section = fn(&mut Tally, &mut Rng, &Kernels);
 
 /// Counts of compared calls ("cases"), compared values and mismatches.
 #[derive(Default)]

@@ -57,8 +57,8 @@ pub fn start(mut syst: SYST) {
     WRAPS.store(0, Ordering::Relaxed);
     syst.enable_interrupt();
     syst.enable_counter();
-    // `SYST` is owned from here on by the interrupt and the raw reads below.
-    core::mem::forget(syst);
+    // Dropping the `SYST` token leaves the timer running; from here on only the
+    // exception and the raw reads in `ticks` touch it.
 }
 
 /// Ticks since [`start`], less one (monotonic; 2^56 ticks before it wraps).
