@@ -35,13 +35,16 @@ echo "no_std build: ok"
 echo "== Cortex-M4F firmware under qemu (mps2-an386): PixelCNN samples and score equal the host's"
 bash scripts/test-firmware.sh 2>&1 | tee -a "$log"
 
+echo "== Cortex-M4F kernel tiers under qemu: every dsp (SMLAD) kernel equals the scalar contract bit for bit"
+bash scripts/test-firmware-kernels.sh 2>&1 | tee -a "$log"
+
 echo "== aarch64 (Raspberry Pi class): the runtime's tests under qemu, NEON+dotprod and plain NEON tiers"
 bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
 
 echo "== aarch64 end to end: the arq CLI under qemu (generate, next, sample, score) equals x86, both tiers"
 bash scripts/test-aarch64-cli.sh 2>&1 | tee -a "$log"
 
-# One closing line over all runs above (x86 workspace, the firmware's checks, both
+# One closing line over all runs above (x86 workspace, the firmwares' checks, both
 # aarch64 tiers, and the aarch64 CLI's end-to-end checks; the end-to-end scripts print
 # one cargo-style `test result:` line each).
 grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' |
