@@ -237,27 +237,7 @@ if [ -n "$size_tool" ]; then
   "$size_tool" -A "$elf" | grep -E '^\.(vector_table|text|rodata|data|bss|uninit|defmt)|^section' || true
 fi
 stack_used=$(sed -nE 's/.*stack: ([0-9]+) bytes used.*/\1/p' "$work/log.txt")
-python3 - "$elf" "$(stat -c %s "$model")" "${arena_static:-0}" "${stack_used:-0}" <<'EOF'
-import struct, sys
-elf, model, arena, stack = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-b = open(elf, "rb").read()
-assert b[:4] == b"\x7fELF" and b[4] == 1, "expected a 32-bit ELF"
-shoff, = struct.unpack_from("<I", b, 0x20)
-shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x2E)
-def sh(i):
-    return struct.unpack_from("<IIIIIIIIII", b, shoff + i * shentsize)
-stroff = sh(shstrndx)[4]
-sec = {}
-for i in range(shnum):
-    name, typ, flags, addr, off, size = sh(i)[:6]
-    sec[b[stroff + name:b.index(b"\0", stroff + name)].decode()] = size
-get = lambda n: sec.get(n, 0)
-flash = get(".vector_table") + get(".text") + get(".rodata") + get(".data")  # .data's load image
-statics = get(".data") + get(".bss") + get(".uninit")
-ram = statics + stack
-print(f"firmware pixelcnn: flash {flash} bytes (code and constants {flash - model} + model {model}), "
-      f"RAM {ram} bytes (arena {arena} + statics {statics - arena} + stack {stack} measured)")
-EOF
+python3 scripts/elf_footprint.py pixelcnn "$elf" "$(stat -c %s "$model")" "${arena_static:-0}" "${stack_used:-0}"
 
 [ -s "$work/icount.txt" ] && cat "$work/icount.txt"
 echo "firmware end to end: $((SECONDS - start)) s in all"

@@ -22,8 +22,8 @@
 
 use arq::kernels::{self, scalar, Kernels};
 use arq::quant::{BlockQ4, BlockQ8, QK4, QK8};
-use cortex_m_rt::{entry, exception, ExceptionFrame};
-use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
+use arq_fw_common::exit;
+use cortex_m_rt::entry;
 use defmt_semihosting as _;
 
 const Z8: BlockQ8 = BlockQ8 { d: [0; 2], qs: [0; QK8] };
@@ -50,10 +50,7 @@ fn main() -> ! {
     defmt::println!("cases {=u32}, values compared {=u32}, mismatches {=u32}", t.cases, t.values, t.mismatches);
     let ok = t.mismatches == 0 && t.cases > 0;
     defmt::println!("result: {=str}", if ok { "PASS" } else { "FAIL" });
-    debug::exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE });
-    loop {
-        cortex_m::asm::bkpt();
-    }
+    exit(ok)
 }
 
 fn run(t: &mut Tally) {
@@ -452,27 +449,5 @@ fn f32_row(rng: &mut Rng, out: &mut [f32]) {
             2 => rng.wide(30, 60),
             _ => rng.wide(-8, 4),
         };
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Failure paths: any panic or fault fails the test
-// ---------------------------------------------------------------------------------------
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    debug::exit(EXIT_FAILURE);
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
-#[exception]
-unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
-    defmt::error!("hard fault at pc {=u32:#x}", ef.pc());
-    debug::exit(EXIT_FAILURE);
-    loop {
-        cortex_m::asm::bkpt();
     }
 }

@@ -19,12 +19,11 @@
 #![no_std]
 #![no_main]
 
-mod icount;
 
 use arq::kernels::{self, Kernels};
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
-use cortex_m_rt::{entry, exception, ExceptionFrame};
-use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
+use arq_fw_common::{exit, icount, stack};
+use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use heapless::String;
 use rand_core::SeedableRng;
@@ -64,18 +63,15 @@ fn main() -> ! {
     if let Some(p) = cortex_m::Peripherals::take() {
         icount::start(p.SYST);
     }
-    let code = match run() {
-        Ok(()) => EXIT_SUCCESS,
+    let ok = match run() {
+        Ok(()) => true,
         Err(e) => {
             defmt::error!("error: {}", defmt::Display2Format(&e));
-            EXIT_FAILURE
+            false
         }
     };
     defmt::info!("stack: {=usize} bytes used (high-water mark)", stack::used());
-    debug::exit(code);
-    loop {
-        cortex_m::asm::bkpt();
-    }
+    exit(ok)
 }
 
 fn run() -> Result<(), arq::Error> {
@@ -204,75 +200,4 @@ fn run_tier(k: &'static Kernels, arena: &mut [u8], counting: bool, art: bool) ->
         defmt::println!("instructions {=str} score: {=u64} per image", k.name, n);
     }
     Ok(counts)
-}
-
-/// Stack high-water mark by painting: the unused stack below `main`'s frame is filled
-/// with a pattern at start-up, and the lowest overwritten word gives the deepest use.
-mod stack {
-    const PATTERN: u32 = 0xA5C3_5A3C;
-    /// How far below the start-up stack pointer to paint (the RAM between the statics
-    /// and this window stays unpainted; the demo uses a few KiB).
-    const WINDOW: usize = 256 * 1024;
-    /// Left untouched below the current stack pointer (this function's own spills).
-    const GUARD: usize = 256;
-
-    extern "C" {
-        /// The initial stack pointer (top of RAM), from cortex-m-rt's `link.x`.
-        static _stack_start: u32;
-        /// The end of the statics (`.bss`, `.uninit`): the stack may grow down to here.
-        static __sheap: u32;
-    }
-
-    fn bounds() -> (usize, usize) {
-        let top = core::ptr::addr_of!(_stack_start) as usize;
-        let floor = core::ptr::addr_of!(__sheap) as usize;
-        let low = top.saturating_sub(WINDOW).max(floor);
-        (low.next_multiple_of(4), top)
-    }
-
-    #[inline(never)]
-    pub fn paint() {
-        let (low, _) = bounds();
-        let sp = cortex_m::register::msp::read() as usize - GUARD;
-        let mut p = low;
-        while p < sp {
-            // SAFETY: `[low, sp)` is RAM between the end of the statics and the current
-            // stack pointer (minus a guard), owned by no object; no interrupt is enabled,
-            // so nothing else uses the stack below `sp` while this runs. Aligned to 4.
-            unsafe { core::ptr::write_volatile(p as *mut u32, PATTERN) };
-            p += 4;
-        }
-    }
-
-    /// Bytes of stack used so far (from the top of RAM down to the lowest word that no
-    /// longer holds the pattern).
-    pub fn used() -> usize {
-        let (low, top) = bounds();
-        let mut p = low;
-        // SAFETY: reads aligned words of RAM in `[low, top)`; the words below the
-        // current stack pointer belong to no object, the ones above are plain integers
-        // or padding read as `u32` through a volatile read (no reference is formed).
-        while p < top && unsafe { core::ptr::read_volatile(p as *const u32) } == PATTERN {
-            p += 4;
-        }
-        top - p
-    }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    debug::exit(EXIT_FAILURE);
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
-#[exception]
-unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
-    defmt::error!("hard fault at pc {=u32:#x}", ef.pc());
-    debug::exit(EXIT_FAILURE);
-    loop {
-        cortex_m::asm::bkpt();
-    }
 }

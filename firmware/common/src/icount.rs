@@ -17,8 +17,7 @@
 //! Without `-icount` the virtual clock follows host time and the numbers mean nothing;
 //! [`calibrate`] then fails its check, and callers should report no counts.
 //!
-//! Self-contained (cortex-m, cortex-m-rt): copy this file into another firmware, call
-//! [`start`] once at boot, and wrap the code to measure in [`measure`].
+//! Call [`start`] once at boot, and wrap the code to measure in [`measure`].
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
