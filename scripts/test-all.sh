@@ -32,8 +32,14 @@ RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   --target thumbv7em-none-eabihf -Zbuild-std=core
 echo "no_std build: ok"
 
+# The three firmwares share one build folder, so the -Zbuild-std core is built once.
+export ARQ_FW_TARGET_DIR="$PWD/target/firmware"
+
 echo "== Cortex-M4F firmware under qemu (mps2-an386): PixelCNN samples and score equal the host's"
 bash scripts/test-firmware.sh 2>&1 | tee -a "$log"
+
+echo "== Cortex-M4F firmware under qemu: tinygpt's text and next-character ranks equal the host's"
+bash scripts/test-firmware-tinygpt.sh 2>&1 | tee -a "$log"
 
 echo "== Cortex-M4F kernel tiers under qemu: every dsp (SMLAD) kernel equals the scalar contract bit for bit"
 bash scripts/test-firmware-kernels.sh 2>&1 | tee -a "$log"
