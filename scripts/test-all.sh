@@ -32,8 +32,17 @@ RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   --target thumbv7em-none-eabihf -Zbuild-std=core
 echo "no_std build: ok"
 
+# The three firmwares share one build folder, so the -Zbuild-std core is built once.
+export ARQ_FW_TARGET_DIR="$PWD/target/firmware"
+
 echo "== Cortex-M4F firmware under qemu (mps2-an386): PixelCNN samples and score equal the host's"
 bash scripts/test-firmware.sh 2>&1 | tee -a "$log"
+
+echo "== Cortex-M4F firmware under qemu: tinygpt's text and next-character ranks equal the host's"
+bash scripts/test-firmware-tinygpt.sh 2>&1 | tee -a "$log"
+
+echo "== Cortex-M4F kernel tiers under qemu: every dsp (SMLAD) kernel equals the scalar contract bit for bit"
+bash scripts/test-firmware-kernels.sh 2>&1 | tee -a "$log"
 
 echo "== aarch64 (Raspberry Pi class): the runtime's tests under qemu, NEON+dotprod and plain NEON tiers"
 bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
@@ -41,7 +50,7 @@ bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
 echo "== aarch64 end to end: the arq CLI under qemu (generate, next, sample, score) equals x86, both tiers"
 bash scripts/test-aarch64-cli.sh 2>&1 | tee -a "$log"
 
-# One closing line over all runs above (x86 workspace, the firmware's checks, both
+# One closing line over all runs above (x86 workspace, the firmwares' checks, both
 # aarch64 tiers, and the aarch64 CLI's end-to-end checks; the end-to-end scripts print
 # one cargo-style `test result:` line each).
 grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' |

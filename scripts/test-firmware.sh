@@ -4,12 +4,19 @@
 # defmt log with defmt-print, and checks it against the host `arq` on the same model,
 # seed and sampler (the integer path is exact, so everything must match exactly):
 #   - qemu's exit code is 0 (the firmware exits through semihosting);
+#   - the firmware runs the `dsp` kernel tier (what kernels::best() picks on a Cortex-M4);
 #   - the arena's memory plan fits the static arena the build sized;
 #   - the two sampled digits (seed 7, image i seeded 7 + i) print the same ASCII art as
-#     `arq sample --ascii`, and have the same levels as its --npy output;
-#   - the NLL of test image 0 is bit-identical to `arq score --json --per-image`'s.
-# Then reports the footprint from the linked ELF: flash (code + model) and RAM (arena,
-# other statics, measured stack).
+#     `arq sample --ascii`, and have the same levels as its --npy output, on the dsp
+#     tier and again on the scalar tier;
+#   - the NLL of test image 0 is bit-identical to `arq score --json --per-image`'s, on
+#     both tiers;
+#   - the instruction counter (qemu -icount shift=0, SysTick; firmware/README.md) reads
+#     a loop of 2,000,000 known instructions to within its precision, and the dsp tier
+#     runs the work in at most 1/1.5 of the scalar tier's instructions.
+# Then reports the instructions per image of each tier (`firmware pixelcnn
+# instructions:` line) and the footprint from the linked ELF: flash (code + model) and
+# RAM (arena, other statics, measured stack).
 #
 # Prints one `e2e: PASS|FAIL ...` line per check and a closing line in cargo's format
 # (`test result: ok. N passed; 0 failed; ...`) so scripts/test-all.sh can count them;
@@ -75,12 +82,14 @@ echo "== host reference: arq sample -n 2 --seed 7 --ascii; arq score --per-image
   >"$work/host_ascii.txt"
 "$host_arq" score "$model" "$digits_test" --json --per-image >"$work/host_score.json"
 
-echo "== running the firmware under qemu (mps2-an386, Cortex-M4)"
+# -icount shift=0: the virtual clock advances 1 ns per guest instruction, so the
+# firmware's SysTick readings are instruction counts (see firmware/README.md).
+echo "== running the firmware under qemu (mps2-an386, Cortex-M4, -icount shift=0)"
 t0=$SECONDS
 qemu_rc=0
 timeout "${ARQ_QEMU_TIMEOUT:-300}" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
-  -semihosting-config enable=on,target=native -kernel "$elf" >"$work/defmt.bin" 2>"$work/qemu.stderr" ||
-  qemu_rc=$?
+  -semihosting-config enable=on,target=native -icount shift=0 -kernel "$elf" \
+  >"$work/defmt.bin" 2>"$work/qemu.stderr" || qemu_rc=$?
 echo "qemu: $((SECONDS - t0)) s (emulated; says nothing about a real Cortex-M4's speed)"
 defmt-print -e "$elf" --log-format '{L} {s}' <"$work/defmt.bin" >"$work/log.txt" 2>"$work/defmt.stderr" || true
 echo "---- firmware log (defmt-print)"
@@ -93,6 +102,13 @@ else
   fail "firmware exit code $qemu_rc (124: timed out)"
   show "qemu stderr" "$work/qemu.stderr"
   show "defmt-print stderr" "$work/defmt.stderr"
+fi
+
+best=$(sed -nE 's/.*kernels: ([a-z0-9]+) \(kernels::best\(\)\).*/\1/p' "$work/log.txt" | head -n 1)
+if [ "$best" = dsp ]; then
+  pass "the firmware runs the dsp kernel tier (kernels::best() on the Cortex-M4)"
+else
+  fail "the firmware runs kernel tier '${best:-?}', expected dsp"
 fi
 
 # The arena line: "arena: memory plan N bytes, static arena M bytes".
@@ -120,7 +136,8 @@ else
   show "firmware" "$work/fw_ascii.txt"
 fi
 
-# Levels: `levels I DIGITS` (base 36 digits, one per pixel) against the host's .npy.
+# Levels: `levels TIER I DIGITS` (base 36 digits, one per pixel) against the host's
+# .npy, for both tiers.
 if python3 - "$work/log.txt" "$work/host.npy" <<'EOF'; then
 import sys
 log, npy = sys.argv[1], open(sys.argv[2], "rb").read()
@@ -129,39 +146,77 @@ data = npy[10 + hlen:]
 fw = {}
 for l in open(log):
     parts = l.split()
-    if len(parts) >= 3 and parts[-3] == "levels":
-        fw[int(parts[-2])] = bytes(int(c, 36) for c in parts[-1])
-want = {i: data[i * 64:(i + 1) * 64] for i in range(len(data) // 64)}
-if fw != want or len(want) != 2:
+    if len(parts) >= 4 and parts[-4] == "levels":
+        fw[(parts[-3], int(parts[-2]))] = bytes(int(c, 36) for c in parts[-1])
+want = {(t, i): data[i * 64:(i + 1) * 64] for t in ("dsp", "scalar") for i in range(len(data) // 64)}
+if fw != want or len(want) != 4:
     print("firmware:", {k: v.hex() for k, v in fw.items()})
     print("host:    ", {k: v.hex() for k, v in want.items()})
     sys.exit(1)
 EOF
-  pass "2 sampled digits have the same 64 levels as arq sample --npy"
+  pass "2 sampled digits have the same 64 levels as arq sample --npy, on the dsp and the scalar tier"
 else
   fail "sampled levels differ from arq sample --npy"
 fi
 
-# NLL of test image 0, bit for bit.
+# NLL of test image 0, bit for bit, for both tiers.
 if python3 - "$work/log.txt" "$work/host_score.json" <<'EOF'; then
 import json, re, struct, sys
 log = open(sys.argv[1]).read()
 host = json.load(open(sys.argv[2]))["per_image"][0]
-m = re.search(r"nll (\S+) nats, (\S+) bits/dim, nll bits (0x[0-9a-f]+)", log)
-if not m:
-    print("no score line in the firmware log")
-    sys.exit(1)
-fw = struct.unpack("<d", struct.pack("<Q", int(m.group(3), 16)))[0]
-rel = abs(fw - host) / abs(host)
-print(f"test image 0: firmware NLL {fw!r} nats ({m.group(2)} bits/dim), host {host!r} nats, relative difference {rel:.3g}")
-if float(m.group(1)) != fw:
-    print("the printed NLL and its bits disagree")
-    sys.exit(1)
-sys.exit(0 if fw == host else 1)
+ok = True
+for tier in ("dsp", "scalar"):
+    m = re.search(r"score " + tier + r" test image 0: nll (\S+) nats, (\S+) bits/dim, nll bits (0x[0-9a-f]+)", log)
+    if not m:
+        print(f"no {tier} score line in the firmware log")
+        ok = False
+        continue
+    fw = struct.unpack("<d", struct.pack("<Q", int(m.group(3), 16)))[0]
+    rel = abs(fw - host) / abs(host)
+    print(f"test image 0 ({tier}): firmware NLL {fw!r} nats ({m.group(2)} bits/dim), host {host!r} nats, relative difference {rel:.3g}")
+    if float(m.group(1)) != fw:
+        print("the printed NLL and its bits disagree")
+        ok = False
+    ok = ok and fw == host
+sys.exit(0 if ok else 1)
 EOF
-  pass "NLL of test image 0 is bit-identical to arq score --per-image"
+  pass "NLL of test image 0 is bit-identical to arq score --per-image, on the dsp and the scalar tier"
 else
   fail "NLL of test image 0 differs from arq score --per-image"
+fi
+
+# Instruction counts. First the counter's own check on a loop of known length
+# ("icount: a loop of N instructions measured M, ...: ok").
+read -r cal_expected cal_measured < <(sed -nE 's/.*icount: a loop of ([0-9]+) instructions measured ([0-9]+),.*: ok$/\1 \2/p' "$work/log.txt") || true
+if [ -n "${cal_expected:-}" ]; then
+  pass "instruction counter: a loop of $cal_expected known instructions measured $cal_measured (within +-80)"
+else
+  fail "instruction counter: no passing calibration line (is qemu running with -icount shift=0?)"
+fi
+# Then each tier's counts per image, and the speed-up (a floor of 1.5x catches a tier
+# that silently fell back to scalar code; it measured 2.0x when this was written).
+if python3 - "$work/log.txt" "$work/icount.txt" <<'EOF'; then
+import re, sys
+log = open(sys.argv[1]).read()
+n = {}
+for tier in ("dsp", "scalar"):
+    s = [int(m) for m in re.findall(r"instructions " + tier + r" sample \d+: (\d+) per image", log)]
+    c = re.search(r"instructions " + tier + r" score: (\d+) per image", log)
+    if len(s) != 2 or not c:
+        print(f"missing instruction counts for the {tier} tier")
+        sys.exit(1)
+    n[tier] = (s[0], s[1], int(c.group(1)))
+d, sc = n["dsp"], n["scalar"]
+speedup = sum(sc) / sum(d)
+per_pixel = lambda t: (t[0] + t[1]) // 2 // 64
+line = (f"firmware pixelcnn instructions: dsp samples {d[0]} {d[1]} score {d[2]} per-pixel {per_pixel(d)}; "
+        f"scalar samples {sc[0]} {sc[1]} score {sc[2]} per-pixel {per_pixel(sc)}; speed-up {speedup:.2f}x")
+open(sys.argv[2], "w").write(line + "\n")
+sys.exit(0 if speedup >= 1.5 else 1)
+EOF
+  pass "the dsp tier runs 2 samples + 1 score in at most 1/1.5 of the scalar tier's instructions"
+else
+  fail "the dsp tier is not 1.5x fewer instructions than scalar (or the counts are missing)"
 fi
 
 # The arena may not grow more than 3% over the pinned value (the memory plan of
@@ -182,27 +237,8 @@ if [ -n "$size_tool" ]; then
   "$size_tool" -A "$elf" | grep -E '^\.(vector_table|text|rodata|data|bss|uninit|defmt)|^section' || true
 fi
 stack_used=$(sed -nE 's/.*stack: ([0-9]+) bytes used.*/\1/p' "$work/log.txt")
-python3 - "$elf" "$(stat -c %s "$model")" "${arena_static:-0}" "${stack_used:-0}" <<'EOF'
-import struct, sys
-elf, model, arena, stack = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-b = open(elf, "rb").read()
-assert b[:4] == b"\x7fELF" and b[4] == 1, "expected a 32-bit ELF"
-shoff, = struct.unpack_from("<I", b, 0x20)
-shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x2E)
-def sh(i):
-    return struct.unpack_from("<IIIIIIIIII", b, shoff + i * shentsize)
-stroff = sh(shstrndx)[4]
-sec = {}
-for i in range(shnum):
-    name, typ, flags, addr, off, size = sh(i)[:6]
-    sec[b[stroff + name:b.index(b"\0", stroff + name)].decode()] = size
-get = lambda n: sec.get(n, 0)
-flash = get(".vector_table") + get(".text") + get(".rodata") + get(".data")  # .data's load image
-statics = get(".data") + get(".bss") + get(".uninit")
-ram = statics + stack
-print(f"firmware pixelcnn: flash {flash} bytes (code and constants {flash - model} + model {model}), "
-      f"RAM {ram} bytes (arena {arena} + statics {statics - arena} + stack {stack} measured)")
-EOF
+python3 scripts/elf_footprint.py pixelcnn "$elf" "$(stat -c %s "$model")" "${arena_static:-0}" "${stack_used:-0}"
 
+[ -s "$work/icount.txt" ] && cat "$work/icount.txt"
 echo "firmware end to end: $((SECONDS - start)) s in all"
 finish_checks

@@ -62,7 +62,7 @@ pub fn run(path: &Path, args: &BenchArgs, pool: &ThreadPool) -> Result<()> {
     if ctx > model.config().ctx_train {
         bail!("prompt + generated tokens ({ctx}) exceed the model's context ({})", model.config().ctx_train);
     }
-    let cfg = SessionConfig { ctx, batch: 32, threads: pool.threads() };
+    let cfg = SessionConfig { ctx, batch: 32, threads: pool.threads(), ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg)?];
     // A GPU backend uploads the matrices here: part of loading.
     let backend = crate::backend::open(args.backend, &model, &cfg, pool)?;

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use arq::parallel::{Parallel, ThreadPool};
 use arq::sampler::{Candidate, Sampler, SamplerConfig};
 use arq::tokenizer::{Tokenizer, Utf8Stream};
-use arq::{math, Model, Session, SessionConfig};
+use arq::{math, Family, KvDtype, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::convert::{self, ConvertOptions, Quant};
 use backend::{BackendArg, BackendOpt};
@@ -84,6 +84,8 @@ enum Cmd {
         #[arg(long)]
         chat: bool,
         #[command(flatten)]
+        kv: KvOpt,
+        #[command(flatten)]
         threads: ThreadsArg,
         #[command(flatten)]
         backend: BackendOpt,
@@ -100,6 +102,8 @@ enum Cmd {
         chat: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        kv: KvOpt,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -119,6 +123,8 @@ enum Cmd {
         /// PixelCNN models: include every image's NLL in the output.
         #[arg(long)]
         per_image: bool,
+        #[command(flatten)]
+        kv: KvOpt,
         #[command(flatten)]
         threads: ThreadsArg,
         #[command(flatten)]
@@ -199,6 +205,29 @@ enum Cmd {
         #[command(flatten)]
         backend: BackendOpt,
     },
+}
+
+#[derive(clap::Args)]
+struct KvOpt {
+    /// Text models: KV-cache storage; q8 is 3.8x smaller (what the microcontroller
+    /// firmware uses) and not exact.
+    #[arg(long, value_enum, default_value_t = KvArg::F32)]
+    kv: KvArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KvArg {
+    F32,
+    Q8,
+}
+
+impl From<KvArg> for KvDtype {
+    fn from(k: KvArg) -> KvDtype {
+        match k {
+            KvArg::F32 => KvDtype::F32,
+            KvArg::Q8 => KvDtype::Q8,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -305,14 +334,14 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Inspect { model, ctx, verify, json } => cmd_inspect(&model, ctx, verify, json),
-        Cmd::Generate { model, prompt, n, sampling, ctx, chat, threads, backend } => {
-            cmd_generate(&model, &prompt, n, &sampling, ctx, chat, &threads, backend.backend)
+        Cmd::Generate { model, prompt, n, sampling, ctx, chat, kv, threads, backend } => {
+            cmd_generate(&model, &prompt, n, &sampling, (ctx, kv.kv), chat, &threads, backend.backend)
         }
-        Cmd::Next { model, prompt, top, chat, json, threads } => {
-            cmd_next(&model, &prompt, top as usize, chat, json, &threads)
+        Cmd::Next { model, prompt, top, chat, json, kv, threads } => {
+            cmd_next(&model, &prompt, top as usize, chat, json, kv.kv, &threads)
         }
-        Cmd::Score { model, file, ctx, json, per_token, per_image, threads, backend } => {
-            cmd_score(&model, &file, ctx, json, per_token, per_image, &threads, backend.backend)
+        Cmd::Score { model, file, ctx, json, per_token, per_image, kv, threads, backend } => {
+            cmd_score(&model, &file, (ctx, kv.kv), json, per_token, per_image, &threads, backend.backend)
         }
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => with_pixel_model(&model, |m| {
             let args =
@@ -532,7 +561,7 @@ fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat: boo
     Ok(ids)
 }
 
-fn session_config(model: &Model<'_>, ctx: Option<usize>, pool: &ThreadPool) -> Result<SessionConfig> {
+fn session_config(model: &Model<'_>, ctx: Option<usize>, kv: KvArg, pool: &ThreadPool) -> Result<SessionConfig> {
     let train = model.config().ctx_train;
     let ctx = ctx.unwrap_or(train.min(2048));
     if ctx == 0 {
@@ -541,7 +570,7 @@ fn session_config(model: &Model<'_>, ctx: Option<usize>, pool: &ThreadPool) -> R
     if ctx > train {
         bail!("--ctx {ctx} is longer than the model's training context ({train})");
     }
-    Ok(SessionConfig { ctx, batch: 32, threads: pool.threads() })
+    Ok(SessionConfig { ctx, batch: 32, threads: pool.threads(), kv: kv.into() })
 }
 
 fn new_arena(model: &Model<'_>, cfg: &SessionConfig) -> Result<Vec<u8>> {
@@ -554,7 +583,7 @@ fn cmd_generate(
     prompt: &str,
     n: usize,
     s: &SamplingArgs,
-    ctx: Option<usize>,
+    (ctx, kv): (Option<usize>, KvArg),
     chat: bool,
     threads: &ThreadsArg,
     backend: BackendArg,
@@ -573,7 +602,7 @@ fn cmd_generate(
     let loaded = Loaded::open(path)?;
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
-    let cfg = session_config(&model, ctx, &pool)?;
+    let cfg = session_config(&model, ctx, kv, &pool)?;
     let ids = encode_prompt(&model, &tok, prompt, chat)?;
     if ids.len() >= cfg.ctx {
         bail!("prompt is {} tokens, longer than the context ({}); raise --ctx or shorten it", ids.len(), cfg.ctx);
@@ -645,13 +674,21 @@ fn cmd_generate(
     Ok(())
 }
 
-fn cmd_next(path: &Path, prompt: &str, top: usize, chat: bool, json_out: bool, threads: &ThreadsArg) -> Result<()> {
+fn cmd_next(
+    path: &Path,
+    prompt: &str,
+    top: usize,
+    chat: bool,
+    json_out: bool,
+    kv: KvArg,
+    threads: &ThreadsArg,
+) -> Result<()> {
     let pool = threads.pool()?;
     let loaded = Loaded::open(path)?;
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
     let ids = encode_prompt(&model, &tok, prompt, chat)?;
-    let cfg = session_config(&model, Some(ids.len().max(1)), &pool)
+    let cfg = session_config(&model, Some(ids.len().max(1)), kv, &pool)
         .map_err(|_| anyhow!("prompt is {} tokens, longer than the model's context", ids.len()))?;
     let mut arena = new_arena(&model, &cfg)?;
     let mut session = Session::new(&model, &mut arena, cfg)?;
@@ -696,7 +733,7 @@ struct Scored {
 fn cmd_score(
     path: &Path,
     file: &Path,
-    ctx: Option<usize>,
+    (ctx, kv): (Option<usize>, KvArg),
     json_out: bool,
     per_token: bool,
     per_image: bool,
@@ -709,6 +746,9 @@ fn cmd_score(
             if backend != BackendArg::Cpu {
                 bail!("--backend applies to text models; PixelCNN models run on the CPU");
             }
+            if kv != KvArg::F32 {
+                bail!("--kv applies to text models");
+            }
             let model = pixel_cmd::load(&loaded.bytes, path)?;
             return pixel_cmd::score(&model, file, json_out, per_image, threads.count());
         }
@@ -719,7 +759,7 @@ fn cmd_score(
     let loaded = Loaded::open(path)?;
     let model = loaded.model(path)?;
     let tok = tokenizer(&model)?;
-    let cfg = session_config(&model, ctx, &pool)?;
+    let cfg = session_config(&model, ctx, kv, &pool)?;
     if cfg.ctx < 2 {
         bail!("--ctx must be at least 2 to score");
     }
@@ -842,7 +882,7 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
     let model = Model::from_file(file).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let c = *model.config();
     let tok = tokenizer(&model)?;
-    let plan_cfg = SessionConfig { ctx, batch: 32, threads: 1 };
+    let plan_cfg = SessionConfig { ctx, batch: 32, threads: 1, ..Default::default() };
     let arena = model.memory_plan(&plan_cfg)?;
     let kv = 2 * c.n_layers * ctx * c.kv_dim() * 4;
     let meta_str = |k: &str| file.meta(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
@@ -868,12 +908,12 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
             "{}",
             json!({
                 "file_bytes": bytes.len(),
-                "architecture": "llama",
+                "architecture": c.family.name(),
                 "quant": meta_str("arq.quant"),
                 "hyperparameters": {
                     "vocab": c.vocab, "dim": c.dim, "layers": c.n_layers, "heads": c.n_heads,
                     "kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "ffn_dim": c.ffn_dim,
-                    "rope_base": c.rope_base, "rms_eps": c.rms_eps, "context_length": c.ctx_train,
+                    "rope_base": c.rope_base, "norm_eps": c.norm_eps, "context_length": c.ctx_train,
                     "tied_embeddings": model.tied_embeddings(),
                 },
                 "tokenizer": {"vocab": tok.vocab_size(), "bos_id": meta_id("tokenizer.bos_id"), "eos_id": meta_id("tokenizer.eos_id"),
@@ -886,19 +926,27 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
         );
         return Ok(());
     }
-    println!("{}: {} bytes, llama, {} weights", path.display(), bytes.len(), meta_str("arq.quant"));
+    println!("{}: {} bytes, {}, {} weights", path.display(), bytes.len(), c.family.name(), meta_str("arq.quant"));
     println!("  name           {}", meta_str("general.name"));
     println!(
         "  dims           vocab {} | dim {} | layers {} | heads {} (kv {}) x {} | ffn {}",
         c.vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
     );
-    println!(
-        "  rope base {} | rms eps {:e} | trained context {} | tied embeddings {}",
-        c.rope_base,
-        c.rms_eps,
-        c.ctx_train,
-        model.tied_embeddings()
-    );
+    match c.family {
+        Family::Llama => println!(
+            "  rope base {} | rms eps {:e} | trained context {} | tied embeddings {}",
+            c.rope_base,
+            c.norm_eps,
+            c.ctx_train,
+            model.tied_embeddings()
+        ),
+        Family::Gpt2 => println!(
+            "  learned positions {} | layer norm eps {:e} | tied embeddings {}",
+            c.ctx_train,
+            c.norm_eps,
+            model.tied_embeddings()
+        ),
+    }
     println!(
         "  tokenizer      byte-level BPE ({}), {} tokens, bos {:?}, eos {:?}, chat template: {}",
         meta_str("tokenizer.pre"),

@@ -55,7 +55,7 @@ fn probs(logits: &[f32]) -> Vec<f64> {
 
 /// Teacher-forced logits of every position of `tokens`.
 fn all_logits(model: &Model<'_>, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-    let cfg = SessionConfig { ctx: tokens.len(), batch: 32, threads: 1 };
+    let cfg = SessionConfig { ctx: tokens.len(), batch: 32, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg)?];
     let mut s = Session::new(model, &mut arena, cfg)?;
     let mut out = Vec::with_capacity(tokens.len());

@@ -33,7 +33,7 @@ fn tiny() -> Vec<u8> {
 
 /// Log-probs of `ids[1..]`, teacher-forced in batches of 8, and the argmax at each position.
 fn score(model: &Model<'_>, gpu: Option<&GpuMatmul>, ids: &[u32]) -> (Vec<f64>, Vec<usize>) {
-    let cfg = SessionConfig { ctx: ids.len(), batch: 8, threads: 1 };
+    let cfg = SessionConfig { ctx: ids.len(), batch: 8, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     s.set_offload(gpu.map(|g| g as _)).unwrap();
@@ -49,7 +49,7 @@ fn score(model: &Model<'_>, gpu: Option<&GpuMatmul>, ids: &[u32]) -> (Vec<f64>, 
 }
 
 fn greedy(model: &Model<'_>, gpu: Option<&GpuMatmul>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let cfg = SessionConfig { ctx: 64, batch: 8, threads: 1 };
+    let cfg = SessionConfig { ctx: 64, batch: 8, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     s.set_offload(gpu.map(|g| g as _)).unwrap();
@@ -94,7 +94,7 @@ fn a_session_batch_over_the_upload_plan_is_refused() {
     let bytes = arq_convert::aligned::ModelBytes::copy_of(&tiny());
     let model = Model::load(bytes.bytes()).unwrap();
     let gpu = GpuMatmul::for_model(dev, &model, 4).unwrap();
-    let cfg = SessionConfig { ctx: 16, batch: 8, threads: 1 };
+    let cfg = SessionConfig { ctx: 16, batch: 8, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(&model, &mut arena, cfg).unwrap();
     assert!(s.set_offload(Some(&gpu)).is_err());

@@ -2,7 +2,7 @@
 //!
 //! The engine runs from a `&[u8]` holding an `.arq` file (an mmap on a host, a
 //! `static` blob in microcontroller flash) and one caller-supplied arena whose
-//! exact size [`Model::memory_plan`](arch::llama::Model::memory_plan) computes
+//! exact size [`Model::memory_plan`](arch::transformer::Model::memory_plan) computes
 //! before anything runs. `alloc` adds the tokenizer's encoder conveniences and
 //! the file writer; `std` adds runtime ISA detection; `gpu` adds [`gpu`], the matrix
 //! products on a Vulkan/Metal/DX12 device through wgpu.
@@ -26,6 +26,6 @@ pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
 
-pub use arch::llama::{LlamaConfig, Model, Session, SessionConfig};
 pub use arch::pixelcnn::{PixelCnn, PixelConfig, PixelSession, PixelSessionConfig};
+pub use arch::transformer::{Family, KvDtype, Model, Session, SessionConfig, TransformerConfig};
 pub use error::Error;

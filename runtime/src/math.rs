@@ -10,6 +10,27 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// LayerNorm: `out = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`, with the
+/// population variance (ONNX `LayerNormalization`, PyTorch `nn.LayerNorm`).
+pub fn layernorm(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / libm::sqrtf(var + eps);
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+        *o = (v - mean) * inv * w + b;
+    }
+}
+
+/// GPT-2's GELU, tanh form, in place: `x/2 (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))`.
+pub fn gelu_tanh(x: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for v in x.iter_mut() {
+        let u = *v;
+        *v = u * (0.5 * (1.0 + libm::tanhf(SQRT_2_OVER_PI * (u + 0.044715 * (u * u * u)))));
+    }
+}
+
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -88,6 +109,25 @@ mod tests {
         softmax(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!((libm::log(x[2] as f64) - lp).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layernorm_and_gelu_match_their_formulas() {
+        let x = [1.0f32, 2.0, 4.0, -3.0];
+        let mut o = [0.0f32; 4];
+        layernorm(&mut o, &x, &[1.0, 2.0, 1.0, 1.0], &[0.0, 0.0, 0.5, 0.0], 0.0);
+        // mean 1, variance (0 + 1 + 9 + 16) / 4 = 6.5
+        let s = 6.5f32.sqrt();
+        let want = [0.0, 2.0 / s, 3.0 / s + 0.5, -4.0 / s];
+        for (a, b) in o.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        let mut g = [0.0f32, 1.0, -1.0, 3.0];
+        gelu_tanh(&mut g);
+        // PyTorch gelu(approximate='tanh') at 1, -1, 3.
+        for (a, b) in g.iter().zip([0.0f32, 0.841_192, -0.158_808, 2.996_363]) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn ids_of(v: &Value) -> Vec<u32> {
 
 /// Teacher-forced log-probs and argmaxes of `ids[1..]`.
 fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
-    let cfg = SessionConfig { ctx: ids.len(), batch: 32, threads: 1 };
+    let cfg = SessionConfig { ctx: ids.len(), batch: 32, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     let (mut lps, mut top) = (Vec::new(), Vec::new());
@@ -163,7 +163,7 @@ fn next_token_distribution_matches_reference() {
     let r = &reference()["next_token_top5"];
     let model = Model::load(m.f32.bytes()).unwrap();
     let ids = ids_of(&r["ids"]);
-    let cfg = SessionConfig { ctx: 64, batch: 32, threads: 1 };
+    let cfg = SessionConfig { ctx: 64, batch: 32, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(&model, &mut arena, cfg).unwrap();
     let logits = s.prefill(&ids).unwrap();
@@ -175,7 +175,7 @@ fn next_token_distribution_matches_reference() {
 }
 
 fn greedy(model: &Model<'_>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let cfg = SessionConfig { ctx: 64, batch: 32, threads: 1 };
+    let cfg = SessionConfig { ctx: 64, batch: 32, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = Session::new(model, &mut arena, cfg).unwrap();
     let mut next = math::argmax(s.prefill(prompt).unwrap()) as u32;
@@ -211,7 +211,7 @@ fn kv_cache_decoding_equals_full_recompute_bit_for_bit() {
 fn kv_cache_equals_full_recompute(model: &Model<'_>) {
     let ids: Vec<u32> = ids_of(&reference()["texts"]["prose"]["ids"])[..48].to_vec();
     let vocab = model.config().vocab;
-    let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1 };
+    let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1, ..Default::default() };
 
     // Full recompute: one teacher-forced pass over the whole prefix (batched).
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
@@ -237,7 +237,7 @@ fn arena_contents_do_not_matter() {
     let Some(m) = models() else { return };
     let model = Model::load(m.q8.bytes()).unwrap();
     let ids: Vec<u32> = ids_of(&reference()["texts"]["factual"]["ids"])[..24].to_vec();
-    let cfg = SessionConfig { ctx: 32, batch: 8, threads: 2 };
+    let cfg = SessionConfig { ctx: 32, batch: 8, threads: 2, ..Default::default() };
     let pool = arq::parallel::ThreadPool::new(2).unwrap();
     let run = |fill: u8| {
         let mut arena = vec![fill; model.memory_plan(&cfg).unwrap()];
@@ -259,7 +259,7 @@ fn threads_give_bit_identical_logits() {
     let model = Model::load(m.q8.bytes()).unwrap();
     let ids: Vec<u32> = ids_of(&reference()["texts"]["python"]["ids"])[..40].to_vec();
     let run = |threads: usize| {
-        let cfg = SessionConfig { ctx: 64, batch: 16, threads };
+        let cfg = SessionConfig { ctx: 64, batch: 16, threads, ..Default::default() };
         let pool = arq::parallel::ThreadPool::new(threads).unwrap();
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         let mut s = Session::new(&model, &mut arena, cfg).unwrap();
@@ -292,7 +292,7 @@ fn q4_conversion_is_exact_and_every_kernel_tier_gives_identical_logits() {
     for k in arq::kernels::available() {
         let mut model = Model::load(m.q4.bytes()).unwrap();
         model.set_kernels(k);
-        let cfg = SessionConfig { ctx: 32, batch: 8, threads: 1 };
+        let cfg = SessionConfig { ctx: 32, batch: 8, threads: 1, ..Default::default() };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         let mut s = Session::new(&model, &mut arena, cfg).unwrap();
         let mut out = Vec::new();
@@ -316,7 +316,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn arena_plan_is_exact_and_errors_are_typed() {
     let Some(m) = models() else { return };
     let model = Model::load(m.q8.bytes()).unwrap();
-    let cfg = SessionConfig { ctx: 2048, batch: 32, threads: 1 };
+    let cfg = SessionConfig { ctx: 2048, batch: 32, threads: 1, ..Default::default() };
     let need = model.memory_plan(&cfg).unwrap();
     eprintln!("arena for ctx 2048, batch 32: {need} bytes");
     let mut arena = vec![0u8; need];
@@ -325,7 +325,7 @@ fn arena_plan_is_exact_and_errors_are_typed() {
         Session::new(&model, &mut arena[..need - 1], cfg).err(),
         Some(Error::ArenaTooSmall { need, have: need - 1 })
     );
-    let small = SessionConfig { ctx: 4, batch: 4, threads: 1 };
+    let small = SessionConfig { ctx: 4, batch: 4, threads: 1, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&small).unwrap()];
     let mut s = Session::new(&model, &mut arena, small).unwrap();
     assert!(s.prefill(&[1, 2, 3, 4]).is_ok());
@@ -355,7 +355,7 @@ fn gpu_backend_matches_the_cpu_backend() {
         let model = Model::load(bytes.bytes()).unwrap();
         let gpu = GpuMatmul::for_model(dev.clone(), &model, 16).unwrap();
         let run = |off: Option<&GpuMatmul>| {
-            let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1 };
+            let cfg = SessionConfig { ctx: 64, batch: 16, threads: 1, ..Default::default() };
             let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
             let mut s = Session::new(&model, &mut arena, cfg).unwrap();
             s.set_offload(off.map(|g| g as _)).unwrap();

@@ -1,22 +1,29 @@
 //! Demo 2 of the arq firmware: the `digits17` PixelCNN (8x8 digits, 17 grey levels, q8
 //! weights) on a Cortex-M4F, from flash, with no heap.
 //!
-//! 1. Checks the static arena against the model's memory plan.
+//! 1. Checks the instruction counter ([`icount`]) on a loop of known length, logs the
+//!    kernel tier `kernels::best()` picks (`dsp` on a Cortex-M4) and checks the static
+//!    arena against the model's memory plan.
 //! 2. Samples two digits with the cached generator (image `i` seeded `SEED + i`,
 //!    temperature 1), printed as ASCII art exactly as `arq sample --ascii` prints them,
 //!    plus each image's levels as one line of base-17 digits (`0`..`g`).
 //! 3. Scores test image 0 of `digits_test.npy`: NLL in nats and bits/dim, and the
 //!    NLL's f64 bits, so the host can check it is bit-identical.
-//! 4. Exits qemu through semihosting: 0 on success, 1 on any error or panic.
+//! 4. Repeats 2 and 3 on the scalar tier (levels and NLL again, no art), and logs the
+//!    guest instructions of every sample and score on both tiers (under qemu
+//!    `-icount shift=0`).
+//! 5. Exits qemu through semihosting: 0 on success, 1 on any error or panic.
 //!
 //! Every line goes through defmt (semihosting transport), decoded on the host with
 //! `defmt-print`. `scripts/test-firmware.sh` compares it all with the host `arq`.
 #![no_std]
 #![no_main]
 
+
+use arq::kernels::{self, Kernels};
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
-use cortex_m_rt::{entry, exception, ExceptionFrame};
-use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
+use arq_fw_common::{exit, icount, stack};
+use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use heapless::String;
 use rand_core::SeedableRng;
@@ -42,6 +49,8 @@ static TEST_IMAGE: [u8; HEIGHT * WIDTH] = *include_bytes!(concat!(env!("OUT_DIR"
 const SEED: u64 = 7;
 const N_SAMPLES: u64 = 2;
 const TEMP: f32 = 1.0;
+/// The `icount` check's loop: 2 million instructions.
+const CALIBRATION_ITERATIONS: u32 = 1_000_000;
 
 /// `arq sample --ascii`'s ramp, darkest to brightest; each pixel is printed twice.
 const RAMP: &[u8] = b" .:-=+*#%@";
@@ -51,37 +60,49 @@ const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 #[entry]
 fn main() -> ! {
     stack::paint();
-    let code = match run() {
-        Ok(()) => EXIT_SUCCESS,
+    if let Some(p) = cortex_m::Peripherals::take() {
+        icount::start(p.SYST);
+    }
+    let ok = match run() {
+        Ok(()) => true,
         Err(e) => {
             defmt::error!("error: {}", defmt::Display2Format(&e));
-            EXIT_FAILURE
+            false
         }
     };
     defmt::info!("stack: {=usize} bytes used (high-water mark)", stack::used());
-    debug::exit(code);
-    loop {
-        cortex_m::asm::bkpt();
-    }
+    exit(ok)
 }
 
 fn run() -> Result<(), arq::Error> {
     defmt::info!("arq firmware demo 2: digits17 PixelCNN on a Cortex-M4F");
+    let cal = icount::calibrate(CALIBRATION_ITERATIONS);
+    let counting = cal.ok();
+    defmt::info!(
+        "icount: a loop of {=u64} instructions measured {=u64}, an empty measurement {=u64} ({=u64} instructions per SysTick tick): {=str}",
+        cal.expected,
+        cal.measured,
+        cal.empty,
+        icount::INSTRUCTIONS_PER_TICK,
+        if counting { "ok" } else { "the clock is not instruction-driven (run qemu with -icount shift=0); no counts" }
+    );
+
     let model = PixelCnn::load(&MODEL.0)?;
     let c = model.config();
     defmt::info!(
-        "model: {=usize} bytes in flash, {=usize}x{=usize}, {=usize} levels, {=usize} gated layers of {=usize} channels, kernels {=str}",
+        "model: {=usize} bytes in flash, {=usize}x{=usize}, {=usize} levels, {=usize} gated layers of {=usize} channels",
         MODEL.0.len(),
         c.height,
         c.width,
         c.levels,
         c.n_layers,
         c.channels,
-        model.kernels().name
     );
     if (c.height, c.width, c.levels) != (HEIGHT, WIDTH, LEVELS) {
         return Err(arq::Error::BadInput("the model differs from the one build.rs planned for"));
     }
+    let best = model.kernels();
+    defmt::info!("kernels: {=str} (kernels::best())", best.name);
 
     let cfg = PixelSessionConfig::default();
     let need = model.memory_plan(&cfg)?;
@@ -93,105 +114,90 @@ fn run() -> Result<(), arq::Error> {
     let Some(arena) = cortex_m::singleton!(ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES]) else {
         return Err(arq::Error::BadConfig("arena already taken"));
     };
-    let mut session = PixelSession::new(&model, arena, cfg)?;
+
+    // The best tier draws the ASCII art; the scalar tier then runs the same work, for
+    // its instruction counts and to show on the device that both give the same bits.
+    let fast = run_tier(best, arena, counting, true)?;
+    if best.name != kernels::SCALAR.name {
+        let slow = run_tier(&kernels::SCALAR, arena, counting, false)?;
+        if counting {
+            // Hundredths, rounded: integers only (no f64 formatting needed).
+            let (f, s) = (fast.iter().sum::<u64>().max(1), slow.iter().sum::<u64>());
+            let x100 = (s * 100 + f / 2) / f;
+            defmt::println!(
+                "instructions speed-up {=str} over scalar: {=u64}.{=u64:02}x (2 samples + 1 score)",
+                best.name,
+                x100 / 100,
+                x100 % 100
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Samples the two digits and scores test image 0 on kernel tier `k`, logging the
+/// levels, the NLL and (when `counting`) each one's guest instructions; `art` also
+/// prints the samples as ASCII art. Returns the instructions of sample 0, sample 1 and
+/// the score.
+fn run_tier(k: &'static Kernels, arena: &mut [u8], counting: bool, art: bool) -> Result<[u64; 3], arq::Error> {
+    let mut model = PixelCnn::load(&MODEL.0)?;
+    model.set_kernels(k);
+    let mut session = PixelSession::new(&model, arena, PixelSessionConfig::default())?;
+    let mut counts = [0u64; 3];
 
     // Two samples, as `arq sample MODEL -n 2 --seed 7 --ascii` makes them.
     let mut img = [0u8; HEIGHT * WIDTH];
     for i in 0..N_SAMPLES {
-        let mut rng = Pcg32::seed_from_u64(SEED.wrapping_add(i));
-        session.sample(&mut img, 0, TEMP, &mut rng)?;
-        defmt::info!("sample {=u64} (seed {=u64}, temperature 1):", i, SEED + i);
-        for row in img.chunks_exact(WIDTH) {
-            let mut line: String<{ 2 * WIDTH }> = String::new();
-            for &v in row {
-                let ch = RAMP[v as usize * (RAMP.len() - 1) / (LEVELS - 1)] as char;
-                // Capacity is exactly two characters per pixel.
-                let _ = line.push(ch);
-                let _ = line.push(ch);
+        let (done, n) = icount::measure(|| {
+            let mut rng = Pcg32::seed_from_u64(SEED.wrapping_add(i));
+            session.sample(&mut img, 0, TEMP, &mut rng)
+        });
+        done?;
+        counts[i as usize] = n;
+        if art {
+            defmt::info!("sample {=u64} (seed {=u64}, temperature 1):", i, SEED + i);
+            for row in img.chunks_exact(WIDTH) {
+                let mut line: String<{ 2 * WIDTH }> = String::new();
+                for &v in row {
+                    let ch = RAMP[v as usize * (RAMP.len() - 1) / (LEVELS - 1)] as char;
+                    // Capacity is exactly two characters per pixel.
+                    let _ = line.push(ch);
+                    let _ = line.push(ch);
+                }
+                defmt::println!("art|{=str}|", line.as_str());
             }
-            defmt::println!("art|{=str}|", line.as_str());
         }
         let mut levels: String<{ HEIGHT * WIDTH }> = String::new();
         for &v in &img {
             let _ = levels.push(DIGITS[v as usize] as char);
         }
-        defmt::println!("levels {=u64} {=str}", i, levels.as_str());
+        defmt::println!("levels {=str} {=u64} {=str}", k.name, i, levels.as_str());
+        if counting {
+            let per_pixel = n / (HEIGHT * WIDTH) as u64;
+            defmt::println!(
+                "instructions {=str} sample {=u64}: {=u64} per image, {=u64} per pixel",
+                k.name,
+                i,
+                n,
+                per_pixel
+            );
+        }
     }
 
     // Score test image 0.
-    let nll = session.nll(&TEST_IMAGE)?;
+    let (nll, n) = icount::measure(|| session.nll(&TEST_IMAGE));
+    let nll = nll?;
+    counts[2] = n;
     let bpd = nll / (HEIGHT * WIDTH) as f64 / core::f64::consts::LN_2;
-    defmt::println!("score test image 0: nll {=f64} nats, {=f64} bits/dim, nll bits {=u64:#x}", nll, bpd, nll.to_bits());
-    Ok(())
-}
-
-/// Stack high-water mark by painting: the unused stack below `main`'s frame is filled
-/// with a pattern at start-up, and the lowest overwritten word gives the deepest use.
-mod stack {
-    const PATTERN: u32 = 0xA5C3_5A3C;
-    /// How far below the start-up stack pointer to paint (the RAM between the statics
-    /// and this window stays unpainted; the demo uses a few KiB).
-    const WINDOW: usize = 256 * 1024;
-    /// Left untouched below the current stack pointer (this function's own spills).
-    const GUARD: usize = 256;
-
-    extern "C" {
-        /// The initial stack pointer (top of RAM), from cortex-m-rt's `link.x`.
-        static _stack_start: u32;
-        /// The end of the statics (`.bss`, `.uninit`): the stack may grow down to here.
-        static __sheap: u32;
+    defmt::println!(
+        "score {=str} test image 0: nll {=f64} nats, {=f64} bits/dim, nll bits {=u64:#x}",
+        k.name,
+        nll,
+        bpd,
+        nll.to_bits()
+    );
+    if counting {
+        defmt::println!("instructions {=str} score: {=u64} per image", k.name, n);
     }
-
-    fn bounds() -> (usize, usize) {
-        let top = core::ptr::addr_of!(_stack_start) as usize;
-        let floor = core::ptr::addr_of!(__sheap) as usize;
-        let low = top.saturating_sub(WINDOW).max(floor);
-        (low.next_multiple_of(4), top)
-    }
-
-    #[inline(never)]
-    pub fn paint() {
-        let (low, _) = bounds();
-        let sp = cortex_m::register::msp::read() as usize - GUARD;
-        let mut p = low;
-        while p < sp {
-            // SAFETY: `[low, sp)` is RAM between the end of the statics and the current
-            // stack pointer (minus a guard), owned by no object; no interrupt is enabled,
-            // so nothing else uses the stack below `sp` while this runs. Aligned to 4.
-            unsafe { core::ptr::write_volatile(p as *mut u32, PATTERN) };
-            p += 4;
-        }
-    }
-
-    /// Bytes of stack used so far (from the top of RAM down to the lowest word that no
-    /// longer holds the pattern).
-    pub fn used() -> usize {
-        let (low, top) = bounds();
-        let mut p = low;
-        // SAFETY: reads aligned words of RAM in `[low, top)`; the words below the
-        // current stack pointer belong to no object, the ones above are plain integers
-        // or padding read as `u32` through a volatile read (no reference is formed).
-        while p < top && unsafe { core::ptr::read_volatile(p as *const u32) } == PATTERN {
-            p += 4;
-        }
-        top - p
-    }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    defmt::error!("panic: {}", defmt::Display2Format(info));
-    debug::exit(EXIT_FAILURE);
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
-#[exception]
-unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
-    defmt::error!("hard fault at pc {=u32:#x}", ef.pc());
-    debug::exit(EXIT_FAILURE);
-    loop {
-        cortex_m::asm::bkpt();
-    }
+    Ok(counts)
 }

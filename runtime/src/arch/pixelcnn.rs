@@ -18,7 +18,7 @@
 //! channels side by side), on the same kernels as the text models, so q8 weights use
 //! the int8 dot products. All state lives in the caller's arena.
 
-use crate::arch::llama::Weight;
+use crate::arch::transformer::Weight;
 use crate::arena::{Arena, Layout};
 use crate::error::Error;
 use crate::format::{ArqFile, TensorView};

@@ -4,7 +4,8 @@
 //! [`scalar`] computes (bit for bit, including float summation order). The table is
 //! chosen once: by runtime detection on std hosts (capped by the `ARQ_MAX_ISA`
 //! environment variable: `scalar`, `avx2`, `avx512vnni` on x86_64; `scalar`, `neon`,
-//! `dotprod` on AArch64), by `cfg(target_feature)` on no_std targets.
+//! `dotprod` on AArch64; `scalar`, `dsp` on 32-bit Arm with the DSP extension), by
+//! `cfg(target_feature)` on no_std targets.
 
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -13,8 +14,11 @@ pub mod x86;
 // needs it at compile time.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod aarch64;
-// The Cortex-M DSP tier (`arm/dsp.rs`) slots in here as
-// `#[cfg(target_arch = "arm")] pub mod arm;`.
+// The DSP extension (Cortex-M4/M7, ARMv7-A/R) is a compile-time property of the target,
+// which build.rs states as `arq_arm_dsp` (stable rustc hides Arm target features); see
+// `arm` for why the tier exists and why its kernels need no run-time detection.
+#[cfg(arq_arm_dsp)]
+pub mod arm;
 
 #[cfg(test)]
 mod tests;
@@ -68,7 +72,8 @@ static TIERS: &[Tier] = &[
     Tier { kernels: &aarch64::neon::NEON, supported: aarch64::neon::neon_detected },
     #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
     Tier { kernels: &aarch64::neon::DOTPROD, supported: aarch64::neon::dotprod_detected },
-    // arm: `dsp` (Cortex-M4/M7 SMLAD) slots in here.
+    #[cfg(arq_arm_dsp)]
+    Tier { kernels: &arm::dsp::DSP, supported: arm::dsp::detected },
 ];
 
 /// Every tier this CPU runs, weakest first ([`SCALAR`] always, the best last).
@@ -76,7 +81,7 @@ pub fn available() -> impl Iterator<Item = &'static Kernels> + Clone {
     TIERS.iter().filter(|t| (t.supported)()).map(|t| t.kernels)
 }
 
-/// The tier called `name` (`scalar`, `avx2`, `avx512vnni`, `neon`, `dotprod`, ...), if
+/// The tier called `name` (`scalar`, `avx2`, `avx512vnni`, `neon`, `dotprod`, `dsp`, ...), if
 /// this CPU runs it.
 pub fn by_name(name: &str) -> Option<&'static Kernels> {
     available().find(|k| k.name == name)

@@ -1,0 +1,920 @@
+//! The decoder-only transformer engine shared by the LLaMA family ([`super::llama`]) and
+//! GPT-2 ([`super::gpt2`]): one [`Model`], one [`Session`], one forward pass.
+//!
+//! The two families differ in five places, each a `match` on [`Family`] in
+//! [`Session::forward`]: positions (rotary vs learned), the norm (RMSNorm vs LayerNorm
+//! with bias), biases on the linear layers, the MLP (SwiGLU vs GELU) and the names of the
+//! tensors (each family's file reads its own hyperparameters and tensors into the
+//! [`Layer`] below). Everything else (the batched matrix products, attention over the KV
+//! cache, threads, offload) is this file.
+//!
+//! Every buffer lives in the caller's arena, carved once in [`Session::new`]; a step never
+//! allocates. A prompt runs as one batched pass (matrix-matrix products over up to
+//! `batch` tokens), and because every kernel fixes its summation order, a batched pass
+//! gives bit-identical logits to running the same tokens one by one.
+
+use crate::arena::{Arena, Layout};
+use crate::error::Error;
+use crate::format::{ArqFile, Dtype, TensorView};
+use crate::kernels::{self, Kernels};
+use crate::math;
+use crate::parallel::{self, Parallel, Serial};
+use crate::quant::{BlockQ4, BlockQ8, QK4, QK8};
+use crate::tokenizer::Tokenizer;
+
+use super::{gpt2, llama};
+
+/// Caps on hyperparameters: far above any model this runtime targets, low enough that
+/// the arena arithmetic cannot overflow.
+pub(crate) const MAX_DIM: usize = 1 << 16;
+pub(crate) const MAX_LAYERS: usize = 1 << 10;
+pub(crate) const MAX_VOCAB: usize = 1 << 22;
+
+/// Which transformer a file holds (`arq.architecture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// SmolLM2, LLaMA 2/3, TinyLlama, ...: RMSNorm, rotary positions, grouped-query
+    /// attention, SwiGLU, no biases.
+    Llama,
+    /// GPT-2: learned positions, LayerNorm with bias, GELU MLP, biases everywhere.
+    Gpt2,
+}
+
+impl Family {
+    /// The `arq.architecture` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Gpt2 => "gpt2",
+        }
+    }
+}
+
+/// Hyperparameters, read from the file's `llama.*` or `gpt2.*` metadata.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransformerConfig {
+    pub family: Family,
+    pub vocab: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    /// RoPE base θ (LLaMA; 0 for GPT-2, whose positions are learned).
+    pub rope_base: f32,
+    /// ε of the RMSNorm (LLaMA) or the LayerNorm (GPT-2).
+    pub norm_eps: f32,
+    /// The context length the model was trained with (GPT-2: its position table).
+    pub ctx_train: usize,
+}
+
+impl TransformerConfig {
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// The checks both families share; fills in `head_dim`.
+    pub(crate) fn validated(self) -> Result<Self, Error> {
+        let check = |ok: bool, what| if ok { Ok(()) } else { Err(Error::BadHyperparameter(what)) };
+        let c = self;
+        check(c.vocab > 0 && c.vocab <= MAX_VOCAB, "vocab_size")?;
+        check(c.dim > 0 && c.dim <= MAX_DIM && c.dim.is_multiple_of(QK8), "embedding_length (a multiple of 32)")?;
+        check(c.n_layers > 0 && c.n_layers <= MAX_LAYERS, "block_count")?;
+        check(c.ffn_dim > 0 && c.ffn_dim <= 4 * MAX_DIM && c.ffn_dim.is_multiple_of(QK8), "feed_forward_length")?;
+        check(c.n_heads > 0 && c.dim.is_multiple_of(c.n_heads), "head_count")?;
+        check(c.n_kv_heads > 0 && c.n_heads.is_multiple_of(c.n_kv_heads), "head_count_kv")?;
+        check(c.ctx_train > 0 && c.ctx_train <= 1 << 24, "context_length")?;
+        let head_dim = c.dim / c.n_heads;
+        check((c.n_kv_heads * head_dim).is_multiple_of(QK8), "head dimension")?;
+        check(c.norm_eps.is_finite() && c.norm_eps >= 0.0, "layer norm epsilon")?;
+        Ok(TransformerConfig { head_dim, ..c })
+    }
+}
+
+/// A weight matrix of `rows` x `cols`, stored row-major in one of the supported dtypes.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    Q8(&'a [BlockQ8]),
+    Q4(&'a [BlockQ4]),
+    F32(&'a [f32]),
+}
+
+impl<'a> Weight<'a> {
+    pub(crate) fn from_view(t: &TensorView<'a>) -> Option<Self> {
+        match t.dtype {
+            Dtype::Q8 => t.as_q8().map(Weight::Q8),
+            Dtype::Q4 => t.as_q4().map(Weight::Q4),
+            Dtype::F32 => t.as_f32().map(Weight::F32),
+            _ => None,
+        }
+    }
+
+    /// Row `r` (of length `cols`) as f32, into `out`.
+    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
+        match *self {
+            Weight::Q8(w) => crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out),
+            Weight::Q4(w) => crate::quant::dequantize_row_q4(&w[r * cols / QK4..(r + 1) * cols / QK4], out),
+            Weight::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+        }
+    }
+}
+
+/// A linear layer: `y = x Wᵀ (+ b)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Linear<'a> {
+    pub w: Weight<'a>,
+    pub b: Option<&'a [f32]>,
+}
+
+/// A norm's weight, and its bias for a LayerNorm.
+#[derive(Clone, Copy)]
+pub(crate) struct Norm<'a> {
+    pub w: &'a [f32],
+    pub b: Option<&'a [f32]>,
+}
+
+/// One block's tensors, as each family's file reads them.
+pub(crate) struct Layer<'a> {
+    pub attn_norm: Norm<'a>,
+    pub q: Linear<'a>,
+    pub k: Linear<'a>,
+    pub v: Linear<'a>,
+    pub o: Linear<'a>,
+    pub ffn_norm: Norm<'a>,
+    /// SwiGLU's gate (LLaMA); GPT-2's MLP has none.
+    pub gate: Option<Linear<'a>>,
+    pub up: Linear<'a>,
+    pub down: Linear<'a>,
+}
+
+/// The tensors outside the blocks.
+pub(crate) struct Globals<'a> {
+    pub embed: Weight<'a>,
+    /// Learned positions (GPT-2), `[ctx_train, dim]`.
+    pub pos_embed: Option<Weight<'a>>,
+    pub output_norm: Norm<'a>,
+    pub output: Weight<'a>,
+    /// Directory index of layer 0's first tensor; layer `l`'s follow at `l * roles`.
+    pub layer_base: usize,
+}
+
+pub(crate) fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
+    Error::BadTensor { role, layer, problem }
+}
+
+/// Whether `name` is `blk.{layer}.{role}`, without formatting (no allocation).
+pub(crate) fn is_layer_tensor(name: &str, layer: usize, role: &str) -> bool {
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return false;
+    };
+    let Some((num, r)) = rest.split_once('.') else {
+        return false;
+    };
+    r == role && num.parse::<usize>().ok() == Some(layer) && (num == "0" || !num.starts_with('0'))
+}
+
+/// Typed, shape-checked access to a file's tensors, shared by the families' loaders.
+pub(crate) struct Tensors<'f, 'a> {
+    pub file: &'f ArqFile<'a>,
+}
+
+impl<'a> Tensors<'_, 'a> {
+    /// A global tensor by name.
+    pub fn global(&self, name: &'static str) -> Result<TensorView<'a>, Error> {
+        self.file.find(name).map(|(_, t)| t).ok_or(bad(name, None, "missing"))
+    }
+
+    /// Tensor `j` of layer `l`, whose tensors are `roles`, in that order, from `base`.
+    pub fn layer(&self, base: usize, roles: &[&'static str], l: usize, j: usize) -> Result<TensorView<'a>, Error> {
+        let role = roles[j];
+        match self.file.tensor(base + l * roles.len() + j) {
+            Some(t) if is_layer_tensor(t.name, l, role) => Ok(t),
+            _ => Err(bad(role, Some(l as u32), "missing or out of the canonical order")),
+        }
+    }
+
+    pub fn matrix(
+        t: &TensorView<'a>,
+        role: &'static str,
+        layer: Option<u32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight<'a>, Error> {
+        if t.shape.dims() != [rows as u64, cols as u64] {
+            return Err(bad(role, layer, "shape does not match the hyperparameters"));
+        }
+        Weight::from_view(t).ok_or(bad(role, layer, "dtype must be q8, q4 or f32"))
+    }
+
+    pub fn vector(t: &TensorView<'a>, role: &'static str, layer: Option<u32>, n: usize) -> Result<&'a [f32], Error> {
+        if t.shape.dims() != [n as u64] {
+            return Err(bad(role, layer, "shape does not match the hyperparameters"));
+        }
+        t.as_f32().ok_or(bad(role, layer, "dtype must be f32"))
+    }
+}
+
+/// A loaded model: validated views into the file's bytes.
+pub struct Model<'a> {
+    file: ArqFile<'a>,
+    cfg: TransformerConfig,
+    g: Globals<'a>,
+    kernels: &'static Kernels,
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// f32, exact.
+    #[default]
+    F32,
+    /// q8 blocks (32 values and one f16 scale, 34 bytes: 3.8x smaller), quantized as the
+    /// activations are; what a microcontroller's RAM affords.
+    Q8,
+}
+
+/// Per-session settings that size the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Context length in tokens (KV cache capacity).
+    pub ctx: usize,
+    /// Tokens per batched pass in prefill and scoring.
+    pub batch: usize,
+    /// The most threads a [`Parallel`] given to [`Session::set_parallel`] may run
+    /// (each needs its own attention scratch).
+    pub threads: usize,
+    /// The KV cache's storage.
+    pub kv: KvDtype,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ctx: 2048, batch: 32, threads: 1, kv: KvDtype::F32 }
+    }
+}
+
+/// Matrix products computed off the CPU: the `gpu` feature's `GpuMatmul` implements it
+/// (a trait here so the forward pass needs no feature gate).
+pub trait Offload {
+    /// The most tokens one call may carry (the session's `batch` must not exceed it).
+    fn max_tokens(&self) -> usize;
+    /// `out (n, rows) = x (n, cols) · wᵀ` for every `(w, rows, out)` of `jobs`, from
+    /// `xq`: the `n` activation rows quantized exactly as the CPU path quantizes them.
+    /// Only q8 and q4 weights are offered.
+    fn matmul(&self, xq: &[BlockQ8], n: usize, jobs: &mut [(&Weight<'_>, usize, &mut [f32])]) -> Result<(), Error>;
+}
+
+impl<'a> Model<'a> {
+    /// Validates `bytes` (64-byte aligned) as a transformer `.arq` file (`llama` or
+    /// `gpt2`).
+    pub fn load(bytes: &'a [u8]) -> Result<Self, Error> {
+        Self::from_file(ArqFile::parse(bytes)?)
+    }
+
+    pub fn from_file(file: ArqFile<'a>) -> Result<Self, Error> {
+        let (cfg, g) = match file.meta("arq.architecture").and_then(|v| v.as_str()) {
+            Some("llama") => llama::load(&file)?,
+            Some("gpt2") => gpt2::load(&file)?,
+            _ => return Err(Error::UnsupportedArchitecture),
+        };
+        let model = Model { file, cfg, g, kernels: kernels::best() };
+        for l in 0..cfg.n_layers {
+            model.layer_checked(l)?;
+        }
+        Ok(model)
+    }
+
+    fn layer_checked(&self, l: usize) -> Result<Layer<'a>, Error> {
+        match self.cfg.family {
+            Family::Llama => llama::layer(&self.file, &self.cfg, self.g.layer_base, l),
+            Family::Gpt2 => gpt2::layer(&self.file, &self.cfg, self.g.layer_base, l),
+        }
+    }
+
+    fn layer(&self, l: usize) -> Layer<'a> {
+        // Every layer was validated in `from_file`; the file is immutable.
+        match self.layer_checked(l) {
+            Ok(layer) => layer,
+            Err(_) => unreachable!("layer {l} validated at load"),
+        }
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn file(&self) -> &ArqFile<'a> {
+        &self.file
+    }
+
+    /// The tokenizer stored in the file.
+    pub fn tokenizer(&self) -> Result<Tokenizer<'a>, Error> {
+        let (_, t) = self.file.find("tokenizer").ok_or(bad("tokenizer", None, "missing"))?;
+        Tokenizer::from_blob(t.data).map_err(Error::Tokenizer)
+    }
+
+    /// Whether the output head shares the embedding matrix.
+    pub fn tied_embeddings(&self) -> bool {
+        self.file.find("output").is_none()
+    }
+
+    /// Picks a kernel tier other than the detected best (tests, benchmarks).
+    pub fn set_kernels(&mut self, k: &'static Kernels) {
+        self.kernels = k;
+    }
+
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+
+    /// The matrices a step multiplies by (the output head, then each layer's), as
+    /// `(weight, rows, cols)`; the embeddings are only read by rows, unless tied as the
+    /// head.
+    pub fn matrices(&self) -> impl Iterator<Item = (Weight<'a>, usize, usize)> + '_ {
+        let c = self.cfg;
+        let (d, kv, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
+        core::iter::once((self.g.output, c.vocab, d)).chain((0..c.n_layers).flat_map(move |l| {
+            let w = self.layer(l);
+            let gate = w.gate.map(|g| (g.w, ff, d));
+            [(w.q.w, d, d), (w.k.w, kv, d), (w.v.w, kv, d), (w.o.w, d, d)]
+                .into_iter()
+                .chain(gate)
+                .chain([(w.up.w, ff, d), (w.down.w, d, ff)])
+        }))
+    }
+
+    /// The exact arena size, in bytes, that [`Session::new`] needs for `cfg`.
+    pub fn memory_plan(&self, cfg: &SessionConfig) -> Result<usize, Error> {
+        self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
+    }
+
+    /// Scratch for multi-token products split by rows across threads (none for one thread).
+    fn split_len(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
+        if s.threads > 1 {
+            s.batch.checked_mul(c.dim.max(c.ffn_dim))
+        } else {
+            Some(0)
+        }
+    }
+
+    /// The arena's buffers, in carving order (see [`Session::new`]).
+    fn layout(&self, s: &SessionConfig) -> Option<Layout> {
+        let c = &self.cfg;
+        let b = s.batch;
+        let cache = c.n_layers.checked_mul(s.ctx)?.checked_mul(c.kv_dim())?;
+        let l = match s.kv {
+            KvDtype::F32 => Layout::new().then::<f32>(cache)?.then::<f32>(cache)?, // keys, values
+            KvDtype::Q8 => Layout::new().then::<BlockQ8>(cache / QK8)?.then::<BlockQ8>(cache / QK8)?,
+        };
+        l.then::<f32>(b.checked_mul(c.dim)?)? // x
+            .then::<f32>(b.checked_mul(c.dim)?)? // xb
+            .then::<f32>(b.checked_mul(c.dim)?)? // xb2
+            .then::<f32>(b.checked_mul(c.dim)?)? // q
+            .then::<f32>(b.checked_mul(c.kv_dim())?)? // k
+            .then::<f32>(b.checked_mul(c.kv_dim())?)? // v
+            .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
+            .then::<f32>(if c.family == Family::Llama { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
+            .then::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
+            .then::<f32>(s.ctx.checked_add(c.head_dim)?.checked_mul(s.threads)?)? // att
+            .then::<f32>(if c.family == Family::Llama { b.checked_mul(c.head_dim)? } else { 0 })? // rope
+            .then::<f32>(b.checked_mul(c.vocab)?)? // logits
+            .then::<f32>(Self::split_len(c, s)?) // split
+    }
+}
+
+/// The KV cache, `(layer, ctx, kv_dim)` for keys and for values.
+enum KvCache<'a> {
+    F32 { keys: &'a mut [f32], values: &'a mut [f32] },
+    Q8 { keys: &'a mut [BlockQ8], values: &'a mut [BlockQ8] },
+}
+
+/// One layer's cached keys or values, read by [`attend`].
+#[derive(Clone, Copy)]
+enum KvRows<'a> {
+    F32(&'a [f32]),
+    Q8(&'a [BlockQ8]),
+}
+
+impl<'a> KvRows<'a> {
+    /// Elements `off..off + tmp.len()` of cached row `j`: a view of an f32 cache, or
+    /// dequantized into `tmp` from a q8 one.
+    #[inline]
+    fn head<'t>(self, j: usize, kv_dim: usize, off: usize, tmp: &'t mut [f32]) -> &'t [f32]
+    where
+        'a: 't,
+    {
+        let hd = tmp.len();
+        match self {
+            KvRows::F32(rows) => &rows[j * kv_dim + off..][..hd],
+            KvRows::Q8(blocks) => {
+                let row = &blocks[j * kv_dim / QK8..(j + 1) * kv_dim / QK8];
+                for (e, t) in (off..off + hd).zip(tmp.iter_mut()) {
+                    let b = &row[e / QK8];
+                    *t = b.qs[e % QK8] as f32 * b.scale();
+                }
+                tmp
+            }
+        }
+    }
+}
+
+/// A running sequence: the KV cache and scratch, all in the caller's arena.
+pub struct Session<'a> {
+    model: &'a Model<'a>,
+    cfg: SessionConfig,
+    pool: &'a dyn Parallel,
+    offload: Option<&'a dyn Offload>,
+    pos: usize,
+    cache: KvCache<'a>,
+    x: &'a mut [f32],      // (batch, dim) the residual stream
+    xb: &'a mut [f32],     // (batch, dim) normed input of a sublayer
+    xb2: &'a mut [f32],    // (batch, dim) attention output / sublayer output
+    q: &'a mut [f32],      // (batch, dim)
+    k: &'a mut [f32],      // (batch, kv_dim)
+    v: &'a mut [f32],      // (batch, kv_dim)
+    hb: &'a mut [f32],     // (batch, ffn_dim) MLP hidden (LLaMA: the gate, then the gated product)
+    hb2: &'a mut [f32],    // (batch, ffn_dim) LLaMA's up projection (empty for GPT-2)
+    xq: &'a mut [BlockQ8], // (batch, max(dim, ffn_dim) / 32) quantized activations
+    att: &'a mut [f32],    // (threads, ctx + head_dim) attention scores and a dequantized head row, per task
+    rope: &'a mut [f32],   // (batch, head_dim) cos/sin per position (LLaMA)
+    logits: &'a mut [f32], // (batch, vocab)
+    split: &'a mut [f32],  // (batch, max(dim, ffn_dim)) row-split products, threads > 1
+}
+
+/// `out = x_rows · w_rowsᵀ` for weight rows `r` and all tokens of `x`/`xq`, into `out`
+/// laid out (tokens, r.len()).
+fn matmul_rows(
+    k: &Kernels,
+    w: &Weight<'_>,
+    r: core::ops::Range<usize>,
+    cols: usize,
+    x: &[f32],
+    xq: &[BlockQ8],
+    out: &mut [f32],
+) {
+    let rows = r.len();
+    match *w {
+        Weight::Q8(wb) => (k.matmul_q8)(&wb[r.start * cols / QK8..r.end * cols / QK8], rows, xq, out),
+        Weight::Q4(wb) => (k.matmul_q4_q8)(&wb[r.start * cols / QK4..r.end * cols / QK4], rows, xq, out),
+        Weight::F32(wf) => (k.matmul_f32)(&wf[r.start * cols..r.end * cols], rows, x, out),
+    }
+}
+
+/// `out (n, rows) = x (n, cols) · wᵀ`, with `x` already quantized into `xq` for q8 and
+/// q4 weights. The weight rows are split across tasks, so each thread streams only its
+/// share of the weights. One token writes its chunks of `out` in place; several tokens
+/// compute each chunk as (n, chunk) into `scratch` and then scatter it into `out`
+/// (when `scratch` is too small, as for all-token logits, the tokens are split instead).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    pool: &dyn Parallel,
+    k: &Kernels,
+    w: &Weight<'_>,
+    rows: usize,
+    x: &[f32],
+    xq: &[BlockQ8],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let n = out.len() / rows;
+    let cols = x.len() / n;
+    let tasks = pool.threads();
+    if n == 1 {
+        // Several chunks per thread, taken dynamically, so a late thread costs little.
+        let chunk = rows.div_ceil(4 * tasks).next_multiple_of(16);
+        parallel::chunks(pool, out, chunk, |i, o| {
+            let r = i * chunk..i * chunk + o.len();
+            matmul_rows(k, w, r, cols, x, xq, o)
+        });
+    } else if tasks == 1 {
+        matmul_rows(k, w, 0..rows, cols, x, xq, out);
+    } else if scratch.len() >= n * rows {
+        let chunk = rows.div_ceil(tasks).next_multiple_of(16);
+        let scratch = &mut scratch[..n * rows];
+        parallel::chunks(pool, scratch, n * chunk, |i, o| {
+            let r = i * chunk..i * chunk + o.len() / n;
+            matmul_rows(k, w, r, cols, x, xq, o)
+        });
+        for (i, part) in scratch.chunks(n * chunk).enumerate() {
+            let width = part.len() / n;
+            for (t, src) in part.chunks_exact(width).enumerate() {
+                out[t * rows + i * chunk..][..width].copy_from_slice(src);
+            }
+        }
+    } else {
+        let per_task = n.div_ceil(tasks);
+        parallel::chunks(pool, out, per_task * rows, |i, o| {
+            let t = i * per_task..i * per_task + o.len() / rows;
+            let xt = &x[t.start * cols..t.end * cols];
+            matmul_rows(k, w, 0..rows, cols, xt, &xq[t.start * cols / QK8..t.end * cols / QK8], o)
+        });
+    }
+}
+
+/// `out_j = x · w_jᵀ` for several weights over the same input, quantizing it once. With
+/// an offload and only q8/q4 weights, the products run there on the same quantized input.
+fn linear(
+    pool: &dyn Parallel,
+    k: &Kernels,
+    offload: Option<&dyn Offload>,
+    x: &[f32],
+    xq: &mut [BlockQ8],
+    scratch: &mut [f32],
+    ws: &mut [(&Weight<'_>, usize, &mut [f32])],
+) -> Result<(), Error> {
+    let xq = &mut xq[..x.len() / QK8];
+    let quantized = |w: &Weight<'_>| matches!(w, Weight::Q8(_) | Weight::Q4(_));
+    if ws.iter().any(|(w, _, _)| quantized(w)) {
+        (k.quantize_q8)(x, xq);
+    }
+    if let Some(off) = offload.filter(|_| ws.iter().all(|(w, _, _)| quantized(w))) {
+        let n = ws[0].2.len() / ws[0].1;
+        return off.matmul(xq, n, ws);
+    }
+    for (w, rows, out) in ws.iter_mut() {
+        matmul(pool, k, w, *rows, x, xq, out, scratch);
+    }
+    Ok(())
+}
+
+/// Adds `bias` to every row of `out` (rows of `bias.len()`).
+fn add_bias(out: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(b.len()) {
+            for (o, &bi) in row.iter_mut().zip(b) {
+                *o += bi;
+            }
+        }
+    }
+}
+
+/// Causal attention of one query head over `len` cached positions: `out = softmax(q·Kᵀ
+/// * scale) · V`, reading head `kv_off..kv_off + hd` of each cached row. `att` holds
+/// `len` scores and, at its end, `hd` values of scratch for a dequantized row.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    k: &Kernels,
+    q: &[f32],
+    keys: KvRows<'_>,
+    values: KvRows<'_>,
+    kv_dim: usize,
+    kv_off: usize,
+    len: usize,
+    scale: f32,
+    att: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let (att, tmp) = att.split_at_mut(att.len() - hd);
+    let att = &mut att[..len];
+    for (j, a) in att.iter_mut().enumerate() {
+        *a = (k.dot_f32)(q, keys.head(j, kv_dim, kv_off, tmp)) * scale;
+    }
+    math::softmax(att);
+    out.fill(0.0);
+    for (j, &a) in att.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(values.head(j, kv_dim, kv_off, tmp)) {
+            *o += a * v;
+        }
+    }
+}
+
+impl<'a> Session<'a> {
+    /// Carves the KV cache and scratch from `arena`, which must hold at least
+    /// [`Model::memory_plan`] bytes.
+    pub fn new(model: &'a Model<'a>, arena: &'a mut [u8], cfg: SessionConfig) -> Result<Self, Error> {
+        if cfg.ctx == 0 || cfg.batch == 0 || cfg.threads == 0 {
+            return Err(Error::BadConfig("ctx, batch and threads must be at least 1"));
+        }
+        let c = model.cfg;
+        if model.g.pos_embed.is_some() && cfg.ctx > c.ctx_train {
+            return Err(Error::BadConfig("ctx is longer than the model's position table"));
+        }
+        let need = model.memory_plan(&cfg)?;
+        let b = cfg.batch;
+        let llama = c.family == Family::Llama;
+        let cache = c.n_layers * cfg.ctx * c.kv_dim();
+        let mut a = Arena::new(arena, need)?;
+        let cache = match cfg.kv {
+            KvDtype::F32 => KvCache::F32 { keys: a.take(cache)?, values: a.take(cache)? },
+            KvDtype::Q8 => KvCache::Q8 { keys: a.take(cache / QK8)?, values: a.take(cache / QK8)? },
+        };
+        Ok(Session {
+            model,
+            cfg,
+            pool: &Serial,
+            offload: None,
+            pos: 0,
+            cache,
+            x: a.take(b * c.dim)?,
+            xb: a.take(b * c.dim)?,
+            xb2: a.take(b * c.dim)?,
+            q: a.take(b * c.dim)?,
+            k: a.take(b * c.kv_dim())?,
+            v: a.take(b * c.kv_dim())?,
+            hb: a.take(b * c.ffn_dim)?,
+            hb2: a.take(if llama { b * c.ffn_dim } else { 0 })?,
+            xq: a.take(b * c.dim.max(c.ffn_dim) / QK8)?,
+            att: a.take((cfg.ctx + c.head_dim) * cfg.threads)?,
+            rope: a.take(if llama { b * c.head_dim } else { 0 })?,
+            logits: a.take(b * c.vocab)?,
+            split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
+        })
+    }
+
+    /// Runs the session's matrix and attention work on `pool` (at most
+    /// `SessionConfig::threads` threads; the default is [`Serial`]).
+    pub fn set_parallel(&mut self, pool: &'a dyn Parallel) -> Result<(), Error> {
+        if pool.threads() > self.cfg.threads {
+            return Err(Error::BadConfig("pool has more threads than SessionConfig::threads"));
+        }
+        self.pool = pool;
+        Ok(())
+    }
+
+    /// Sends the q8 and q4 matrix products to `offload` (a GPU); the rest of the step
+    /// stays here. `None` brings them back to the CPU.
+    pub fn set_offload(&mut self, offload: Option<&'a dyn Offload>) -> Result<(), Error> {
+        if offload.is_some_and(|o| o.max_tokens() < self.cfg.batch) {
+            return Err(Error::BadConfig("offload takes fewer tokens per call than SessionConfig::batch"));
+        }
+        self.offload = offload;
+        Ok(())
+    }
+
+    pub fn model(&self) -> &'a Model<'a> {
+        self.model
+    }
+
+    /// Tokens in the KV cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Forgets the sequence (the cache is overwritten as new tokens arrive).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Rewinds to `pos` tokens (keeps the cached prefix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Appends one token; returns the logits of p(x_{i+1} | x_{<=i}).
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+        self.forward(&[token], false)?;
+        Ok(&self.logits[..self.model.cfg.vocab])
+    }
+
+    /// Appends `tokens` in batched passes; returns the logits after the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+        self.check_tokens(tokens)?;
+        if tokens.is_empty() {
+            return Err(Error::BadConfig("empty prompt"));
+        }
+        for chunk in tokens.chunks(self.cfg.batch) {
+            self.forward(chunk, false)?;
+        }
+        Ok(&self.logits[..self.model.cfg.vocab])
+    }
+
+    /// Appends `tokens` and calls `f(i, logits)` with the logits after token `i`, for
+    /// every `i` (teacher forcing: the basis of exact scoring).
+    pub fn forward_all(&mut self, tokens: &[u32], mut f: impl FnMut(usize, &[f32])) -> Result<(), Error> {
+        self.check_tokens(tokens)?;
+        let vocab = self.model.cfg.vocab;
+        for (ci, chunk) in tokens.chunks(self.cfg.batch).enumerate() {
+            self.forward(chunk, true)?;
+            for t in 0..chunk.len() {
+                f(ci * self.cfg.batch + t, &self.logits[t * vocab..(t + 1) * vocab]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `log p(tokens[1..] | tokens[0])` in nats, teacher-forced from the current position
+    /// (the first token is the condition, not scored).
+    pub fn log_prob(&mut self, tokens: &[u32]) -> Result<f64, Error> {
+        let mut total = 0.0;
+        let n = tokens.len();
+        self.forward_all(tokens, |i, logits| {
+            if i + 1 < n {
+                total += math::log_prob(logits, tokens[i + 1] as usize);
+            }
+        })?;
+        Ok(total)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), Error> {
+        let vocab = self.model.cfg.vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        if self.pos + tokens.len() > self.cfg.ctx {
+            return Err(Error::ContextFull { ctx: self.cfg.ctx });
+        }
+        Ok(())
+    }
+
+    /// The family's norm over each row of `x` into `out`.
+    fn norm(family: Family, eps: f32, n: &Norm<'_>, x: &[f32], out: &mut [f32]) {
+        let dim = n.w.len();
+        for (o, i) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+            match (family, n.b) {
+                (Family::Llama, _) => math::rmsnorm(o, i, n.w, eps),
+                (Family::Gpt2, b) => math::layernorm(o, i, n.w, b.unwrap_or(&[]), eps),
+            }
+        }
+    }
+
+    /// One batched pass over `tokens` (at most `batch`) at positions `pos..`. Fills
+    /// `logits` for every token when `all_logits`, else for the last one (row 0).
+    pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<(), Error> {
+        let n = tokens.len();
+        if n == 0 || n > self.cfg.batch {
+            return Err(Error::BadConfig("forward takes 1..=batch tokens"));
+        }
+        self.check_tokens(tokens)?;
+        let model = self.model;
+        let c = model.cfg;
+        let fam = c.family;
+        let kern = model.kernels;
+        let pool = self.pool;
+        let off = self.offload;
+        let (dim, kv_dim, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / libm::sqrtf(hd as f32);
+        let pos0 = self.pos;
+
+        // Positions: LLaMA rotates q and k by a table per position; GPT-2 adds a learned
+        // row to the embedding.
+        for (t, &tok) in tokens.iter().enumerate() {
+            let row = t * dim..(t + 1) * dim;
+            model.g.embed.row_into(tok as usize, dim, &mut self.x[row.clone()]);
+            match model.g.pos_embed {
+                Some(pos_embed) => {
+                    pos_embed.row_into(pos0 + t, dim, &mut self.xb[row.clone()]);
+                    for (xi, &p) in self.x[row.clone()].iter_mut().zip(&self.xb[row]) {
+                        *xi += p;
+                    }
+                }
+                None => math::rope_table(&mut self.rope[t * hd..(t + 1) * hd], pos0 + t, c.rope_base),
+            }
+        }
+        let x = &mut self.x[..n * dim];
+
+        for l in 0..c.n_layers {
+            let w = model.layer(l);
+
+            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ + bq, ...; LLaMA rotates q and k.
+            Self::norm(fam, c.norm_eps, &w.attn_norm, x, &mut self.xb[..n * dim]);
+            linear(
+                pool,
+                kern,
+                off,
+                &self.xb[..n * dim],
+                self.xq,
+                self.split,
+                &mut [
+                    (&w.q.w, dim, &mut self.q[..n * dim]),
+                    (&w.k.w, kv_dim, &mut self.k[..n * kv_dim]),
+                    (&w.v.w, kv_dim, &mut self.v[..n * kv_dim]),
+                ],
+            )?;
+            add_bias(&mut self.q[..n * dim], w.q.b);
+            add_bias(&mut self.k[..n * kv_dim], w.k.b);
+            add_bias(&mut self.v[..n * kv_dim], w.v.b);
+            let cache_l = l * self.cfg.ctx * kv_dim;
+            for t in 0..n {
+                if fam == Family::Llama {
+                    let table = &self.rope[t * hd..(t + 1) * hd];
+                    for h in self.q[t * dim..(t + 1) * dim].chunks_exact_mut(hd) {
+                        math::rope(h, table);
+                    }
+                    for h in self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                        math::rope(h, table);
+                    }
+                }
+                let at = cache_l + (pos0 + t) * kv_dim;
+                let (kt, vt) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
+                match &mut self.cache {
+                    KvCache::F32 { keys, values } => {
+                        keys[at..at + kv_dim].copy_from_slice(kt);
+                        values[at..at + kv_dim].copy_from_slice(vt);
+                    }
+                    KvCache::Q8 { keys, values } => {
+                        (kern.quantize_q8)(kt, &mut keys[at / QK8..(at + kv_dim) / QK8]);
+                        (kern.quantize_q8)(vt, &mut values[at / QK8..(at + kv_dim) / QK8]);
+                    }
+                }
+            }
+
+            // Causal attention of each token over the cache up to its own position: one
+            // token splits its heads across tasks, several tokens split the tokens.
+            let ctx = self.cfg.ctx;
+            let layer_rows = cache_l..cache_l + ctx * kv_dim;
+            let (keys, values) = match &self.cache {
+                KvCache::F32 { keys, values } => {
+                    (KvRows::F32(&keys[layer_rows.clone()]), KvRows::F32(&values[layer_rows]))
+                }
+                KvCache::Q8 { keys, values } => {
+                    let blocks = layer_rows.start / QK8..layer_rows.end / QK8;
+                    (KvRows::Q8(&keys[blocks.clone()]), KvRows::Q8(&values[blocks]))
+                }
+            };
+            let q = &self.q[..n * dim];
+            let tasks = pool.threads();
+            let att_len = ctx + hd;
+            if n == 1 {
+                let heads_per_task = c.n_heads.div_ceil(tasks);
+                parallel::chunks2(pool, &mut self.xb2[..dim], heads_per_task * hd, self.att, att_len, |i, out, att| {
+                    for (j, o) in out.chunks_exact_mut(hd).enumerate() {
+                        let h = i * heads_per_task + j;
+                        let qh = &q[h * hd..(h + 1) * hd];
+                        attend(kern, qh, keys, values, kv_dim, (h / group) * hd, pos0 + 1, scale, att, o);
+                    }
+                });
+            } else {
+                let per_task = n.div_ceil(tasks);
+                parallel::chunks2(pool, &mut self.xb2[..n * dim], per_task * dim, self.att, att_len, |i, out, att| {
+                    for (j, o) in out.chunks_exact_mut(dim).enumerate() {
+                        let t = i * per_task + j;
+                        for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                            let qh = &q[t * dim + h * hd..t * dim + (h + 1) * hd];
+                            attend(kern, qh, keys, values, kv_dim, (h / group) * hd, pos0 + t + 1, scale, att, oh);
+                        }
+                    }
+                });
+            }
+            let wo = &mut [(&w.o.w, dim, &mut self.xb[..n * dim])];
+            linear(pool, kern, off, &self.xb2[..n * dim], self.xq, self.split, wo)?;
+            add_bias(&mut self.xb[..n * dim], w.o.b);
+            for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
+                *xi += o;
+            }
+
+            // MLP, with xb = norm(x): LLaMA x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ;
+            // GPT-2 x += gelu(xb·Wupᵀ + bup)·Wdownᵀ + bdown.
+            Self::norm(fam, c.norm_eps, &w.ffn_norm, x, &mut self.xb[..n * dim]);
+            let xb = &self.xb[..n * dim];
+            match w.gate {
+                Some(gate) => {
+                    let jobs = &mut [(&gate.w, ff, &mut self.hb[..n * ff]), (&w.up.w, ff, &mut self.hb2[..n * ff])];
+                    linear(pool, kern, off, xb, self.xq, self.split, jobs)?;
+                    add_bias(&mut self.hb[..n * ff], gate.b);
+                    add_bias(&mut self.hb2[..n * ff], w.up.b);
+                    math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
+                }
+                None => {
+                    linear(pool, kern, off, xb, self.xq, self.split, &mut [(&w.up.w, ff, &mut self.hb[..n * ff])])?;
+                    add_bias(&mut self.hb[..n * ff], w.up.b);
+                    math::gelu_tanh(&mut self.hb[..n * ff]);
+                }
+            }
+            let down = &mut [(&w.down.w, dim, &mut self.xb[..n * dim])];
+            linear(pool, kern, off, &self.hb[..n * ff], self.xq, self.split, down)?;
+            add_bias(&mut self.xb[..n * dim], w.down.b);
+            for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
+                *xi += o;
+            }
+        }
+
+        // Head: logits = norm(x)·Wᵀ for every row, or only the last.
+        let rows = if all_logits { 0..n } else { n - 1..n };
+        let m = rows.len();
+        Self::norm(
+            fam,
+            c.norm_eps,
+            &model.g.output_norm,
+            &x[rows.start * dim..rows.end * dim],
+            &mut self.xb[..m * dim],
+        );
+        let logits = &mut self.logits[..m * c.vocab];
+        linear(pool, kern, off, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.g.output, c.vocab, logits)])?;
+        self.pos += n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_tensor_names() {
+        assert!(is_layer_tensor("blk.0.attn_q", 0, "attn_q"));
+        assert!(is_layer_tensor("blk.12.ffn_up", 12, "ffn_up"));
+        assert!(is_layer_tensor("blk.3.ffn_up.bias", 3, "ffn_up.bias"));
+        assert!(!is_layer_tensor("blk.012.ffn_up", 12, "ffn_up"));
+        assert!(!is_layer_tensor("blk.1.attn_q", 0, "attn_q"));
+        assert!(!is_layer_tensor("blk.0.attn_qq", 0, "attn_q"));
+        assert!(!is_layer_tensor("blk.0.attn_q.bias", 0, "attn_q"));
+        assert!(!is_layer_tensor("output", 0, "attn_q"));
+    }
+}
