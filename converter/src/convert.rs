@@ -298,14 +298,8 @@ fn temp_path(out: &Path) -> PathBuf {
 pub fn check_loads(file: ArqFile<'_>) -> Result<(), arq::Error> {
     match file.meta("arq.architecture").and_then(|v| v.as_str()) {
         Some("pixelcnn") => arq::arch::pixelcnn::PixelCnn::from_file(file).map(|_| ()),
-        // Until the runtime loads GPT-2 files: the structure (parsed by the caller) and
-        // the tokenizer tables.
-        Some("gpt2") => {
-            let missing = arq::Error::BadTensor { role: "tokenizer", layer: None, problem: "missing" };
-            let (_, t) = file.find("tokenizer").ok_or(missing)?;
-            arq::tokenizer::Tokenizer::from_blob(t.data).map(|_| ()).map_err(arq::Error::Tokenizer)
-        }
-        _ => arq::Model::from_file(file).map(|_| ()),
+        // LLaMA and GPT-2; the tokenizer tables too.
+        _ => arq::Model::from_file(file).and_then(|m| m.tokenizer()).map(|_| ()),
     }
 }
 

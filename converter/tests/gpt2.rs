@@ -1,7 +1,8 @@
 //! ONNX GPT-2 import with the trained character model `models/tinygpt`: the converted
 //! tensors against the ONNX initializers, q8 against f32, tract against the PyTorch
-//! reference logits, the committed `.arq` files, accepted graph variants, and refusals
-//! of graphs that do not fit the pattern.
+//! reference logits, the runtime against tract and the held-out perplexity, the
+//! committed `.arq` files, accepted graph variants, and refusals of graphs that do not
+//! fit the pattern.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arq::format::{ArqFile, Dtype};
 use arq::tokenizer::Tokenizer;
+use arq::{KvDtype, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::convert::Quant;
 use arq_convert::onnx::{convert_onnx, OnnxConvertOptions};
@@ -357,6 +359,88 @@ fn tract_matches_the_pytorch_reference() {
     }
     println!("tract vs PyTorch f32 reference logits: max |diff| {worst:.2e}");
     assert!(worst < 1e-4, "tract vs PyTorch: {worst}");
+}
+
+/// Logits of every position of `ids` from the runtime, `(ids.len(), vocab)`: one
+/// `forward_all` pass, or one `step` per token (`stepwise`).
+fn arq_logits(model: &Model, ids: &[u32], stepwise: bool) -> Vec<f32> {
+    let cfg = SessionConfig { ctx: CTX, batch: 32, threads: 1, kv: KvDtype::F32 };
+    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+    let mut session = Session::new(model, &mut arena, cfg).unwrap();
+    let mut out = Vec::with_capacity(ids.len() * VOCAB);
+    if stepwise {
+        for &id in ids {
+            out.extend_from_slice(session.step(id).unwrap());
+        }
+    } else {
+        session.forward_all(ids, |_, logits| out.extend_from_slice(logits)).unwrap();
+    }
+    out
+}
+
+/// (e) The runtime on the converted f32 file computes tract's logits (within 1e-4) on
+/// the reference windows, in one pass and step by step; and the q8 file's.
+#[test]
+fn runtime_logits_match_tract() {
+    let r = reference();
+    let f32_bytes = ModelBytes::map(&models_dir().join("tinygpt-f32.arq")).unwrap();
+    let q8_bytes = ModelBytes::map(&models_dir().join("tinygpt-q8.arq")).unwrap();
+    let (m32, m8) = (Model::load(f32_bytes.bytes()).unwrap(), Model::load(q8_bytes.bytes()).unwrap());
+    let (mut d_all, mut d_step, mut d_torch, mut d_q8) = (0f32, 0f32, 0f32, 0f32);
+    for case in r["logits"].as_array().unwrap() {
+        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids64: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+        let tract = tract_logits(&model_path(), &ids64).unwrap();
+        let all = arq_logits(&m32, &ids, false);
+        let step = arq_logits(&m32, &ids, true);
+        d_all = d_all.max(max_abs_diff(&all, &tract));
+        d_step = d_step.max(max_abs_diff(&step, &tract));
+        d_q8 = d_q8.max(max_abs_diff(&arq_logits(&m8, &ids, false), &tract));
+        for (pos, want) in case["logits_f32"].as_array().unwrap().iter().enumerate() {
+            let want: Vec<f32> = want.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            d_torch = d_torch.max(max_abs_diff(&all[pos * VOCAB..(pos + 1) * VOCAB], &want));
+        }
+    }
+    println!(
+        "arq f32 vs tract, max |logit diff| over 2 windows x 16 positions: forward_all {d_all:.2e}, step {d_step:.2e}; \
+         vs PyTorch (first 3 positions) {d_torch:.2e}; arq q8 vs tract {d_q8:.3}"
+    );
+    assert!(d_all < 1e-4, "forward_all vs tract: {d_all}");
+    assert!(d_step < 1e-4, "step vs tract: {d_step}");
+    assert!(d_torch < 1e-4, "vs PyTorch: {d_torch}");
+}
+
+/// (e) `arq score` over the held-out text (ctx 64, stride 32, like `reference.json`):
+/// f32 gives PyTorch's bits/char, q8 stays within 2% of f32 in perplexity.
+#[test]
+fn heldout_perplexity_q8_within_two_percent_of_f32() {
+    let heldout = models_dir().join("heldout.txt");
+    let score = |quant: &str, kv: &str| -> serde_json::Value {
+        let model = models_dir().join(format!("tinygpt-{quant}.arq"));
+        let o = arq(&["score", s(&model), s(&heldout), "--ctx", "64", "--kv", kv, "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (f, q, qq) = (score("f32", "f32"), score("q8", "f32"), score("q8", "q8"));
+    let torch = reference()["heldout_bits_per_char"]["f32"].as_f64().unwrap();
+    let bpc = |v: &serde_json::Value| v["bits_per_token"].as_f64().unwrap();
+    let ppl = |v: &serde_json::Value| v["perplexity"].as_f64().unwrap();
+    for v in [&f, &q, &qq] {
+        assert_eq!(v["tokens"], 12406);
+        assert_eq!(v["windows"]["stride"], 32);
+    }
+    let change = ppl(&q) / ppl(&f) - 1.0;
+    println!(
+        "held-out bits/char: PyTorch f32 {torch:.5}, arq f32 {:.5}, arq q8 {:.5} (perplexity {:+.3}%), arq q8 with a q8 \
+         KV cache {:.5}",
+        bpc(&f),
+        bpc(&q),
+        100.0 * change,
+        bpc(&qq)
+    );
+    assert!((bpc(&f) - torch).abs() < 1e-4, "arq f32 {} vs PyTorch {torch}", bpc(&f));
+    assert!(change.abs() < 0.02, "q8 perplexity {} vs f32 {}", ppl(&q), ppl(&f));
+    assert!((ppl(&qq) / ppl(&f) - 1.0).abs() < 0.02, "q8 + q8 KV perplexity {}", ppl(&qq));
 }
 
 /// `models/tinygpt/convert.sh` wrote the committed files with this converter.
