@@ -886,6 +886,15 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
     let arena = model.memory_plan(&plan_cfg)?;
     let kv = 2 * c.n_layers * ctx * c.kv_dim() * 4;
     let meta_str = |k: &str| file.meta(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    // GPT-2 files carry the pre-tokenizer only in the tokenizer tables.
+    let pre = match meta_str("tokenizer.pre") {
+        p if !p.is_empty() => p,
+        _ => match tok.pre_tokenizer() {
+            arq::tokenizer::PreTokenizer::Gpt2 => "gpt2".into(),
+            arq::tokenizer::PreTokenizer::Smollm => "smollm".into(),
+            _ => "?".into(),
+        },
+    };
     let meta_id = |k: &str| file.meta(k).and_then(|v| v.as_u64());
     let tensors: Vec<_> = file.tensors().collect();
     if json_out {
@@ -917,7 +926,7 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
                     "tied_embeddings": model.tied_embeddings(),
                 },
                 "tokenizer": {"vocab": tok.vocab_size(), "bos_id": meta_id("tokenizer.bos_id"), "eos_id": meta_id("tokenizer.eos_id"),
-                              "pre": meta_str("tokenizer.pre"), "chat_template": !meta_str("tokenizer.chat_template").is_empty()},
+                              "pre": pre, "chat_template": !meta_str("tokenizer.chat_template").is_empty()},
                 "arena": {"ctx": ctx, "batch": plan_cfg.batch, "bytes": arena, "kv_cache_bytes": kv},
                 "checksum_verified": verify,
                 "metadata": meta,
@@ -948,8 +957,7 @@ fn cmd_inspect(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<
         ),
     }
     println!(
-        "  tokenizer      byte-level BPE ({}), {} tokens, bos {:?}, eos {:?}, chat template: {}",
-        meta_str("tokenizer.pre"),
+        "  tokenizer      byte-level BPE ({pre}), {} tokens, bos {:?}, eos {:?}, chat template: {}",
         tok.vocab_size(),
         meta_id("tokenizer.bos_id"),
         meta_id("tokenizer.eos_id"),
