@@ -409,9 +409,17 @@ impl<'a> KvRows<'a> {
             KvRows::F32(rows) => &rows[j * kv_dim + off..][..hd],
             KvRows::Q8(blocks) => {
                 let row = &blocks[j * kv_dim / QK8..(j + 1) * kv_dim / QK8];
-                for (e, t) in (off..off + hd).zip(tmp.iter_mut()) {
+                // A head may start and end inside a block; each block's f16 scale is
+                // converted once (in software on a Cortex-M4).
+                let mut e = off;
+                while e < off + hd {
                     let b = &row[e / QK8];
-                    *t = b.qs[e % QK8] as f32 * b.scale();
+                    let d = b.scale();
+                    let end = (e / QK8 + 1) * QK8;
+                    for i in e..end.min(off + hd) {
+                        tmp[i - off] = b.qs[i % QK8] as f32 * d;
+                    }
+                    e = end;
                 }
                 tmp
             }
