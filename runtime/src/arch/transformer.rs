@@ -282,6 +282,16 @@ impl<'a> Model<'a> {
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
         }
+        crate::trace::info!(
+            "arq: {} model, {} layers of {}, {} heads, vocab {}, context {}, kernels {}",
+            cfg.family.name(),
+            cfg.n_layers,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.vocab,
+            cfg.ctx_train,
+            model.kernels.name
+        );
         Ok(model)
     }
 
@@ -603,6 +613,18 @@ impl<'a> Session<'a> {
         let b = cfg.batch;
         let llama = c.family == Family::Llama;
         let cache = c.n_layers * cfg.ctx * c.kv_dim();
+        crate::trace::debug!(
+            "arq: session, arena {} of {} bytes (ctx {}, batch {}, threads {}, kv cache {})",
+            need,
+            arena.len(),
+            cfg.ctx,
+            cfg.batch,
+            cfg.threads,
+            match cfg.kv {
+                KvDtype::F32 => "f32",
+                KvDtype::Q8 => "q8",
+            }
+        );
         let mut a = Arena::new(arena, need)?;
         let cache = match cfg.kv {
             KvDtype::F32 => KvCache::F32 { keys: a.take(cache)?, values: a.take(cache)? },
