@@ -94,6 +94,14 @@ else
   fail "arena: no plan/arena line in the log, or the plan exceeds the arena"
 fi
 
+# The runtime's own log line (its one logging shim, runtime/src/trace.rs, routed to
+# defmt by the firmware's `defmt` feature).
+if grep -q "arq: gpt2 model, 4 layers of 96, 4 heads, vocab 78, context 64, kernels dsp" "$work/log.txt"; then
+  pass "the runtime logs its model load through defmt (trace shim)"
+else
+  fail "no runtime log line (arq: gpt2 model ...) in the firmware log"
+fi
+
 # The continuation: the firmware prints `text TIER|...|` with newlines escaped as \n, for
 # the dsp tier and then the scalar tier; the host prints the prompt, the continuation
 # and one newline.

@@ -5,7 +5,8 @@
 //! exact size [`Model::memory_plan`](arch::transformer::Model::memory_plan) computes
 //! before anything runs. `alloc` adds the tokenizer's encoder conveniences and
 //! the file writer; `std` adds runtime ISA detection; `gpu` adds [`gpu`], the matrix
-//! products on a Vulkan/Metal/DX12 device through wgpu.
+//! products on a Vulkan/Metal/DX12 device through wgpu; `defmt` or `log` route the
+//! runtime's few log lines (model loads, session arenas) to that back end (`trace.rs`).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -25,6 +26,7 @@ pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
+mod trace;
 
 pub use arch::pixelcnn::{PixelCnn, PixelConfig, PixelSession, PixelSessionConfig};
 pub use arch::transformer::{Family, KvDtype, Model, Session, SessionConfig, TransformerConfig};

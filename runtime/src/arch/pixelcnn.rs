@@ -300,6 +300,15 @@ impl<'a> PixelCnn<'a> {
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
         }
+        crate::trace::info!(
+            "arq: pixelcnn model {}x{}, {} levels, {} gated layers of {} channels, kernels {}",
+            cfg.height,
+            cfg.width,
+            cfg.levels,
+            cfg.n_layers,
+            cfg.channels,
+            model.kernels.name
+        );
         Ok(model)
     }
 
@@ -490,6 +499,7 @@ impl<'a> PixelSession<'a> {
         let (w, ch, n, cols) = (c.width, c.channels, c.pixels(), c.max_cols());
         let rings: usize = (1..c.n_layers).map(|l| c.geom(l).ring_rows() * w * ch).sum();
         let nf = n * usize::from(s.full_forward);
+        crate::trace::debug!("arq: pixelcnn session, arena {} of {} bytes", need, arena.len());
         let mut a = Arena::new(arena, need)?;
         Ok(PixelSession {
             model,

@@ -282,6 +282,16 @@ impl<'a> Model<'a> {
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
         }
+        crate::trace::info!(
+            "arq: {} model, {} layers of {}, {} heads, vocab {}, context {}, kernels {}",
+            cfg.family.name(),
+            cfg.n_layers,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.vocab,
+            cfg.ctx_train,
+            model.kernels.name
+        );
         Ok(model)
     }
 
@@ -409,9 +419,17 @@ impl<'a> KvRows<'a> {
             KvRows::F32(rows) => &rows[j * kv_dim + off..][..hd],
             KvRows::Q8(blocks) => {
                 let row = &blocks[j * kv_dim / QK8..(j + 1) * kv_dim / QK8];
-                for (e, t) in (off..off + hd).zip(tmp.iter_mut()) {
+                // A head may start and end inside a block; each block's f16 scale is
+                // converted once (in software on a Cortex-M4).
+                let mut e = off;
+                while e < off + hd {
                     let b = &row[e / QK8];
-                    *t = b.qs[e % QK8] as f32 * b.scale();
+                    let d = b.scale();
+                    let end = (e / QK8 + 1) * QK8;
+                    for i in e..end.min(off + hd) {
+                        tmp[i - off] = b.qs[i % QK8] as f32 * d;
+                    }
+                    e = end;
                 }
                 tmp
             }
@@ -595,6 +613,18 @@ impl<'a> Session<'a> {
         let b = cfg.batch;
         let llama = c.family == Family::Llama;
         let cache = c.n_layers * cfg.ctx * c.kv_dim();
+        crate::trace::debug!(
+            "arq: session, arena {} of {} bytes (ctx {}, batch {}, threads {}, kv cache {})",
+            need,
+            arena.len(),
+            cfg.ctx,
+            cfg.batch,
+            cfg.threads,
+            match cfg.kv {
+                KvDtype::F32 => "f32",
+                KvDtype::Q8 => "q8",
+            }
+        );
         let mut a = Arena::new(arena, need)?;
         let cache = match cfg.kv {
             KvDtype::F32 => KvCache::F32 { keys: a.take(cache)?, values: a.take(cache)? },
