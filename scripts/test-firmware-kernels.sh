@@ -15,49 +15,19 @@
 # firmware/kernels/target); ARQ_QEMU_TIMEOUT the seconds qemu may run (default 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 source scripts/lib.sh
-apt_install rustc-web cargo-web rust-web-src lld qemu-system-arm
-export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-if ! command -v defmt-print >/dev/null; then
-  echo "== installing defmt-print (crates.io, with rustup's cargo)"
-  cargo install defmt-print --version 1.2.0 --locked
-fi
+source scripts/firmware-lib.sh
+fw_prepare
 
 start=$SECONDS
-fw_dir=firmware/kernels
-fw_target="${ARQ_FW_TARGET_DIR:-$root/$fw_dir/target}"
-elf="$fw_target/thumbv7em-none-eabihf/release/arq-fw-kernels"
-
-echo "== building the kernel test firmware (Debian's $(/usr/bin/rustc --version), thumbv7em-none-eabihf)"
-t0=$SECONDS
-(
-  cd "$fw_dir"
-  DEFMT_LOG=info RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$fw_target" \
-    /usr/bin/cargo build --release -Zbuild-std=core,panic_abort
-)
-echo "firmware build: $((SECONDS - t0)) s"
+fw_build kernels
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== running it under qemu (mps2-an386, Cortex-M4)"
-qemu_rc=0
-timeout "${ARQ_QEMU_TIMEOUT:-300}" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
-  -semihosting-config enable=on,target=native -kernel "$elf" >"$work/defmt.bin" 2>"$work/qemu.stderr" ||
-  qemu_rc=$?
-defmt-print -e "$elf" --log-format '{L} {s}' <"$work/defmt.bin" >"$work/log.txt" 2>"$work/defmt.stderr" || true
-echo "---- firmware log (defmt-print)"
-cat "$work/log.txt"
-echo "----"
-
-if [ "$qemu_rc" = 0 ]; then
-  pass "kernel test firmware exits with code 0 under qemu"
-else
-  fail "kernel test firmware exit code $qemu_rc (1: a mismatch, panic or fault; 124: timed out)"
-  head -c 4000 "$work/qemu.stderr" "$work/defmt.stderr" || true
-fi
+fw_run "$elf" "$work"
+fw_check_exit "$work" "kernel test firmware"
 
 best=$(sed -nE 's/.*kernels: best ([a-z0-9]+).*/\1/p' "$work/log.txt" | head -n 1)
 if [ "$best" = dsp ]; then

@@ -20,40 +20,15 @@
 # (default firmware/tinygpt/target); ARQ_QEMU_TIMEOUT the seconds qemu may run (300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 source scripts/lib.sh
-apt_install rustc-web cargo-web rust-web-src lld qemu-system-arm
-export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-if ! command -v defmt-print >/dev/null; then
-  echo "== installing defmt-print (crates.io, with rustup's cargo)"
-  cargo install defmt-print --version 1.2.0 --locked
-fi
+source scripts/firmware-lib.sh
+fw_prepare
 
 start=$SECONDS
-fw_dir=firmware/tinygpt
-fw_target="${ARQ_FW_TARGET_DIR:-$root/$fw_dir/target}"
-elf="$fw_target/thumbv7em-none-eabihf/release/arq-fw-tinygpt"
 model=models/tinygpt/tinygpt-q8.arq
-
-echo "== building the firmware (Debian's $(/usr/bin/rustc --version), thumbv7em-none-eabihf)"
-t0=$SECONDS
-(
-  cd "$fw_dir"
-  DEFMT_LOG=info RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$fw_target" \
-    /usr/bin/cargo build --release -Zbuild-std=core,panic_abort
-)
-echo "firmware build: $((SECONDS - t0)) s"
-
-# The host arq: the one test-all.sh's workspace tests just built, or a build of our own.
-if [ -n "${ARQ_HOST_BIN:-}" ] && [ -x "$ARQ_HOST_BIN" ]; then
-  host_arq=$ARQ_HOST_BIN
-else
-  echo "== building arq for the host"
-  cargo build --release -p arq-convert --bin arq
-  host_arq="${CARGO_TARGET_DIR:-target}/release/arq"
-fi
-echo "== host arq: $host_arq"
+fw_build tinygpt
+fw_host_arq
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -66,33 +41,11 @@ for i in "${!prefixes[@]}"; do
   "$host_arq" next "$model" -p "${prefixes[$i]}" --top 3 --json --kv q8 --threads 1 >"$work/host_next_$i.json"
 done
 
-echo "== running the firmware under qemu (mps2-an386, Cortex-M4, -icount shift=0)"
-t0=$SECONDS
-qemu_rc=0
-# -icount shift=0: the virtual clock advances 1 ns per guest instruction, so the
-# firmware's SysTick readings count instructions (firmware/README.md).
-timeout "${ARQ_QEMU_TIMEOUT:-300}" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
-  -semihosting-config enable=on,target=native -icount shift=0 -kernel "$elf" >"$work/defmt.bin" 2>"$work/qemu.stderr" ||
-  qemu_rc=$?
-echo "qemu: $((SECONDS - t0)) s (emulated; says nothing about a real Cortex-M4's speed)"
-defmt-print -e "$elf" --log-format '{L} {s}' <"$work/defmt.bin" >"$work/log.txt" 2>"$work/defmt.stderr" || true
-echo "---- firmware log (defmt-print)"
-cat "$work/log.txt"
-echo "----"
-
-if [ "$qemu_rc" = 0 ]; then
-  pass "firmware exits with code 0 under qemu"
-else
-  fail "firmware exit code $qemu_rc (124: timed out)"
-  head -c 4000 "$work/qemu.stderr" "$work/defmt.stderr" || true
-fi
-
-read -r plan arena_static < <(sed -nE 's/.*arena: memory plan ([0-9]+) bytes, static arena ([0-9]+) bytes.*/\1 \2/p' "$work/log.txt") || true
-if [ -n "${plan:-}" ] && [ "$plan" -le "$arena_static" ]; then
-  pass "arena: memory plan $plan bytes fits the static arena of $arena_static bytes"
-else
-  fail "arena: no plan/arena line in the log, or the plan exceeds the arena"
-fi
+fw_run "$elf" "$work"
+fw_check_exit "$work" firmware
+# The arena, pinned at the memory plan of tinygpt-q8 at context 64 with a q8 KV cache
+# when this was written.
+fw_check_arena "$work" 57279
 
 # The runtime's own log line (its one logging shim, runtime/src/trace.rs, routed to
 # defmt by the firmware's `defmt` feature).
@@ -144,22 +97,9 @@ else
   fail "top-3 next characters differ from arq next --kv q8"
 fi
 
-# The arena may not grow more than 3% over the pinned value (the memory plan of
-# tinygpt-q8 at context 64, q8 KV cache, when this was written).
-pinned_arena=57279
-if [ "${arena_static:-0}" -gt 0 ] && [ $((arena_static * 100)) -le $((pinned_arena * 103)) ]; then
-  pass "arena ${arena_static} bytes is within 3% of the pinned ${pinned_arena}"
-else
-  fail "arena ${arena_static:-?} bytes grew more than 3% over the pinned ${pinned_arena}"
-fi
 
 # Instructions: `instructions TIER: prompt P (p per token), generation G (g per token, ...)`.
-read -r cal_expected cal_measured < <(sed -nE 's/.*icount: a loop of ([0-9]+) instructions measured ([0-9]+),.*: ok$/\1 \2/p' "$work/log.txt") || true
-if [ -n "${cal_expected:-}" ]; then
-  pass "instruction counter: a loop of $cal_expected known instructions measured $cal_measured"
-else
-  fail "instruction counter: no passing calibration line (is qemu running with -icount shift=0?)"
-fi
+fw_check_calibration "$work"
 if python3 - "$work/log.txt" >"$work/icount.txt" <<'PY'; then
 import re, sys
 log = open(sys.argv[1]).read()
@@ -174,10 +114,7 @@ else
   fail "the dsp tier is not 1.5x fewer instructions per token than scalar (or the counts are missing)"
 fi
 
-echo
-echo "== footprint ($elf)"
-stack_used=$(sed -nE 's/.*stack: ([0-9]+) bytes used.*/\1/p' "$work/log.txt")
-python3 scripts/elf_footprint.py tinygpt "$elf" "$(stat -c %s "$model")" "${arena_static:-0}" "${stack_used:-0}"
+fw_footprint tinygpt "$work" "$model"
 
 [ -s "$work/icount.txt" ] && cat "$work/icount.txt"
 echo "firmware tinygpt end to end: $((SECONDS - start)) s in all"

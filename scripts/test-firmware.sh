@@ -26,43 +26,16 @@
 # firmware/pixelcnn/target); ARQ_QEMU_TIMEOUT the seconds qemu may run (default 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 source scripts/lib.sh
-apt_install rustc-web cargo-web rust-web-src lld qemu-system-arm
-export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-if ! command -v defmt-print >/dev/null; then
-  echo "== installing defmt-print (crates.io, with rustup's cargo)"
-  cargo install defmt-print --version 1.2.0 --locked
-fi
+source scripts/firmware-lib.sh
+fw_prepare
 
 start=$SECONDS
-fw_dir=firmware/pixelcnn
-fw_target="${ARQ_FW_TARGET_DIR:-$root/$fw_dir/target}"
-elf="$fw_target/thumbv7em-none-eabihf/release/arq-fw-pixelcnn"
 model=models/pixelcnn/digits17-q8.arq
 digits_test=models/pixelcnn/digits_test.npy
-
-echo "== building the firmware (Debian's $(/usr/bin/rustc --version), thumbv7em-none-eabihf)"
-t0=$SECONDS
-(
-  cd "$fw_dir"
-  DEFMT_LOG=info RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$fw_target" \
-    /usr/bin/cargo build --release -Zbuild-std=core,panic_abort
-)
-echo "firmware build: $((SECONDS - t0)) s"
-
-# The host arq: the one test-all.sh's workspace tests just built (ARQ_HOST_BIN; a plain
-# `cargo build -p arq-convert` resolves features differently and would rebuild its
-# dependencies), or a build of our own when run alone.
-if [ -n "${ARQ_HOST_BIN:-}" ] && [ -x "$ARQ_HOST_BIN" ]; then
-  host_arq=$ARQ_HOST_BIN
-  echo "== host arq: $host_arq"
-else
-  echo "== building arq for the host"
-  cargo build --release -p arq-convert --bin arq
-  host_arq="${CARGO_TARGET_DIR:-target}/release/arq"
-fi
+fw_build pixelcnn
+fw_host_arq
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -82,27 +55,8 @@ echo "== host reference: arq sample -n 2 --seed 7 --ascii; arq score --per-image
   >"$work/host_ascii.txt"
 "$host_arq" score "$model" "$digits_test" --json --per-image >"$work/host_score.json"
 
-# -icount shift=0: the virtual clock advances 1 ns per guest instruction, so the
-# firmware's SysTick readings are instruction counts (see firmware/README.md).
-echo "== running the firmware under qemu (mps2-an386, Cortex-M4, -icount shift=0)"
-t0=$SECONDS
-qemu_rc=0
-timeout "${ARQ_QEMU_TIMEOUT:-300}" qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
-  -semihosting-config enable=on,target=native -icount shift=0 -kernel "$elf" \
-  >"$work/defmt.bin" 2>"$work/qemu.stderr" || qemu_rc=$?
-echo "qemu: $((SECONDS - t0)) s (emulated; says nothing about a real Cortex-M4's speed)"
-defmt-print -e "$elf" --log-format '{L} {s}' <"$work/defmt.bin" >"$work/log.txt" 2>"$work/defmt.stderr" || true
-echo "---- firmware log (defmt-print)"
-cat "$work/log.txt"
-echo "----"
-
-if [ "$qemu_rc" = 0 ]; then
-  pass "firmware exits with code 0 under qemu"
-else
-  fail "firmware exit code $qemu_rc (124: timed out)"
-  show "qemu stderr" "$work/qemu.stderr"
-  show "defmt-print stderr" "$work/defmt.stderr"
-fi
+fw_run "$elf" "$work"
+fw_check_exit "$work" firmware
 
 best=$(sed -nE 's/.*kernels: ([a-z0-9]+) \(kernels::best\(\)\).*/\1/p' "$work/log.txt" | head -n 1)
 if [ "$best" = dsp ]; then
@@ -111,13 +65,8 @@ else
   fail "the firmware runs kernel tier '${best:-?}', expected dsp"
 fi
 
-# The arena line: "arena: memory plan N bytes, static arena M bytes".
-read -r plan arena_static < <(sed -nE 's/.*arena: memory plan ([0-9]+) bytes, static arena ([0-9]+) bytes.*/\1 \2/p' "$work/log.txt") || true
-if [ -n "${plan:-}" ] && [ "$plan" -le "$arena_static" ]; then
-  pass "arena: memory plan $plan bytes fits the static arena of $arena_static bytes"
-else
-  fail "arena: no plan/arena line in the log, or the plan exceeds the arena"
-fi
+# The arena, pinned at the memory plan of digits17 at 8x8 when this was written.
+fw_check_arena "$work" 50431
 
 # ASCII art: the firmware prints `art|ROW|` lines (the bars keep trailing spaces
 # visible), 8 per image; the host prints the rows and a blank line after each image.
@@ -185,14 +134,8 @@ else
   fail "NLL of test image 0 differs from arq score --per-image"
 fi
 
-# Instruction counts. First the counter's own check on a loop of known length
-# ("icount: a loop of N instructions measured M, ...: ok").
-read -r cal_expected cal_measured < <(sed -nE 's/.*icount: a loop of ([0-9]+) instructions measured ([0-9]+),.*: ok$/\1 \2/p' "$work/log.txt") || true
-if [ -n "${cal_expected:-}" ]; then
-  pass "instruction counter: a loop of $cal_expected known instructions measured $cal_measured (within +-80)"
-else
-  fail "instruction counter: no passing calibration line (is qemu running with -icount shift=0?)"
-fi
+# Instruction counts. First the counter's own check on a loop of known length.
+fw_check_calibration "$work"
 # Then each tier's counts per image, and the speed-up (a floor of 1.5x catches a tier
 # that silently fell back to scalar code; it measured 2.0x when this was written).
 if python3 - "$work/log.txt" "$work/icount.txt" <<'EOF'; then
@@ -219,25 +162,8 @@ else
   fail "the dsp tier is not 1.5x fewer instructions than scalar (or the counts are missing)"
 fi
 
-# The arena may not grow more than 3% over the pinned value (the memory plan of
-# digits17 at 8x8 when this was written): RAM is the scarce resource on the device.
-pinned_arena=50431
-if [ "${arena_static:-0}" -gt 0 ] && [ $((arena_static * 100)) -le $((pinned_arena * 103)) ]; then
-  pass "arena ${arena_static} bytes is within 3% of the pinned ${pinned_arena}"
-else
-  fail "arena ${arena_static:-?} bytes grew more than 3% over the pinned ${pinned_arena}"
-fi
 
-# Footprint from the ELF's section headers (sysV sizes; stack from the firmware's own
-# high-water mark).
-echo
-echo "== footprint ($elf)"
-size_tool=$(command -v llvm-size || true)
-if [ -n "$size_tool" ]; then
-  "$size_tool" -A "$elf" | grep -E '^\.(vector_table|text|rodata|data|bss|uninit|defmt)|^section' || true
-fi
-stack_used=$(sed -nE 's/.*stack: ([0-9]+) bytes used.*/\1/p' "$work/log.txt")
-python3 scripts/elf_footprint.py pixelcnn "$elf" "$(stat -c %s "$model")" "${arena_static:-0}" "${stack_used:-0}"
+fw_footprint pixelcnn "$work" "$model"
 
 [ -s "$work/icount.txt" ] && cat "$work/icount.txt"
 echo "firmware end to end: $((SECONDS - start)) s in all"

@@ -9,6 +9,12 @@ pub mod icount;
 use cortex_m_rt::{exception, ExceptionFrame};
 use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 
+/// A 64-byte aligned wrapper for a model blob in flash: `include_bytes!` gives a
+/// `&[u8; N]` with alignment 1, and the `.arq` reader needs a 64-byte aligned base
+/// (tensors are aligned to 64 inside the file and used in place).
+#[repr(C, align(64))]
+pub struct Aligned<T: ?Sized>(pub T);
+
 /// Ends the qemu run: exit code 0 when `ok`, 1 otherwise.
 pub fn exit(ok: bool) -> ! {
     debug::exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE });

@@ -22,7 +22,7 @@
 
 use arq::kernels::{self, Kernels};
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
-use arq_fw_common::{exit, icount, stack};
+use arq_fw_common::{exit, icount, stack, Aligned};
 use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use heapless::String;
@@ -33,11 +33,6 @@ mod plan {
     include!(concat!(env!("OUT_DIR"), "/plan.rs"));
 }
 use plan::{ARENA_BYTES, HEIGHT, LEVELS, WIDTH};
-
-/// `include_bytes!` gives a `&[u8; N]` with alignment 1; the `.arq` reader needs a
-/// 64-byte aligned base (tensors are aligned to 64 inside the file).
-#[repr(C, align(64))]
-struct Aligned<T: ?Sized>(T);
 
 /// The model, in flash (`.rodata`).
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../models/pixelcnn/digits17-q8.arq"));

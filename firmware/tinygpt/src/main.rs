@@ -23,7 +23,7 @@ use arq::sampler::{Candidate, Sampler, SamplerConfig};
 use arq::tokenizer::{Tokenizer, SCRATCH_WORDS_PER_BYTE};
 use arq::kernels::{self, Kernels};
 use arq::{math, KvDtype, Model, Session, SessionConfig};
-use arq_fw_common::{exit, icount, stack};
+use arq_fw_common::{exit, icount, stack, Aligned};
 use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use heapless::{String, Vec};
@@ -32,11 +32,6 @@ mod plan {
     include!(concat!(env!("OUT_DIR"), "/plan.rs"));
 }
 use plan::{ARENA_BYTES, CTX, VOCAB};
-
-/// `include_bytes!` gives a `&[u8; N]` with alignment 1; the `.arq` reader needs a
-/// 64-byte aligned base (tensors are aligned to 64 inside the file).
-#[repr(C, align(64))]
-struct Aligned<T: ?Sized>(T);
 
 /// The model, in flash (`.rodata`).
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../models/tinygpt/tinygpt-q8.arq"));
