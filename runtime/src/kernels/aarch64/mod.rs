@@ -1,10 +1,10 @@
 //! AArch64 tiers. Both meet [`scalar`](super::scalar) bit for bit; the dispatch in
 //! [`kernels`](super) installs a tier only after detecting its features.
 //!
-//! | tier | q8 integer part | f32 part | scales |
-//! |---|---|---|---|
-//! | `neon` ([`neon::NEON`]) | `smull`/`smull2` (i8 x i8 -> i16), `sadalp` (pairs into i32), `addp` tree | `fmul`, `fadd` (2 x 4 lanes) | `fcvtl` |
-//! | `dotprod` ([`neon::DOTPROD`]) | `sdot` (FEAT_DotProd, by inline `asm!`), `addp` tree | as `neon` | `fcvtl` |
+//! | tier | q8 integer part | q4 x q8 integer part | f32 part | scales |
+//! |---|---|---|---|---|
+//! | `neon` ([`neon::NEON`]) | `smull`/`smull2` (i8 x i8 -> i16), `sadalp` (pairs into i32), `addp` tree | nibbles by `and`/`ushr`, then as q8; activation sums by `saddlp`/`sadalp` | `fmul`, `fadd` (2 x 4 lanes) | `fcvtl` |
+//! | `dotprod` ([`neon::DOTPROD`]) | `sdot` (FEAT_DotProd, by inline `asm!`), `addp` tree | as `neon`, products by `sdot` | as `neon` | `fcvtl` |
 //!
 //! The module is compiled only where NEON is enabled at compile time, which is every
 //! hard-float AArch64 target (Linux, Android, macOS, `aarch64-unknown-none`): there NEON
@@ -19,20 +19,27 @@
 //!   `sadalp` widens pairs of them into i32 lanes; `sdot` adds groups of 4 byte products
 //!   into i32 lanes. Integer addition is associative, so the `addp` tree that gathers 4
 //!   blocks into one register (block `j` in lane `j`) gives the same sum as the scalar
-//!   loop (|sum| <= 32 * 128 * 128 < 2^24, so its f32 conversion is exact too).
+//!   loop (|sum| <= 32 * 128 * 128 < 2^24, so its f32 conversion is exact too). A q4
+//!   block's nibbles, unpacked to bytes in [0, 15], are i8 values, so the same
+//!   instructions give its exact `sum q_i * x_i` (|sum| <= 32 * 15 * 128); the
+//!   activation sum `sum x_i` (|sum| <= 32 * 128) is `saddlp`/`sadalp` into i16 lanes,
+//!   `saddlp` into i32 and the same `addp` tree.
 //! - **Float part.** The 8 scalar lanes are two `float32x4_t`: lanes 0..4 and 4..8, so
 //!   block (or element) `j` lands in lane `j % 8` as in the scalar code. Lane-wise
 //!   `scvtf`, `d_w * d_x`, `isum * (d_w * d_x)` and `acc + term` are the scalar
-//!   operations in the scalar order, each rounded once: the kernels call `vmulq_f32` and
-//!   `vaddq_f32`, never `vfmaq`/`vmlaq`, and LLVM does not contract separate multiplies
-//!   and adds without fast-math flags, which Rust never sets. The final fold
+//!   operations in the scalar order, each rounded once (for q4 x q8 likewise
+//!   `isum * (d_w * d_x)`, `xsum * (m_w * d_x)`, their sum, then `acc + sum`): the
+//!   kernels call `vmulq_f32` and `vaddq_f32`, never `vfmaq`/`vmlaq` (which fuse on
+//!   AArch64), and LLVM does not contract separate multiplies and adds without
+//!   fast-math flags, which Rust never sets. The final fold
 //!   `vaddq(lo, hi)`, `vadd(low, high)`, `l0 + l1` is
 //!   [`reduce8`](super::scalar::reduce8)'s order. AArch64 SIMD arithmetic follows FPCR
 //!   exactly as scalar arithmetic does (no flush-to-zero in the default environment Rust
 //!   assumes), so subnormals behave the same.
 //! - **Scales.** `fcvtl` converts 4 f16 scales to f32 exactly (every f16, subnormals
 //!   included, is an f32; FPCR.AHP is 0, IEEE half, in the default environment), which
-//!   is what [`half`] computes for [`BlockQ8::scale`](crate::quant::BlockQ8::scale).
+//!   is what [`half`] computes for [`BlockQ8::scale`](crate::quant::BlockQ8::scale)
+//!   and for a q4 block's `d` and `m`.
 //! - **Tails.** A partial group is padded with zero blocks (or zero floats), whose
 //!   contribution is +0.0; adding +0.0 leaves a lane unchanged because a lane starts at
 //!   +0.0 and so is never -0.0.

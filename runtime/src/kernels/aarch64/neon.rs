@@ -1,11 +1,11 @@
 //! The `neon` and `dotprod` tiers: bit-exact with [`scalar`].
 //!
-//! The two tiers differ only in how one q8 block pair's integer dot product is formed
-//! ([`BlockDot`]: [`Mull`] for `neon`, [`Sdot`] for `dotprod`). The q8 bodies are
-//! generic over it and `#[inline(always)]`, so each tier's `#[target_feature]` entry
-//! point compiles its own copy with its own features; the f32 kernels and the quantizer
-//! hold no int8 products and serve both tiers. See [`super`] for why the results equal
-//! the scalar contract.
+//! The two tiers differ only in how the integer dot product of 32 byte pairs is formed
+//! ([`BlockDot`]: [`Mull`] for `neon`, [`Sdot`] for `dotprod`). The q8 and q4 bodies
+//! are generic over it and `#[inline(always)]`, so each tier's `#[target_feature]`
+//! entry point compiles its own copy with its own features; the f32 kernels and the
+//! quantizer hold no int8 products and serve both tiers. See [`super`] for why the
+//! results equal the scalar contract.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -13,12 +13,15 @@ use core::arch::asm;
 use half::f16;
 
 use crate::kernels::{scalar, Kernels};
-use crate::quant::{BlockQ8, QK8};
+use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per matmul tile.
 const TILE_ROWS: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
 const TILE_TOKENS_Q8: usize = 2;
+/// Activation rows (tokens) per q4 matmul tile: each weight group is unpacked once for
+/// the tile, so a second token halves the unpacking per product.
+const TILE_TOKENS_Q4: usize = 2;
 /// Activation rows (tokens) per f32 matmul tile: 4 x 2 outputs of two registers each
 /// plus the loads fit the 32 vector registers.
 const TILE_TOKENS_F32: usize = 2;
@@ -32,9 +35,8 @@ pub(in crate::kernels) static NEON: Kernels = Kernels {
     matmul_q8: safe::matmul_q8_neon,
     matmul_f32: safe::matmul_f32,
     quantize_q8: safe::quantize_q8,
-    // q4 weights use the scalar contract on AArch64 for now.
-    dot_q4_q8: scalar::dot_q4_q8,
-    matmul_q4_q8: scalar::matmul_q4_q8,
+    dot_q4_q8: safe::dot_q4_q8_neon,
+    matmul_q4_q8: safe::matmul_q4_q8_neon,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
@@ -46,9 +48,8 @@ pub(in crate::kernels) static DOTPROD: Kernels = Kernels {
     matmul_q8: safe::matmul_q8_dotprod,
     matmul_f32: safe::matmul_f32,
     quantize_q8: safe::quantize_q8,
-    // q4 weights use the scalar contract on AArch64 for now.
-    dot_q4_q8: scalar::dot_q4_q8,
-    matmul_q4_q8: scalar::matmul_q4_q8,
+    dot_q4_q8: safe::dot_q4_q8_dotprod,
+    matmul_q4_q8: safe::matmul_q4_q8_dotprod,
 };
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is
@@ -79,7 +80,7 @@ pub(in crate::kernels) fn dotprod_detected() -> bool {
 
 /// The safe entry points the tables hold.
 mod safe {
-    use crate::quant::BlockQ8;
+    use crate::quant::{BlockQ4, BlockQ8};
 
     pub fn dot_q8_neon(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
         // SAFETY: this fn is only reachable through `NEON` or `DOTPROD`, which the
@@ -102,6 +103,28 @@ mod safe {
         // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
         // detected.
         unsafe { super::matmul_q8_dotprod(w, rows, x, out) }
+    }
+
+    pub fn dot_q4_q8_neon(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
+        unsafe { super::dot_q4_q8_neon(w, x) }
+    }
+
+    pub fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
+        unsafe { super::matmul_q4_q8_neon(w, rows, x, out) }
+    }
+
+    pub fn dot_q4_q8_dotprod(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+        // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
+        // detected.
+        unsafe { super::dot_q4_q8_dotprod(w, x) }
+    }
+
+    pub fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+        // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
+        // detected.
+        unsafe { super::matmul_q4_q8_dotprod(w, rows, x, out) }
     }
 
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -165,6 +188,50 @@ pub unsafe fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mu
 pub unsafe fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
     unsafe { matmul_q8_with::<Sdot>(w, rows, x, out) }
+}
+
+/// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q4_q8_neon(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+    // SAFETY: `Mull` needs neon, which the caller guarantees.
+    unsafe { dot_q4_q8_with::<Mull>(w, x) }
+}
+
+/// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
+///
+/// # Safety
+/// The CPU must support neon and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_q4_q8_dotprod(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
+    unsafe { dot_q4_q8_with::<Sdot>(w, x) }
+}
+
+/// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
+/// 4 weight rows x 2 tokens, each output equal to [`dot_q4_q8_neon`] of its row and
+/// token.
+///
+/// # Safety
+/// The CPU must support neon.
+#[target_feature(enable = "neon")]
+pub unsafe fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    // SAFETY: `Mull` needs neon, which the caller guarantees.
+    unsafe { matmul_q4_q8_with::<Mull>(w, rows, x, out) }
+}
+
+/// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
+/// 4 weight rows x 2 tokens, each output equal to [`dot_q4_q8_dotprod`] of its row and
+/// token.
+///
+/// # Safety
+/// The CPU must support neon and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
+    unsafe { matmul_q4_q8_with::<Sdot>(w, rows, x, out) }
 }
 
 /// [`scalar::dot_f32`], bit for bit.
@@ -263,20 +330,23 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
 // The tier-specific part: one block pair's integer dot product
 // ---------------------------------------------------------------------------------------
 //
-// The q8 bodies below are generic over the tier and `#[inline(always)]`, so that each
-// tier's `#[target_feature]` entry point compiles its own copy with its own features
-// (`sdot` is assembled inside the `neon,dotprod` entry points). `inline(always)` rules
-// out `#[target_feature]` on them, so they are `unsafe fn`s whose bodies sit in one
-// `unsafe` block: the NEON intrinsics and `D::partials` they call need the features
-// their caller guarantees.
+// The q8 and q4 bodies below are generic over the tier and `#[inline(always)]`, so that
+// each tier's `#[target_feature]` entry point compiles its own copy with its own
+// features (`sdot` is assembled inside the `neon,dotprod` entry points).
+// `inline(always)` rules out `#[target_feature]` on them, so they are `unsafe fn`s whose
+// bodies sit in one `unsafe` block: the NEON intrinsics and `D::partials` they call need
+// the features their caller guarantees.
 
-/// How a tier forms the exact integer dot product of one block pair.
+/// How a tier forms the exact integer dot product of one block pair, given as 32 quants
+/// a side in two registers each: a q8 block's bytes as loaded ([`load_qs`]), or a q4
+/// block's nibbles unpacked to bytes in [0, 15] ([`unpack_q4`]), which are i8 too.
 trait BlockDot {
-    /// 4 i32 lanes whose sum is exactly `sum(w.qs[i] * x.qs[i])`, for any i8 quants.
+    /// 4 i32 lanes whose sum is exactly `sum(w[i] * x[i])` over the 32 byte lanes, for
+    /// any i8 on both sides.
     ///
     /// # Safety
     /// The CPU must support neon and the tier's features.
-    unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t;
+    unsafe fn partials(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t;
 }
 
 /// The `neon` tier: `smull`/`smull2` form i16 products (exact: at most 128 * 128 = 2^14
@@ -285,11 +355,9 @@ struct Mull;
 
 impl BlockDot for Mull {
     #[inline(always)]
-    unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t {
+    unsafe fn partials([w0, w1]: [int8x16_t; 2], [x0, x1]: [int8x16_t; 2]) -> int32x4_t {
         // SAFETY: the caller guarantees neon, all these intrinsics need.
         unsafe {
-            let (w0, w1) = load_qs(w);
-            let (x0, x1) = load_qs(x);
             let s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
             let s = vpadalq_s16(s, vmull_high_s8(w0, x0));
             let s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
@@ -305,13 +373,11 @@ struct Sdot;
 
 impl BlockDot for Sdot {
     #[inline(always)]
-    unsafe fn partials(w: &BlockQ8, x: &BlockQ8) -> int32x4_t {
+    unsafe fn partials([w0, w1]: [int8x16_t; 2], [x0, x1]: [int8x16_t; 2]) -> int32x4_t {
         // SAFETY: the caller guarantees neon and dotprod. `sdot` (FEAT_DotProd) only
         // reads and writes the named vector registers; this body is inlined
         // (`inline(always)` all the way up) into the `neon,dotprod` entry points.
         unsafe {
-            let (w0, w1) = load_qs(w);
-            let (x0, x1) = load_qs(x);
             let mut acc = vdupq_n_s32(0);
             asm!(
                 "sdot {acc:v}.4s, {w0:v}.16b, {x0:v}.16b",
@@ -503,9 +569,233 @@ unsafe fn isum4<D: BlockDot>(w: &[BlockQ8], x: &[BlockQ8]) -> int32x4_t {
     unsafe {
         let mut p = [vdupq_n_s32(0); 4];
         for ((p, w), x) in p.iter_mut().zip(w).zip(x) {
-            *p = D::partials(w, x);
+            *p = D::partials(load_qs(w), load_qs(x));
         }
-        vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
+        fold4(p)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The q4 x q8 bodies, generic over the tier
+// ---------------------------------------------------------------------------------------
+//
+// A q4 block's 16 bytes unpack into 32 quants in element order with one `and` and one
+// `ushr` (low nibbles are elements 0..16, high nibbles 16..32), after which the block
+// pair is a 32-byte dot product like a q8 pair: the quants are in [0, 15], so the signed
+// `smull`/`sdot` of `D` take them unchanged. The minimum needs the activation sums, which
+// the matmul computes once per token and group and shares across the tile's rows.
+
+/// [`scalar::dot_q4_q8`] with `D`'s integer products.
+///
+/// # Safety
+/// The CPU must support neon and `D`'s features.
+#[inline(always)]
+unsafe fn dot_q4_q8_with<D: BlockDot>(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
+    let n = w.len().min(x.len());
+    let (gw, tw) = w[..n].as_chunks::<8>();
+    let (gx, tx) = x[..n].as_chunks::<8>();
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (wg, xg) in gw.iter().zip(gx) {
+            let q4 = Q4Group::of(wg);
+            acc = accumulate8_q4::<D>(acc, &q4, xg, scales8(xg), xsums8(xg));
+        }
+        if !tw.is_empty() {
+            let q4 = Q4Group::of(tw);
+            acc = accumulate8_q4::<D>(acc, &q4, tx, scales8(tx), xsums8(tx));
+        }
+        reduce8(acc)
+    }
+}
+
+/// [`scalar::matmul_q4_q8`] with `D`'s integer products.
+///
+/// # Safety
+/// The CPU must support neon and `D`'s features.
+#[inline(always)]
+unsafe fn matmul_q4_q8_with<D: BlockDot>(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
+        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
+        // own behaviour, whatever it is.
+        return scalar::matmul_q4_q8(w, rows, x, out);
+    };
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let mut r0 = 0;
+        while r0 + TILE_ROWS <= rows {
+            q4_rows::<D, TILE_ROWS>(w, x, out, shape, r0);
+            r0 += TILE_ROWS;
+        }
+        match rows - r0 {
+            1 => q4_rows::<D, 1>(w, x, out, shape, r0),
+            2 => q4_rows::<D, 2>(w, x, out, shape, r0),
+            3 => q4_rows::<D, 3>(w, x, out, shape, r0),
+            _ => {}
+        }
+    }
+}
+
+/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q4` tokens at a time.
+///
+/// # Safety
+/// The CPU must support neon and `D`'s features.
+#[inline(always)]
+unsafe fn q4_rows<D: BlockDot, const R: usize>(w: &[BlockQ4], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
+    let mut t0 = 0;
+    // SAFETY (both calls): the caller guarantees neon and `D`'s features.
+    while t0 + TILE_TOKENS_Q4 <= s.n {
+        unsafe { q4_tile::<D, R, TILE_TOKENS_Q4>(w, x, out, s, r0, t0) };
+        t0 += TILE_TOKENS_Q4;
+    }
+    while t0 < s.n {
+        unsafe { q4_tile::<D, R, 1>(w, x, out, s, r0, t0) };
+        t0 += 1;
+    }
+}
+
+/// One R x T tile of the q4 matmul: weight rows `r0..r0 + R` times tokens
+/// `t0..t0 + T`. Each group of 8 weight blocks is unpacked and its scales converted
+/// once for the tile, each token's scales and activation sums once per group; each
+/// output keeps its own 8 float lanes.
+///
+/// # Safety
+/// The CPU must support neon and `D`'s features.
+#[inline(always)]
+unsafe fn q4_tile<D: BlockDot, const R: usize, const T: usize>(
+    w: &[BlockQ4],
+    x: &[BlockQ8],
+    out: &mut [f32],
+    s: Shape,
+    r0: usize,
+    t0: usize,
+) {
+    let kb = s.kb;
+    let mut wg: [&[[BlockQ4; 8]]; R] = [&[]; R];
+    let mut wt: [&[BlockQ4]; R] = [&[]; R];
+    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
+        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
+    }
+    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
+    let mut xt: [&[BlockQ8]; T] = [&[]; T];
+    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
+        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
+    }
+
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    let acc = unsafe {
+        let zero = vdupq_n_f32(0.0);
+        let mut acc = [[[zero; 2]; T]; R];
+        for g in 0..kb / 8 {
+            let mut dx = [[zero; 2]; T];
+            let mut sx = [[zero; 2]; T];
+            for j in 0..T {
+                dx[j] = scales8(&xg[j][g]);
+                sx[j] = xsums8(&xg[j][g]);
+            }
+            for i in 0..R {
+                let q4 = Q4Group::of(&wg[i][g]);
+                for j in 0..T {
+                    acc[i][j] = accumulate8_q4::<D>(acc[i][j], &q4, &xg[j][g], dx[j], sx[j]);
+                }
+            }
+        }
+        if !kb.is_multiple_of(8) {
+            let mut dx = [[zero; 2]; T];
+            let mut sx = [[zero; 2]; T];
+            for j in 0..T {
+                dx[j] = scales8(xt[j]);
+                sx[j] = xsums8(xt[j]);
+            }
+            for i in 0..R {
+                let q4 = Q4Group::of(wt[i]);
+                for j in 0..T {
+                    acc[i][j] = accumulate8_q4::<D>(acc[i][j], &q4, xt[j], dx[j], sx[j]);
+                }
+            }
+        }
+        acc
+    };
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (j, &a) in acc_i.iter().enumerate() {
+            // SAFETY: the caller guarantees neon.
+            out[(t0 + j) * s.rows + r0 + i] = unsafe { reduce8(a) };
+        }
+    }
+}
+
+/// Up to 8 q4 blocks ready for the tile: quants unpacked, scales and minima as f32
+/// lanes (block `j` in lane `j % 4` of register `j / 4`). Missing blocks are all zero.
+struct Q4Group {
+    quants: [[int8x16_t; 2]; 8],
+    d: [float32x4_t; 2],
+    m: [float32x4_t; 2],
+}
+
+impl Q4Group {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn of(b: &[BlockQ4]) -> Q4Group {
+        let mut quants = [[vdupq_n_s8(0); 2]; 8];
+        for (q, b) in quants.iter_mut().zip(b) {
+            *q = unpack_q4(b);
+        }
+        // Block `j`'s f16 bits at bits 16 * (j % 4) of word `j / 4`, as in `scales8`.
+        let (mut d, mut m) = ([0u64; 2], [0u64; 2]);
+        for (j, b) in b.iter().take(8).enumerate() {
+            d[j / 4] |= (u16::from_le_bytes(b.d) as u64) << (16 * (j % 4));
+            m[j / 4] |= (u16::from_le_bytes(b.m) as u64) << (16 * (j % 4));
+        }
+        Q4Group {
+            quants,
+            d: [f16x4_to_f32(vcreate_u16(d[0])), f16x4_to_f32(vcreate_u16(d[1]))],
+            m: [f16x4_to_f32(vcreate_u16(m[0])), f16x4_to_f32(vcreate_u16(m[1]))],
+        }
+    }
+}
+
+/// Adds up to 8 q4 x q8 block pairs (a whole group or a row's tail, as many as `x`
+/// holds) to the 8 float lanes: pair `j` contributes the scalar contract's
+/// `isum_j as f32 * (dw_j * dx_j) + xsum_j as f32 * (mw_j * dx_j)` to lane `j`, lanes
+/// 0..4 in `acc[0]` and 4..8 in `acc[1]`. `dx` and `sx` are `x`'s scales and activation
+/// sums ([`scales8`], [`xsums8`]). Missing pairs add +0.0 or nothing.
+///
+/// # Safety
+/// The CPU must support neon and `D`'s features.
+#[inline(always)]
+unsafe fn accumulate8_q4<D: BlockDot>(
+    acc: [float32x4_t; 2],
+    w: &Q4Group,
+    x: &[BlockQ8],
+    dx: [float32x4_t; 2],
+    sx: [float32x4_t; 2],
+) -> [float32x4_t; 2] {
+    let (x_lo, x_hi) = x.split_at(x.len().min(4));
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let lo = accumulate_q4(acc[0], isum4_q4::<D>(&w.quants[..4], x_lo), sx[0], w.d[0], w.m[0], dx[0]);
+        if x_hi.is_empty() {
+            return [lo, acc[1]];
+        }
+        let hi = accumulate_q4(acc[1], isum4_q4::<D>(&w.quants[4..], x_hi), sx[1], w.d[1], w.m[1], dx[1]);
+        [lo, hi]
+    }
+}
+
+/// The exact `sum q_i * x_i` of up to 4 pairs of unpacked q4 quants and q8 blocks, pair
+/// `j` in lane `j`; lanes past `x.len()` are 0 (|sum| <= 32 * 15 * 128 < 2^16).
+///
+/// # Safety
+/// The CPU must support neon and `D`'s features.
+#[inline(always)]
+unsafe fn isum4_q4<D: BlockDot>(w: &[[int8x16_t; 2]], x: &[BlockQ8]) -> int32x4_t {
+    // SAFETY: the caller guarantees neon and `D`'s features.
+    unsafe {
+        let mut p = [vdupq_n_s32(0); 4];
+        for ((p, &w), x) in p.iter_mut().zip(w).zip(x) {
+            *p = D::partials(w, load_qs(x));
+        }
+        fold4(p)
     }
 }
 
@@ -622,13 +912,21 @@ fn load8(v: &[f32; 8]) -> [float32x4_t; 2] {
 /// A block's 32 quants as two registers.
 #[inline]
 #[target_feature(enable = "neon")]
-fn load_qs(b: &BlockQ8) -> (int8x16_t, int8x16_t) {
+fn load_qs(b: &BlockQ8) -> [int8x16_t; 2] {
     // SAFETY: `b.qs` is 32 readable bytes, `p..p + 16` and `p + 16..p + 32`; `ld1` needs
     // no alignment.
     unsafe {
         let p = b.qs.as_ptr();
-        (vld1q_s8(p), vld1q_s8(p.add(16)))
+        [vld1q_s8(p), vld1q_s8(p.add(16))]
     }
+}
+
+/// Lane `j` = the sum of the 4 lanes of `p[j]`, by an `addp` tree (exact in i32 for
+/// the sums here, see [`super`]).
+#[inline]
+#[target_feature(enable = "neon")]
+fn fold4(p: [int32x4_t; 4]) -> int32x4_t {
+    vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
 }
 
 /// Lane `j` += `a_j * b_j` over the 8 lanes: the scalar `lane += x * y`, lane-wise,
@@ -644,6 +942,48 @@ fn mul_add8(acc: [float32x4_t; 2], a: [float32x4_t; 2], b: [float32x4_t; 2]) -> 
 #[target_feature(enable = "neon")]
 fn accumulate(acc: float32x4_t, isum: int32x4_t, dw: float32x4_t, dx: float32x4_t) -> float32x4_t {
     vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(isum), vmulq_f32(dw, dx)))
+}
+
+/// A q4 block's 32 quants as bytes in [0, 15], in element order: the low nibbles
+/// (elements 0..16) in the first register, the high nibbles (16..32) in the second.
+#[inline]
+#[target_feature(enable = "neon")]
+fn unpack_q4(b: &BlockQ4) -> [int8x16_t; 2] {
+    // SAFETY: `b.qs` is 16 readable bytes; `ld1` needs no alignment.
+    let q = unsafe { vld1q_u8(b.qs.as_ptr()) };
+    [vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), vreinterpretq_s8_u8(vshrq_n_u8::<4>(q))]
+}
+
+/// The activation sums `sum x_i` of up to 8 q8 blocks as f32 lanes (blocks 0..4, then
+/// 4..8), lanes past `x.len()` +0.0. `saddlp`/`sadalp` add byte pairs into i16 (at most
+/// 4 * 128 in magnitude), `saddlp` widens to i32 and [`fold4`] gathers the blocks; the
+/// sums (|sum| <= 32 * 128) convert to f32 exactly, as the scalar `xsum as f32` does.
+#[inline]
+#[target_feature(enable = "neon")]
+fn xsums8(x: &[BlockQ8]) -> [float32x4_t; 2] {
+    let mut p = [vdupq_n_s32(0); 8];
+    for (p, x) in p.iter_mut().zip(x) {
+        let [x0, x1] = load_qs(x);
+        *p = vpaddlq_s16(vpadalq_s8(vpaddlq_s8(x0), x1));
+    }
+    [vcvtq_f32_s32(fold4([p[0], p[1], p[2], p[3]])), vcvtq_f32_s32(fold4([p[4], p[5], p[6], p[7]]))]
+}
+
+/// Lane `j` += `isum_j as f32 * (dw_j * dx_j) + xsum_j * (mw_j * dx_j)`: the scalar
+/// expression of [`scalar::dot_q4_q8`], lane-wise, each product and sum rounded once.
+#[inline]
+#[target_feature(enable = "neon")]
+fn accumulate_q4(
+    acc: float32x4_t,
+    isum: int32x4_t,
+    xsum: float32x4_t,
+    dw: float32x4_t,
+    mw: float32x4_t,
+    dx: float32x4_t,
+) -> float32x4_t {
+    let scaled = vmulq_f32(vcvtq_f32_s32(isum), vmulq_f32(dw, dx));
+    let offset = vmulq_f32(xsum, vmulq_f32(mw, dx));
+    vaddq_f32(acc, vaddq_f32(scaled, offset))
 }
 
 /// The scales of up to 8 blocks as f32 lanes (blocks 0..4, then 4..8), lanes past
