@@ -372,6 +372,58 @@ fn matmul_q4_q8_odd_shapes_match_scalar() {
     }
 }
 
+/// The extremes of the q4 x q8 integer sums, whatever the random fills reach: nibbles
+/// 15, 0 or mixed against activations all -128, all 127 or alternating (the largest
+/// `|sum q_i * x_i|` and `|sum x_i|`), with zero, -0, subnormal, one and the largest
+/// f16 scales and minima, cycled over the blocks so that every lane sees each.
+#[test]
+fn q4_q8_extreme_sums_are_bit_exact() {
+    const NIBBLES: [fn(usize) -> u8; 4] = [|_| 15, |_| 0, |i| [15, 0][i % 2], |i| if i < 16 { 15 } else { 0 }];
+    const ACTS: [fn(usize) -> i8; 3] = [|_| -128, |_| 127, |i| [-128, 127][i % 2]];
+    // (d, m) of the weights and d of the activations, as f16 bits.
+    const SCALES: [(u16, u16, u16); 5] = [
+        (0x3c00, 0xbc00, 0x3c00),
+        (0x7bff, 0xfbff, 0x7bff),
+        (0x0001, 0x8001, 0x0001),
+        (0x0000, 0x0000, 0x3c00),
+        (0x8000, 0x8000, 0x8000),
+    ];
+    let w_block = |j: usize| {
+        let nib = NIBBLES[j % NIBBLES.len()];
+        let (d, m, _) = SCALES[j / 3 % SCALES.len()];
+        let qs = core::array::from_fn(|i| nib(i) | nib(i + QK4 / 2) << 4);
+        BlockQ4 { d: d.to_le_bytes(), m: m.to_le_bytes(), qs }
+    };
+    let x_block = |j: usize| {
+        let act = ACTS[j % ACTS.len()];
+        let (_, _, d) = SCALES[j / 4 % SCALES.len()];
+        BlockQ8 { d: d.to_le_bytes(), qs: core::array::from_fn(act) }
+    };
+    for k in simd_tiers() {
+        for &nb in BLOCK_COUNTS.iter().chain(&[60]) {
+            let w: Vec<BlockQ4> = (0..nb).map(w_block).collect();
+            let x: Vec<BlockQ8> = (0..nb).map(x_block).collect();
+            let what = format!("dot_q4_q8 extremes nb={nb}");
+            assert_same(k.name, &what, (k.dot_q4_q8)(&w, &x), scalar::dot_q4_q8(&w, &x));
+            if nb == 0 {
+                continue; // the scalar matmul takes no empty rows
+            }
+            // A full 4 x 2 tile and every remainder path; rows and tokens start at
+            // different blocks of the cycles.
+            let (rows, n) = (5, 3);
+            let w: Vec<BlockQ4> = (0..rows * nb).map(|j| w_block(j + j / nb)).collect();
+            let x: Vec<BlockQ8> = (0..n * nb).map(|j| x_block(j + 2 * (j / nb))).collect();
+            let mut got = vec![0.0; rows * n];
+            let mut want = got.clone();
+            (k.matmul_q4_q8)(&w, rows, &x, &mut got);
+            scalar::matmul_q4_q8(&w, rows, &x, &mut want);
+            for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                assert_same(k.name, &format!("matmul_q4_q8 extremes nb={nb} out[{i}]"), g, s);
+            }
+        }
+    }
+}
+
 #[test]
 fn scalar_dot_q4_q8_is_the_dequantized_dot_product() {
     // The contract regroups sum((q * d_w + m_w) * (x * d_x)) around exact integer sums;
