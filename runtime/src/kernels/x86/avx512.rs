@@ -479,7 +479,12 @@ fn q8_packed(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape) {
         let mut r0 = 0;
         while r0 < s.rows {
             let rv = PANEL_ROWS.min(s.rows - r0);
-            pack_panel(&w[r0 * s.kb..(r0 + rv) * s.kb], rv, panel);
+            let rows = &w[r0 * s.kb..(r0 + rv) * s.kb];
+            if rv == PANEL_ROWS {
+                pack_panel::<true>(rows, rv, panel);
+            } else {
+                pack_panel::<false>(rows, rv, panel);
+            }
             let dst = PanelOut { rows: s.rows, r0, rv };
             let mut t = 0;
             while t + 2 <= tn {
@@ -504,26 +509,29 @@ struct PanelOut {
 }
 
 /// Transposes the `rv <= 16` rows of `w` (each `panel.len()` blocks) into `panel`;
-/// missing rows are zero (their lanes are computed but never stored).
+/// missing rows are zero (their lanes are computed but never stored). `FULL`: `rv` is
+/// 16, which spares the full panels (all but the last) the row checks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_panel(w: &[BlockQ8], rv: usize, panel: &mut [PanelBlock]) {
+fn pack_panel<const FULL: bool>(w: &[BlockQ8], rv: usize, panel: &mut [PanelBlock]) {
     // Register `i` takes row `LO[i]` in its low half and row `LO[i] + 4` in its high
     // half: after the 4x4 dword transposes inside each 128-bit lane, the final
     // `vshufi32x4` then leaves the rows in order 0..16.
     const LO: [usize; 8] = [0, 1, 2, 3, 8, 9, 10, 11];
     let kb = panel.len();
-    let bias = _mm256_set1_epi8(i8::MIN);
+    let rv = if FULL { PANEL_ROWS } else { rv };
+    let rows: [&[BlockQ8]; PANEL_ROWS] = core::array::from_fn(|r| if r < rv { &w[r * kb..(r + 1) * kb] } else { &[] });
+    let bias = _mm512_set1_epi8(i8::MIN);
     for (j, pb) in panel.iter_mut().enumerate() {
         let row = |r: usize| -> __m256i {
-            if r < rv {
-                _mm256_xor_si256(load_qs(&w[r * kb + j]), bias)
+            if FULL || r < rv {
+                load_qs(&rows[r][j])
             } else {
                 _mm256_setzero_si256()
             }
         };
         let mut z = [_mm512_setzero_si512(); 8];
         for (z, &lo) in z.iter_mut().zip(&LO) {
-            *z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(lo)), row(lo + 4));
+            *z = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(lo)), row(lo + 4)), bias);
         }
         // Per 128-bit lane of each pair: dwords [a0, b0, a1, b1] and [a2, b2, a3, b3].
         let mut t = [_mm512_setzero_si512(); 8];
@@ -552,7 +560,7 @@ fn pack_panel(w: &[BlockQ8], rv: usize, panel: &mut [PanelBlock]) {
         }
         let mut h = [0u16; PANEL_ROWS];
         for (r, h) in h.iter_mut().enumerate().take(rv) {
-            *h = u16::from_le_bytes(w[r * kb + j].d);
+            *h = u16::from_le_bytes(rows[r][j].d);
         }
         // SAFETY: `h` is 32 readable bytes; `loadu` needs no alignment.
         pb.d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(h.as_ptr().cast()) });
