@@ -460,6 +460,14 @@ pub struct Session<'a> {
     split: &'a mut [f32],  // (batch, max(dim, ffn_dim)) row-split products, threads > 1
 }
 
+/// Which tokens of a pass get logits.
+#[derive(Clone, Copy)]
+enum Logits {
+    None,
+    Last,
+    All,
+}
+
 /// `out = x_rows · w_rowsᵀ` for weight rows `r` and all tokens of `x`/`xq`, into `out`
 /// laid out (tokens, r.len()).
 fn matmul_rows(
@@ -708,8 +716,12 @@ impl<'a> Session<'a> {
         if tokens.is_empty() {
             return Err(Error::BadConfig("empty prompt"));
         }
-        for chunk in tokens.chunks(self.cfg.batch) {
-            self.forward(chunk, false)?;
+        let chunks = tokens.chunks(self.cfg.batch);
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.enumerate() {
+            // Only the last pass's logits are returned: the head (the biggest matrix)
+            // is skipped before it.
+            self.pass(chunk, if i == last { Logits::Last } else { Logits::None })?;
         }
         Ok(&self.logits[..self.model.cfg.vocab])
     }
@@ -766,6 +778,11 @@ impl<'a> Session<'a> {
     /// One batched pass over `tokens` (at most `batch`) at positions `pos..`. Fills
     /// `logits` for every token when `all_logits`, else for the last one (row 0).
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<(), Error> {
+        self.pass(tokens, if all_logits { Logits::All } else { Logits::Last })
+    }
+
+    /// [`Self::forward`], with the head's rows chosen by `logits`.
+    fn pass(&mut self, tokens: &[u32], logits: Logits) -> Result<(), Error> {
         let n = tokens.len();
         if n == 0 || n > self.cfg.batch {
             return Err(Error::BadConfig("forward takes 1..=batch tokens"));
@@ -915,8 +932,15 @@ impl<'a> Session<'a> {
             }
         }
 
-        // Head: logits = norm(x)·Wᵀ for every row, or only the last.
-        let rows = if all_logits { 0..n } else { n - 1..n };
+        // Head: logits = norm(x)·Wᵀ for every row, or only the last, or none.
+        let rows = match logits {
+            Logits::All => 0..n,
+            Logits::Last => n - 1..n,
+            Logits::None => {
+                self.pos += n;
+                return Ok(());
+            }
+        };
         let m = rows.len();
         Self::norm(
             fam,

@@ -180,6 +180,33 @@ fn matmul_q8_is_bit_exact() {
     }
 }
 
+/// The many-token path (x86: 16-row panels transposed per call) around its edges:
+/// row counts around the panel height, token counts around its pairs and the table's
+/// chunk, rows longer than the panel takes, every fill.
+#[test]
+fn matmul_q8_many_tokens_is_bit_exact() {
+    let mut rng = Rng(13);
+    for k in simd_tiers() {
+        for &(kb, n) in &[(1, 4), (8, 5), (9, 32), (18, 33), (48, 6), (64, 33), (65, 4), (3, 700)] {
+            for &rows in &[15, 16, 17, 33] {
+                let fill = QFILLS[rng.below(QFILLS.len() as u64) as usize];
+                let w = q8_row(&mut rng, fill, rows * kb);
+                // -128 activations only where the tier takes them (see the x86 docs).
+                let xfill = if k.name == "avx512vnni" { QFill::FullRange } else { QFill::Random };
+                let x = q8_row(&mut rng, xfill, n * kb);
+                let mut got = vec![7.0f32; rows * n + 1];
+                let mut want = got.clone();
+                (k.matmul_q8)(&w, rows, &x, &mut got);
+                scalar::matmul_q8(&w, rows, &x, &mut want);
+                for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                    let what = format!("matmul_q8 kb={kb} rows={rows} n={n} {fill:?} out[{i}]");
+                    assert_same(k.name, &what, g, s);
+                }
+            }
+        }
+    }
+}
+
 /// The one-token path (matrix-vector tiles of row pairs, the row tail padded to a
 /// group) over every fill, with each row's fill drawn separately.
 #[test]

@@ -8,7 +8,9 @@
 //! a time (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider
 //! tiles. With one token (decode) the q8 matmul is bound by DRAM: it prefetches the
 //! weights `PREFETCH_AHEAD` bytes ahead and folds two rows into one zmm register, so
-//! the last fold step and the float part run 16 lanes wide.
+//! the last fold step and the float part run 16 lanes wide. With 4 tokens or more (prefill)
+//! it packs 16-row panels into a transposed layout on the stack instead ([`PanelBlock`]),
+//! which needs no folds at all.
 //!
 //! q4 weights x q8 activations: the quants are unsigned already, so `vpdpbusd` takes
 //! them without the bias: two 16-byte loads broadcast into a zmm register, `vpsrlvq`
@@ -31,6 +33,16 @@ const GEMV_PAIRS_Q8: usize = 2;
 /// hardware prefetchers alone leave the core at about 60% of its streaming bandwidth
 /// here, as each cache line waits for the math of the previous ones.
 const PREFETCH_AHEAD: usize = 8192;
+/// Weight rows of a packed panel of the many-token q8 path: one i32 (or f32) lane each
+/// of a zmm register.
+const PANEL_ROWS: usize = 16;
+/// The most blocks per row the packed path takes: its panel lives on the stack
+/// (`PANEL_MAX_KB` * 576 bytes = 36 KiB); longer rows take the tiled path.
+const PANEL_MAX_KB: usize = 64;
+/// Entries (token x block) of the packed path's activation table on the stack (16 KiB).
+const ACT_ENTRIES: usize = 2048;
+/// Tokens from which packing the panels pays for itself; fewer take the tiled path.
+const PACKED_MIN_TOKENS: usize = 4;
 /// Weight rows per f32 matmul tile.
 const TILE_ROWS_F32: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
@@ -163,6 +175,9 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
     };
     if shape.n == 1 {
         return q8_gemv(w, x, out, shape);
+    }
+    if shape.n >= PACKED_MIN_TOKENS && shape.kb <= PANEL_MAX_KB {
+        return q8_packed(w, x, out, shape);
     }
     let mut r0 = 0;
     while r0 + TILE_ROWS_Q8 <= rows {
@@ -417,6 +432,202 @@ fn prefetch(p: *const u8, len: usize) {
     while off < len {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
         off += 64;
+    }
+}
+
+/// Block `j` of a panel of [`PANEL_ROWS`] weight rows, transposed so that no horizontal
+/// sum is needed: lane `r` of `q[c]` holds bytes `4c..4c + 4` of row `r`'s quants plus
+/// 128 (`w ^ 0x80`, unsigned for `vpdpbusd`), lane `r` of `d` the row's block scale.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PanelBlock {
+    q: [__m512i; 8],
+    d: __m512,
+}
+
+/// Activation block `(t, j)` of the packed path: the bias correction `-128 * sum(x)` of
+/// [`isum8_loaded`] and the scale.
+#[derive(Clone, Copy, Default)]
+struct ActEntry {
+    correction: i32,
+    scale: f32,
+}
+
+/// The many-token q8 matmul. The tiled path spends most of its time folding each block
+/// pair's 8 partial sums into one (shuffles) rather than in `vpdpbusd`; here each panel
+/// of 16 weight rows is transposed once per call (a few shuffles per block, shared by
+/// all tokens), so `vpdpbusd` of a panel register and a broadcast 4-byte slice of one
+/// token's block sums block `j` for 16 rows in 16 i32 lanes, with nothing left to fold.
+/// The float part keeps, per token, 8 registers of 16 row lanes: register `j % 8` is
+/// lane `j % 8` of each row's accumulator, so each output still follows the contract's
+/// order, and the final fold is [`scalar::reduce8`] across the 8 registers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q8_packed(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape) {
+    let empty = PanelBlock { q: [_mm512_setzero_si512(); 8], d: _mm512_setzero_ps() };
+    let mut panel = [empty; PANEL_MAX_KB];
+    let panel = &mut panel[..s.kb];
+    let mut table = [ActEntry::default(); ACT_ENTRIES];
+    // At least 32 tokens per chunk, as kb <= PANEL_MAX_KB.
+    let chunk = ACT_ENTRIES / s.kb;
+    let mut t0 = 0;
+    while t0 < s.n {
+        let tn = chunk.min(s.n - t0);
+        let xs = &x[t0 * s.kb..(t0 + tn) * s.kb];
+        for (e, b) in table.iter_mut().zip(xs) {
+            let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+            *e = ActEntry { correction: -128 * sum, scale: b.scale() };
+        }
+        let act = &table[..tn * s.kb];
+        let mut r0 = 0;
+        while r0 < s.rows {
+            let rv = PANEL_ROWS.min(s.rows - r0);
+            let rows = &w[r0 * s.kb..(r0 + rv) * s.kb];
+            if rv == PANEL_ROWS {
+                pack_panel::<true>(rows, rv, panel);
+            } else {
+                pack_panel::<false>(rows, rv, panel);
+            }
+            let dst = PanelOut { rows: s.rows, r0, rv };
+            let mut t = 0;
+            while t + 2 <= tn {
+                panel_tokens::<2>(panel, &xs[t * s.kb..], &act[t * s.kb..], out, dst, t0 + t);
+                t += 2;
+            }
+            if t < tn {
+                panel_tokens::<1>(panel, &xs[t * s.kb..], &act[t * s.kb..], out, dst, t0 + t);
+            }
+            r0 += PANEL_ROWS;
+        }
+        t0 += tn;
+    }
+}
+
+/// Where a panel's outputs go: rows `r0..r0 + rv` of each token's `rows` outputs.
+#[derive(Clone, Copy)]
+struct PanelOut {
+    rows: usize,
+    r0: usize,
+    rv: usize,
+}
+
+/// Transposes the `rv <= 16` rows of `w` (each `panel.len()` blocks) into `panel`;
+/// missing rows are zero (their lanes are computed but never stored). `FULL`: `rv` is
+/// 16, which spares the full panels (all but the last) the row checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_panel<const FULL: bool>(w: &[BlockQ8], rv: usize, panel: &mut [PanelBlock]) {
+    // Register `i` takes row `LO[i]` in its low half and row `LO[i] + 4` in its high
+    // half: after the 4x4 dword transposes inside each 128-bit lane, the final
+    // `vshufi32x4` then leaves the rows in order 0..16.
+    const LO: [usize; 8] = [0, 1, 2, 3, 8, 9, 10, 11];
+    let kb = panel.len();
+    let rv = if FULL { PANEL_ROWS } else { rv };
+    let rows: [&[BlockQ8]; PANEL_ROWS] = core::array::from_fn(|r| if r < rv { &w[r * kb..(r + 1) * kb] } else { &[] });
+    let bias = _mm512_set1_epi8(i8::MIN);
+    for (j, pb) in panel.iter_mut().enumerate() {
+        let row = |r: usize| -> __m256i {
+            if FULL || r < rv {
+                load_qs(&rows[r][j])
+            } else {
+                _mm256_setzero_si256()
+            }
+        };
+        let mut z = [_mm512_setzero_si512(); 8];
+        for (z, &lo) in z.iter_mut().zip(&LO) {
+            *z = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(lo)), row(lo + 4)), bias);
+        }
+        // Per 128-bit lane of each pair: dwords [a0, b0, a1, b1] and [a2, b2, a3, b3].
+        let mut t = [_mm512_setzero_si512(); 8];
+        for p in 0..4 {
+            t[2 * p] = _mm512_unpacklo_epi32(z[2 * p], z[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_epi32(z[2 * p], z[2 * p + 1]);
+        }
+        // u[c] (u[4 + c]): per 128-bit lane, dword c of that lane for registers 0..4
+        // (4..8). Lanes 0, 1, 2, 3 hold dwords 0..4 and 4..8 of the low rows, then of
+        // the high rows.
+        let u = [
+            _mm512_unpacklo_epi64(t[0], t[2]),
+            _mm512_unpackhi_epi64(t[0], t[2]),
+            _mm512_unpacklo_epi64(t[1], t[3]),
+            _mm512_unpackhi_epi64(t[1], t[3]),
+            _mm512_unpacklo_epi64(t[4], t[6]),
+            _mm512_unpackhi_epi64(t[4], t[6]),
+            _mm512_unpacklo_epi64(t[5], t[7]),
+            _mm512_unpackhi_epi64(t[5], t[7]),
+        ];
+        for c in 0..4 {
+            // Lanes [0, 2] of u[c] (rows 0..4, 4..8), then of u[4 + c] (rows 8..12,
+            // 12..16): dword c; lanes [1, 3]: dword 4 + c.
+            pb.q[c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[c], u[4 + c]);
+            pb.q[4 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[c], u[4 + c]);
+        }
+        let mut h = [0u16; PANEL_ROWS];
+        for (r, h) in h.iter_mut().enumerate().take(rv) {
+            *h = u16::from_le_bytes(rows[r][j].d);
+        }
+        // SAFETY: `h` is 32 readable bytes; `loadu` needs no alignment.
+        pb.d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(h.as_ptr().cast()) });
+    }
+}
+
+/// Tokens `0..T` of `xs` (rows of `panel.len()` blocks, table entries in `act`) against
+/// a packed panel, into tokens `t..t + T` of `out`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn panel_tokens<const T: usize>(
+    panel: &[PanelBlock],
+    xs: &[BlockQ8],
+    act: &[ActEntry],
+    out: &mut [f32],
+    dst: PanelOut,
+    t: usize,
+) {
+    let kb = panel.len();
+    let xs: [&[BlockQ8]; T] = core::array::from_fn(|i| &xs[i * kb..(i + 1) * kb]);
+    let act: [&[ActEntry]; T] = core::array::from_fn(|i| &act[i * kb..(i + 1) * kb]);
+    let mut acc = [[_mm512_setzero_ps(); 8]; T];
+    // The lane index must be a constant for the accumulators to stay in registers.
+    macro_rules! lanes {
+        ($base:expr, $len:expr, $($l:literal)*) => {
+            $( if $l < $len { panel_block::<T, $l>(&panel[$base + $l], &xs, &act, $base + $l, &mut acc); } )*
+        };
+    }
+    let groups = kb / 8;
+    for g in 0..groups {
+        lanes!(8 * g, 8, 0 1 2 3 4 5 6 7);
+    }
+    lanes!(8 * groups, kb % 8, 0 1 2 3 4 5 6 7);
+    for (i, a) in acc.iter().enumerate() {
+        // `scalar::reduce8` lane-wise: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+        let even = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
+        let odd = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
+        let mut o = [0.0f32; PANEL_ROWS];
+        // SAFETY: `o` is 16 writable floats; `storeu` needs no alignment.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(even, odd)) };
+        out[(t + i) * dst.rows + dst.r0..][..dst.rv].copy_from_slice(&o[..dst.rv]);
+    }
+}
+
+/// Block `j` of `T` tokens against a packed panel block, added to lane register `L`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn panel_block<const T: usize, const L: usize>(
+    pb: &PanelBlock,
+    xs: &[&[BlockQ8]; T],
+    act: &[&[ActEntry]; T],
+    j: usize,
+    acc: &mut [[__m512; 8]; T],
+) {
+    let mut isum: [__m512i; T] = core::array::from_fn(|i| _mm512_set1_epi32(act[i][j].correction));
+    for c in 0..8 {
+        for i in 0..T {
+            let q = &xs[i][j].qs;
+            let x4 = i32::from_le_bytes([q[4 * c] as u8, q[4 * c + 1] as u8, q[4 * c + 2] as u8, q[4 * c + 3] as u8]);
+            isum[i] = _mm512_dpbusd_epi32(isum[i], pb.q[c], _mm512_set1_epi32(x4));
+        }
+    }
+    for i in 0..T {
+        // The contract's `isum as f32 * (d_w * d_x)`, then the add to the lane.
+        let scale = _mm512_mul_ps(pb.d, _mm512_set1_ps(act[i][j].scale));
+        acc[i][L] = _mm512_add_ps(acc[i][L], _mm512_mul_ps(_mm512_cvtepi32_ps(isum[i]), scale));
     }
 }
 

@@ -31,6 +31,10 @@
 //!   +0.0 and so is never -0.0.
 //! - **Matmuls** are tiles of weight rows x tokens that reuse each loaded block across
 //!   the tile; every output still runs its own dot product in the contract's order.
+//!   avx512vnni's many-token q8 path transposes 16-row panels so a register holds one
+//!   lane per row: its block sums are exact integers as above, and each output's 8
+//!   float lanes become 8 registers (lane `j % 8` of 16 rows), added in the same order
+//!   and folded by `reduce8`'s tree across the registers.
 //! - **Quantizer.** `amax` by `maxps` (NaN skipped, as `f32::max` does; max is
 //!   order-free otherwise), `d` and `1/d` in scalar f32, the scale by
 //!   `half::f16::from_f32`, `vcvtps2dq` rounding half to even after clamping to ±127
