@@ -104,6 +104,22 @@ impl Calibration {
     }
 }
 
+/// Checks the counter on a loop of 2,000,000 instructions and logs the result (the line
+/// scripts/firmware-lib.sh's calibration check reads); whether counts mean anything.
+pub fn calibrate_and_log() -> bool {
+    let cal = calibrate(1_000_000);
+    let counting = cal.ok();
+    defmt::info!(
+        "icount: a loop of {=u64} instructions measured {=u64}, an empty measurement {=u64} ({=u64} instructions per SysTick tick): {=str}",
+        cal.expected,
+        cal.measured,
+        cal.empty,
+        INSTRUCTIONS_PER_TICK,
+        if counting { "ok" } else { "the clock is not instruction-driven (run qemu with -icount shift=0); no counts" }
+    );
+    counting
+}
+
 /// Measures a `subs`/`bne` loop of `2 * iterations` instructions and an empty closure.
 pub fn calibrate(iterations: u32) -> Calibration {
     let ((), empty) = measure(|| ());

@@ -15,6 +15,25 @@ use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 #[repr(C, align(64))]
 pub struct Aligned<T: ?Sized>(pub T);
 
+/// A demo's whole `main`: paints the stack, starts the instruction counter, runs
+/// `run`, logs its error if any and the stack high-water mark, and exits qemu (0 when
+/// `run` succeeded).
+pub fn run_demo<E: core::fmt::Display>(run: impl FnOnce() -> Result<(), E>) -> ! {
+    stack::paint();
+    if let Some(p) = cortex_m::Peripherals::take() {
+        icount::start(p.SYST);
+    }
+    let ok = match run() {
+        Ok(()) => true,
+        Err(e) => {
+            defmt::error!("error: {}", defmt::Display2Format(&e));
+            false
+        }
+    };
+    defmt::info!("stack: {=usize} bytes used (high-water mark)", stack::used());
+    exit(ok)
+}
+
 /// Ends the qemu run: exit code 0 when `ok`, 1 otherwise.
 pub fn exit(ok: bool) -> ! {
     debug::exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE });

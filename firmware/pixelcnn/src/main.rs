@@ -22,7 +22,7 @@
 
 use arq::kernels::{self, Kernels};
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
-use arq_fw_common::{exit, icount, stack, Aligned};
+use arq_fw_common::{icount, run_demo, Aligned};
 use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use heapless::String;
@@ -44,9 +44,6 @@ static TEST_IMAGE: [u8; HEIGHT * WIDTH] = *include_bytes!(concat!(env!("OUT_DIR"
 const SEED: u64 = 7;
 const N_SAMPLES: u64 = 2;
 const TEMP: f32 = 1.0;
-/// The `icount` check's loop: 2 million instructions.
-const CALIBRATION_ITERATIONS: u32 = 1_000_000;
-
 /// `arq sample --ascii`'s ramp, darkest to brightest; each pixel is printed twice.
 const RAMP: &[u8] = b" .:-=+*#%@";
 /// One character per level in the `levels` lines.
@@ -54,33 +51,12 @@ const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 #[entry]
 fn main() -> ! {
-    stack::paint();
-    if let Some(p) = cortex_m::Peripherals::take() {
-        icount::start(p.SYST);
-    }
-    let ok = match run() {
-        Ok(()) => true,
-        Err(e) => {
-            defmt::error!("error: {}", defmt::Display2Format(&e));
-            false
-        }
-    };
-    defmt::info!("stack: {=usize} bytes used (high-water mark)", stack::used());
-    exit(ok)
+    run_demo(run)
 }
 
 fn run() -> Result<(), arq::Error> {
     defmt::info!("arq firmware demo 2: digits17 PixelCNN on a Cortex-M4F");
-    let cal = icount::calibrate(CALIBRATION_ITERATIONS);
-    let counting = cal.ok();
-    defmt::info!(
-        "icount: a loop of {=u64} instructions measured {=u64}, an empty measurement {=u64} ({=u64} instructions per SysTick tick): {=str}",
-        cal.expected,
-        cal.measured,
-        cal.empty,
-        icount::INSTRUCTIONS_PER_TICK,
-        if counting { "ok" } else { "the clock is not instruction-driven (run qemu with -icount shift=0); no counts" }
-    );
+    let counting = icount::calibrate_and_log();
 
     let model = PixelCnn::load(&MODEL.0)?;
     let c = model.config();

@@ -23,7 +23,7 @@ use arq::sampler::{Candidate, Sampler, SamplerConfig};
 use arq::tokenizer::{Tokenizer, SCRATCH_WORDS_PER_BYTE};
 use arq::kernels::{self, Kernels};
 use arq::{math, KvDtype, Model, Session, SessionConfig};
-use arq_fw_common::{exit, icount, stack, Aligned};
+use arq_fw_common::{icount, run_demo, Aligned};
 use cortex_m_rt::entry;
 use defmt_semihosting as _;
 use heapless::{String, Vec};
@@ -53,37 +53,14 @@ const TOP: usize = 3;
 /// The longest prompt, in bytes (the tokenizer's scratch is sized for it).
 const MAX_PROMPT: usize = 32;
 
-/// The `icount` check's loop: 2 million instructions.
-const CALIBRATION_ITERATIONS: u32 = 1_000_000;
-
 #[entry]
 fn main() -> ! {
-    stack::paint();
-    if let Some(p) = cortex_m::Peripherals::take() {
-        icount::start(p.SYST);
-    }
-    let ok = match run() {
-        Ok(()) => true,
-        Err(e) => {
-            defmt::error!("error: {}", defmt::Display2Format(&e));
-            false
-        }
-    };
-    defmt::info!("stack: {=usize} bytes used (high-water mark)", stack::used());
-    exit(ok)
+    run_demo(run)
 }
 
 fn run() -> Result<(), arq::Error> {
     defmt::info!("arq firmware demo 1: tinygpt (character-level GPT-2) on a Cortex-M4F");
-    let cal = icount::calibrate(CALIBRATION_ITERATIONS);
-    let counting = cal.ok();
-    defmt::info!(
-        "icount: a loop of {=u64} instructions measured {=u64}, an empty measurement {=u64}: {=str}",
-        cal.expected,
-        cal.measured,
-        cal.empty,
-        if counting { "ok" } else { "the clock is not instruction-driven (run qemu with -icount shift=0); no counts" }
-    );
+    let counting = icount::calibrate_and_log();
     let model = Model::load(&MODEL.0)?;
     let c = model.config();
     defmt::info!(
