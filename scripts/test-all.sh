@@ -26,6 +26,9 @@ cargo test --release --workspace 2>&1 | tee -a "$log"
 # reuse it instead of rebuilding it with another feature resolution.
 export ARQ_HOST_BIN="${CARGO_TARGET_DIR:-target}/release/arq"
 
+echo "== the README's main command: scripts/run-smollm2.sh prints text, the same on every run"
+bash scripts/test-main-job.sh 2>&1 | tee -a "$log"
+
 echo "== no_std build of the engine for thumbv7em-none-eabihf (Debian's rustc-web)"
 RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   /usr/bin/cargo build --release -p arq --no-default-features \
