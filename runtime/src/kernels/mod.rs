@@ -48,8 +48,10 @@ macro_rules! simd_table {
 }
 
 pub mod scalar;
-// The driver of the SIMD tiers' matmuls (the Cortex-M tier keeps its own 2-row loop).
-#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+// The driver of the SIMD tiers' matmuls; the Cortex-M tier takes only its `Shape` (its
+// own loop runs 2 rows against one token, sharing each extended activation word).
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"), arq_arm_dsp))]
+#[cfg_attr(arq_arm_dsp, allow(dead_code))]
 mod tiling;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

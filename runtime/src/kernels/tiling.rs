@@ -65,6 +65,48 @@ pub(in crate::kernels) trait Lanes: Copy {
     unsafe fn reduce(self) -> f32;
 }
 
+/// Where a tier's panels (weight rows against every token, see [`panel`]) compile.
+/// An implementation is one generic `unsafe fn` that calls [`panel`]: with the tier's
+/// `#[target_feature]` it makes each panel a function of its own, as small as a
+/// hand-written one, so that the tier's `#[inline]` helpers still inline into it
+/// (inlined all into one entry point, the x86 matmuls outgrew LLVM's inlining budget
+/// and called their helpers out of line); [`Inline`] compiles them inside the entry
+/// point instead.
+pub(in crate::kernels) trait Tier {
+    /// [`panel`] of `K`.
+    ///
+    /// # Safety
+    /// The CPU must support the features of this tier, which must include `K`'s.
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+        w: &[K::W],
+        x: &[K::X],
+        out: &mut [f32],
+        s: Shape,
+        r0: usize,
+    );
+}
+
+/// Panels compiled inside the `#[target_feature]` entry point that runs the driver
+/// (the NEON tiers, whose microkernels are generic over their products and so have no
+/// one feature set to name).
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub(in crate::kernels) struct Inline;
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+impl Tier for Inline {
+    #[inline(always)]
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+        w: &[K::W],
+        x: &[K::X],
+        out: &mut [f32],
+        s: Shape,
+        r0: usize,
+    ) {
+        // SAFETY: the caller guarantees `K`'s features.
+        unsafe { panel::<K, R, T, PREFETCH>(w, x, out, s, r0) }
+    }
+}
+
 /// One tier's microkernel for one matmul: weight elements `W` (q8 or q4 blocks, or
 /// floats) against activation elements `X`, 8 at a time (a group), plus the shorter
 /// tail group of a row whose length is not a multiple of 8.
@@ -138,7 +180,7 @@ pub(in crate::kernels) trait MicroKernel {
     unsafe fn prefetch(_p: *const u8, _len: usize) {}
 }
 
-/// The contract's dot product of `w` and `x` (over the shorter length) by `K`: the
+/// The contract's dot product of `w` and `x` (over the shorter length) by `K`: a
 /// one-row, one-token tile.
 ///
 /// # Safety
@@ -146,17 +188,26 @@ pub(in crate::kernels) trait MicroKernel {
 #[inline(always)]
 pub(in crate::kernels) unsafe fn dot<K: MicroKernel>(w: &[K::W], x: &[K::X]) -> f32 {
     let n = w.len().min(x.len());
-    let mut out = [0.0];
-    // SAFETY: the caller guarantees the features of `K`'s tier.
-    unsafe { tile::<K, 1, 1, 0>(&w[..n], &x[..n], &mut out, Shape { rows: 1, kb: n, n: 1 }, 0, 0) };
-    out[0]
+    let (gw, tw) = w[..n].as_chunks::<8>();
+    let (gx, tx) = x[..n].as_chunks::<8>();
+    // SAFETY: the caller guarantees the features of `K`'s tier, all `K`'s methods need.
+    unsafe {
+        let mut acc = K::Acc::zero();
+        for (wg, xg) in gw.iter().zip(gx) {
+            acc = K::group(acc, wg, &K::w_group(wg), xg, &K::x_group(xg));
+        }
+        if !tw.is_empty() {
+            acc = K::tail(acc, tw, &K::w_tail(tw), tx, &K::x_tail(tx));
+        }
+        acc.reduce()
+    }
 }
 
 /// A matmul's signature: weights, rows, activations, outputs.
 type Matmul<W, X> = fn(&[W], usize, &[X], &mut [f32]);
 
 /// `contract(w, rows, x, out)`, bit for bit, by tiles of `R` weight rows x `T` tokens
-/// (`T` in 1..=4) of `K`. Rows left over after the whole panels go 4 at a time, then as
+/// (`T` in 1..=4) of `K`, each panel of rows compiled as `C` says. Rows left over after the whole panels go 4 at a time, then as
 /// one panel of 1, 2 or 3; tokens left over go as one tile of 1, 2 or 3. `PREFETCH`:
 /// how many bytes ahead of a one-token tile's weights to prefetch (0: none). Shapes
 /// outside the tiled path (empty, ragged, short `out`) go to `contract`, so they behave
@@ -165,7 +216,13 @@ type Matmul<W, X> = fn(&[W], usize, &[X], &mut [f32]);
 /// # Safety
 /// The CPU must support the features of `K`'s tier.
 #[inline(always)]
-pub(in crate::kernels) unsafe fn matmul<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+pub(in crate::kernels) unsafe fn matmul<
+    C: Tier,
+    K: MicroKernel,
+    const R: usize,
+    const T: usize,
+    const PREFETCH: usize,
+>(
     w: &[K::W],
     rows: usize,
     x: &[K::X],
@@ -176,7 +233,7 @@ pub(in crate::kernels) unsafe fn matmul<K: MicroKernel, const R: usize, const T:
         return contract(w, rows, x, out);
     };
     // SAFETY: the caller guarantees the features of `K`'s tier.
-    unsafe { walk::<K, R, T, PREFETCH>(w, x, out, s) }
+    unsafe { walk::<C, K, R, T, PREFETCH>(w, x, out, s) }
 }
 
 /// [`matmul`] of a validated shape.
@@ -184,7 +241,13 @@ pub(in crate::kernels) unsafe fn matmul<K: MicroKernel, const R: usize, const T:
 /// # Safety
 /// The CPU must support the features of `K`'s tier.
 #[inline(always)]
-pub(in crate::kernels) unsafe fn walk<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+pub(in crate::kernels) unsafe fn walk<
+    C: Tier,
+    K: MicroKernel,
+    const R: usize,
+    const T: usize,
+    const PREFETCH: usize,
+>(
     w: &[K::W],
     x: &[K::X],
     out: &mut [f32],
@@ -194,20 +257,20 @@ pub(in crate::kernels) unsafe fn walk<K: MicroKernel, const R: usize, const T: u
     // SAFETY (every call): the caller guarantees the features of `K`'s tier.
     let mut r0 = 0;
     while r0 + R <= s.rows {
-        unsafe { panel::<K, R, T, PREFETCH>(w, x, out, s, r0) };
+        unsafe { C::panel::<K, R, T, PREFETCH>(w, x, out, s, r0) };
         r0 += R;
     }
     // The constant conditions keep the edge panels that cannot occur out of the code.
     if R > 4 {
         while r0 + 4 <= s.rows {
-            unsafe { panel::<K, 4, T, PREFETCH>(w, x, out, s, r0) };
+            unsafe { C::panel::<K, 4, T, PREFETCH>(w, x, out, s, r0) };
             r0 += 4;
         }
     }
     match s.rows - r0 {
-        1 if R > 1 => unsafe { panel::<K, 1, T, PREFETCH>(w, x, out, s, r0) },
-        2 if R > 2 => unsafe { panel::<K, 2, T, PREFETCH>(w, x, out, s, r0) },
-        3 if R > 3 => unsafe { panel::<K, 3, T, PREFETCH>(w, x, out, s, r0) },
+        1 if R > 1 => unsafe { C::panel::<K, 1, T, PREFETCH>(w, x, out, s, r0) },
+        2 if R > 2 => unsafe { C::panel::<K, 2, T, PREFETCH>(w, x, out, s, r0) },
+        3 if R > 3 => unsafe { C::panel::<K, 3, T, PREFETCH>(w, x, out, s, r0) },
         _ => {}
     }
 }
@@ -218,7 +281,7 @@ pub(in crate::kernels) unsafe fn walk<K: MicroKernel, const R: usize, const T: u
 /// # Safety
 /// The CPU must support the features of `K`'s tier.
 #[inline(always)]
-unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+pub(in crate::kernels) unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
     w: &[K::W],
     x: &[K::X],
     out: &mut [f32],

@@ -15,7 +15,7 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::{accumulate, accumulate_q4, load8, load_qs, prefetch, scales8, scales_tail, F32};
-use crate::kernels::tiling::{self, MicroKernel};
+use crate::kernels::tiling::{self, MicroKernel, Shape};
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
@@ -83,7 +83,7 @@ pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q8`'s methods need avx2 and f16c, which the caller guarantees.
-    unsafe { tiling::matmul::<Q8, TILE_ROWS, TILE_TOKENS_Q8, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q8) }
+    unsafe { tiling::matmul::<Avx2, Q8, TILE_ROWS, TILE_TOKENS_Q8, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q8) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -104,7 +104,9 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q4`'s methods need avx2 and f16c, which the caller guarantees.
-    unsafe { tiling::matmul::<Q4, TILE_ROWS, TILE_TOKENS_Q4, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q4_q8) }
+    unsafe {
+        tiling::matmul::<Avx2, Q4, TILE_ROWS, TILE_TOKENS_Q4, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q4_q8)
+    }
 }
 
 /// [`scalar::dot_f32`], bit for bit.
@@ -125,7 +127,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
     // SAFETY: `F32`'s methods need avx2 and f16c, which the caller guarantees.
-    unsafe { tiling::matmul::<F32, TILE_ROWS, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
+    unsafe { tiling::matmul::<Avx2, F32, TILE_ROWS, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (NaN inputs included).
@@ -177,6 +179,23 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
 // `inline(always)` (for the driver, see `tiling`) rules out `#[target_feature]` on these
 // methods, so their bodies sit in `unsafe` blocks: the helpers they call need the avx2
 // and f16c their callers guarantee.
+
+/// This tier's features, for the tiling driver's panels.
+struct Avx2;
+
+impl tiling::Tier for Avx2 {
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+        w: &[K::W],
+        x: &[K::X],
+        out: &mut [f32],
+        s: Shape,
+        r0: usize,
+    ) {
+        // SAFETY: `K` is one of this tier's microkernels, whose features this fn has.
+        unsafe { tiling::panel::<K, R, T, PREFETCH>(w, x, out, s, r0) }
+    }
+}
 
 /// The q8 matmul's groups: each block pair by [`isum8`] / [`isum_tail`], the scales
 /// converted once per tile and group.
@@ -365,9 +384,13 @@ fn isum8(w: &[BlockQ8; 8], x: &[BlockQ8; 8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
+    let len = w.len().min(x.len());
     let mut v = [_mm256_setzero_si256(); 8];
-    for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
-        *v = block_partials(w, x);
+    // A constant trip count: the loop unrolls and `v` stays in registers.
+    for (j, v) in v.iter_mut().enumerate() {
+        if j < len {
+            *v = block_partials(&w[j], &x[j]);
+        }
     }
     if w.len() <= 4 {
         // The first half of `hsum8`'s tree is enough.

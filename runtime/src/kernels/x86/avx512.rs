@@ -131,7 +131,7 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
         return q8_packed(w, x, out, shape);
     }
     // SAFETY: `Q8`'s methods need the features the caller guarantees.
-    unsafe { tiling::walk::<Q8, TILE_ROWS_Q8, TILE_TOKENS_Q8, 0>(w, x, out, shape) }
+    unsafe { tiling::walk::<Avx512, Q8, TILE_ROWS_Q8, TILE_TOKENS_Q8, 0>(w, x, out, shape) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -152,7 +152,15 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q4`'s methods need the features the caller guarantees.
-    unsafe { tiling::matmul::<Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q4_q8) }
+    unsafe {
+        tiling::matmul::<Avx512, Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, PREFETCH_AHEAD>(
+            w,
+            rows,
+            x,
+            out,
+            scalar::matmul_q4_q8,
+        )
+    }
 }
 
 /// [`scalar::dot_f32`], bit for bit. One chain of 8-lane adds, as the contract's
@@ -173,7 +181,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
     // SAFETY: `F32`'s methods need the features the caller guarantees.
-    unsafe { tiling::matmul::<F32, TILE_ROWS_F32, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
+    unsafe { tiling::matmul::<Avx512, F32, TILE_ROWS_F32, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (NaN inputs included).
@@ -218,6 +226,23 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
 // `inline(always)` (for the driver, see `tiling`) rules out `#[target_feature]` on these
 // methods, so their bodies sit in `unsafe` blocks: the helpers they call need the
 // features their callers guarantee (this tier's, see `detected`).
+
+/// This tier's features, for the tiling driver's panels.
+struct Avx512;
+
+impl tiling::Tier for Avx512 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+        w: &[K::W],
+        x: &[K::X],
+        out: &mut [f32],
+        s: Shape,
+        r0: usize,
+    ) {
+        // SAFETY: `K` is one of this tier's microkernels, whose features this fn has.
+        unsafe { tiling::panel::<K, R, T, PREFETCH>(w, x, out, s, r0) }
+    }
+}
 
 /// The tiled q8 matmul's groups (2 or 3 tokens, or rows too long for a packed panel):
 /// each group of 8 blocks loaded into `vpdpbusd` operands once per tile
@@ -313,8 +338,9 @@ impl MicroKernel for Q4 {
     unsafe fn w_group(w: &[BlockQ4; 8]) -> Q4Weights {
         // SAFETY: the caller guarantees this tier's features.
         unsafe {
+            let q = load_w_q4(w);
             let (d, m) = scales_q4(w);
-            Q4Weights { q: load_w_q4(w), d, m }
+            Q4Weights { q, d, m }
         }
     }
 
@@ -891,11 +917,15 @@ fn scales_q4_tail(b: &[BlockQ4]) -> (__m256, __m256) {
 fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
     let zero = _mm256_setzero_si256();
     let bias = _mm256_set1_epi8(i8::MIN);
+    let len = w.len().min(x.len());
     let mut v = [zero; 8];
-    for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
-        let (w, x) = (load_qs(w), load_qs(x));
-        let correction = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
-        *v = _mm256_dpbusd_epi32(correction, _mm256_xor_si256(w, bias), x);
+    // A constant trip count: the loop unrolls and `v` stays in registers.
+    for (j, v) in v.iter_mut().enumerate() {
+        if j < len {
+            let (w, x) = (load_qs(&w[j]), load_qs(&x[j]));
+            let correction = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+            *v = _mm256_dpbusd_epi32(correction, _mm256_xor_si256(w, bias), x);
+        }
     }
     hsum_tail(v, w.len())
 }
