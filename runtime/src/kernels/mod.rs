@@ -1,5 +1,8 @@
 //! Kernels: the scalar contract plus one module per ISA behind one dispatch table.
 //!
+//! The SIMD tiers' matmuls share one tiling driver (`tiling`): a tier writes the
+//! microkernels (a group's loads, block dot products, lane folds) and its table.
+//!
 //! Every entry of [`Kernels`] computes exactly what the function of the same name in
 //! [`scalar`] computes (bit for bit, including float summation order). The table is
 //! chosen once: by runtime detection on std hosts (capped by the `ARQ_MAX_ISA`
@@ -7,7 +10,49 @@
 //! `dotprod` on AArch64; `scalar`, `dsp` on 32-bit Arm with the DSP extension), by
 //! `cfg(target_feature)` on no_std targets.
 
+/// A SIMD tier's [`Kernels`] table: the tier's name and, per entry, a safe wrapper over
+/// the tier's `#[target_feature]` kernel of that name (`unsafe fn`, same signature).
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+macro_rules! simd_table {
+    (
+        name: $name:literal,
+        dot_q8: $dot_q8:path,
+        dot_f32: $dot_f32:path,
+        matmul_q8: $matmul_q8:path,
+        matmul_f32: $matmul_f32:path,
+        quantize_q8: $quantize_q8:path,
+        dot_q4_q8: $dot_q4_q8:path,
+        matmul_q4_q8: $matmul_q4_q8:path $(,)?
+    ) => {
+        // SAFETY (every entry): a SIMD table leaves `kernels` only through the check of
+        // its tier's `supported` (see `TIERS`), so whoever calls an entry runs on a CPU
+        // with every feature the tier's kernels enable.
+        $crate::kernels::Kernels {
+            name: $name,
+            // SAFETY: as above.
+            dot_q8: |a, b| unsafe { $dot_q8(a, b) },
+            // SAFETY: as above.
+            dot_f32: |a, b| unsafe { $dot_f32(a, b) },
+            // SAFETY: as above.
+            matmul_q8: |w, rows, x, out| unsafe { $matmul_q8(w, rows, x, out) },
+            // SAFETY: as above.
+            matmul_f32: |w, rows, x, out| unsafe { $matmul_f32(w, rows, x, out) },
+            // SAFETY: as above.
+            quantize_q8: |x, out| unsafe { $quantize_q8(x, out) },
+            // SAFETY: as above.
+            dot_q4_q8: |w, x| unsafe { $dot_q4_q8(w, x) },
+            // SAFETY: as above.
+            matmul_q4_q8: |w, rows, x, out| unsafe { $matmul_q4_q8(w, rows, x, out) },
+        }
+    };
+}
+
 pub mod scalar;
+// The driver of the SIMD tiers' matmuls; the Cortex-M tier takes only its `Shape` (its
+// own loop runs 2 rows against one token, sharing each extended activation word).
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"), arq_arm_dsp))]
+#[cfg_attr(arq_arm_dsp, allow(dead_code))]
+mod tiling;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 // NEON is baseline on every hard-float AArch64 target; see `aarch64` for why the module

@@ -2,16 +2,19 @@
 //!
 //! The two tiers differ only in how the integer dot product of 32 byte pairs is formed
 //! ([`BlockDot`]: [`Mull`] for `neon`, [`Sdot`] for `dotprod`). The q8 and q4 bodies
-//! are generic over it and `#[inline(always)]`, so each tier's `#[target_feature]`
-//! entry point compiles its own copy with its own features; the f32 kernels and the
-//! quantizer hold no int8 products and serve both tiers. See [`super`] for why the
-//! results equal the scalar contract.
+//! and microkernels ([`Q8`], [`Q4`], run by the crate's tiling driver) are generic over
+//! it and `#[inline(always)]`, so each tier's `#[target_feature]` entry point compiles
+//! its own copy with its own features; the f32 kernels and the quantizer hold no int8
+//! products and serve both tiers. See [`super`] for why the results equal the scalar
+//! contract.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
+use core::marker::PhantomData;
 
 use half::f16;
 
+use crate::kernels::tiling::{self, pad8f, Inline, Lanes, MicroKernel};
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
@@ -19,34 +22,42 @@ use crate::quant::{BlockQ4, BlockQ8, QK8};
 const TILE_ROWS: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
 const TILE_TOKENS_Q8: usize = 2;
+/// Activation rows (tokens) per q4 matmul tile of the `neon` tier. A second token
+/// reuses each unpacked weight group, which pays off where the products need few
+/// registers (`sdot`, [`TILE_TOKENS_Q4_DOTPROD`]); `smull` needs more, and its 4 x 2
+/// tile spills: under qemu-aarch64 it retired 16% more instructions than 4 x 1 for 8
+/// tokens of a 64 x 576 matrix, while `sdot`'s retired 21% fewer.
+const TILE_TOKENS_Q4_NEON: usize = 1;
+/// Activation rows (tokens) per q4 matmul tile of the `dotprod` tier.
+const TILE_TOKENS_Q4_DOTPROD: usize = 2;
 /// Activation rows (tokens) per f32 matmul tile: 4 x 2 outputs of two registers each
 /// plus the loads fit the 32 vector registers.
 const TILE_TOKENS_F32: usize = 2;
 
 /// The `neon` table. Only [`crate::kernels`] hands it out, and only after
 /// [`neon_detected`] returned true.
-pub(in crate::kernels) static NEON: Kernels = Kernels {
+pub(in crate::kernels) static NEON: Kernels = simd_table! {
     name: "neon",
-    dot_q8: safe::dot_q8_neon,
-    dot_f32: safe::dot_f32,
-    matmul_q8: safe::matmul_q8_neon,
-    matmul_f32: safe::matmul_f32,
-    quantize_q8: safe::quantize_q8,
-    dot_q4_q8: safe::dot_q4_q8_neon,
-    matmul_q4_q8: safe::matmul_q4_q8_neon,
+    dot_q8: dot_q8_neon,
+    dot_f32: dot_f32,
+    matmul_q8: matmul_q8_neon,
+    matmul_f32: matmul_f32,
+    quantize_q8: quantize_q8,
+    dot_q4_q8: dot_q4_q8_neon,
+    matmul_q4_q8: matmul_q4_q8_neon,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
 /// [`dotprod_detected`] returned true.
-pub(in crate::kernels) static DOTPROD: Kernels = Kernels {
+pub(in crate::kernels) static DOTPROD: Kernels = simd_table! {
     name: "dotprod",
-    dot_q8: safe::dot_q8_dotprod,
-    dot_f32: safe::dot_f32,
-    matmul_q8: safe::matmul_q8_dotprod,
-    matmul_f32: safe::matmul_f32,
-    quantize_q8: safe::quantize_q8,
-    dot_q4_q8: safe::dot_q4_q8_dotprod,
-    matmul_q4_q8: safe::matmul_q4_q8_dotprod,
+    dot_q8: dot_q8_dotprod,
+    dot_f32: dot_f32,
+    matmul_q8: matmul_q8_dotprod,
+    matmul_f32: matmul_f32,
+    quantize_q8: quantize_q8,
+    dot_q4_q8: dot_q4_q8_dotprod,
+    matmul_q4_q8: matmul_q4_q8_dotprod,
 };
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is
@@ -75,71 +86,6 @@ pub(in crate::kernels) fn dotprod_detected() -> bool {
     }
 }
 
-/// The safe entry points the tables hold.
-mod safe {
-    use crate::quant::{BlockQ4, BlockQ8};
-
-    pub fn dot_q8_neon(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-        // SAFETY: this fn is only reachable through `NEON` or `DOTPROD`, which the
-        // dispatch in `kernels` hands out only after detecting neon.
-        unsafe { super::dot_q8_neon(a, b) }
-    }
-
-    pub fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
-        unsafe { super::matmul_q8_neon(w, rows, x, out) }
-    }
-
-    pub fn dot_q8_dotprod(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-        // SAFETY: this fn is only reachable through `DOTPROD`, which the dispatch in
-        // `kernels` hands out only after detecting neon and dotprod.
-        unsafe { super::dot_q8_dotprod(a, b) }
-    }
-
-    pub fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
-        // detected.
-        unsafe { super::matmul_q8_dotprod(w, rows, x, out) }
-    }
-
-    pub fn dot_q4_q8_neon(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
-        unsafe { super::dot_q4_q8_neon(w, x) }
-    }
-
-    pub fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
-        unsafe { super::matmul_q4_q8_neon(w, rows, x, out) }
-    }
-
-    pub fn dot_q4_q8_dotprod(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-        // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
-        // detected.
-        unsafe { super::dot_q4_q8_dotprod(w, x) }
-    }
-
-    pub fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8_dotprod`: installed only after neon and dotprod were
-        // detected.
-        unsafe { super::matmul_q4_q8_dotprod(w, rows, x, out) }
-    }
-
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
-        unsafe { super::dot_f32(a, b) }
-    }
-
-    pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
-        unsafe { super::matmul_f32(w, rows, x, out) }
-    }
-
-    pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
-        // SAFETY: as in `dot_q8_neon`: installed only after neon was detected.
-        unsafe { super::quantize_q8(x, out) }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Kernels
 // ---------------------------------------------------------------------------------------
@@ -150,8 +96,8 @@ mod safe {
 /// The CPU must support neon.
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_q8_neon(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-    // SAFETY: `Mull` needs neon, which the caller guarantees.
-    unsafe { dot_q8_with::<Mull>(a, b) }
+    // SAFETY: `Q8<Mull>` needs neon, which the caller guarantees.
+    unsafe { tiling::dot::<Q8<Mull>>(a, b) }
 }
 
 /// [`scalar::dot_q8`], bit for bit, for any i8 quants on both sides.
@@ -160,8 +106,8 @@ pub unsafe fn dot_q8_neon(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
 /// The CPU must support neon and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_q8_dotprod(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
-    unsafe { dot_q8_with::<Sdot>(a, b) }
+    // SAFETY: `Q8<Sdot>` needs neon and dotprod, which the caller guarantees.
+    unsafe { tiling::dot::<Q8<Sdot>>(a, b) }
 }
 
 /// [`scalar::matmul_q8`], bit for bit, for any i8 quants on both sides: tiles of
@@ -171,8 +117,8 @@ pub unsafe fn dot_q8_dotprod(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
 /// The CPU must support neon.
 #[target_feature(enable = "neon")]
 pub unsafe fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    // SAFETY: `Mull` needs neon, which the caller guarantees.
-    unsafe { matmul_q8_with::<Mull>(w, rows, x, out) }
+    // SAFETY: `Q8<Mull>` needs neon, which the caller guarantees.
+    unsafe { tiling::matmul::<Inline, Q8<Mull>, TILE_ROWS, TILE_TOKENS_Q8, 0>(w, rows, x, out, scalar::matmul_q8) }
 }
 
 /// [`scalar::matmul_q8`], bit for bit, for any i8 quants on both sides: tiles of
@@ -183,8 +129,8 @@ pub unsafe fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mu
 /// The CPU must support neon and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
-    unsafe { matmul_q8_with::<Sdot>(w, rows, x, out) }
+    // SAFETY: `Q8<Sdot>` needs neon and dotprod, which the caller guarantees.
+    unsafe { tiling::matmul::<Inline, Q8<Sdot>, TILE_ROWS, TILE_TOKENS_Q8, 0>(w, rows, x, out, scalar::matmul_q8) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -193,8 +139,8 @@ pub unsafe fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: 
 /// The CPU must support neon.
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_q4_q8_neon(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-    // SAFETY: `Mull` needs neon, which the caller guarantees.
-    unsafe { dot_q4_q8_with::<Mull>(w, x) }
+    // SAFETY: `Q4<Mull>` needs neon, which the caller guarantees.
+    unsafe { tiling::dot::<Q4<Mull>>(w, x) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -203,20 +149,22 @@ pub unsafe fn dot_q4_q8_neon(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 /// The CPU must support neon and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_q4_q8_dotprod(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
-    unsafe { dot_q4_q8_with::<Sdot>(w, x) }
+    // SAFETY: `Q4<Sdot>` needs neon and dotprod, which the caller guarantees.
+    unsafe { tiling::dot::<Q4<Sdot>>(w, x) }
 }
 
 /// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
-/// 4 weight rows x 1 token (see [`BlockDot::TILE_TOKENS_Q4`]), each output equal to
+/// 4 weight rows x 1 token (see [`TILE_TOKENS_Q4_NEON`]), each output equal to
 /// [`dot_q4_q8_neon`] of its row and token.
 ///
 /// # Safety
 /// The CPU must support neon.
 #[target_feature(enable = "neon")]
 pub unsafe fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    // SAFETY: `Mull` needs neon, which the caller guarantees.
-    unsafe { matmul_q4_q8_with::<Mull>(w, rows, x, out) }
+    // SAFETY: `Q4<Mull>` needs neon, which the caller guarantees.
+    unsafe {
+        tiling::matmul::<Inline, Q4<Mull>, TILE_ROWS, TILE_TOKENS_Q4_NEON, 0>(w, rows, x, out, scalar::matmul_q4_q8)
+    }
 }
 
 /// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
@@ -227,8 +175,10 @@ pub unsafe fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: 
 /// The CPU must support neon and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    // SAFETY: `Sdot` needs neon and dotprod, which the caller guarantees.
-    unsafe { matmul_q4_q8_with::<Sdot>(w, rows, x, out) }
+    // SAFETY: `Q4<Sdot>` needs neon and dotprod, which the caller guarantees.
+    unsafe {
+        tiling::matmul::<Inline, Q4<Sdot>, TILE_ROWS, TILE_TOKENS_Q4_DOTPROD, 0>(w, rows, x, out, scalar::matmul_q4_q8)
+    }
 }
 
 /// [`scalar::dot_f32`], bit for bit.
@@ -237,17 +187,8 @@ pub unsafe fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], ou
 /// The CPU must support neon.
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ca, ta) = a[..n].as_chunks::<8>();
-    let (cb, tb) = b[..n].as_chunks::<8>();
-    let mut acc = [vdupq_n_f32(0.0); 2];
-    for (x, y) in ca.iter().zip(cb) {
-        acc = mul_add8(acc, load8(x), load8(y));
-    }
-    if !ta.is_empty() {
-        acc = mul_add8(acc, load8(&pad8f(ta)), load8(&pad8f(tb)));
-    }
-    reduce8(acc)
+    // SAFETY: `F32` needs neon, which the caller guarantees.
+    unsafe { tiling::dot::<F32>(a, b) }
 }
 
 /// [`scalar::matmul_f32`], bit for bit: tiles of 4 weight rows x 2 tokens.
@@ -256,22 +197,8 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// The CPU must support neon.
 #[target_feature(enable = "neon")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
-    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
-        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
-        // own behaviour, whatever it is.
-        return scalar::matmul_f32(w, rows, x, out);
-    };
-    let mut r0 = 0;
-    while r0 + TILE_ROWS <= rows {
-        f32_rows::<TILE_ROWS>(w, x, out, shape, r0);
-        r0 += TILE_ROWS;
-    }
-    match rows - r0 {
-        1 => f32_rows::<1>(w, x, out, shape, r0),
-        2 => f32_rows::<2>(w, x, out, shape, r0),
-        3 => f32_rows::<3>(w, x, out, shape, r0),
-        _ => {}
-    }
+    // SAFETY: `F32` needs neon, which the caller guarantees.
+    unsafe { tiling::matmul::<Inline, F32, TILE_ROWS, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (quiet NaN inputs included).
@@ -344,13 +271,6 @@ trait BlockDot {
     /// # Safety
     /// The CPU must support neon and the tier's features.
     unsafe fn partials(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t;
-
-    /// Activation rows (tokens) per q4 matmul tile, 1 or 2. A second token reuses each
-    /// unpacked weight group, which pays off where the products need few registers
-    /// (`sdot`); `smull` needs more, and its 4 x 2 tile spills: under qemu-aarch64 it
-    /// retired 16% more instructions than 4 x 1 for 8 tokens of a 64 x 576 matrix,
-    /// while `sdot`'s retired 21% fewer.
-    const TILE_TOKENS_Q4: usize;
 }
 
 /// The `neon` tier: `smull`/`smull2` form i16 products (exact: at most 128 * 128 = 2^14
@@ -358,8 +278,6 @@ trait BlockDot {
 struct Mull;
 
 impl BlockDot for Mull {
-    const TILE_TOKENS_Q4: usize = 1;
-
     #[inline(always)]
     unsafe fn partials([w0, w1]: [int8x16_t; 2], [x0, x1]: [int8x16_t; 2]) -> int32x4_t {
         // SAFETY: the caller guarantees neon, all these intrinsics need.
@@ -378,8 +296,6 @@ impl BlockDot for Mull {
 struct Sdot;
 
 impl BlockDot for Sdot {
-    const TILE_TOKENS_Q4: usize = 2;
-
     #[inline(always)]
     unsafe fn partials([w0, w1]: [int8x16_t; 2], [x0, x1]: [int8x16_t; 2]) -> int32x4_t {
         // SAFETY: the caller guarantees neon and dotprod. `sdot` (FEAT_DotProd) only
@@ -405,139 +321,6 @@ impl BlockDot for Sdot {
 // ---------------------------------------------------------------------------------------
 // The q8 bodies, generic over the tier
 // ---------------------------------------------------------------------------------------
-
-/// [`scalar::dot_q8`] with `D`'s integer products.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn dot_q8_with<D: BlockDot>(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ga, ta) = a[..n].as_chunks::<8>();
-    let (gb, tb) = b[..n].as_chunks::<8>();
-    // SAFETY: the caller guarantees neon and `D`'s features.
-    unsafe {
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        for (wa, xb) in ga.iter().zip(gb) {
-            acc = accumulate8::<D>(acc, wa, xb, scales8(wa), scales8(xb));
-        }
-        if !ta.is_empty() {
-            acc = accumulate8::<D>(acc, ta, tb, scales8(ta), scales8(tb));
-        }
-        reduce8(acc)
-    }
-}
-
-/// [`scalar::matmul_q8`] with `D`'s integer products.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn matmul_q8_with<D: BlockDot>(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
-        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
-        // own behaviour, whatever it is.
-        return scalar::matmul_q8(w, rows, x, out);
-    };
-    // SAFETY: the caller guarantees neon and `D`'s features.
-    unsafe {
-        let mut r0 = 0;
-        while r0 + TILE_ROWS <= rows {
-            q8_rows::<D, TILE_ROWS>(w, x, out, shape, r0);
-            r0 += TILE_ROWS;
-        }
-        match rows - r0 {
-            1 => q8_rows::<D, 1>(w, x, out, shape, r0),
-            2 => q8_rows::<D, 2>(w, x, out, shape, r0),
-            3 => q8_rows::<D, 3>(w, x, out, shape, r0),
-            _ => {}
-        }
-    }
-}
-
-/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q8` tokens at a time.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn q8_rows<D: BlockDot, const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
-    let mut t0 = 0;
-    // SAFETY (both calls): the caller guarantees neon and `D`'s features.
-    while t0 + TILE_TOKENS_Q8 <= s.n {
-        unsafe { q8_tile::<D, R, TILE_TOKENS_Q8>(w, x, out, s, r0, t0) };
-        t0 += TILE_TOKENS_Q8;
-    }
-    while t0 < s.n {
-        unsafe { q8_tile::<D, R, 1>(w, x, out, s, r0, t0) };
-        t0 += 1;
-    }
-}
-
-/// One R x T tile: weight rows `r0..r0 + R` times tokens `t0..t0 + T`. The scales of
-/// each group of 8 blocks are converted once for the tile; each output keeps its own 8
-/// float lanes.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn q8_tile<D: BlockDot, const R: usize, const T: usize>(
-    w: &[BlockQ8],
-    x: &[BlockQ8],
-    out: &mut [f32],
-    s: Shape,
-    r0: usize,
-    t0: usize,
-) {
-    let kb = s.kb;
-    let mut wg: [&[[BlockQ8; 8]]; R] = [&[]; R];
-    let mut wt: [&[BlockQ8]; R] = [&[]; R];
-    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
-        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
-    }
-    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
-    let mut xt: [&[BlockQ8]; T] = [&[]; T];
-    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
-        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
-    }
-
-    // SAFETY: the caller guarantees neon and `D`'s features.
-    let acc = unsafe {
-        let zero = vdupq_n_f32(0.0);
-        let mut acc = [[[zero; 2]; T]; R];
-        for g in 0..kb / 8 {
-            let mut dx = [[zero; 2]; T];
-            for j in 0..T {
-                dx[j] = scales8(&xg[j][g]);
-            }
-            for i in 0..R {
-                let wb = &wg[i][g];
-                let dw = scales8(wb);
-                for j in 0..T {
-                    acc[i][j] = accumulate8::<D>(acc[i][j], wb, &xg[j][g], dw, dx[j]);
-                }
-            }
-        }
-        if !kb.is_multiple_of(8) {
-            let mut dx = [[zero; 2]; T];
-            for j in 0..T {
-                dx[j] = scales8(xt[j]);
-            }
-            for i in 0..R {
-                let dw = scales8(wt[i]);
-                for j in 0..T {
-                    acc[i][j] = accumulate8::<D>(acc[i][j], wt[i], xt[j], dw, dx[j]);
-                }
-            }
-        }
-        acc
-    };
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &a) in acc_i.iter().enumerate() {
-            // SAFETY: the caller guarantees neon.
-            out[(t0 + j) * s.rows + r0 + i] = unsafe { reduce8(a) };
-        }
-    }
-}
 
 /// Adds up to 8 block pairs (a whole group or a row's tail) to the 8 float lanes: pair
 /// `j` contributes `isum_j as f32 * (dw_j * dx_j)` to lane `j`, lanes 0..4 in `acc[0]`
@@ -592,145 +375,6 @@ unsafe fn isum4<D: BlockDot>(w: &[BlockQ8], x: &[BlockQ8]) -> int32x4_t {
 // pair is a 32-byte dot product like a q8 pair: the quants are in [0, 15], so the signed
 // `smull`/`sdot` of `D` take them unchanged. The minimum needs the activation sums, which
 // the matmul computes once per token and group and shares across the tile's rows.
-
-/// [`scalar::dot_q4_q8`] with `D`'s integer products.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn dot_q4_q8_with<D: BlockDot>(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-    let n = w.len().min(x.len());
-    let (gw, tw) = w[..n].as_chunks::<8>();
-    let (gx, tx) = x[..n].as_chunks::<8>();
-    // SAFETY: the caller guarantees neon and `D`'s features.
-    unsafe {
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        for (wg, xg) in gw.iter().zip(gx) {
-            let q4 = Q4Group::of(wg);
-            acc = accumulate8_q4::<D>(acc, &q4, xg, scales8(xg), xsums8(xg));
-        }
-        if !tw.is_empty() {
-            let q4 = Q4Group::of(tw);
-            acc = accumulate8_q4::<D>(acc, &q4, tx, scales8(tx), xsums8(tx));
-        }
-        reduce8(acc)
-    }
-}
-
-/// [`scalar::matmul_q4_q8`] with `D`'s integer products.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn matmul_q4_q8_with<D: BlockDot>(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
-        // Shapes outside the tiled path (empty, ragged, short `out`): the contract's
-        // own behaviour, whatever it is.
-        return scalar::matmul_q4_q8(w, rows, x, out);
-    };
-    // SAFETY: the caller guarantees neon and `D`'s features.
-    unsafe {
-        let mut r0 = 0;
-        while r0 + TILE_ROWS <= rows {
-            q4_rows::<D, TILE_ROWS>(w, x, out, shape, r0);
-            r0 += TILE_ROWS;
-        }
-        match rows - r0 {
-            1 => q4_rows::<D, 1>(w, x, out, shape, r0),
-            2 => q4_rows::<D, 2>(w, x, out, shape, r0),
-            3 => q4_rows::<D, 3>(w, x, out, shape, r0),
-            _ => {}
-        }
-    }
-}
-
-/// Weight rows `r0..r0 + R` against every token, `D::TILE_TOKENS_Q4` tokens at a time.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn q4_rows<D: BlockDot, const R: usize>(w: &[BlockQ4], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
-    let mut t0 = 0;
-    // SAFETY (both calls): the caller guarantees neon and `D`'s features.
-    while D::TILE_TOKENS_Q4 == 2 && t0 + 2 <= s.n {
-        unsafe { q4_tile::<D, R, 2>(w, x, out, s, r0, t0) };
-        t0 += 2;
-    }
-    while t0 < s.n {
-        unsafe { q4_tile::<D, R, 1>(w, x, out, s, r0, t0) };
-        t0 += 1;
-    }
-}
-
-/// One R x T tile of the q4 matmul: weight rows `r0..r0 + R` times tokens
-/// `t0..t0 + T`. Each group of 8 weight blocks is unpacked and its scales converted
-/// once for the tile, each token's scales and activation sums once per group; each
-/// output keeps its own 8 float lanes.
-///
-/// # Safety
-/// The CPU must support neon and `D`'s features.
-#[inline(always)]
-unsafe fn q4_tile<D: BlockDot, const R: usize, const T: usize>(
-    w: &[BlockQ4],
-    x: &[BlockQ8],
-    out: &mut [f32],
-    s: Shape,
-    r0: usize,
-    t0: usize,
-) {
-    let kb = s.kb;
-    let mut wg: [&[[BlockQ4; 8]]; R] = [&[]; R];
-    let mut wt: [&[BlockQ4]; R] = [&[]; R];
-    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
-        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
-    }
-    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
-    let mut xt: [&[BlockQ8]; T] = [&[]; T];
-    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
-        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
-    }
-
-    // SAFETY: the caller guarantees neon and `D`'s features.
-    let acc = unsafe {
-        let zero = vdupq_n_f32(0.0);
-        let mut acc = [[[zero; 2]; T]; R];
-        for g in 0..kb / 8 {
-            let mut dx = [[zero; 2]; T];
-            let mut sx = [[zero; 2]; T];
-            for j in 0..T {
-                dx[j] = scales8(&xg[j][g]);
-                sx[j] = xsums8(&xg[j][g]);
-            }
-            for i in 0..R {
-                let q4 = Q4Group::of(&wg[i][g]);
-                for j in 0..T {
-                    acc[i][j] = accumulate8_q4::<D>(acc[i][j], &q4, &xg[j][g], dx[j], sx[j]);
-                }
-            }
-        }
-        if !kb.is_multiple_of(8) {
-            let mut dx = [[zero; 2]; T];
-            let mut sx = [[zero; 2]; T];
-            for j in 0..T {
-                dx[j] = scales8(xt[j]);
-                sx[j] = xsums8(xt[j]);
-            }
-            for i in 0..R {
-                let q4 = Q4Group::of(wt[i]);
-                for j in 0..T {
-                    acc[i][j] = accumulate8_q4::<D>(acc[i][j], &q4, xt[j], dx[j], sx[j]);
-                }
-            }
-        }
-        acc
-    };
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &a) in acc_i.iter().enumerate() {
-            // SAFETY: the caller guarantees neon.
-            out[(t0 + j) * s.rows + r0 + i] = unsafe { reduce8(a) };
-        }
-    }
-}
 
 /// Up to 8 q4 blocks ready for the tile: quants unpacked, scales and minima as f32
 /// lanes (block `j` in lane `j % 4` of register `j / 4`). Missing blocks are all zero.
@@ -808,95 +452,223 @@ unsafe fn isum4_q4<D: BlockDot>(w: &[[int8x16_t; 2]], x: &[BlockQ8]) -> int32x4_
 }
 
 // ---------------------------------------------------------------------------------------
-// Building blocks shared by both tiers
+// Microkernels of the tiling driver, generic over the tier
 // ---------------------------------------------------------------------------------------
 
-/// Validated matmul shape: `rows > 0` weight rows of `kb > 0` blocks (or elements) with
-/// nothing left over, `n` whole activation rows, and room for `n * rows` outputs.
+/// 8 lanes in two registers, lanes 0..4 then 4..8.
+impl Lanes for [float32x4_t; 2] {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller guarantees neon.
+        unsafe { [vdupq_n_f32(0.0); 2] }
+    }
+
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        // SAFETY: the caller guarantees neon.
+        unsafe { reduce8(self) }
+    }
+}
+
+/// The q8 matmul's groups with `D`'s products: the scales of each group converted once
+/// per tile, each block pair by [`accumulate8`].
+struct Q8<D>(PhantomData<D>);
+
+impl<D: BlockDot> MicroKernel for Q8<D> {
+    type W = BlockQ8;
+    type X = BlockQ8;
+    type Acc = [float32x4_t; 2];
+    type XGroup = [float32x4_t; 2];
+    type WGroup = [float32x4_t; 2];
+    type XTail = [float32x4_t; 2];
+    type WTail = [float32x4_t; 2];
+
+    #[inline(always)]
+    unsafe fn x_group(x: &[BlockQ8; 8]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { scales8(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_group(w: &[BlockQ8; 8]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { scales8(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn group(
+        acc: [float32x4_t; 2],
+        w: &[BlockQ8; 8],
+        dw: &[float32x4_t; 2],
+        x: &[BlockQ8; 8],
+        dx: &[float32x4_t; 2],
+    ) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { accumulate8::<D>(acc, w, x, *dw, *dx) }
+    }
+
+    #[inline(always)]
+    unsafe fn x_tail(x: &[BlockQ8]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { scales8(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_tail(w: &[BlockQ8]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { scales8(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn tail(
+        acc: [float32x4_t; 2],
+        w: &[BlockQ8],
+        dw: &[float32x4_t; 2],
+        x: &[BlockQ8],
+        dx: &[float32x4_t; 2],
+    ) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { accumulate8::<D>(acc, w, x, *dw, *dx) }
+    }
+}
+
+/// The q4 x q8 matmul's groups with `D`'s products: each group of 8 weight blocks
+/// unpacked and its scales converted once per tile ([`Q4Group`]), each token's scales
+/// and activation sums once per group.
+struct Q4<D>(PhantomData<D>);
+
+/// A token's group for [`Q4`]: its scales ([`scales8`]) and activation sums ([`xsums8`]).
 #[derive(Clone, Copy)]
-struct Shape {
-    rows: usize,
-    kb: usize,
-    n: usize,
+struct XScales {
+    d: [float32x4_t; 2],
+    sum: [float32x4_t; 2],
 }
 
-impl Shape {
-    fn of(w_len: usize, rows: usize, x_len: usize, out_len: usize) -> Option<Shape> {
-        let kb = w_len.checked_div(rows)?;
-        let n = x_len.checked_div(kb)?;
-        let fits = kb * rows == w_len && n.checked_mul(rows).is_some_and(|m| m <= out_len);
-        fits.then_some(Shape { rows, kb, n })
-    }
-}
-
-/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_F32` tokens at a time.
-#[target_feature(enable = "neon")]
-fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize) {
-    let mut t0 = 0;
-    while t0 + TILE_TOKENS_F32 <= s.n {
-        f32_tile::<R, TILE_TOKENS_F32>(w, x, out, s, r0, t0);
-        t0 += TILE_TOKENS_F32;
-    }
-    while t0 < s.n {
-        f32_tile::<R, 1>(w, x, out, s, r0, t0);
-        t0 += 1;
+impl XScales {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn of(x: &[BlockQ8]) -> XScales {
+        XScales { d: scales8(x), sum: xsums8(x) }
     }
 }
 
-/// One R x T tile of the f32 matmul; R * T independent 8-lane accumulators hide the
-/// add latency that bounds a single [`dot_f32`].
-#[target_feature(enable = "neon")]
-fn f32_tile<const R: usize, const T: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize, t0: usize) {
-    let k = s.kb;
-    let mut wc: [&[[f32; 8]]; R] = [&[]; R];
-    let mut wt: [&[f32]; R] = [&[]; R];
-    for (i, (c, t)) in wc.iter_mut().zip(wt.iter_mut()).enumerate() {
-        (*c, *t) = w[(r0 + i) * k..(r0 + i + 1) * k].as_chunks::<8>();
-    }
-    let mut xc: [&[[f32; 8]]; T] = [&[]; T];
-    let mut xt: [&[f32]; T] = [&[]; T];
-    for (j, (c, t)) in xc.iter_mut().zip(xt.iter_mut()).enumerate() {
-        (*c, *t) = x[(t0 + j) * k..(t0 + j + 1) * k].as_chunks::<8>();
+impl<D: BlockDot> MicroKernel for Q4<D> {
+    type W = BlockQ4;
+    type X = BlockQ8;
+    type Acc = [float32x4_t; 2];
+    type XGroup = XScales;
+    type WGroup = Q4Group;
+    type XTail = XScales;
+    type WTail = Q4Group;
+
+    #[inline(always)]
+    unsafe fn x_group(x: &[BlockQ8; 8]) -> XScales {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { XScales::of(x) }
     }
 
-    let zero = vdupq_n_f32(0.0);
-    let mut acc = [[[zero; 2]; T]; R];
-    for c in 0..k / 8 {
-        let mut xv = [[zero; 2]; T];
-        for j in 0..T {
-            xv[j] = load8(&xc[j][c]);
-        }
-        for i in 0..R {
-            let wv = load8(&wc[i][c]);
-            for j in 0..T {
-                acc[i][j] = mul_add8(acc[i][j], wv, xv[j]);
-            }
-        }
+    #[inline(always)]
+    unsafe fn w_group(w: &[BlockQ4; 8]) -> Q4Group {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { Q4Group::of(w) }
     }
-    if !k.is_multiple_of(8) {
-        for i in 0..R {
-            let wv = load8(&pad8f(wt[i]));
-            for j in 0..T {
-                acc[i][j] = mul_add8(acc[i][j], wv, load8(&pad8f(xt[j])));
-            }
-        }
+
+    #[inline(always)]
+    unsafe fn group(
+        acc: [float32x4_t; 2],
+        _: &[BlockQ4; 8],
+        w: &Q4Group,
+        x: &[BlockQ8; 8],
+        xs: &XScales,
+    ) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { accumulate8_q4::<D>(acc, w, x, xs.d, xs.sum) }
     }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &a) in acc_i.iter().enumerate() {
-            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
-        }
+
+    #[inline(always)]
+    unsafe fn x_tail(x: &[BlockQ8]) -> XScales {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { XScales::of(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_tail(w: &[BlockQ4]) -> Q4Group {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { Q4Group::of(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn tail(acc: [float32x4_t; 2], _: &[BlockQ4], w: &Q4Group, x: &[BlockQ8], xs: &XScales) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon and `D`'s features.
+        unsafe { accumulate8_q4::<D>(acc, w, x, xs.d, xs.sum) }
     }
 }
 
-/// Up to 8 floats followed by +0.0. Their products add +0.0 to their lanes, which
-/// leaves every lane unchanged: lanes start at +0.0, and a sum that starts at +0.0 is
-/// never -0.0 in round-to-nearest.
-#[inline]
-fn pad8f(tail: &[f32]) -> [f32; 8] {
-    let mut p = [0.0; 8];
-    p[..tail.len()].copy_from_slice(tail);
-    p
+/// The f32 matmul's groups, for both tiers: 8 floats loaded once per tile, lane
+/// `i % 8` += `w_i * x_i`.
+struct F32;
+
+impl MicroKernel for F32 {
+    type W = f32;
+    type X = f32;
+    type Acc = [float32x4_t; 2];
+    type XGroup = [float32x4_t; 2];
+    type WGroup = [float32x4_t; 2];
+    type XTail = [float32x4_t; 2];
+    type WTail = [float32x4_t; 2];
+
+    #[inline(always)]
+    unsafe fn x_group(x: &[f32; 8]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon.
+        unsafe { load8(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_group(w: &[f32; 8]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon.
+        unsafe { load8(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn group(
+        acc: [float32x4_t; 2],
+        _: &[f32; 8],
+        wv: &[float32x4_t; 2],
+        _: &[f32; 8],
+        xv: &[float32x4_t; 2],
+    ) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon.
+        unsafe { mul_add8(acc, *wv, *xv) }
+    }
+
+    #[inline(always)]
+    unsafe fn x_tail(x: &[f32]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon.
+        unsafe { load8(&pad8f(x)) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_tail(w: &[f32]) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon.
+        unsafe { load8(&pad8f(w)) }
+    }
+
+    #[inline(always)]
+    unsafe fn tail(
+        acc: [float32x4_t; 2],
+        _: &[f32],
+        wv: &[float32x4_t; 2],
+        _: &[f32],
+        xv: &[float32x4_t; 2],
+    ) -> [float32x4_t; 2] {
+        // SAFETY: the caller guarantees neon.
+        unsafe { mul_add8(acc, *wv, *xv) }
+    }
 }
+
+// ---------------------------------------------------------------------------------------
+// Building blocks shared by both tiers
+// ---------------------------------------------------------------------------------------
 
 #[inline]
 #[target_feature(enable = "neon")]

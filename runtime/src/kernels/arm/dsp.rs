@@ -4,6 +4,7 @@
 
 use core::arch::asm;
 
+use crate::kernels::tiling::Shape;
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ4, BlockQ8};
 
@@ -323,21 +324,5 @@ pub fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) 
         for (wr, o) in w.chunks_exact(s.kb).zip(ot) {
             *o = dot_q4_q8(wr, xt);
         }
-    }
-}
-
-/// A matmul shape on the regular path: `rows > 0` weight rows of `kb > 0` blocks with
-/// nothing left over, and room for an output row per whole activation row.
-#[derive(Clone, Copy)]
-struct Shape {
-    kb: usize,
-}
-
-impl Shape {
-    fn of(w_len: usize, rows: usize, x_len: usize, out_len: usize) -> Option<Shape> {
-        let kb = w_len.checked_div(rows)?;
-        let n = x_len.checked_div(kb)?;
-        let fits = kb * rows == w_len && n.checked_mul(rows).is_some_and(|m| m <= out_len);
-        fits.then_some(Shape { kb })
     }
 }

@@ -22,6 +22,8 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
+use super::{accumulate, accumulate_q4, load_qs, prefetch, reduce8, scales8, scales_tail, F32};
+use crate::kernels::tiling::{self, MicroKernel, Shape};
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
@@ -57,15 +59,15 @@ const TILE_TOKENS_F32: usize = 4;
 
 /// This tier's table. Only [`crate::kernels`] hands it out, and only after
 /// [`detected`] returned true.
-pub(in crate::kernels) static KERNELS: Kernels = Kernels {
+pub(in crate::kernels) static KERNELS: Kernels = simd_table! {
     name: "avx512vnni",
-    dot_q8: safe::dot_q8,
-    dot_f32: safe::dot_f32,
-    matmul_q8: safe::matmul_q8,
-    matmul_f32: safe::matmul_f32,
-    quantize_q8: safe::quantize_q8,
-    dot_q4_q8: safe::dot_q4_q8,
-    matmul_q4_q8: safe::matmul_q4_q8,
+    dot_q8: dot_q8,
+    dot_f32: dot_f32,
+    matmul_q8: matmul_q8,
+    matmul_f32: matmul_f32,
+    quantize_q8: quantize_q8,
+    dot_q4_q8: dot_q4_q8,
+    matmul_q4_q8: matmul_q4_q8,
 };
 
 /// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
@@ -96,48 +98,6 @@ pub(in crate::kernels) fn detected() -> bool {
     }
 }
 
-/// The safe entry points the table holds.
-mod safe {
-    use crate::quant::{BlockQ4, BlockQ8};
-
-    pub fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-        // SAFETY: this fn is only reachable through `KERNELS`, which the dispatch in
-        // `kernels` hands out only after `detected()` found every feature the kernel
-        // enables (avx512f/bw/vl/vnni, avx2, fma, f16c).
-        unsafe { super::dot_q8(a, b) }
-    }
-
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: as in `dot_q8`: installed only after the features were detected.
-        unsafe { super::dot_f32(a, b) }
-    }
-
-    pub fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8`: installed only after the features were detected.
-        unsafe { super::matmul_q8(w, rows, x, out) }
-    }
-
-    pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8`: installed only after the features were detected.
-        unsafe { super::matmul_f32(w, rows, x, out) }
-    }
-
-    pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
-        // SAFETY: as in `dot_q8`: installed only after the features were detected.
-        unsafe { super::quantize_q8(x, out) }
-    }
-
-    pub fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-        // SAFETY: as in `dot_q8`: installed only after the features were detected.
-        unsafe { super::dot_q4_q8(w, x) }
-    }
-
-    pub fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-        // SAFETY: as in `dot_q8`: installed only after the features were detected.
-        unsafe { super::matmul_q4_q8(w, rows, x, out) }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Kernels
 // ---------------------------------------------------------------------------------------
@@ -148,17 +108,8 @@ mod safe {
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ga, ta) = a[..n].as_chunks::<8>();
-    let (gb, tb) = b[..n].as_chunks::<8>();
-    let mut acc = _mm256_setzero_ps();
-    for (wa, xb) in ga.iter().zip(gb) {
-        acc = accumulate(acc, isum8(wa, xb), scales8(wa), scales8(xb));
-    }
-    if !ta.is_empty() {
-        acc = accumulate(acc, isum_tail(ta, tb), scales_tail(ta), scales_tail(tb));
-    }
-    reduce8(acc)
+    // SAFETY: `Q8`'s methods need the features the caller guarantees.
+    unsafe { tiling::dot::<Q8>(a, b) }
 }
 
 /// [`scalar::matmul_q8`], bit for bit, for any i8 quants: tiles of
@@ -179,21 +130,8 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
     if shape.n >= PACKED_MIN_TOKENS && shape.kb <= PANEL_MAX_KB {
         return q8_packed(w, x, out, shape);
     }
-    let mut r0 = 0;
-    while r0 + TILE_ROWS_Q8 <= rows {
-        q8_rows::<TILE_ROWS_Q8>(w, x, out, shape, r0);
-        r0 += TILE_ROWS_Q8;
-    }
-    if r0 + 4 <= rows {
-        q8_rows::<4>(w, x, out, shape, r0);
-        r0 += 4;
-    }
-    match rows - r0 {
-        1 => q8_rows::<1>(w, x, out, shape, r0),
-        2 => q8_rows::<2>(w, x, out, shape, r0),
-        3 => q8_rows::<3>(w, x, out, shape, r0),
-        _ => {}
-    }
+    // SAFETY: `Q8`'s methods need the features the caller guarantees.
+    unsafe { tiling::walk::<Avx512, Q8, TILE_ROWS_Q8, TILE_TOKENS_Q8, 0>(w, x, out, shape) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -202,20 +140,8 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
-    let n = w.len().min(x.len());
-    let (gw, tw) = w[..n].as_chunks::<8>();
-    let (gx, tx) = x[..n].as_chunks::<8>();
-    let mut acc = _mm256_setzero_ps();
-    for (wg, xg) in gw.iter().zip(gx) {
-        let xq = load_x_q4(xg);
-        let (dw, mw) = scales_q4(wg);
-        acc = accumulate_q4(acc, isum8_q4(&load_w_q4(wg), &xq), xq.sum, dw, mw, scales8(xg));
-    }
-    if !tw.is_empty() {
-        let (dw, mw) = scales_q4_tail(tw);
-        acc = accumulate_q4(acc, isum_tail_q4(tw, tx), xsum_tail(tx), dw, mw, scales_tail(tx));
-    }
-    reduce8(acc)
+    // SAFETY: `Q4`'s methods need the features the caller guarantees.
+    unsafe { tiling::dot::<Q4>(w, x) }
 }
 
 /// [`scalar::matmul_q4_q8`], bit for bit, for any i8 activation quants: tiles of
@@ -225,23 +151,15 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
-        return scalar::matmul_q4_q8(w, rows, x, out);
-    };
-    let mut r0 = 0;
-    while r0 + TILE_ROWS_Q4 <= rows {
-        q4_rows::<TILE_ROWS_Q4>(w, x, out, shape, r0);
-        r0 += TILE_ROWS_Q4;
-    }
-    if r0 + 4 <= rows {
-        q4_rows::<4>(w, x, out, shape, r0);
-        r0 += 4;
-    }
-    match rows - r0 {
-        1 => q4_rows::<1>(w, x, out, shape, r0),
-        2 => q4_rows::<2>(w, x, out, shape, r0),
-        3 => q4_rows::<3>(w, x, out, shape, r0),
-        _ => {}
+    // SAFETY: `Q4`'s methods need the features the caller guarantees.
+    unsafe {
+        tiling::matmul::<Avx512, Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, PREFETCH_AHEAD>(
+            w,
+            rows,
+            x,
+            out,
+            scalar::matmul_q4_q8,
+        )
     }
 }
 
@@ -252,17 +170,8 @@ pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut 
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ca, ta) = a[..n].as_chunks::<8>();
-    let (cb, tb) = b[..n].as_chunks::<8>();
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in ca.iter().zip(cb) {
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(x), load8(y)));
-    }
-    if !ta.is_empty() {
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(&pad8f(ta)), load8(&pad8f(tb))));
-    }
-    reduce8(acc)
+    // SAFETY: `F32`'s methods need avx2 and f16c, which the caller guarantees.
+    unsafe { tiling::dot::<F32>(a, b) }
 }
 
 /// [`scalar::matmul_f32`], bit for bit: tiles of 4 weight rows x 4 tokens.
@@ -271,20 +180,8 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
-    let Some(shape) = Shape::of(w.len(), rows, x.len(), out.len()) else {
-        return scalar::matmul_f32(w, rows, x, out);
-    };
-    let mut r0 = 0;
-    while r0 + TILE_ROWS_F32 <= rows {
-        f32_rows::<TILE_ROWS_F32>(w, x, out, shape, r0);
-        r0 += TILE_ROWS_F32;
-    }
-    match rows - r0 {
-        1 => f32_rows::<1>(w, x, out, shape, r0),
-        2 => f32_rows::<2>(w, x, out, shape, r0),
-        3 => f32_rows::<3>(w, x, out, shape, r0),
-        _ => {}
-    }
+    // SAFETY: `F32`'s methods need the features the caller guarantees.
+    unsafe { tiling::matmul::<Avx512, F32, TILE_ROWS_F32, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (NaN inputs included).
@@ -323,26 +220,170 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Building blocks
+// Microkernels of the tiling driver
 // ---------------------------------------------------------------------------------------
+//
+// `inline(always)` (for the driver, see `tiling`) rules out `#[target_feature]` on these
+// methods, so their bodies sit in `unsafe` blocks: the helpers they call need the
+// features their callers guarantee (this tier's, see `detected`).
 
-/// Validated matmul shape: `rows > 0` weight rows of `kb > 0` blocks (or elements) with
-/// nothing left over, `n` whole activation rows, and room for `n * rows` outputs.
-#[derive(Clone, Copy)]
-struct Shape {
-    rows: usize,
-    kb: usize,
-    n: usize,
-}
+/// This tier's features, for the tiling driver's panels.
+struct Avx512;
 
-impl Shape {
-    fn of(w_len: usize, rows: usize, x_len: usize, out_len: usize) -> Option<Shape> {
-        let kb = w_len.checked_div(rows)?;
-        let n = x_len.checked_div(kb)?;
-        let fits = kb * rows == w_len && n.checked_mul(rows).is_some_and(|m| m <= out_len);
-        fits.then_some(Shape { rows, kb, n })
+impl tiling::Tier for Avx512 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+        w: &[K::W],
+        x: &[K::X],
+        out: &mut [f32],
+        s: Shape,
+        r0: usize,
+    ) {
+        // SAFETY: `K` is one of this tier's microkernels, whose features this fn has.
+        unsafe { tiling::panel::<K, R, T, PREFETCH>(w, x, out, s, r0) }
     }
 }
+
+/// The tiled q8 matmul's groups (2 or 3 tokens, or rows too long for a packed panel):
+/// each group of 8 blocks loaded into `vpdpbusd` operands once per tile
+/// ([`load_w`], [`load_x`]), the scales converted once.
+struct Q8;
+
+impl MicroKernel for Q8 {
+    type W = BlockQ8;
+    type X = BlockQ8;
+    type Acc = __m256;
+    type XGroup = (ActGroup, __m256);
+    type WGroup = (WeightGroup, __m256);
+    type XTail = __m256;
+    type WTail = __m256;
+
+    #[inline(always)]
+    unsafe fn x_group(x: &[BlockQ8; 8]) -> (ActGroup, __m256) {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { (load_x(x), scales8(x)) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_group(w: &[BlockQ8; 8]) -> (WeightGroup, __m256) {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { (load_w(w), scales8(w)) }
+    }
+
+    #[inline(always)]
+    unsafe fn group(
+        acc: __m256,
+        _: &[BlockQ8; 8],
+        (wq, dw): &(WeightGroup, __m256),
+        _: &[BlockQ8; 8],
+        (xq, dx): &(ActGroup, __m256),
+    ) -> __m256 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { accumulate(acc, isum8_loaded(wq, xq), *dw, *dx) }
+    }
+
+    #[inline(always)]
+    unsafe fn x_tail(x: &[BlockQ8]) -> __m256 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { scales_tail(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_tail(w: &[BlockQ8]) -> __m256 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { scales_tail(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn tail(acc: __m256, w: &[BlockQ8], dw: &__m256, x: &[BlockQ8], dx: &__m256) -> __m256 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { accumulate(acc, isum_tail(w, x), *dw, *dx) }
+    }
+}
+
+/// The q4 x q8 matmul's groups: each group of 8 weight blocks unpacked once per tile
+/// ([`load_w_q4`]), each token's activations, scales and sums loaded once per group.
+struct Q4;
+
+/// A q4 weight group for [`Q4`]: the unpacked quants and the scales and minima.
+struct Q4Weights {
+    q: [__m512i; 4],
+    d: __m256,
+    m: __m256,
+}
+
+/// A token's tail group for [`Q4`]: scales and activation sums.
+#[derive(Clone, Copy)]
+struct XTailQ4 {
+    d: __m256,
+    sum: __m256,
+}
+
+impl MicroKernel for Q4 {
+    type W = BlockQ4;
+    type X = BlockQ8;
+    type Acc = __m256;
+    type XGroup = (ActGroupQ4, __m256);
+    type WGroup = Q4Weights;
+    type XTail = XTailQ4;
+    type WTail = (__m256, __m256);
+
+    #[inline(always)]
+    unsafe fn x_group(x: &[BlockQ8; 8]) -> (ActGroupQ4, __m256) {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { (load_x_q4(x), scales8(x)) }
+    }
+
+    #[inline(always)]
+    unsafe fn w_group(w: &[BlockQ4; 8]) -> Q4Weights {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe {
+            let q = load_w_q4(w);
+            let (d, m) = scales_q4(w);
+            Q4Weights { q, d, m }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn group(
+        acc: __m256,
+        _: &[BlockQ4; 8],
+        w: &Q4Weights,
+        _: &[BlockQ8; 8],
+        (xq, dx): &(ActGroupQ4, __m256),
+    ) -> __m256 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { accumulate_q4(acc, isum8_q4(&w.q, xq), xq.sum, w.d, w.m, *dx) }
+    }
+
+    #[inline(always)]
+    unsafe fn x_tail(x: &[BlockQ8]) -> XTailQ4 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { XTailQ4 { d: scales_tail(x), sum: xsum_tail(x) } }
+    }
+
+    #[inline(always)]
+    unsafe fn w_tail(w: &[BlockQ4]) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { scales_q4_tail(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn tail(acc: __m256, w: &[BlockQ4], (dw, mw): &(__m256, __m256), x: &[BlockQ8], xp: &XTailQ4) -> __m256 {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { accumulate_q4(acc, isum_tail_q4(w, x), xp.sum, *dw, *mw, xp.d) }
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8, len: usize) {
+        // SAFETY: the caller guarantees this tier's features.
+        unsafe { prefetch(p, len) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Building blocks
+// ---------------------------------------------------------------------------------------
 
 /// The one-token q8 matmul: tiles of `2 * GEMV_PAIRS_Q8` rows, then pairs, then a
 /// single row.
@@ -363,7 +404,8 @@ fn q8_gemv(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape) {
         r0 += 2;
     }
     if r0 < s.rows {
-        q8_tile::<1, 1>(w, x, out, s, r0, 0);
+        // SAFETY: `Q8`'s methods need this fn's features.
+        unsafe { tiling::tile::<Q8, 1, 1, 0>(w, x, out, s, r0, 0) };
     }
 }
 
@@ -421,18 +463,6 @@ fn q8_gemv_tile<const P: usize>(w: &[BlockQ8], xs: &GemvAct, out: &mut [f32], kb
 fn row_group(tile: &[BlockQ8], kb: usize, i: usize, g: usize) -> &[BlockQ8; 8] {
     let (groups, _) = tile[i * kb..(i + 1) * kb].as_chunks::<8>();
     &groups[g]
-}
-
-/// Hints the cache lines of `len` bytes from `p` into L1. Prefetches never fault, so
-/// `p` may point past the weights.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn prefetch(p: *const u8, len: usize) {
-    let mut off = 0;
-    while off < len {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast());
-        off += 64;
-    }
 }
 
 /// Block `j` of a panel of [`PANEL_ROWS`] weight rows, transposed so that no horizontal
@@ -631,255 +661,11 @@ fn panel_block<const T: usize, const L: usize>(
     }
 }
 
-/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q8` tokens at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q8_rows<const R: usize>(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
-    let mut t0 = 0;
-    while t0 + TILE_TOKENS_Q8 <= s.n {
-        q8_tile::<R, TILE_TOKENS_Q8>(w, x, out, s, r0, t0);
-        t0 += TILE_TOKENS_Q8;
-    }
-    match s.n - t0 {
-        1 => q8_tile::<R, 1>(w, x, out, s, r0, t0),
-        2 => q8_tile::<R, 2>(w, x, out, s, r0, t0),
-        3 => q8_tile::<R, 3>(w, x, out, s, r0, t0),
-        _ => {}
-    }
-}
-
-/// One R x T tile: weight rows `r0..r0 + R` times tokens `t0..t0 + T`. Each group of 8
-/// blocks is loaded once for the tile; each output keeps its own 8 float lanes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q8_tile<const R: usize, const T: usize>(
-    w: &[BlockQ8],
-    x: &[BlockQ8],
-    out: &mut [f32],
-    s: Shape,
-    r0: usize,
-    t0: usize,
-) {
-    let kb = s.kb;
-    let mut wg: [&[[BlockQ8; 8]]; R] = [&[]; R];
-    let mut wt: [&[BlockQ8]; R] = [&[]; R];
-    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
-        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
-    }
-    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
-    let mut xt: [&[BlockQ8]; T] = [&[]; T];
-    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
-        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
-    }
-
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for g in 0..kb / 8 {
-        let zero = _mm512_setzero_si512();
-        let mut xq = [ActGroup { q: [zero; 4], correction: [zero; 4] }; T];
-        let mut dx = [_mm256_setzero_ps(); T];
-        for j in 0..T {
-            xq[j] = load_x(&xg[j][g]);
-            dx[j] = scales8(&xg[j][g]);
-        }
-        for i in 0..R {
-            let wq = load_w(&wg[i][g]);
-            let dw = scales8(&wg[i][g]);
-            for j in 0..T {
-                acc[i][j] = accumulate(acc[i][j], isum8_loaded(&wq, &xq[j]), dw, dx[j]);
-            }
-        }
-    }
-    if !kb.is_multiple_of(8) {
-        let mut dx = [_mm256_setzero_ps(); T];
-        for j in 0..T {
-            dx[j] = scales_tail(xt[j]);
-        }
-        for i in 0..R {
-            let dw = scales_tail(wt[i]);
-            for j in 0..T {
-                acc[i][j] = accumulate(acc[i][j], isum_tail(wt[i], xt[j]), dw, dx[j]);
-            }
-        }
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &a) in acc_i.iter().enumerate() {
-            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
-        }
-    }
-}
-
-/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_Q4` tokens at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_rows<const R: usize>(w: &[BlockQ4], x: &[BlockQ8], out: &mut [f32], s: Shape, r0: usize) {
-    let mut t0 = 0;
-    while t0 + TILE_TOKENS_Q4 <= s.n {
-        q4_tile::<R, TILE_TOKENS_Q4>(w, x, out, s, r0, t0);
-        t0 += TILE_TOKENS_Q4;
-    }
-    match s.n - t0 {
-        1 => q4_tile::<R, 1>(w, x, out, s, r0, t0),
-        2 => q4_tile::<R, 2>(w, x, out, s, r0, t0),
-        3 => q4_tile::<R, 3>(w, x, out, s, r0, t0),
-        _ => {}
-    }
-}
-
-/// One R x T tile of the q4 matmul: each group of 8 weight blocks is unpacked once for
-/// the tile, each token's activations, scales and sums loaded once per group.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_tile<const R: usize, const T: usize>(
-    w: &[BlockQ4],
-    x: &[BlockQ8],
-    out: &mut [f32],
-    s: Shape,
-    r0: usize,
-    t0: usize,
-) {
-    let kb = s.kb;
-    let mut wg: [&[[BlockQ4; 8]]; R] = [&[]; R];
-    let mut wt: [&[BlockQ4]; R] = [&[]; R];
-    for (i, (g, t)) in wg.iter_mut().zip(wt.iter_mut()).enumerate() {
-        (*g, *t) = w[(r0 + i) * kb..(r0 + i + 1) * kb].as_chunks::<8>();
-    }
-    let mut xg: [&[[BlockQ8; 8]]; T] = [&[]; T];
-    let mut xt: [&[BlockQ8]; T] = [&[]; T];
-    for (j, (g, t)) in xg.iter_mut().zip(xt.iter_mut()).enumerate() {
-        (*g, *t) = x[(t0 + j) * kb..(t0 + j + 1) * kb].as_chunks::<8>();
-    }
-
-    // One token: DRAM-bound, see `PREFETCH_AHEAD`; the steps spread the tile's bytes.
-    let tile = &w[r0 * kb..(r0 + R) * kb];
-    let step = size_of_val(tile).div_ceil(kb.div_ceil(8));
-    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(PREFETCH_AHEAD);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for g in 0..kb / 8 {
-        if T == 1 {
-            prefetch(ahead.wrapping_add(g * step), step);
-        }
-        let mut xq = [ActGroupQ4 { q: [_mm512_setzero_si512(); 4], sum: _mm256_setzero_ps() }; T];
-        let mut dx = [_mm256_setzero_ps(); T];
-        for j in 0..T {
-            xq[j] = load_x_q4(&xg[j][g]);
-            dx[j] = scales8(&xg[j][g]);
-        }
-        for i in 0..R {
-            let wq = load_w_q4(&wg[i][g]);
-            let (dw, mw) = scales_q4(&wg[i][g]);
-            for j in 0..T {
-                acc[i][j] = accumulate_q4(acc[i][j], isum8_q4(&wq, &xq[j]), xq[j].sum, dw, mw, dx[j]);
-            }
-        }
-    }
-    if !kb.is_multiple_of(8) {
-        if T == 1 {
-            prefetch(ahead.wrapping_add(kb / 8 * step), step);
-        }
-        let mut dx = [_mm256_setzero_ps(); T];
-        let mut sx = [_mm256_setzero_ps(); T];
-        for j in 0..T {
-            dx[j] = scales_tail(xt[j]);
-            sx[j] = xsum_tail(xt[j]);
-        }
-        for i in 0..R {
-            let (dw, mw) = scales_q4_tail(wt[i]);
-            for j in 0..T {
-                acc[i][j] = accumulate_q4(acc[i][j], isum_tail_q4(wt[i], xt[j]), sx[j], dw, mw, dx[j]);
-            }
-        }
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &a) in acc_i.iter().enumerate() {
-            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
-        }
-    }
-}
-
-/// Weight rows `r0..r0 + R` against every token, `TILE_TOKENS_F32` tokens at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn f32_rows<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize) {
-    let mut t0 = 0;
-    while t0 + TILE_TOKENS_F32 <= s.n {
-        f32_tile::<R, TILE_TOKENS_F32>(w, x, out, s, r0, t0);
-        t0 += TILE_TOKENS_F32;
-    }
-    while t0 < s.n {
-        f32_tile::<R, 1>(w, x, out, s, r0, t0);
-        t0 += 1;
-    }
-}
-
-/// One R x T tile of the f32 matmul; R * T independent 8-lane accumulators hide the
-/// add latency that bounds a single [`dot_f32`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn f32_tile<const R: usize, const T: usize>(w: &[f32], x: &[f32], out: &mut [f32], s: Shape, r0: usize, t0: usize) {
-    let k = s.kb;
-    let mut wc: [&[[f32; 8]]; R] = [&[]; R];
-    let mut wt: [&[f32]; R] = [&[]; R];
-    for (i, (c, t)) in wc.iter_mut().zip(wt.iter_mut()).enumerate() {
-        (*c, *t) = w[(r0 + i) * k..(r0 + i + 1) * k].as_chunks::<8>();
-    }
-    let mut xc: [&[[f32; 8]]; T] = [&[]; T];
-    let mut xt: [&[f32]; T] = [&[]; T];
-    for (j, (c, t)) in xc.iter_mut().zip(xt.iter_mut()).enumerate() {
-        (*c, *t) = x[(t0 + j) * k..(t0 + j + 1) * k].as_chunks::<8>();
-    }
-
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for c in 0..k / 8 {
-        let mut xv = [_mm256_setzero_ps(); T];
-        for j in 0..T {
-            xv[j] = load8(&xc[j][c]);
-        }
-        for i in 0..R {
-            let wv = load8(&wc[i][c]);
-            for j in 0..T {
-                acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(wv, xv[j]));
-            }
-        }
-    }
-    if !k.is_multiple_of(8) {
-        for i in 0..R {
-            let wv = load8(&pad8f(wt[i]));
-            for j in 0..T {
-                let xv = load8(&pad8f(xt[j]));
-                acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(wv, xv));
-            }
-        }
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &a) in acc_i.iter().enumerate() {
-            out[(t0 + j) * s.rows + r0 + i] = reduce8(a);
-        }
-    }
-}
-
-/// Up to 8 floats followed by +0.0. Their products add +0.0 to their lanes, which
-/// leaves every lane unchanged: lanes start at +0.0, and a sum that starts at +0.0 is
-/// never -0.0 in round-to-nearest.
-#[inline]
-fn pad8f(tail: &[f32]) -> [f32; 8] {
-    let mut p = [0.0; 8];
-    p[..tail.len()].copy_from_slice(tail);
-    p
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load8(v: &[f32; 8]) -> __m256 {
-    // SAFETY: `v` is 8 readable floats; `loadu` needs no alignment.
-    unsafe { _mm256_loadu_ps(v.as_ptr()) }
-}
-
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn load16(v: &[f32; 16]) -> __m512 {
     // SAFETY: `v` is 16 readable floats; `loadu` needs no alignment.
     unsafe { _mm512_loadu_ps(v.as_ptr()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_qs(b: &BlockQ8) -> __m256i {
-    // SAFETY: `b.qs` is 32 readable bytes; `loadu` needs no alignment.
-    unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) }
 }
 
 /// Quants of blocks `a` (low 256 bits) and `b` (high 256 bits).
@@ -939,14 +725,8 @@ fn load_x(x: &[BlockQ8; 8]) -> ActGroup {
     g
 }
 
-/// The exact i32 dot products of 8 block pairs, pair `j` in lane `j`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn isum8(w: &[BlockQ8; 8], x: &[BlockQ8; 8]) -> __m256i {
-    isum8_loaded(&load_w(w), &load_x(x))
-}
-
-/// [`isum8`] of loaded operands. `vpdpbusd` takes unsigned by signed bytes, so the
+/// The exact i32 dot products of 8 block pairs, pair `j` in lane `j`, from operands loaded
+/// by [`load_w`] and [`load_x`]. `vpdpbusd` takes unsigned by signed bytes, so the
 /// weights go in as `w + 128` and each i32 lane starts from `-128 * sum(x)` over its 4
 /// bytes: `sum((w + 128) * x) - 128 * sum(x) = sum(w * x)`, exact for every i8 (the
 /// instruction adds in i32 without saturating, and no value comes near 2^31). Register
@@ -1130,51 +910,22 @@ fn scales_q4_tail(b: &[BlockQ4]) -> (__m256, __m256) {
     (_mm256_cvtph_ps(_mm256_cvtepi32_epi16(dm)), _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32::<16>(dm))))
 }
 
-/// Lane `j` += `isum_j as f32 * (dw_j * dx_j) + xsum_j * (mw_j * dx_j)`: the scalar
-/// expression of [`scalar::dot_q4_q8`], lane-wise, no fused multiply-add.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn accumulate_q4(acc: __m256, isum: __m256i, xsum: __m256, dw: __m256, mw: __m256, dx: __m256) -> __m256 {
-    let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx));
-    let offset = _mm256_mul_ps(xsum, _mm256_mul_ps(mw, dx));
-    _mm256_add_ps(acc, _mm256_add_ps(scaled, offset))
-}
-
-/// The 8 blocks' scales as f32, equal to [`BlockQ8::scale`]: `vcvtph2ps` is exact, as
-/// every f16 (subnormals included) is an f32. The halves are assembled in general
-/// registers: that measured faster than `vpgatherdd` on Sapphire Rapids, and gathers
-/// are slower still on CPUs with the Downfall microcode fix.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn scales8(b: &[BlockQ8; 8]) -> __m256 {
-    scales_tail(b)
-}
-
-/// The scales of up to 8 blocks as f32 lanes, lanes past `b.len()` +0.0. A missing
-/// block (scale 0, isum 0) adds +0.0 to its lane, which leaves the lane unchanged: lanes
-/// start at +0.0, and a sum that starts at +0.0 is never -0.0 in round-to-nearest.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn scales_tail(b: &[BlockQ8]) -> __m256 {
-    let mut h = [0u64; 2];
-    for (j, b) in b.iter().take(8).enumerate() {
-        h[j / 4] |= (u16::from_le_bytes(b.d) as u64) << (16 * (j % 4));
-    }
-    _mm256_cvtph_ps(_mm_set_epi64x(h[1] as i64, h[0] as i64))
-}
-
-/// [`isum8`] of the fewer than 8 pairs of a row's tail, one ymm `vpdpbusd` per block
+/// [`isum8_loaded`] of the fewer than 8 pairs of a row's tail, one ymm `vpdpbusd` per block
 /// in the same biased form; the missing lanes are 0.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn isum_tail(w: &[BlockQ8], x: &[BlockQ8]) -> __m256i {
     let zero = _mm256_setzero_si256();
     let bias = _mm256_set1_epi8(i8::MIN);
+    let len = w.len().min(x.len());
     let mut v = [zero; 8];
-    for ((v, w), x) in v.iter_mut().zip(w).zip(x) {
-        let (w, x) = (load_qs(w), load_qs(x));
-        let correction = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
-        *v = _mm256_dpbusd_epi32(correction, _mm256_xor_si256(w, bias), x);
+    // A constant trip count: the loop unrolls and `v` stays in registers.
+    for (j, v) in v.iter_mut().enumerate() {
+        if j < len {
+            let (w, x) = (load_qs(&w[j]), load_qs(&x[j]));
+            let correction = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+            *v = _mm256_dpbusd_epi32(correction, _mm256_xor_si256(w, bias), x);
+        }
     }
     hsum_tail(v, w.len())
 }
@@ -1198,23 +949,6 @@ fn hsum_tail(v: [__m256i; 8], len: usize) -> __m256i {
     let same = _mm256_blend_epi32::<0xf0>(h0123, h4567);
     let swapped = _mm256_permute2x128_si256::<0x21>(h0123, h4567);
     _mm256_add_epi32(same, swapped)
-}
-
-/// Lane `j` += `isum_j as f32 * (dw_j * dx_j)`: the scalar expression, lane-wise. No
-/// fused multiply-add: LLVM does not contract separate `vmulps`/`vaddps` intrinsics.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn accumulate(acc: __m256, isum: __m256i, dw: __m256, dx: __m256) -> __m256 {
-    _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx)))
-}
-
-/// [`scalar::reduce8`] on the lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn reduce8(acc: __m256) -> f32 {
-    let a = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-    let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps::<1>(b, b)))
 }
 
 /// `clamp(rint(y), -127, 127)` as i32 lanes, NaN to 0, exactly as the scalar
