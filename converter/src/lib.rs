@@ -4,10 +4,7 @@ pub mod aligned;
 pub mod convert;
 pub mod gguf;
 pub mod images;
-#[cfg(feature = "onnx")]
-pub mod onnx;
-#[cfg(feature = "onnx")]
-pub mod onnx_gpt2;
+pub mod import;
 pub mod pixel;
 pub mod progress;
 pub mod report;

@@ -429,7 +429,7 @@ fn cmd_convert_onnx(
     levels: Option<usize>,
     force: bool,
 ) -> Result<()> {
-    use arq_convert::onnx::{convert_onnx, onnx_architecture, HeadSpec, OnnxConvertOptions};
+    use arq_convert::import::onnx::{convert_onnx, onnx_architecture, HeadSpec, OnnxConvertOptions};
     let quant = Quant::from(quant);
     if (head.is_some() || levels.is_some()) && onnx_architecture(input)?.as_deref() == Some("gpt2") {
         bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());

@@ -12,7 +12,7 @@ use arq::heads::Head;
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::convert::Quant;
-use arq_convert::onnx::{convert_onnx, tract_forward, HeadSpec, OnnxConvertOptions, PixelCnnSource};
+use arq_convert::import::onnx::{convert_onnx, tract_forward, HeadSpec, OnnxConvertOptions, PixelCnnSource};
 use prost::Message;
 use tract_onnx::pb;
 

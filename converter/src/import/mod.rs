@@ -1,0 +1,2 @@
+#[cfg(feature = "onnx")]
+pub mod onnx;

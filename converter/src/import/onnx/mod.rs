@@ -1,0 +1,72 @@
+//! ONNX → `.arq`: gated PixelCNNs ([`pixelcnn`]) and GPT-2 text models ([`gpt2`]), with
+//! tract-onnx as an independent f32 reference for each ([`tract_forward`],
+//! [`tract_logits`]).
+//!
+//! Both importers read the protobuf with tract-onnx's prost types (`proto.rs`) and
+//! interpret the graph symbolically: walking the nodes in file order, every computed
+//! tensor gets a role in the model's pattern from its operator and the roles of its
+//! inputs. Node names are never used. The first node that fits no role stops the import
+//! with one line naming it (`node 13 (Relu "name"): ...`, nodes counted from 0 in file
+//! order). The model metadata `arq.architecture = gpt2` selects the GPT-2 pattern; any
+//! other value, or none, the PixelCNN one.
+
+pub mod gpt2;
+pub mod pixelcnn;
+mod proto;
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+pub use gpt2::{tract_logits, Gpt2Source};
+pub use pixelcnn::{tract_forward, HeadSpec, PixelCnnSource};
+
+use crate::convert::{write_validated, Quant, TensorError};
+
+/// Options of `arq convert` for an ONNX model.
+#[derive(Clone, Debug)]
+pub struct OnnxConvertOptions {
+    /// PixelCNN: `Q8` or `F32` (`Q4` is refused); GPT-2: any.
+    pub quant: Quant,
+    /// Overwrite an existing output.
+    pub force: bool,
+    /// Overrides a PixelCNN's head metadata (refused for a GPT-2).
+    pub head: Option<HeadSpec>,
+}
+
+/// What [`convert_onnx`] wrote.
+#[derive(Clone, Debug)]
+pub struct OnnxConvertSummary {
+    pub bytes: u64,
+    /// Relative error of each q8 weight matrix (empty for f32).
+    pub tensor_errors: Vec<TensorError>,
+    /// [`PixelCnnSource::describe`] or [`Gpt2Source::describe`].
+    pub description: String,
+}
+
+/// The model metadata `arq.architecture` of an ONNX file, if it has one.
+pub fn onnx_architecture(path: &Path) -> Result<Option<String>> {
+    Ok(proto::architecture(&proto::read_proto(path)?))
+}
+
+/// `arq convert` for an ONNX model: a GPT-2 when its metadata says
+/// `arq.architecture = gpt2`, else a gated PixelCNN. Reads, checks, writes atomically
+/// and re-validates with the runtime's loader. Never leaves a partial output, never
+/// touches the input; an existing output needs `force`.
+pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
+    crate::convert::check_paths(input, out, opts.force)?;
+    let proto = proto::read_proto(input)?;
+    let ((bytes, tensor_errors), description) = if proto::architecture(&proto).as_deref() == Some("gpt2") {
+        if opts.head.is_some() {
+            bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
+        }
+        let src = Gpt2Source::from_proto(input, &proto)?;
+        (src.to_arq(opts.quant)?, src.describe())
+    } else {
+        pixelcnn::refuse_q4(opts.quant)?;
+        let src = PixelCnnSource::from_proto(input, &proto, opts.head)?;
+        (src.to_arq(opts.quant)?, src.describe())
+    };
+    write_validated(&bytes, out)?;
+    Ok(OnnxConvertSummary { bytes: bytes.len() as u64, tensor_errors, description })
+}
