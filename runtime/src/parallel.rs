@@ -4,9 +4,42 @@
 //! of its output buffers ([`chunks2`]). [`Serial`] runs them in order (no_std, single
 //! thread); with `std`, [`ThreadPool`] keeps its workers alive between steps, so a step
 //! never spawns a thread or allocates.
+//!
+//! The trait is `unsafe` to implement: [`chunks2`] turns one `&mut` slice into one
+//! `&mut` chunk per task index, which is sound only if no index runs twice at once.
+//! An unsafe trait (rather than a sealed one) keeps `&dyn Parallel` in the public API
+//! and still lets an embedder bring its own executor (a second core, a host runtime),
+//! with the obligation written down where the `unsafe impl` is.
 
 /// Runs `f(0) .. f(n - 1)`, possibly concurrently, and returns when all have finished.
-pub trait Parallel: Sync {
+///
+/// # Safety
+///
+/// An implementation's [`run`](Parallel::run) must
+/// - call `f(i)` at most once for each `i < n`, and never with `i >= n`;
+/// - not return, nor unwind, while any call of `f` it started is still running (a
+///   panic in `f` may end the job early, skipping calls not yet started).
+///
+/// Callers such as [`chunks2`] rely on this to give each call exclusive access to its
+/// chunk. [`threads`](Parallel::threads) is a sizing hint; soundness does not depend on it.
+///
+/// A safe impl, which could hand one index to two threads, does not compile:
+///
+/// ```compile_fail,E0200
+/// struct Twice;
+/// impl arq::parallel::Parallel for Twice {
+///     fn threads(&self) -> usize {
+///         2
+///     }
+///     fn run(&self, _n: usize, f: &(dyn Fn(usize) + Sync)) {
+///         std::thread::scope(|s| {
+///             s.spawn(|| f(0));
+///             f(0);
+///         });
+///     }
+/// }
+/// ```
+pub unsafe trait Parallel: Sync {
     /// How many tasks can run at once.
     fn threads(&self) -> usize;
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync));
@@ -15,7 +48,8 @@ pub trait Parallel: Sync {
 /// Runs every task on the caller's thread, in order.
 pub struct Serial;
 
-impl Parallel for Serial {
+// SAFETY: each index once, in order, on the caller's thread, all before returning.
+unsafe impl Parallel for Serial {
     fn threads(&self) -> usize {
         1
     }
@@ -34,7 +68,8 @@ struct Chunks<T> {
 }
 
 // SAFETY: `Chunks` only hands out chunk `i` to task `i`, and `Parallel::run` gives each
-// index to exactly one task, so no two threads touch the same element.
+// index to at most one task (the trait's `# Safety`), so no two threads touch the same
+// element.
 unsafe impl<T: Send> Sync for Chunks<T> {}
 
 impl<T> Chunks<T> {
@@ -49,8 +84,8 @@ impl<T> Chunks<T> {
     /// is still mutably borrowed by the caller of [`chunks2`].
     #[allow(clippy::mut_from_ref)] // the chunks are disjoint; see `# Safety`
     unsafe fn get(&self, i: usize) -> &mut [T] {
-        let start = (i * self.chunk).min(self.len);
-        let end = (start + self.chunk).min(self.len);
+        let start = i.saturating_mul(self.chunk).min(self.len);
+        let end = start.saturating_add(self.chunk).min(self.len);
         // SAFETY: in bounds of the original slice; disjoint per `i` (caller contract).
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
     }
@@ -78,8 +113,9 @@ pub fn chunks2<A: Send, B: Send>(
         return;
     }
     pool.run(n, &|i| {
-        // SAFETY: `run` calls each index once; chunks of distinct indices are disjoint;
-        // `a` and `b` stay mutably borrowed until `run` returns.
+        // SAFETY: `run` calls each index at most once and returns (or unwinds) only
+        // after every call has finished (`Parallel`'s `# Safety`); chunks of distinct
+        // indices are disjoint; `a` and `b` stay mutably borrowed until `run` returns.
         unsafe { f(i, ca.get(i), cb.get(i)) }
     });
 }
@@ -95,6 +131,9 @@ pub use pool::ThreadPool;
 #[cfg(feature = "std")]
 mod pool {
     use super::Parallel;
+    use std::any::Any;
+    use std::boxed::Box;
+    use std::panic::{self, AssertUnwindSafe};
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Condvar, Mutex};
     use std::thread::JoinHandle;
@@ -107,8 +146,8 @@ mod pool {
         n: usize,
     }
     // SAFETY: the pointee is `Sync`; a worker dereferences the pointer only for a task it
-    // claimed in the job's generation, and `run` does not return before every claimed
-    // task is done.
+    // claimed in the job's generation, and `run` does not return (nor unwind) before
+    // every claimed task is done.
     unsafe impl Send for Job {}
 
     struct Shared {
@@ -119,9 +158,14 @@ mod pool {
         /// which fails once the generation has moved on, so a late worker can never run
         /// a task of a finished job.
         claim: AtomicU64,
-        /// Tasks of the current job that have finished.
+        /// Tasks of the current job that have finished (or were skipped after a panic).
         done: AtomicUsize,
         stop: AtomicBool,
+        /// Set when a task of the current job panicked: its remaining tasks are skipped
+        /// and `run` re-raises the panic once every claimed task is done.
+        panicked: AtomicBool,
+        /// The first panicking task's payload (locked only when a task panics).
+        payload: Mutex<Option<Box<dyn Any + Send>>>,
     }
 
     impl Shared {
@@ -134,8 +178,7 @@ mod pool {
                 }
                 match self.claim.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => {
-                        // SAFETY: see `Job`: this task was claimed in `generation`.
-                        unsafe { (*job.f)(cur as u32 as usize) };
+                        self.task(job, cur as u32 as usize);
                         self.done.fetch_add(1, Ordering::AcqRel);
                         cur = self.claim.load(Ordering::Acquire);
                     }
@@ -143,12 +186,64 @@ mod pool {
                 }
             }
         }
+
+        /// Runs claimed task `i` unless the job already panicked. A panic stops here, in
+        /// the worker and in the caller alike: it neither kills a worker (which would
+        /// leave `done` short forever) nor unwinds `run` while workers still hold the
+        /// closure.
+        fn task(&self, job: Job, i: usize) {
+            if self.panicked.load(Ordering::Relaxed) {
+                return;
+            }
+            // SAFETY: see `Job`: this task was claimed in the job's generation, so `run`
+            // is still waiting and the closure is alive.
+            let f = unsafe { &*job.f };
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(i))) {
+                let mut slot = self.payload.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(payload);
+                // Published to `run` by the `done` increment that follows.
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+
+        /// Spins (then yields) until `done` reaches `n`.
+        fn wait_done(&self, n: usize) {
+            let mut spins = 0u32;
+            while self.done.load(Ordering::Acquire) != n {
+                if spins < SPIN {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Finishes the published job when dropped: takes the caller's share of the tasks,
+    /// then waits for the workers' ones. As a drop guard it does so on every way out of
+    /// `run`'s scope, unwinding included, so the lent closure outlives its last call.
+    struct Finish<'p> {
+        shared: &'p Shared,
+        generation: u32,
+        job: Job,
+    }
+
+    impl Drop for Finish<'_> {
+        fn drop(&mut self) {
+            self.shared.work(self.generation, self.job);
+            self.shared.wait_done(self.job.n);
+        }
     }
 
     /// A persistent pool: `threads - 1` workers plus the calling thread, which takes
     /// tasks too and never waits for a worker that has not started one (so a worker
     /// descheduled on a busy machine delays nothing). Workers spin briefly between jobs
     /// (a step issues hundreds of small jobs), then sleep.
+    ///
+    /// A panicking task is re-raised by [`run`](Parallel::run) on the caller's thread
+    /// after every task it started has finished (the job's tasks not yet started are
+    /// skipped); the pool stays usable.
     pub struct ThreadPool {
         shared: Arc<Shared>,
         workers: Vec<JoinHandle<()>>,
@@ -196,6 +291,8 @@ mod pool {
                 claim: AtomicU64::new(0),
                 done: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
+                panicked: AtomicBool::new(false),
+                payload: Mutex::new(None),
             });
             let mut workers = Vec::new();
             for i in 1..threads.max(1) {
@@ -206,7 +303,10 @@ mod pool {
         }
     }
 
-    impl Parallel for ThreadPool {
+    // SAFETY: a task index is claimed by one compare-exchange, so it runs at most once,
+    // and only below `n`; `Finish` waits for every claimed task before `run` goes on,
+    // on unwinding too; no task can be claimed after the generation moves on.
+    unsafe impl Parallel for ThreadPool {
         fn threads(&self) -> usize {
             self.workers.len() + 1
         }
@@ -216,10 +316,10 @@ mod pool {
                 (0..n).for_each(f);
                 return;
             }
-            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: erasing the closure's lifetime is sound because this function does
-            // not return before every claimed task has finished (`done == n`), and no
-            // task of this generation can be claimed after that.
+            let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: erasing the closure's lifetime is sound because `Finish` below does
+            // not let this scope end before every claimed task has finished (`done == n`),
+            // and no task of this generation can be claimed after that.
             let f: *const (dyn Fn(usize) + Sync) = unsafe { core::mem::transmute(f) };
             let job = Job { f, n };
             self.shared.done.store(0, Ordering::Release);
@@ -230,15 +330,16 @@ mod pool {
                 self.shared.claim.store((guard.0 as u64) << 32, Ordering::Release);
                 guard.0
             };
+            let finish = Finish { shared: &self.shared, generation, job };
             self.shared.wake.notify_all();
-            self.shared.work(generation, job);
-            let mut spins = 0u32;
-            while self.shared.done.load(Ordering::Acquire) != n {
-                if spins < SPIN {
-                    spins += 1;
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
+            drop(finish);
+            if self.shared.panicked.load(Ordering::Relaxed) {
+                self.shared.panicked.store(false, Ordering::Relaxed);
+                let payload = self.shared.payload.lock().unwrap_or_else(|e| e.into_inner()).take();
+                // Unlocked first: the gate stays unpoisoned for the next call.
+                drop(gate);
+                if let Some(payload) = payload {
+                    panic::resume_unwind(payload);
                 }
             }
         }
@@ -261,6 +362,96 @@ mod pool {
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
+
+    /// Runs `f` on its own thread and fails if it takes over a minute, so that a pool
+    /// that hangs fails the test instead of blocking the run.
+    fn within_a_minute(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("ThreadPool::run hung"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(t.join().expect_err("the test thread ended without a result"))
+            }
+        }
+    }
+
+    /// Each index of a job runs exactly once: the pool is usable after a panic.
+    fn assert_runs_every_index_once(pool: &ThreadPool) {
+        let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(hits.len(), &|i| {
+            hits[i].fetch_add(1, SeqCst);
+        });
+        assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
+    }
+
+    #[test]
+    fn a_panic_in_the_callers_share_propagates_after_the_workers_finish() {
+        within_a_minute(|| {
+            for threads in 2..5 {
+                let pool = ThreadPool::new(threads).unwrap();
+                let caller = std::thread::current().id();
+                let caller_started = AtomicBool::new(false);
+                let (started, finished) = (AtomicUsize::new(0), AtomicUsize::new(0));
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    pool.run(4 * threads, &|_| {
+                        started.fetch_add(1, SeqCst);
+                        if std::thread::current().id() == caller {
+                            caller_started.store(true, SeqCst);
+                            panic!("caller's share");
+                        }
+                        // Each worker holds its task until the caller has one, then
+                        // outlasts the caller's panic.
+                        while !caller_started.load(SeqCst) {
+                            std::hint::spin_loop();
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                        finished.fetch_add(1, SeqCst);
+                    })
+                }));
+                let msg = *r.expect_err("the panic was swallowed").downcast::<&str>().unwrap();
+                assert_eq!(msg, "caller's share");
+                // Every task a worker started had finished when `run` unwound (the
+                // caller's own one panicked; those not started were skipped).
+                assert_eq!(started.load(SeqCst), finished.load(SeqCst) + 1, "{threads} threads");
+                assert_runs_every_index_once(&pool);
+            }
+        });
+    }
+
+    #[test]
+    fn a_panic_in_a_worker_propagates_to_the_caller_instead_of_hanging() {
+        within_a_minute(|| {
+            for threads in 2..5 {
+                let pool = ThreadPool::new(threads).unwrap();
+                let caller = std::thread::current().id();
+                let worker_started = AtomicBool::new(false);
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    pool.run(4 * threads, &|i| {
+                        if std::thread::current().id() != caller {
+                            worker_started.store(true, SeqCst);
+                            panic!("worker task {i}");
+                        }
+                        // The caller holds its task until a worker has one, so that
+                        // one surely runs on a worker.
+                        while !worker_started.load(SeqCst) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                }));
+                let msg = r.expect_err("the panic was swallowed").downcast::<String>().unwrap();
+                assert!(msg.starts_with("worker task"), "{msg}");
+                assert_runs_every_index_once(&pool);
+            }
+        });
+    }
 
     #[test]
     fn every_chunk_is_visited_once_with_its_partner() {

@@ -264,9 +264,6 @@ pub struct ArqFile<'a> {
     checksum: u64,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
@@ -277,37 +274,50 @@ fn to_usize(v: u64, what: &'static str) -> Result<usize, FormatError> {
     usize::try_from(v).map_err(|_| FormatError::TooLarge(what))
 }
 
+/// A read position in the metadata section; every step is bounds- and overflow-checked.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    const OOB: FormatError = FormatError::OutOfBounds("metadata entry");
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], FormatError> {
+        let end = self.at.checked_add(len).ok_or(Self::OOB)?;
+        let s = self.bytes.get(self.at..end).ok_or(Self::OOB)?;
+        self.at = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+        self.take(N)?.try_into().map_err(|_| Self::OOB)
+    }
+}
+
 /// One metadata entry: key, value, and the offset of the next entry.
 fn parse_meta_entry(meta: &[u8], at: usize) -> Result<(&str, MetaValue<'_>, usize), FormatError> {
-    const OOB: FormatError = FormatError::OutOfBounds("metadata entry");
-    let klen = u16_at(meta, at).ok_or(OOB)? as usize;
-    let kstart = at + 2;
-    let kend = kstart.checked_add(klen).ok_or(OOB)?;
-    let key =
-        core::str::from_utf8(meta.get(kstart..kend).ok_or(OOB)?).map_err(|_| FormatError::BadUtf8("metadata key"))?;
-    let ty = *meta.get(kend).ok_or(OOB)?;
-    let v = kend + 1;
-    let (value, next) = match ty {
-        meta_type::U32 => (MetaValue::U32(u32_at(meta, v).ok_or(OOB)?), v + 4),
-        meta_type::I32 => (MetaValue::I32(u32_at(meta, v).ok_or(OOB)? as i32), v + 4),
-        meta_type::F32 => (MetaValue::F32(f32::from_bits(u32_at(meta, v).ok_or(OOB)?)), v + 4),
-        meta_type::U64 => (MetaValue::U64(u64_at(meta, v).ok_or(OOB)?), v + 8),
-        meta_type::BOOL => match *meta.get(v).ok_or(OOB)? {
-            0 => (MetaValue::Bool(false), v + 1),
-            1 => (MetaValue::Bool(true), v + 1),
+    let mut c = Cursor { bytes: meta, at };
+    let klen = u16::from_le_bytes(c.array()?);
+    let key = core::str::from_utf8(c.take(klen.into())?).map_err(|_| FormatError::BadUtf8("metadata key"))?;
+    let [ty] = c.array()?;
+    let value = match ty {
+        meta_type::U32 => MetaValue::U32(u32::from_le_bytes(c.array()?)),
+        meta_type::I32 => MetaValue::I32(i32::from_le_bytes(c.array()?)),
+        meta_type::F32 => MetaValue::F32(f32::from_le_bytes(c.array()?)),
+        meta_type::U64 => MetaValue::U64(u64::from_le_bytes(c.array()?)),
+        meta_type::BOOL => match c.array()? {
+            [0] => MetaValue::Bool(false),
+            [1] => MetaValue::Bool(true),
             _ => return Err(FormatError::BadLayout("bool metadata value not 0 or 1")),
         },
         meta_type::STR => {
-            let len = u32_at(meta, v).ok_or(OOB)? as usize;
-            let s = v + 4;
-            let e = s.checked_add(len).ok_or(OOB)?;
-            let text = core::str::from_utf8(meta.get(s..e).ok_or(OOB)?)
-                .map_err(|_| FormatError::BadUtf8("metadata string"))?;
-            (MetaValue::Str(text), e)
+            let len = to_usize(u32::from_le_bytes(c.array()?).into(), "metadata string")?;
+            let text = core::str::from_utf8(c.take(len)?).map_err(|_| FormatError::BadUtf8("metadata string"))?;
+            MetaValue::Str(text)
         }
         other => return Err(FormatError::UnknownMetaType(other)),
     };
-    Ok((key, value, next))
+    Ok((key, value, c.at))
 }
 
 /// Iterates over the metadata entries of a parsed file.
@@ -358,7 +368,7 @@ impl<'a> ArqFile<'a> {
         if version != VERSION {
             return Err(FormatError::UnsupportedVersion(version));
         }
-        if h(8)? as usize != HEADER_LEN {
+        if h(8)? != HEADER_LEN as u32 {
             return Err(FormatError::BadLayout("header length"));
         }
         if !(bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
@@ -379,20 +389,26 @@ impl<'a> ArqFile<'a> {
         let data_len = to_usize(h64(56)?, "data length")?;
         let checksum = h64(64)?;
 
-        let section = |off: usize, len: usize, what: &'static str| -> Result<&'a [u8], FormatError> {
-            let end = off.checked_add(len).ok_or(FormatError::TooLarge(what))?;
-            bytes.get(off..end).ok_or(FormatError::OutOfBounds(what))
-        };
-        let dir_len = (n_tensors as usize).checked_mul(TENSOR_ENTRY_LEN).ok_or(FormatError::TooLarge("directory"))?;
-        if meta_off < HEADER_LEN || dir_off < meta_off + meta_len || data_off < dir_off + dir_len {
+        // Every end is computed with checked arithmetic: the header's offsets and lengths
+        // are arbitrary u64s, and a sum that wraps must be an error, not a panic (with
+        // overflow checks) or a bogus layout that happens to pass (without).
+        let end = |off: usize, len: usize, what: &'static str| off.checked_add(len).ok_or(FormatError::TooLarge(what));
+        let dir_len = to_usize(u64::from(n_tensors), "tensor directory")?
+            .checked_mul(TENSOR_ENTRY_LEN)
+            .ok_or(FormatError::TooLarge("tensor directory"))?;
+        let meta_end = end(meta_off, meta_len, "metadata section")?;
+        let dir_end = end(dir_off, dir_len, "tensor directory")?;
+        let data_end = end(data_off, data_len, "data section")?;
+        if meta_off < HEADER_LEN || dir_off < meta_end || data_off < dir_end {
             return Err(FormatError::BadLayout("sections out of order or overlapping"));
         }
         if data_off % ALIGN != 0 {
             return Err(FormatError::Misaligned("data section"));
         }
-        let meta = section(meta_off, meta_len, "metadata section")?;
-        let dir = section(dir_off, dir_len, "tensor directory")?;
-        let data = section(data_off, data_len, "data section")?;
+        let section = |off: usize, end: usize, what| bytes.get(off..end).ok_or(FormatError::OutOfBounds(what));
+        let meta = section(meta_off, meta_end, "metadata section")?;
+        let dir = section(dir_off, dir_end, "tensor directory")?;
+        let data = section(data_off, data_end, "data section")?;
 
         // Every metadata entry must parse and the entries must fill the section exactly.
         let mut at = 0;
@@ -410,11 +426,9 @@ impl<'a> ArqFile<'a> {
     }
 
     fn tensor_checked(&self, index: usize) -> Result<TensorView<'a>, FormatError> {
-        let idx = index as u32;
-        let e = self
-            .dir
-            .get(index * TENSOR_ENTRY_LEN..(index + 1) * TENSOR_ENTRY_LEN)
-            .ok_or(FormatError::OutOfBounds("tensor directory"))?;
+        let idx = u32::try_from(index).map_err(|_| FormatError::TooLarge("tensor index"))?;
+        let e =
+            self.dir.chunks_exact(TENSOR_ENTRY_LEN).nth(index).ok_or(FormatError::OutOfBounds("tensor directory"))?;
         let name_field = &e[..TENSOR_NAME_LEN];
         let name_len = name_field.iter().position(|&b| b == 0).unwrap_or(TENSOR_NAME_LEN);
         if name_len == 0 || name_len == TENSOR_NAME_LEN || name_field[name_len..].iter().any(|&b| b != 0) {
@@ -525,6 +539,79 @@ mod tests {
         assert_eq!(Dtype::from_u32(4), Ok(Dtype::Q4));
         assert_eq!(Dtype::Q4.name(), "q4");
         assert_eq!(Dtype::from_u32(5), Err(FormatError::UnknownDtype(5)));
+    }
+
+    /// A 64-byte aligned header of an empty file (no metadata, no tensors), with the
+    /// u64 fields at bytes 24 ..= 56 set to `fields` and the counts to `counts`.
+    fn header(counts: [u32; 2], fields: [u64; 5]) -> Header {
+        let mut h = Header([0; 24]);
+        let b: &mut [u8] = bytemuck::cast_slice_mut(&mut h.0);
+        b[..4].copy_from_slice(&MAGIC);
+        b[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        b[12..16].copy_from_slice(&counts[0].to_le_bytes());
+        b[16..20].copy_from_slice(&counts[1].to_le_bytes());
+        for (i, v) in fields.iter().enumerate() {
+            b[24 + 8 * i..32 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        h
+    }
+
+    /// 192 bytes: the header and a 64-byte data section.
+    #[repr(align(64))]
+    struct Header([u64; 24]);
+
+    fn parse_header(h: &Header) -> Result<(), FormatError> {
+        ArqFile::parse(bytemuck::cast_slice(&h.0)).map(|_| ())
+    }
+
+    /// [meta_off, meta_len, dir_off, data_off, data_len] of the empty file `header` makes.
+    const EMPTY: [u64; 5] = [128, 0, 128, 128, 64];
+
+    #[test]
+    fn huge_section_offsets_and_lengths_are_typed_errors() {
+        use FormatError::*;
+        assert_eq!(parse_header(&header([0, 0], EMPTY)), Ok(()));
+        let m = u64::MAX;
+        // Sums that overflow only when added, and values that overflow alone.
+        let cases: [([u32; 2], [u64; 5], FormatError); 7] = [
+            ([0, 0], [128, m - 127, 128, 128, 64], TooLarge("metadata section")),
+            ([0, 0], [128, m, 128, 128, 64], TooLarge("metadata section")),
+            ([0, 1], [128, 0, m - 127, 128, 64], TooLarge("tensor directory")),
+            ([0, 0], [128, 0, 128, m - 63, 64], TooLarge("data section")),
+            ([0, 0], [128, 0, 128, 128, m - 127], TooLarge("data section")),
+            ([0, 0], [m, m, m, m, m], TooLarge("metadata section")),
+            ([0, 0], [m, 0, 128, 128, 64], BadLayout("sections out of order or overlapping")),
+        ];
+        for (counts, fields, want) in cases {
+            assert_eq!(parse_header(&header(counts, fields)), Err(want), "{counts:?} {fields:?}");
+        }
+        assert_eq!(parse_header(&header([0, 0], [128, 0, 128, 128, 1 << 40])), Err(OutOfBounds("data section")));
+    }
+
+    /// Every pair of header fields set to every pair of extreme values: an error or a
+    /// valid file, never a panic (the test profiles check overflow).
+    #[test]
+    fn extreme_header_values_never_panic() {
+        let m = u64::MAX;
+        let values = [0, 1, 63, 64, 127, 128, 192, u32::MAX as u64, 1 << 32, m / 2, m - 127, m - 63, m - 1, m];
+        let count = |v: u64| v.min(u32::MAX as u64) as u32;
+        for i in 0..7 {
+            for j in i..7 {
+                for &a in &values {
+                    for &b in &values {
+                        let (mut counts, mut fields) = ([0u32; 2], EMPTY);
+                        for (k, v) in [(i, a), (j, b)] {
+                            match k {
+                                0 | 1 => counts[k] = count(v),
+                                _ => fields[k - 2] = v,
+                            }
+                        }
+                        let _ = parse_header(&header(counts, fields));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -59,8 +59,9 @@ impl ArqWriter {
         if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
             return Err(invalid(format!("tensor '{name}': shape {dims:?} not supported")));
         }
-        let n: u64 = dims.iter().product();
-        if dtype.byte_len(n, dims[dims.len() - 1]) != Some(data.len() as u64) {
+        // The dims come from an imported file: their product may overflow.
+        let n = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        if n.and_then(|n| dtype.byte_len(n, dims[dims.len() - 1])) != Some(data.len() as u64) {
             return Err(invalid(format!("tensor '{name}': {} bytes do not fit {} {dims:?}", data.len(), dtype.name())));
         }
         self.tensors.push(Tensor { name: name.into(), dtype, dims: dims.to_vec(), data });
@@ -249,5 +250,7 @@ mod tests {
         assert!(w.tensor("q", Dtype::Q8, &[1, 31], vec![0; 34]).is_err());
         assert!(w.tensor("f", Dtype::F32, &[3], vec![0; 8]).is_err());
         assert!(w.tensor("", Dtype::U8, &[1], vec![0]).is_err());
+        // 2^64 elements: the product overflows.
+        assert!(w.tensor("big", Dtype::U8, &[1 << 32, 1 << 32], vec![0]).is_err());
     }
 }
