@@ -11,9 +11,22 @@
 //! `cfg(target_feature)` on no_std targets.
 
 /// A SIMD tier's [`Kernels`] table: the tier's name and, per entry, a safe wrapper over
-/// the tier's `#[target_feature]` kernel of that name (`unsafe fn`, same signature).
+/// the tier's `#[target_feature]` kernel named there (`unsafe fn`, same signature). With
+/// the name alone, the kernels are the `unsafe fn`s in scope named as the entries.
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 macro_rules! simd_table {
+    ($name:literal) => {
+        simd_table! {
+            name: $name,
+            dot_q8: dot_q8,
+            dot_f32: dot_f32,
+            matmul_q8: matmul_q8,
+            matmul_f32: matmul_f32,
+            quantize_q8: quantize_q8,
+            dot_q4_q8: dot_q4_q8,
+            matmul_q4_q8: matmul_q4_q8,
+        }
+    };
     (
         name: $name:literal,
         dot_q8: $dot_q8:path,

@@ -35,16 +35,7 @@ const TILE_TOKENS_F32: usize = 2;
 
 /// This tier's table. Only [`crate::kernels`] hands it out, and only after
 /// [`detected`] returned true.
-pub(in crate::kernels) static KERNELS: Kernels = simd_table! {
-    name: "avx2",
-    dot_q8: dot_q8,
-    dot_f32: dot_f32,
-    matmul_q8: matmul_q8,
-    matmul_f32: matmul_f32,
-    quantize_q8: quantize_q8,
-    dot_q4_q8: dot_q4_q8,
-    matmul_q4_q8: matmul_q4_q8,
-};
+pub(in crate::kernels) static KERNELS: Kernels = simd_table!("avx2");
 
 /// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
 /// the kernels of this module.

@@ -59,16 +59,7 @@ const TILE_TOKENS_F32: usize = 4;
 
 /// This tier's table. Only [`crate::kernels`] hands it out, and only after
 /// [`detected`] returned true.
-pub(in crate::kernels) static KERNELS: Kernels = simd_table! {
-    name: "avx512vnni",
-    dot_q8: dot_q8,
-    dot_f32: dot_f32,
-    matmul_q8: matmul_q8,
-    matmul_f32: matmul_f32,
-    quantize_q8: quantize_q8,
-    dot_q4_q8: dot_q4_q8,
-    matmul_q4_q8: matmul_q4_q8,
-};
+pub(in crate::kernels) static KERNELS: Kernels = simd_table!("avx512vnni");
 
 /// Whether this CPU (std: detected at run time; no_std: enabled at compile time) runs
 /// the kernels of this module. Also checks the features that `avx512f` implies to the
