@@ -4,11 +4,12 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use arq::aligned::AlignedBytes;
 
 /// The bytes of an `.arq` file: a read-only mmap (page aligned) or an aligned heap copy.
 pub enum ModelBytes {
     Mapped(memmap2::Mmap),
-    Owned { buf: Vec<u64>, len: usize },
+    Owned(AlignedBytes),
 }
 
 impl ModelBytes {
@@ -23,24 +24,13 @@ impl ModelBytes {
 
     /// A 64-byte aligned copy of `bytes`.
     pub fn copy_of(bytes: &[u8]) -> Self {
-        // Vec<u64> is 8-aligned; over-allocate and start at the first 64-aligned byte.
-        let mut buf = vec![0u64; bytes.len().div_ceil(8) + 8];
-        let skip = Self::skip(&buf);
-        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[skip..skip + bytes.len()].copy_from_slice(bytes);
-        ModelBytes::Owned { buf, len: bytes.len() }
-    }
-
-    fn skip(buf: &[u64]) -> usize {
-        let base = buf.as_ptr() as usize;
-        (64 - base % 64) % 64
+        ModelBytes::Owned(AlignedBytes::copy_of(bytes))
     }
 
     pub fn bytes(&self) -> &[u8] {
         match self {
             ModelBytes::Mapped(m) => m,
-            ModelBytes::Owned { buf, len } => {
-                &bytemuck::cast_slice::<u64, u8>(buf)[Self::skip(buf)..Self::skip(buf) + len]
-            }
+            ModelBytes::Owned(a) => a.bytes(),
         }
     }
 }

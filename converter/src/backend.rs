@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use arq::arch::transformer::Offload;
+use arq::linear::Offload;
 use arq::parallel::Parallel;
 use arq::{math, Model, Session, SessionConfig};
 

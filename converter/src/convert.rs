@@ -297,7 +297,7 @@ fn temp_path(out: &Path) -> PathBuf {
 /// Whether the runtime's loader for the file's architecture accepts it.
 pub fn check_loads(file: ArqFile<'_>) -> Result<(), arq::Error> {
     match file.meta("arq.architecture").and_then(|v| v.as_str()) {
-        Some("pixelcnn") => arq::arch::pixelcnn::PixelCnn::from_file(file).map(|_| ()),
+        Some("pixelcnn") => arq::PixelCnn::from_file(file).map(|_| ()),
         // LLaMA and GPT-2; the tokenizer tables too.
         _ => arq::Model::from_file(file).and_then(|m| m.tokenizer()).map(|_| ()),
     }

@@ -109,7 +109,7 @@ pub fn sample_naive(model: &PixelCnn<'_>, seed: u64, temp: f32) -> Result<Vec<u8
     for i in 0..c.pixels() {
         let params = s.forward_full(&x_in)?;
         c.head.log_probs(levels, &params[i * np..(i + 1) * np], &mut lp);
-        let level = arq::heads::sample_log_weights(&lp, temp, &mut rng);
+        let level = arq::models::pixelcnn::heads::sample_log_weights(&lp, temp, &mut rng);
         out[i] = level as u8;
         x_in[i] = model.value_of_level(level);
     }
@@ -190,7 +190,7 @@ pub fn impute(
         for (p, s) in cur.iter_mut().enumerate() {
             let lp = s.log_probs()?;
             let level = if missing[i] {
-                arq::heads::sample_log_weights(lp, temp, &mut rng)
+                arq::models::pixelcnn::heads::sample_log_weights(lp, temp, &mut rng)
             } else {
                 logw[p] += lp[image[i] as usize];
                 image[i] as usize
@@ -210,7 +210,7 @@ pub fn impute(
         }
     }
     let final_ess = ess(&logw);
-    let pick = arq::heads::sample_log_weights(&logw, 1.0, &mut rng);
+    let pick = arq::models::pixelcnn::heads::sample_log_weights(&logw, 1.0, &mut rng);
     Ok((imgs.swap_remove(pick), ImputeMethod::Smc { particles: n, resamples, final_ess }))
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use arq::arch::pixelcnn_synth::{synthetic, SynthSpec};
+use arq::models::pixelcnn::synth::{synthetic, SynthSpec};
 use arq::{PixelCnn, PixelSessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::images::{self, Images};

@@ -8,7 +8,7 @@ use common::TempDir;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use arq::heads::Head;
+use arq::models::pixelcnn::heads::Head;
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::convert::Quant;

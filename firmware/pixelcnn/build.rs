@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 // The runtime's own 64-byte aligned buffer (std feature): the reader needs an aligned base.
-use arq::arch::pixelcnn_synth::AlignedBytes;
+use arq::aligned::AlignedBytes;
 use arq::{PixelCnn, PixelSessionConfig};
 
 fn main() {

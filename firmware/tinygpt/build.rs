@@ -11,7 +11,7 @@ use std::fs;
 use std::path::PathBuf;
 
 // The runtime's own 64-byte aligned buffer (std feature): the reader needs an aligned base.
-use arq::arch::pixelcnn_synth::AlignedBytes;
+use arq::aligned::AlignedBytes;
 use arq::{KvDtype, Model, SessionConfig};
 
 fn main() {

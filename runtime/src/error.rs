@@ -1,5 +1,6 @@
 //! The library's typed errors: small, `Copy`, no allocation.
 
+use crate::format::keys::LayerNaming;
 use crate::format::FormatError;
 use crate::tokenizer::TokenizerError;
 use core::fmt;
@@ -11,9 +12,10 @@ pub enum Error {
     Format(FormatError),
     /// The file describes an architecture this build does not run.
     UnsupportedArchitecture,
-    /// A required tensor is missing, or has the wrong dtype or shape.
-    /// `layer` is `None` for global tensors.
-    BadTensor { role: &'static str, layer: Option<u32>, problem: &'static str },
+    /// A required tensor is missing, or has the wrong dtype or shape. `layer` is `None`
+    /// for global tensors (then `role` is the tensor's name); a layer's tensor is named
+    /// as `naming` says (`blk.3.attn_q`, `l3.vconv.weight`). Built by [`bad`].
+    BadTensor { naming: LayerNaming, role: &'static str, layer: Option<u32>, problem: &'static str },
     /// A hyperparameter is zero, inconsistent or over its cap.
     BadHyperparameter(&'static str),
     /// The caller's arena is smaller than [`memory_plan`](crate::Model::memory_plan) says.
@@ -33,6 +35,12 @@ pub enum Error {
     Offload(&'static str),
 }
 
+/// The one constructor of [`Error::BadTensor`]: tensor `role` of `layer` (or the global
+/// tensor `role`), named as `naming` says, has `problem`.
+pub(crate) fn bad(naming: LayerNaming, role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
+    Error::BadTensor { naming, role, layer, problem }
+}
+
 impl From<FormatError> for Error {
     fn from(e: FormatError) -> Self {
         Error::Format(e)
@@ -44,8 +52,10 @@ impl fmt::Display for Error {
         match *self {
             Error::Format(e) => e.fmt(f),
             Error::UnsupportedArchitecture => write!(f, "unsupported model architecture"),
-            Error::BadTensor { role, layer: Some(l), problem } => write!(f, "tensor blk.{l}.{role}: {problem}"),
-            Error::BadTensor { role, layer: None, problem } => write!(f, "tensor {role}: {problem}"),
+            Error::BadTensor { naming, role, layer: Some(l), problem } => {
+                write!(f, "tensor {}{l}.{role}: {problem}", naming.prefix())
+            }
+            Error::BadTensor { role, layer: None, problem, .. } => write!(f, "tensor {role}: {problem}"),
             Error::BadHyperparameter(what) => write!(f, "invalid hyperparameter: {what}"),
             Error::ArenaTooSmall { need, have } => {
                 write!(f, "arena too small: need {need} bytes, have {have} ({} missing)", need - have.min(need))
@@ -66,3 +76,19 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 #[cfg(feature = "std")]
 impl std::error::Error for FormatError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn bad_tensor_names_the_tensor_the_file_holds() {
+        let e = bad(LayerNaming::L, "vconv.weight", Some(3), "shape does not match the hyperparameters");
+        assert_eq!(e.to_string(), "tensor l3.vconv.weight: shape does not match the hyperparameters");
+        let e = bad(LayerNaming::Blk, "ffn_up.bias", Some(1), "missing or out of the canonical order");
+        assert_eq!(e.to_string(), "tensor blk.1.ffn_up.bias: missing or out of the canonical order");
+        let e = bad(LayerNaming::L, "out1.bias", None, "missing");
+        assert_eq!(e.to_string(), "tensor out1.bias: missing");
+    }
+}

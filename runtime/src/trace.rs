@@ -65,8 +65,9 @@ mod tests {
     fn model_loads_and_sessions_are_logged_through_the_log_facade() {
         let _ = log::set_logger(&CAPTURE);
         log::set_max_level(log::LevelFilter::Debug);
-        let spec = crate::arch::pixelcnn_synth::SynthSpec::digits_like(4, 4, true);
-        let bytes = crate::arch::pixelcnn_synth::AlignedBytes::copy_of(&crate::arch::pixelcnn_synth::synthetic(&spec));
+        use crate::models::pixelcnn::synth::{synthetic, SynthSpec};
+        let spec = SynthSpec::digits_like(4, 4, true);
+        let bytes = crate::aligned::AlignedBytes::copy_of(&synthetic(&spec));
         let model = crate::PixelCnn::load(bytes.bytes()).unwrap();
         let cfg = crate::PixelSessionConfig::default();
         let mut arena = std::vec![0u8; model.memory_plan(&cfg).unwrap()];

@@ -1,10 +1,12 @@
-//! The `.arq` file: the only parser of its bytes (and, with `std`, its writer).
+//! The `.arq` file: the only parser of its bytes (and, with `std`, its writer), and in
+//! [`keys`] the table of its metadata keys and architecture names.
 //!
 //! Normative spec: `runtime/FORMAT.md`. The reader borrows the file's bytes (`&'a [u8]`:
 //! an mmap, or a `static` blob in flash), copies nothing and allocates nothing. Every
 //! count, size and offset is checked with overflow-safe arithmetic in [`ArqFile::parse`],
 //! so later accessors cannot fail on structure, and no byte sequence makes it panic.
 
+pub mod keys;
 #[cfg(feature = "std")]
 pub mod writer;
 

@@ -166,20 +166,13 @@ impl ArqWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aligned::AlignedBytes;
+    use crate::format::keys;
     use crate::format::{ArqFile, FormatError, MetaValue};
-
-    /// A 64-byte aligned copy of `bytes` (the reader requires an aligned base).
-    fn aligned(bytes: &[u8]) -> (Vec<u64>, usize) {
-        let mut v = vec![0u64; bytes.len().div_ceil(8) + 8];
-        let base = v.as_ptr() as usize;
-        let skip = (ALIGN - base % ALIGN) % ALIGN;
-        bytemuck::cast_slice_mut::<u64, u8>(&mut v)[skip..skip + bytes.len()].copy_from_slice(bytes);
-        (v, skip)
-    }
 
     fn sample() -> Vec<u8> {
         let mut w = ArqWriter::new();
-        w.meta("arq.architecture", Meta::Str("llama".into()));
+        w.meta(keys::ARCHITECTURE, Meta::Str(keys::ARCH_LLAMA.into()));
         w.meta("n", Meta::U32(7));
         w.meta("x", Meta::F32(0.5));
         w.meta("b", Meta::Bool(true));
@@ -194,9 +187,9 @@ mod tests {
     #[test]
     fn roundtrip() {
         let bytes = sample();
-        let (buf, skip) = aligned(&bytes);
-        let f = ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + bytes.len()]).unwrap();
-        assert_eq!(f.meta("arq.architecture"), Some(MetaValue::Str("llama")));
+        let buf = AlignedBytes::copy_of(&bytes);
+        let f = ArqFile::parse(buf.bytes()).unwrap();
+        assert_eq!(f.meta(keys::ARCHITECTURE), Some(MetaValue::Str(keys::ARCH_LLAMA)));
         assert_eq!(f.meta_u64("n"), Ok(7));
         assert_eq!(f.meta("b").and_then(|v| v.as_bool()), Some(true));
         assert_eq!(f.n_tensors(), 3);
@@ -213,16 +206,15 @@ mod tests {
     fn every_truncation_and_every_byte_flip_is_an_error_or_valid_never_a_panic() {
         let bytes = sample();
         for cut in 0..bytes.len() {
-            let (buf, skip) = aligned(&bytes[..cut]);
-            assert!(ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + cut]).is_err(), "cut {cut}");
+            let buf = AlignedBytes::copy_of(&bytes[..cut]);
+            assert!(ArqFile::parse(buf.bytes()).is_err(), "cut {cut}");
         }
         for at in 0..bytes.len() {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut b = bytes.clone();
                 b[at] ^= flip;
-                let (buf, skip) = aligned(&b);
-                let view = &bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + b.len()];
-                if let Ok(f) = ArqFile::parse(view) {
+                let buf = AlignedBytes::copy_of(&b);
+                if let Ok(f) = ArqFile::parse(buf.bytes()) {
                     // Whatever parsed must be readable in full without panicking.
                     for t in f.tensors() {
                         let _ = (t.as_f32(), t.as_q8());
@@ -239,8 +231,8 @@ mod tests {
         let mut bytes = sample();
         let last = bytes.len() - 60; // inside the data section
         bytes[last] ^= 0x10;
-        let (buf, skip) = aligned(&bytes);
-        let f = ArqFile::parse(&bytemuck::cast_slice::<u64, u8>(&buf)[skip..skip + bytes.len()]).unwrap();
+        let buf = AlignedBytes::copy_of(&bytes);
+        let f = ArqFile::parse(buf.bytes()).unwrap();
         assert!(matches!(f.verify_checksum(), Err(FormatError::ChecksumMismatch { .. })));
     }
 

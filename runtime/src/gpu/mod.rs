@@ -2,7 +2,7 @@
 //!
 //! [`GpuDevice`] opens an adapter and compiles the WGSL kernels (`matmul.wgsl`) once;
 //! [`GpuMatmul`] uploads one model's matrices once and then serves the
-//! [`Offload`](crate::arch::transformer::Offload) calls of a [`Session`](crate::Session): the CPU
+//! [`Offload`](crate::linear::Offload) calls of a [`Session`](crate::Session): the CPU
 //! quantizes the activations exactly as its own path does, the GPU computes the products,
 //! and everything else of the step (norms, RoPE, attention over the KV cache, the
 //! residual stream) stays on the CPU.
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use wgpu::util::DeviceExt;
 
-use crate::arch::transformer::{Offload, Weight};
 use crate::error::Error;
+use crate::linear::{Offload, Weight};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 use crate::Model;
 

@@ -1,98 +1,21 @@
 //! Block types and their scalar quantize/dequantize: the specification of each dtype.
 //!
-//! `q8`: symmetric int8 in [-127, 127] with one f16 scale per block of 32 values along
-//! the reduction (last) dimension. A row of `k` values is `k / 32` consecutive blocks.
-//! Weights and on-the-fly activations use the same block, so the dot product of two
-//! blocks is an exact i32 sum times the product of the two scales.
+//! `q8` ([`BlockQ8`], in `q8.rs`): symmetric int8 in [-127, 127] with one f16 scale per
+//! block of 32 values along the reduction (last) dimension. A row of `k` values is
+//! `k / 32` consecutive blocks. Weights and on-the-fly activations use the same block, so
+//! the dot product of two blocks is an exact i32 sum times the product of the two scales.
 //!
 //! `q4` ([`BlockQ4`], in `q4.rs`): asymmetric 4-bit weights with an f16 scale and an f16
 //! minimum per block of 32; activations stay q8.
+//!
+//! Each file holds its dtype's weight quantizer (the reference the converter writes
+//! files with); `q8.rs` also holds the activation quantizer that every kernel tier
+//! reproduces bit for bit.
 
 mod q4;
+mod q8;
 
 pub use q4::{dequantize_row_q4, quantize_row_q4, BlockQ4, QK4};
-
-use bytemuck::{Pod, Zeroable};
-use half::f16;
-
-/// Values per q8 block.
-pub const QK8: usize = 32;
-
-/// One q8 block: an f16 scale (little-endian bytes, so the block has alignment 1 and
-/// casts from any file offset) followed by 32 int8 values in [-127, 127].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct BlockQ8 {
-    pub d: [u8; 2],
-    pub qs: [i8; QK8],
-}
-
-const _: () = assert!(core::mem::size_of::<BlockQ8>() == 34);
-const _: () = assert!(core::mem::align_of::<BlockQ8>() == 1);
-
-impl BlockQ8 {
-    /// The block's scale as f32.
-    #[inline]
-    pub fn scale(&self) -> f32 {
-        f16::from_le_bytes(self.d).to_f32()
-    }
-}
-
-/// Quantize `x` (length a multiple of 32) into `out` (`x.len() / 32` blocks).
-///
-/// Spec: `amax = max |x_i|`, `d = amax / 127` (f32), stored scale `f16(d)`,
-/// `q_i = clamp(rint(x_i * (1/d)), -127, 127)` with round-half-to-even (`rint` in the
-/// default rounding mode), `q_i = 0` when `d == 0`. The inverse uses the f32 `d`, not
-/// the f16-rounded one, as ggml's Q8_0 does. SIMD versions must match this bit for bit.
-pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
-    debug_assert_eq!(x.len(), out.len() * QK8);
-    for (chunk, block) in x.chunks_exact(QK8).zip(out.iter_mut()) {
-        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        block.d = f16::from_f32(d).to_le_bytes();
-        for (q, &v) in block.qs.iter_mut().zip(chunk) {
-            *q = libm::rintf(v * id).clamp(-127.0, 127.0) as i8;
-        }
-    }
-}
-
-/// Dequantize q8 blocks into `out` (`blocks.len() * 32` values).
-pub fn dequantize_row_q8(blocks: &[BlockQ8], out: &mut [f32]) {
-    debug_assert_eq!(out.len(), blocks.len() * QK8);
-    for (block, chunk) in blocks.iter().zip(out.chunks_exact_mut(QK8)) {
-        let d = block.scale();
-        for (o, &q) in chunk.iter_mut().zip(&block.qs) {
-            *o = q as f32 * d;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roundtrip_error_is_within_half_a_step() {
-        let x: [f32; 64] = core::array::from_fn(|i| ((i as f32) * 0.37).sin() * 3.0);
-        let mut b = [BlockQ8::zeroed(); 2];
-        quantize_row_q8(&x, &mut b);
-        let mut y = [0.0f32; 64];
-        dequantize_row_q8(&b, &mut y);
-        for (blk, (xs, ys)) in b.iter().zip(x.chunks(32).zip(y.chunks(32))) {
-            let step = blk.scale();
-            for (a, c) in xs.iter().zip(ys) {
-                assert!((a - c).abs() <= 0.5 * step + 1e-3 * a.abs(), "{a} vs {c}");
-            }
-            assert!(blk.qs.iter().all(|&q| q >= -127));
-        }
-    }
-
-    #[test]
-    fn zero_block_has_zero_scale() {
-        let mut b = [BlockQ8::zeroed(); 1];
-        quantize_row_q8(&[0.0; 32], &mut b);
-        assert_eq!(b[0].scale(), 0.0);
-        assert!(b[0].qs.iter().all(|&q| q == 0));
-    }
-}
+#[cfg(feature = "alloc")]
+pub use q8::quantize_weights_q8;
+pub use q8::{dequantize_row_q8, quantize_row_q8, quantize_weights_row_q8, BlockQ8, QK8};

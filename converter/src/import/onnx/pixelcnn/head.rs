@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
-use arq::heads::{Head, MAX_MIXTURES};
+use arq::models::pixelcnn::heads::{Head, MAX_MIXTURES};
 
 use super::MAX_LEVELS;
 

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use arq::format::writer::{ArqWriter, Meta};
 use arq::format::Dtype;
-use arq::heads::Head;
+use arq::models::pixelcnn::heads::Head;
 use arq::quant::QK8;
 use tract_onnx::pb;
 
@@ -53,9 +53,9 @@ use super::proto::read_proto;
 use crate::convert::{quantize_weights_q8, Quant, TensorError};
 use crate::report;
 
-/// Runtime limits (`runtime/src/arch/pixelcnn.rs`), checked here to fail early.
-const MAX_LAYERS: usize = arq::arch::pixelcnn::MAX_LAYERS;
-const MAX_LEVELS: usize = arq::arch::pixelcnn::MAX_LEVELS;
+/// Runtime limits (`runtime/src/models/pixelcnn/mod.rs`), checked here to fail early.
+const MAX_LAYERS: usize = arq::models::pixelcnn::MAX_LAYERS;
+const MAX_LEVELS: usize = arq::models::pixelcnn::MAX_LEVELS;
 const MAX_SIDE: usize = 1024;
 const MAX_CHANNELS: usize = 4096;
 const MAX_KERNEL: usize = 31;

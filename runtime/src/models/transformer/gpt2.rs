@@ -1,16 +1,17 @@
 //! GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm with bias, multi-head
 //! attention, a tanh-GELU MLP, a bias on every linear layer and an optionally tied head.
 //!
-//! This file reads the hyperparameters and tensors (`runtime/FORMAT.md`, "GPT-2 models");
-//! the forward pass is the shared engine's, [`super::transformer`], which the LLaMA family
-//! runs on too.
+//! This file reads the hyperparameters and names the tensors (`runtime/FORMAT.md`, "GPT-2
+//! models"); how GPT-2 differs from the LLaMA family is its row of
+//! [`super::family::FAMILIES`], and the forward pass is the shared engine's, [`super`].
 
-use super::transformer::{bad, Family, Globals, Layer, Linear, Norm, Tensors, TransformerConfig};
+use super::{meta_usize, Family, TransformerConfig};
 use crate::error::Error;
+use crate::format::keys;
 use crate::format::ArqFile;
 
 /// The per-layer tensors, in the order the file stores them.
-const LAYER_ROLES: [&str; 16] = [
+pub(super) const LAYER_ROLES: [&str; 16] = [
     "attn_norm",
     "attn_norm.bias",
     "attn_q",
@@ -29,76 +30,30 @@ const LAYER_ROLES: [&str; 16] = [
     "ffn_down.bias",
 ];
 
-fn config(f: &ArqFile<'_>) -> Result<TransformerConfig, Error> {
-    let u = |k: &'static str| -> Result<usize, Error> {
-        let v = f.meta_u64(k)?;
-        usize::try_from(v).map_err(|_| Error::BadHyperparameter(k))
-    };
-    let heads = u("gpt2.attention.head_count")?;
+/// The hyperparameters.
+pub(super) fn config(f: &ArqFile<'_>) -> Result<TransformerConfig, Error> {
+    let u = |k: &'static str| meta_usize(f, k);
+    let heads = u(keys::GPT2_HEAD_COUNT)?;
     TransformerConfig {
         family: Family::Gpt2,
-        vocab: u("gpt2.vocab_size")?,
-        dim: u("gpt2.embedding_length")?,
-        n_layers: u("gpt2.block_count")?,
+        vocab: u(keys::GPT2_VOCAB_SIZE)?,
+        dim: u(keys::GPT2_EMBEDDING_LENGTH)?,
+        n_layers: u(keys::GPT2_BLOCK_COUNT)?,
         n_heads: heads,
         n_kv_heads: heads,
         head_dim: 0,
-        ffn_dim: u("gpt2.feed_forward_length")?,
+        ffn_dim: u(keys::GPT2_FEED_FORWARD_LENGTH)?,
         rope_base: 0.0,
-        norm_eps: f.meta_f32("gpt2.attention.layer_norm_epsilon")?,
-        ctx_train: u("gpt2.context_length")?,
+        norm_eps: f.meta_f32(keys::GPT2_LAYER_NORM_EPSILON)?,
+        ctx_train: u(keys::GPT2_CONTEXT_LENGTH)?,
     }
     .validated()
 }
 
-/// The hyperparameters and the tensors outside the blocks.
-pub(crate) fn load<'a>(file: &ArqFile<'a>) -> Result<(TransformerConfig, Globals<'a>), Error> {
-    let cfg = config(file)?;
-    let t = Tensors { file };
-    let (d, v) = (cfg.dim, cfg.vocab);
-    let embed = Tensors::matrix(&t.global("token_embd")?, "token_embd", None, v, d)?;
-    let pos_embed = Tensors::matrix(&t.global("position_embd")?, "position_embd", None, cfg.ctx_train, d)?;
-    let output_norm = Norm {
-        w: Tensors::vector(&t.global("output_norm")?, "output_norm", None, d)?,
-        b: Some(Tensors::vector(&t.global("output_norm.bias")?, "output_norm.bias", None, d)?),
-    };
-    let output = match file.find("output") {
-        Some((_, o)) => Tensors::matrix(&o, "output", None, v, d)?,
-        None => embed,
-    };
-    let layer_base = file.find("blk.0.attn_norm").map(|(i, _)| i).ok_or(bad("attn_norm", Some(0), "missing"))?;
-    Ok((cfg, Globals { embed, pos_embed: Some(pos_embed), output_norm, output, layer_base }))
-}
-
-/// Layer `l`'s tensors, checked against the hyperparameters.
-pub(crate) fn layer<'a>(file: &ArqFile<'a>, c: &TransformerConfig, base: usize, l: usize) -> Result<Layer<'a>, Error> {
-    let t = Tensors { file };
-    let li = Some(l as u32);
-    let vector = |j: usize, n: usize| Tensors::vector(&t.layer(base, &LAYER_ROLES, l, j)?, LAYER_ROLES[j], li, n);
-    // A matrix (role `j`) and its bias (role `j + 1`).
-    let linear = |j: usize, rows: usize, cols: usize| -> Result<Linear<'a>, Error> {
-        let w = Tensors::matrix(&t.layer(base, &LAYER_ROLES, l, j)?, LAYER_ROLES[j], li, rows, cols)?;
-        Ok(Linear { w, b: Some(vector(j + 1, rows)?) })
-    };
-    let norm =
-        |j: usize| -> Result<Norm<'a>, Error> { Ok(Norm { w: vector(j, c.dim)?, b: Some(vector(j + 1, c.dim)?) }) };
-    let (d, ff) = (c.dim, c.ffn_dim);
-    Ok(Layer {
-        attn_norm: norm(0)?,
-        q: linear(2, d, d)?,
-        k: linear(4, d, d)?,
-        v: linear(6, d, d)?,
-        o: linear(8, d, d)?,
-        ffn_norm: norm(10)?,
-        gate: None,
-        up: linear(12, ff, d)?,
-        down: linear(14, d, ff)?,
-    })
-}
-
 #[cfg(all(test, feature = "std"))]
 mod tests {
-    use crate::arch::pixelcnn_synth::AlignedBytes;
+    use crate::aligned::AlignedBytes;
+    use crate::format::keys::{self, LayerNaming};
     use crate::format::writer::{ArqWriter, Meta};
     use crate::format::Dtype;
     use crate::quant::{quantize_row_q8, BlockQ8, QK8};
@@ -151,18 +106,18 @@ mod tests {
 
     fn file(w: &[(String, Vec<u64>, Vec<f32>)], q8: bool, skip: Option<&str>) -> AlignedBytes {
         let mut f = ArqWriter::new();
-        f.meta("arq.architecture", Meta::Str("gpt2".into()));
+        f.meta(keys::ARCHITECTURE, Meta::Str(keys::ARCH_GPT2.into()));
         for (k, v) in [
-            ("gpt2.vocab_size", V),
-            ("gpt2.context_length", CTX),
-            ("gpt2.embedding_length", D),
-            ("gpt2.block_count", L),
-            ("gpt2.feed_forward_length", FF),
-            ("gpt2.attention.head_count", H),
+            (keys::GPT2_VOCAB_SIZE, V),
+            (keys::GPT2_CONTEXT_LENGTH, CTX),
+            (keys::GPT2_EMBEDDING_LENGTH, D),
+            (keys::GPT2_BLOCK_COUNT, L),
+            (keys::GPT2_FEED_FORWARD_LENGTH, FF),
+            (keys::GPT2_HEAD_COUNT, H),
         ] {
             f.meta(k, Meta::U32(v as u32));
         }
-        f.meta("gpt2.attention.layer_norm_epsilon", Meta::F32(1e-5));
+        f.meta(keys::GPT2_LAYER_NORM_EPSILON, Meta::F32(1e-5));
         for (name, dims, data) in w {
             if Some(name.as_str()) == skip {
                 continue;
@@ -308,12 +263,16 @@ mod tests {
         assert_eq!(
             e,
             Some(Error::BadTensor {
+                naming: LayerNaming::Blk,
                 role: "ffn_up.bias",
                 layer: Some(1),
                 problem: "missing or out of the canonical order"
             })
         );
         let e = Model::load(file(&w, false, Some("position_embd")).bytes()).err();
-        assert_eq!(e, Some(Error::BadTensor { role: "position_embd", layer: None, problem: "missing" }));
+        assert_eq!(
+            e,
+            Some(Error::BadTensor { naming: LayerNaming::Blk, role: "position_embd", layer: None, problem: "missing" })
+        );
     }
 }

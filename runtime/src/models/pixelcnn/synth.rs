@@ -1,7 +1,9 @@
 //! Random-weight PixelCNN files of any geometry (std only): for tests of the cached
 //! generator against the full forward pass, and for benchmarks at image sizes no
-//! trained model here has (the 28x28 "synthetic" model).
+//! trained model here has (the 28x28 "synthetic" model). Load one from an
+//! [`AlignedBytes`](crate::aligned::AlignedBytes) copy.
 
+use crate::format::keys;
 use crate::format::writer::{ArqWriter, Meta};
 use crate::format::Dtype;
 use crate::quant::{quantize_row_q8, BlockQ8, QK8};
@@ -40,26 +42,6 @@ impl SynthSpec {
     }
 }
 
-/// A 64-byte aligned byte buffer (the reader needs an aligned base).
-pub struct AlignedBytes {
-    words: Vec<u64>,
-    skip: usize,
-    len: usize,
-}
-
-impl AlignedBytes {
-    pub fn copy_of(bytes: &[u8]) -> Self {
-        let mut words = vec![0u64; bytes.len() / 8 + 16];
-        let skip = (words.as_ptr() as *const u8).align_offset(64);
-        let all: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-        all[skip..skip + bytes.len()].copy_from_slice(bytes);
-        AlignedBytes { words, skip, len: bytes.len() }
-    }
-    pub fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<u64, u8>(&self.words)[self.skip..self.skip + self.len]
-    }
-}
-
 /// Writes a random-weight `.arq` file of the given geometry. Weights are uniform in
 /// `±1/sqrt(fan_in)`, biases in `±0.1`; padding columns are zero, as the converter
 /// writes them.
@@ -70,17 +52,17 @@ pub fn synthetic(spec: &SynthSpec) -> Vec<u8> {
     let (c, oh) = (spec.channels, spec.out_hidden);
     let layers: Vec<String> = spec.layers.iter().map(|(k, d)| format!("{k}:{d}")).collect();
     for (key, v) in [
-        ("arq.architecture", Meta::Str("pixelcnn".into())),
-        ("arq.quant", Meta::Str(if spec.q8 { "q8" } else { "f32" }.into())),
-        ("general.name", Meta::Str("synthetic".into())),
-        ("pixelcnn.height", Meta::U32(spec.height as u32)),
-        ("pixelcnn.width", Meta::U32(spec.width as u32)),
-        ("pixelcnn.in_channels", Meta::U32(1)),
-        ("pixelcnn.channels", Meta::U32(c as u32)),
-        ("pixelcnn.out_hidden", Meta::U32(oh as u32)),
-        ("pixelcnn.layers", Meta::Str(layers.join(","))),
-        ("pixelcnn.head", Meta::Str("categorical".into())),
-        ("pixelcnn.levels", Meta::U32(spec.levels as u32)),
+        (keys::ARCHITECTURE, Meta::Str(keys::ARCH_PIXELCNN.into())),
+        (keys::QUANT, Meta::Str(if spec.q8 { Dtype::Q8 } else { Dtype::F32 }.name().into())),
+        (keys::GENERAL_NAME, Meta::Str("synthetic".into())),
+        (keys::PIXELCNN_HEIGHT, Meta::U32(spec.height as u32)),
+        (keys::PIXELCNN_WIDTH, Meta::U32(spec.width as u32)),
+        (keys::PIXELCNN_IN_CHANNELS, Meta::U32(1)),
+        (keys::PIXELCNN_CHANNELS, Meta::U32(c as u32)),
+        (keys::PIXELCNN_OUT_HIDDEN, Meta::U32(oh as u32)),
+        (keys::PIXELCNN_LAYERS, Meta::Str(layers.join(","))),
+        (keys::PIXELCNN_HEAD, Meta::Str(keys::HEAD_CATEGORICAL.into())),
+        (keys::PIXELCNN_LEVELS, Meta::U32(spec.levels as u32)),
     ] {
         w.meta(key, v);
     }

@@ -6,7 +6,7 @@
 
 use rand_core::RngCore;
 
-use crate::arch::pixelcnn::MAX_LEVELS;
+use super::MAX_LEVELS;
 
 /// The output distribution of a pixel.
 #[derive(Clone, Copy, Debug, PartialEq)]

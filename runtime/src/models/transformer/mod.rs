@@ -1,28 +1,33 @@
-//! The decoder-only transformer engine shared by the LLaMA family ([`super::llama`]) and
-//! GPT-2 ([`super::gpt2`]): one [`Model`], one [`Session`], one forward pass.
+//! The decoder-only transformer engine shared by every transformer family: one
+//! [`Model`], one [`Session`], one forward pass.
 //!
-//! The two families differ in five places, each a `match` on [`Family`] in
-//! [`Session::forward`]: positions (rotary vs learned), the norm (RMSNorm vs LayerNorm
-//! with bias), biases on the linear layers, the MLP (SwiGLU vs GELU) and the names of the
-//! tensors (each family's file reads its own hyperparameters and tensors into the
-//! [`Layer`] below). Everything else (the batched matrix products, attention over the KV
-//! cache, threads, offload) is this file.
+//! A family is data: a thin file ([`llama`], [`gpt2`]) reads its hyperparameters and
+//! names its tensors, and its row of [`family::FAMILIES`] says how it differs (the norm,
+//! biases, the MLP, positions, ...). The engine reads the row where the families differ
+//! and loads every family's tensors into the same [`Layer`]; everything else (the
+//! batched matrix products, attention over the KV cache, threads, offload) is this file.
 //!
 //! Every buffer lives in the caller's arena, carved once in [`Session::new`]; a step never
 //! allocates. A prompt runs as one batched pass (matrix-matrix products over up to
 //! `batch` tokens), and because every kernel fixes its summation order, a batched pass
 //! gives bit-identical logits to running the same tokens one by one.
 
+pub mod family;
+pub mod gpt2;
+pub mod llama;
+
 use crate::arena::{Arena, Layout};
-use crate::error::Error;
-use crate::format::{ArqFile, Dtype, TensorView};
+use crate::error::{bad, Error};
+use crate::format::keys::{self, LayerNaming};
+use crate::format::{ArqFile, TensorView};
 use crate::kernels::{self, Kernels};
+use crate::linear::{add_bias, linear, matrix, vector, Linear, Offload, Weight};
 use crate::math;
 use crate::parallel::{self, Parallel, Serial};
-use crate::quant::{BlockQ4, BlockQ8, QK4, QK8};
+use crate::quant::{BlockQ8, QK8};
 use crate::tokenizer::Tokenizer;
 
-use super::{gpt2, llama};
+use family::{FamilySpec, Mlp, NormKind, Positions};
 
 /// Caps on hyperparameters: far above any model this runtime targets, low enough that
 /// the arena arithmetic cannot overflow.
@@ -30,7 +35,11 @@ pub(crate) const MAX_DIM: usize = 1 << 16;
 pub(crate) const MAX_LAYERS: usize = 1 << 10;
 pub(crate) const MAX_VOCAB: usize = 1 << 22;
 
-/// Which transformer a file holds (`arq.architecture`).
+/// How every transformer family names its layers' tensors (`blk.{l}.{role}`).
+const NAMING: LayerNaming = LayerNaming::Blk;
+
+/// Which transformer a file holds (`arq.architecture`); its row of
+/// [`family::FAMILIES`] is [`Family::spec`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// SmolLM2, LLaMA 2/3, TinyLlama, ...: RMSNorm, rotary positions, grouped-query
@@ -43,10 +52,7 @@ pub enum Family {
 impl Family {
     /// The `arq.architecture` value.
     pub fn name(self) -> &'static str {
-        match self {
-            Family::Llama => "llama",
-            Family::Gpt2 => "gpt2",
-        }
+        self.spec().name
     }
 }
 
@@ -74,7 +80,7 @@ impl TransformerConfig {
         self.n_kv_heads * self.head_dim
     }
 
-    /// The checks both families share; fills in `head_dim`.
+    /// The checks every family shares; fills in `head_dim`.
     pub(crate) fn validated(self) -> Result<Self, Error> {
         let check = |ok: bool, what| if ok { Ok(()) } else { Err(Error::BadHyperparameter(what)) };
         let c = self;
@@ -90,41 +96,26 @@ impl TransformerConfig {
         check(c.norm_eps.is_finite() && c.norm_eps >= 0.0, "layer norm epsilon")?;
         Ok(TransformerConfig { head_dim, ..c })
     }
-}
 
-/// A weight matrix of `rows` x `cols`, stored row-major in one of the supported dtypes.
-#[derive(Clone, Copy, Debug)]
-pub enum Weight<'a> {
-    Q8(&'a [BlockQ8]),
-    Q4(&'a [BlockQ4]),
-    F32(&'a [f32]),
-}
-
-impl<'a> Weight<'a> {
-    pub(crate) fn from_view(t: &TensorView<'a>) -> Option<Self> {
-        match t.dtype {
-            Dtype::Q8 => t.as_q8().map(Weight::Q8),
-            Dtype::Q4 => t.as_q4().map(Weight::Q4),
-            Dtype::F32 => t.as_f32().map(Weight::F32),
-            _ => None,
+    /// The checks of the family's positions, after [`Self::validated`].
+    fn positions_checked(self, positions: Positions) -> Result<Self, Error> {
+        if positions == Positions::Rotary {
+            // Rotary embeddings turn pairs.
+            if !self.head_dim.is_multiple_of(2) {
+                return Err(Error::BadHyperparameter("head dimension (even, for rotary embeddings)"));
+            }
+            if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+                return Err(Error::BadHyperparameter("rope.freq_base"));
+            }
         }
-    }
-
-    /// Row `r` (of length `cols`) as f32, into `out`.
-    fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
-        match *self {
-            Weight::Q8(w) => crate::quant::dequantize_row_q8(&w[r * cols / QK8..(r + 1) * cols / QK8], out),
-            Weight::Q4(w) => crate::quant::dequantize_row_q4(&w[r * cols / QK4..(r + 1) * cols / QK4], out),
-            Weight::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
-        }
+        Ok(self)
     }
 }
 
-/// A linear layer: `y = x Wᵀ (+ b)`.
-#[derive(Clone, Copy)]
-pub(crate) struct Linear<'a> {
-    pub w: Weight<'a>,
-    pub b: Option<&'a [f32]>,
+/// Metadata `key` as a `usize` (a family file's hyperparameters).
+pub(crate) fn meta_usize(f: &ArqFile<'_>, key: &'static str) -> Result<usize, Error> {
+    let v = f.meta_u64(key)?;
+    usize::try_from(v).map_err(|_| Error::BadHyperparameter(key))
 }
 
 /// A norm's weight, and its bias for a LayerNorm.
@@ -134,7 +125,7 @@ pub(crate) struct Norm<'a> {
     pub b: Option<&'a [f32]>,
 }
 
-/// One block's tensors, as each family's file reads them.
+/// One block's tensors, as [`read_layer`] loads them for every family.
 pub(crate) struct Layer<'a> {
     pub attn_norm: Norm<'a>,
     pub q: Linear<'a>,
@@ -142,7 +133,7 @@ pub(crate) struct Layer<'a> {
     pub v: Linear<'a>,
     pub o: Linear<'a>,
     pub ffn_norm: Norm<'a>,
-    /// SwiGLU's gate (LLaMA); GPT-2's MLP has none.
+    /// SwiGLU's gate; a GELU MLP has none.
     pub gate: Option<Linear<'a>>,
     pub up: Linear<'a>,
     pub down: Linear<'a>,
@@ -151,7 +142,7 @@ pub(crate) struct Layer<'a> {
 /// The tensors outside the blocks.
 pub(crate) struct Globals<'a> {
     pub embed: Weight<'a>,
-    /// Learned positions (GPT-2), `[ctx_train, dim]`.
+    /// Learned positions, `[ctx_train, dim]`.
     pub pos_embed: Option<Weight<'a>>,
     pub output_norm: Norm<'a>,
     pub output: Weight<'a>,
@@ -159,60 +150,120 @@ pub(crate) struct Globals<'a> {
     pub layer_base: usize,
 }
 
-pub(crate) fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
-    Error::BadTensor { role, layer, problem }
-}
-
-/// Whether `name` is `blk.{layer}.{role}`, without formatting (no allocation).
-pub(crate) fn is_layer_tensor(name: &str, layer: usize, role: &str) -> bool {
-    let Some(rest) = name.strip_prefix("blk.") else {
-        return false;
-    };
-    let Some((num, r)) = rest.split_once('.') else {
-        return false;
-    };
-    r == role && num.parse::<usize>().ok() == Some(layer) && (num == "0" || !num.starts_with('0'))
-}
-
-/// Typed, shape-checked access to a file's tensors, shared by the families' loaders.
-pub(crate) struct Tensors<'f, 'a> {
-    pub file: &'f ArqFile<'a>,
+/// Typed, shape-checked access to a file's tensors.
+struct Tensors<'f, 'a> {
+    file: &'f ArqFile<'a>,
 }
 
 impl<'a> Tensors<'_, 'a> {
     /// A global tensor by name.
-    pub fn global(&self, name: &'static str) -> Result<TensorView<'a>, Error> {
-        self.file.find(name).map(|(_, t)| t).ok_or(bad(name, None, "missing"))
+    fn global(&self, name: &'static str) -> Result<TensorView<'a>, Error> {
+        self.file.find(name).map(|(_, t)| t).ok_or(bad(NAMING, name, None, "missing"))
     }
 
     /// Tensor `j` of layer `l`, whose tensors are `roles`, in that order, from `base`.
-    pub fn layer(&self, base: usize, roles: &[&'static str], l: usize, j: usize) -> Result<TensorView<'a>, Error> {
+    fn layer(&self, base: usize, roles: &[&'static str], l: usize, j: usize) -> Result<TensorView<'a>, Error> {
         let role = roles[j];
         match self.file.tensor(base + l * roles.len() + j) {
-            Some(t) if is_layer_tensor(t.name, l, role) => Ok(t),
-            _ => Err(bad(role, Some(l as u32), "missing or out of the canonical order")),
+            Some(t) if NAMING.is_layer_tensor(t.name, l, role) => Ok(t),
+            _ => Err(bad(NAMING, role, Some(l as u32), "missing or out of the canonical order")),
         }
+    }
+}
+
+/// One layer's tensors, taken in the family's file order (its `layer_roles`).
+struct LayerTensors<'f, 'a> {
+    t: Tensors<'f, 'a>,
+    roles: &'static [&'static str],
+    base: usize,
+    l: usize,
+    next: usize,
+}
+
+impl<'a> LayerTensors<'_, 'a> {
+    fn take(&mut self) -> Result<(TensorView<'a>, &'static str), Error> {
+        let j = self.next;
+        self.next += 1;
+        Ok((self.t.layer(self.base, self.roles, self.l, j)?, self.roles[j]))
     }
 
-    pub fn matrix(
-        t: &TensorView<'a>,
-        role: &'static str,
-        layer: Option<u32>,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Weight<'a>, Error> {
-        if t.shape.dims() != [rows as u64, cols as u64] {
-            return Err(bad(role, layer, "shape does not match the hyperparameters"));
-        }
-        Weight::from_view(t).ok_or(bad(role, layer, "dtype must be q8, q4 or f32"))
+    fn vector(&mut self, n: usize) -> Result<&'a [f32], Error> {
+        let (t, role) = self.take()?;
+        vector(&t, NAMING, role, Some(self.l as u32), n)
     }
 
-    pub fn vector(t: &TensorView<'a>, role: &'static str, layer: Option<u32>, n: usize) -> Result<&'a [f32], Error> {
-        if t.shape.dims() != [n as u64] {
-            return Err(bad(role, layer, "shape does not match the hyperparameters"));
-        }
-        t.as_f32().ok_or(bad(role, layer, "dtype must be f32"))
+    /// A norm's weight, then its bias for a LayerNorm.
+    fn norm(&mut self, kind: NormKind, n: usize) -> Result<Norm<'a>, Error> {
+        let w = self.vector(n)?;
+        let b = match kind {
+            NormKind::Rms => None,
+            NormKind::Layer => Some(self.vector(n)?),
+        };
+        Ok(Norm { w, b })
     }
+
+    /// A matrix, then its bias when the family has biases.
+    fn linear(&mut self, biases: bool, rows: usize, cols: usize) -> Result<Linear<'a>, Error> {
+        let (t, role) = self.take()?;
+        let w = matrix(&t, NAMING, role, Some(self.l as u32), rows, cols)?;
+        let b = if biases { Some(self.vector(rows)?) } else { None };
+        Ok(Linear { w, b })
+    }
+}
+
+/// The hyperparameters and the tensors outside the blocks, as `spec` says.
+fn read_globals<'a>(file: &ArqFile<'a>, spec: &FamilySpec) -> Result<(TransformerConfig, Globals<'a>), Error> {
+    let cfg = (spec.config)(file)?.positions_checked(spec.positions)?;
+    let t = Tensors { file };
+    let (d, v) = (cfg.dim, cfg.vocab);
+    let embed = matrix(&t.global("token_embd")?, NAMING, "token_embd", None, v, d)?;
+    let pos_embed = match spec.positions {
+        Positions::Rotary => None,
+        Positions::Learned => {
+            Some(matrix(&t.global("position_embd")?, NAMING, "position_embd", None, cfg.ctx_train, d)?)
+        }
+    };
+    let w = vector(&t.global("output_norm")?, NAMING, "output_norm", None, d)?;
+    let b = match spec.norm {
+        NormKind::Rms => None,
+        NormKind::Layer => Some(vector(&t.global("output_norm.bias")?, NAMING, "output_norm.bias", None, d)?),
+    };
+    let output = match file.find("output") {
+        Some((_, o)) => matrix(&o, NAMING, "output", None, v, d)?,
+        None => embed,
+    };
+    let first = spec.layer_roles[0];
+    let layer_base = (0..file.n_tensors())
+        .find(|&i| file.tensor(i).is_some_and(|t| NAMING.is_layer_tensor(t.name, 0, first)))
+        .ok_or(bad(NAMING, first, Some(0), "missing"))?;
+    Ok((cfg, Globals { embed, pos_embed, output_norm: Norm { w, b }, output, layer_base }))
+}
+
+/// Layer `l`'s tensors, checked against the hyperparameters, in the order of
+/// `spec.layer_roles`.
+fn read_layer<'a>(
+    file: &ArqFile<'a>,
+    spec: &FamilySpec,
+    c: &TransformerConfig,
+    base: usize,
+    l: usize,
+) -> Result<Layer<'a>, Error> {
+    let mut r = LayerTensors { t: Tensors { file }, roles: spec.layer_roles, base, l, next: 0 };
+    let (d, kv, ff, bias) = (c.dim, c.kv_dim(), c.ffn_dim, spec.biases);
+    Ok(Layer {
+        attn_norm: r.norm(spec.norm, d)?,
+        q: r.linear(bias, d, d)?,
+        k: r.linear(bias, kv, d)?,
+        v: r.linear(bias, kv, d)?,
+        o: r.linear(bias, d, d)?,
+        ffn_norm: r.norm(spec.norm, d)?,
+        gate: match spec.mlp {
+            Mlp::SwiGlu => Some(r.linear(bias, ff, d)?),
+            Mlp::Gelu => None,
+        },
+        up: r.linear(bias, ff, d)?,
+        down: r.linear(bias, d, ff)?,
+    })
 }
 
 /// A loaded model: validated views into the file's bytes.
@@ -254,30 +305,17 @@ impl Default for SessionConfig {
     }
 }
 
-/// Matrix products computed off the CPU: the `gpu` feature's `GpuMatmul` implements it
-/// (a trait here so the forward pass needs no feature gate).
-pub trait Offload {
-    /// The most tokens one call may carry (the session's `batch` must not exceed it).
-    fn max_tokens(&self) -> usize;
-    /// `out (n, rows) = x (n, cols) · wᵀ` for every `(w, rows, out)` of `jobs`, from
-    /// `xq`: the `n` activation rows quantized exactly as the CPU path quantizes them.
-    /// Only q8 and q4 weights are offered.
-    fn matmul(&self, xq: &[BlockQ8], n: usize, jobs: &mut [(&Weight<'_>, usize, &mut [f32])]) -> Result<(), Error>;
-}
-
 impl<'a> Model<'a> {
-    /// Validates `bytes` (64-byte aligned) as a transformer `.arq` file (`llama` or
-    /// `gpt2`).
+    /// Validates `bytes` (64-byte aligned) as a transformer `.arq` file (any family of
+    /// [`family::FAMILIES`]).
     pub fn load(bytes: &'a [u8]) -> Result<Self, Error> {
         Self::from_file(ArqFile::parse(bytes)?)
     }
 
     pub fn from_file(file: ArqFile<'a>) -> Result<Self, Error> {
-        let (cfg, g) = match file.meta("arq.architecture").and_then(|v| v.as_str()) {
-            Some("llama") => llama::load(&file)?,
-            Some("gpt2") => gpt2::load(&file)?,
-            _ => return Err(Error::UnsupportedArchitecture),
-        };
+        let arch = file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str());
+        let spec = arch.and_then(FamilySpec::by_name).ok_or(Error::UnsupportedArchitecture)?;
+        let (cfg, g) = read_globals(&file, spec)?;
         let model = Model { file, cfg, g, kernels: kernels::best() };
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
@@ -296,10 +334,7 @@ impl<'a> Model<'a> {
     }
 
     fn layer_checked(&self, l: usize) -> Result<Layer<'a>, Error> {
-        match self.cfg.family {
-            Family::Llama => llama::layer(&self.file, &self.cfg, self.g.layer_base, l),
-            Family::Gpt2 => gpt2::layer(&self.file, &self.cfg, self.g.layer_base, l),
-        }
+        read_layer(&self.file, self.cfg.family.spec(), &self.cfg, self.g.layer_base, l)
     }
 
     fn layer(&self, l: usize) -> Layer<'a> {
@@ -320,7 +355,8 @@ impl<'a> Model<'a> {
 
     /// The tokenizer stored in the file.
     pub fn tokenizer(&self) -> Result<Tokenizer<'a>, Error> {
-        let (_, t) = self.file.find("tokenizer").ok_or(bad("tokenizer", None, "missing"))?;
+        let name = keys::TENSOR_TOKENIZER;
+        let (_, t) = self.file.find(name).ok_or(bad(NAMING, name, None, "missing"))?;
         Tokenizer::from_blob(t.data).map_err(Error::Tokenizer)
     }
 
@@ -371,6 +407,7 @@ impl<'a> Model<'a> {
     /// The arena's buffers, in carving order (see [`Session::new`]).
     fn layout(&self, s: &SessionConfig) -> Option<Layout> {
         let c = &self.cfg;
+        let spec = c.family.spec();
         let b = s.batch;
         let cache = c.n_layers.checked_mul(s.ctx)?.checked_mul(c.kv_dim())?;
         let l = match s.kv {
@@ -384,10 +421,10 @@ impl<'a> Model<'a> {
             .then::<f32>(b.checked_mul(c.kv_dim())?)? // k
             .then::<f32>(b.checked_mul(c.kv_dim())?)? // v
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
-            .then::<f32>(if c.family == Family::Llama { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
+            .then::<f32>(if spec.mlp == Mlp::SwiGlu { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
             .then::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
             .then::<f32>(s.ctx.checked_add(c.head_dim)?.checked_mul(s.threads)?)? // att
-            .then::<f32>(if c.family == Family::Llama { b.checked_mul(c.head_dim)? } else { 0 })? // rope
+            .then::<f32>(if spec.positions == Positions::Rotary { b.checked_mul(c.head_dim)? } else { 0 })? // rope
             .then::<f32>(b.checked_mul(c.vocab)?)? // logits
             .then::<f32>(Self::split_len(c, s)?) // split
     }
@@ -451,11 +488,11 @@ pub struct Session<'a> {
     q: &'a mut [f32],      // (batch, dim)
     k: &'a mut [f32],      // (batch, kv_dim)
     v: &'a mut [f32],      // (batch, kv_dim)
-    hb: &'a mut [f32],     // (batch, ffn_dim) MLP hidden (LLaMA: the gate, then the gated product)
-    hb2: &'a mut [f32],    // (batch, ffn_dim) LLaMA's up projection (empty for GPT-2)
+    hb: &'a mut [f32],     // (batch, ffn_dim) MLP hidden (SwiGLU: the gate, then the gated product)
+    hb2: &'a mut [f32],    // (batch, ffn_dim) SwiGLU's up projection (empty for a GELU MLP)
     xq: &'a mut [BlockQ8], // (batch, max(dim, ffn_dim) / 32) quantized activations
     att: &'a mut [f32],    // (threads, ctx + head_dim) attention scores and a dequantized head row, per task
-    rope: &'a mut [f32],   // (batch, head_dim) cos/sin per position (LLaMA)
+    rope: &'a mut [f32],   // (batch, head_dim) cos/sin per position (rotary positions)
     logits: &'a mut [f32], // (batch, vocab)
     split: &'a mut [f32],  // (batch, max(dim, ffn_dim)) row-split products, threads > 1
 }
@@ -466,113 +503,6 @@ enum Logits {
     None,
     Last,
     All,
-}
-
-/// `out = x_rows · w_rowsᵀ` for weight rows `r` and all tokens of `x`/`xq`, into `out`
-/// laid out (tokens, r.len()).
-fn matmul_rows(
-    k: &Kernels,
-    w: &Weight<'_>,
-    r: core::ops::Range<usize>,
-    cols: usize,
-    x: &[f32],
-    xq: &[BlockQ8],
-    out: &mut [f32],
-) {
-    let rows = r.len();
-    match *w {
-        Weight::Q8(wb) => (k.matmul_q8)(&wb[r.start * cols / QK8..r.end * cols / QK8], rows, xq, out),
-        Weight::Q4(wb) => (k.matmul_q4_q8)(&wb[r.start * cols / QK4..r.end * cols / QK4], rows, xq, out),
-        Weight::F32(wf) => (k.matmul_f32)(&wf[r.start * cols..r.end * cols], rows, x, out),
-    }
-}
-
-/// `out (n, rows) = x (n, cols) · wᵀ`, with `x` already quantized into `xq` for q8 and
-/// q4 weights. The weight rows are split across tasks, so each thread streams only its
-/// share of the weights. One token writes its chunks of `out` in place; several tokens
-/// compute each chunk as (n, chunk) into `scratch` and then scatter it into `out`
-/// (when `scratch` is too small, as for all-token logits, the tokens are split instead).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    pool: &dyn Parallel,
-    k: &Kernels,
-    w: &Weight<'_>,
-    rows: usize,
-    x: &[f32],
-    xq: &[BlockQ8],
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let n = out.len() / rows;
-    let cols = x.len() / n;
-    let tasks = pool.threads();
-    if n == 1 {
-        // Several chunks per thread, taken dynamically, so a late thread costs little.
-        let chunk = rows.div_ceil(4 * tasks).next_multiple_of(16);
-        parallel::chunks(pool, out, chunk, |i, o| {
-            let r = i * chunk..i * chunk + o.len();
-            matmul_rows(k, w, r, cols, x, xq, o)
-        });
-    } else if tasks == 1 {
-        matmul_rows(k, w, 0..rows, cols, x, xq, out);
-    } else if scratch.len() >= n * rows {
-        let chunk = rows.div_ceil(tasks).next_multiple_of(16);
-        let scratch = &mut scratch[..n * rows];
-        parallel::chunks(pool, scratch, n * chunk, |i, o| {
-            let r = i * chunk..i * chunk + o.len() / n;
-            matmul_rows(k, w, r, cols, x, xq, o)
-        });
-        for (i, part) in scratch.chunks(n * chunk).enumerate() {
-            let width = part.len() / n;
-            for (t, src) in part.chunks_exact(width).enumerate() {
-                out[t * rows + i * chunk..][..width].copy_from_slice(src);
-            }
-        }
-    } else {
-        let per_task = n.div_ceil(tasks);
-        parallel::chunks(pool, out, per_task * rows, |i, o| {
-            let t = i * per_task..i * per_task + o.len() / rows;
-            let xt = &x[t.start * cols..t.end * cols];
-            matmul_rows(k, w, 0..rows, cols, xt, &xq[t.start * cols / QK8..t.end * cols / QK8], o)
-        });
-    }
-}
-
-/// `out_j = x · w_jᵀ` for several weights over the same input, quantizing it once. With
-/// an offload and only q8/q4 weights, the products run there on the same quantized input.
-fn linear(
-    pool: &dyn Parallel,
-    k: &Kernels,
-    offload: Option<&dyn Offload>,
-    x: &[f32],
-    xq: &mut [BlockQ8],
-    scratch: &mut [f32],
-    ws: &mut [(&Weight<'_>, usize, &mut [f32])],
-) -> Result<(), Error> {
-    let xq = &mut xq[..x.len() / QK8];
-    let quantized = |w: &Weight<'_>| matches!(w, Weight::Q8(_) | Weight::Q4(_));
-    if ws.iter().any(|(w, _, _)| quantized(w)) {
-        (k.quantize_q8)(x, xq);
-    }
-    if let Some(off) = offload.filter(|_| ws.iter().all(|(w, _, _)| quantized(w))) {
-        let n = ws[0].2.len() / ws[0].1;
-        return off.matmul(xq, n, ws);
-    }
-    for (w, rows, out) in ws.iter_mut() {
-        matmul(pool, k, w, *rows, x, xq, out, scratch);
-    }
-    Ok(())
-}
-
-/// Adds `bias` to every row of `out` (rows of `bias.len()`).
-fn add_bias(out: &mut [f32], bias: Option<&[f32]>) {
-    if let Some(b) = bias {
-        for row in out.chunks_exact_mut(b.len()) {
-            for (o, &bi) in row.iter_mut().zip(b) {
-                *o += bi;
-            }
-        }
-    }
 }
 
 /// Causal attention of one query head over `len` cached positions: `out = softmax(q·Kᵀ
@@ -614,12 +544,12 @@ impl<'a> Session<'a> {
             return Err(Error::BadConfig("ctx, batch and threads must be at least 1"));
         }
         let c = model.cfg;
-        if model.g.pos_embed.is_some() && cfg.ctx > c.ctx_train {
+        let spec = c.family.spec();
+        if spec.positions == Positions::Learned && cfg.ctx > c.ctx_train {
             return Err(Error::BadConfig("ctx is longer than the model's position table"));
         }
         let need = model.memory_plan(&cfg)?;
         let b = cfg.batch;
-        let llama = c.family == Family::Llama;
         let cache = c.n_layers * cfg.ctx * c.kv_dim();
         crate::trace::debug!(
             "arq: session, arena {} of {} bytes (ctx {}, batch {}, threads {}, kv cache {})",
@@ -652,10 +582,10 @@ impl<'a> Session<'a> {
             k: a.take(b * c.kv_dim())?,
             v: a.take(b * c.kv_dim())?,
             hb: a.take(b * c.ffn_dim)?,
-            hb2: a.take(if llama { b * c.ffn_dim } else { 0 })?,
+            hb2: a.take(if spec.mlp == Mlp::SwiGlu { b * c.ffn_dim } else { 0 })?,
             xq: a.take(b * c.dim.max(c.ffn_dim) / QK8)?,
             att: a.take((cfg.ctx + c.head_dim) * cfg.threads)?,
-            rope: a.take(if llama { b * c.head_dim } else { 0 })?,
+            rope: a.take(if spec.positions == Positions::Rotary { b * c.head_dim } else { 0 })?,
             logits: a.take(b * c.vocab)?,
             split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
         })
@@ -765,12 +695,12 @@ impl<'a> Session<'a> {
     }
 
     /// The family's norm over each row of `x` into `out`.
-    fn norm(family: Family, eps: f32, n: &Norm<'_>, x: &[f32], out: &mut [f32]) {
+    fn norm(kind: NormKind, eps: f32, n: &Norm<'_>, x: &[f32], out: &mut [f32]) {
         let dim = n.w.len();
         for (o, i) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-            match (family, n.b) {
-                (Family::Llama, _) => math::rmsnorm(o, i, n.w, eps),
-                (Family::Gpt2, b) => math::layernorm(o, i, n.w, b.unwrap_or(&[]), eps),
+            match kind {
+                NormKind::Rms => math::rmsnorm(o, i, n.w, eps),
+                NormKind::Layer => math::layernorm(o, i, n.w, n.b.unwrap_or(&[]), eps),
             }
         }
     }
@@ -790,7 +720,7 @@ impl<'a> Session<'a> {
         self.check_tokens(tokens)?;
         let model = self.model;
         let c = model.cfg;
-        let fam = c.family;
+        let spec = c.family.spec();
         let kern = model.kernels;
         let pool = self.pool;
         let off = self.offload;
@@ -799,8 +729,8 @@ impl<'a> Session<'a> {
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let pos0 = self.pos;
 
-        // Positions: LLaMA rotates q and k by a table per position; GPT-2 adds a learned
-        // row to the embedding.
+        // Positions: rotary ones turn q and k by a table per position; learned ones
+        // (whose table the loader read) add a row to the embedding.
         for (t, &tok) in tokens.iter().enumerate() {
             let row = t * dim..(t + 1) * dim;
             model.g.embed.row_into(tok as usize, dim, &mut self.x[row.clone()]);
@@ -819,8 +749,9 @@ impl<'a> Session<'a> {
         for l in 0..c.n_layers {
             let w = model.layer(l);
 
-            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ + bq, ...; LLaMA rotates q and k.
-            Self::norm(fam, c.norm_eps, &w.attn_norm, x, &mut self.xb[..n * dim]);
+            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ + bq, ...; rotary positions turn q
+            // and k.
+            Self::norm(spec.norm, c.norm_eps, &w.attn_norm, x, &mut self.xb[..n * dim]);
             linear(
                 pool,
                 kern,
@@ -839,7 +770,7 @@ impl<'a> Session<'a> {
             add_bias(&mut self.v[..n * kv_dim], w.v.b);
             let cache_l = l * self.cfg.ctx * kv_dim;
             for t in 0..n {
-                if fam == Family::Llama {
+                if spec.positions == Positions::Rotary {
                     let table = &self.rope[t * hd..(t + 1) * hd];
                     for h in self.q[t * dim..(t + 1) * dim].chunks_exact_mut(hd) {
                         math::rope(h, table);
@@ -906,9 +837,9 @@ impl<'a> Session<'a> {
                 *xi += o;
             }
 
-            // MLP, with xb = norm(x): LLaMA x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ;
-            // GPT-2 x += gelu(xb·Wupᵀ + bup)·Wdownᵀ + bdown.
-            Self::norm(fam, c.norm_eps, &w.ffn_norm, x, &mut self.xb[..n * dim]);
+            // MLP, with xb = norm(x): SwiGLU x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ; GELU
+            // x += gelu(xb·Wupᵀ + bup)·Wdownᵀ + bdown (the gate is loaded for SwiGLU only).
+            Self::norm(spec.norm, c.norm_eps, &w.ffn_norm, x, &mut self.xb[..n * dim]);
             let xb = &self.xb[..n * dim];
             match w.gate {
                 Some(gate) => {
@@ -943,7 +874,7 @@ impl<'a> Session<'a> {
         };
         let m = rows.len();
         Self::norm(
-            fam,
+            spec.norm,
             c.norm_eps,
             &model.g.output_norm,
             &x[rows.start * dim..rows.end * dim],
@@ -953,22 +884,5 @@ impl<'a> Session<'a> {
         linear(pool, kern, off, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.g.output, c.vocab, logits)])?;
         self.pos += n;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layer_tensor_names() {
-        assert!(is_layer_tensor("blk.0.attn_q", 0, "attn_q"));
-        assert!(is_layer_tensor("blk.12.ffn_up", 12, "ffn_up"));
-        assert!(is_layer_tensor("blk.3.ffn_up.bias", 3, "ffn_up.bias"));
-        assert!(!is_layer_tensor("blk.012.ffn_up", 12, "ffn_up"));
-        assert!(!is_layer_tensor("blk.1.attn_q", 0, "attn_q"));
-        assert!(!is_layer_tensor("blk.0.attn_qq", 0, "attn_q"));
-        assert!(!is_layer_tensor("blk.0.attn_q.bias", 0, "attn_q"));
-        assert!(!is_layer_tensor("output", 0, "attn_q"));
     }
 }

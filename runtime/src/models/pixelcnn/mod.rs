@@ -16,16 +16,25 @@
 //!
 //! Every convolution is a matrix product over gathered patches (a tap's `cin` input
 //! channels side by side), on the same kernels as the text models, so q8 weights use
-//! the int8 dot products. All state lives in the caller's arena.
+//! the int8 dot products. All state lives in the caller's arena. The per-pixel output
+//! distributions are [`heads`]; [`synth`] writes random-weight files of any geometry.
 
-use crate::arch::transformer::Weight;
+pub mod heads;
+#[cfg(feature = "std")]
+pub mod synth;
+
 use crate::arena::{Arena, Layout};
-use crate::error::Error;
+use crate::error::{bad, Error};
+use crate::format::keys::{self, LayerNaming};
 use crate::format::{ArqFile, TensorView};
-use crate::heads::{self, Head, MAX_MIXTURES};
 use crate::kernels::{self, Kernels};
+use crate::linear::{matrix, vector, Weight};
 use crate::quant::{BlockQ8, QK8};
+use heads::{Head, MAX_MIXTURES};
 use rand_core::RngCore;
+
+/// How the PixelCNN names its layers' tensors (`l{l}.{conv}.weight`, `l{l}.{conv}.bias`).
+const NAMING: LayerNaming = LayerNaming::L;
 
 /// The most gated layers a file may declare.
 pub const MAX_LAYERS: usize = 64;
@@ -142,19 +151,19 @@ impl PixelConfig {
             usize::try_from(f.meta_u64(k)?).map_err(|_| Error::BadHyperparameter(k))
         };
         let check = |ok: bool, what| if ok { Ok(()) } else { Err(Error::BadHyperparameter(what)) };
-        let (height, width) = (u("pixelcnn.height")?, u("pixelcnn.width")?);
+        let (height, width) = (u(keys::PIXELCNN_HEIGHT)?, u(keys::PIXELCNN_WIDTH)?);
         check((1..=MAX_SIDE).contains(&height) && (1..=MAX_SIDE).contains(&width), "pixelcnn.height/width")?;
-        check(u("pixelcnn.in_channels")? == 1, "pixelcnn.in_channels (only 1 is supported)")?;
-        let channels = u("pixelcnn.channels")?;
+        check(u(keys::PIXELCNN_IN_CHANNELS)? == 1, "pixelcnn.in_channels (only 1 is supported)")?;
+        let channels = u(keys::PIXELCNN_CHANNELS)?;
         check(channels > 0 && channels <= MAX_CHANNELS && channels % QK8 == 0, "pixelcnn.channels (a multiple of 32)")?;
-        let out_hidden = u("pixelcnn.out_hidden")?;
+        let out_hidden = u(keys::PIXELCNN_OUT_HIDDEN)?;
         check(
             out_hidden > 0 && out_hidden <= MAX_CHANNELS && out_hidden % QK8 == 0,
             "pixelcnn.out_hidden (a multiple of 32)",
         )?;
         let (mut kernel, mut dilation) = ([0u8; MAX_LAYERS], [0u8; MAX_LAYERS]);
         let mut n_layers = 0;
-        for item in f.meta_str("pixelcnn.layers")?.split(',') {
+        for item in f.meta_str(keys::PIXELCNN_LAYERS)?.split(',') {
             let parsed = item
                 .trim()
                 .split_once(':')
@@ -169,22 +178,22 @@ impl PixelConfig {
             dilation[n_layers] = d as u8;
             n_layers += 1;
         }
-        let levels = u("pixelcnn.levels")?;
+        let levels = u(keys::PIXELCNN_LEVELS)?;
         let mixtures = || -> Result<(usize, f32), Error> {
-            let k = u("pixelcnn.mixtures")?;
+            let k = u(keys::PIXELCNN_MIXTURES)?;
             check((1..=MAX_MIXTURES).contains(&k), "pixelcnn.mixtures (1..=64)")?;
-            let min = f.meta_f32("pixelcnn.min_log_scale")?;
-            check(min.is_finite(), "pixelcnn.min_log_scale")?;
+            let min = f.meta_f32(keys::PIXELCNN_MIN_LOG_SCALE)?;
+            check(min.is_finite(), keys::PIXELCNN_MIN_LOG_SCALE)?;
             Ok((k, min))
         };
-        let head = match f.meta_str("pixelcnn.head")? {
-            "categorical" => Head::Categorical,
-            "bernoulli" => Head::Bernoulli,
-            "logistic_mixture" => {
+        let head = match f.meta_str(keys::PIXELCNN_HEAD)? {
+            keys::HEAD_CATEGORICAL => Head::Categorical,
+            keys::HEAD_BERNOULLI => Head::Bernoulli,
+            keys::HEAD_LOGISTIC_MIXTURE => {
                 let (k, min_log_scale) = mixtures()?;
                 Head::LogisticMixture { k, min_log_scale }
             }
-            "gaussian_mixture" => {
+            keys::HEAD_GAUSSIAN_MIXTURE => {
                 let (k, min_log_scale) = mixtures()?;
                 Head::GaussianMixture { k, min_log_scale }
             }
@@ -217,19 +226,11 @@ impl Conv<'_> {
     fn apply(&self, k: &Kernels, x: &[f32], xq: &mut [BlockQ8], out: &mut [f32]) {
         let n = x.len() / self.cols;
         let out = &mut out[..n * self.rows];
-        match self.w {
-            Weight::Q8(w) => {
-                let xq = &mut xq[..n * self.cols / QK8];
-                (k.quantize_q8)(x, xq);
-                (k.matmul_q8)(w, self.rows, xq, out);
-            }
-            Weight::Q4(w) => {
-                let xq = &mut xq[..n * self.cols / QK8];
-                (k.quantize_q8)(x, xq);
-                (k.matmul_q4_q8)(w, self.rows, xq, out);
-            }
-            Weight::F32(w) => (k.matmul_f32)(w, self.rows, x, out),
+        let xq = &mut xq[..n * self.cols / QK8];
+        if self.w.is_quantized() {
+            (k.quantize_q8)(x, xq);
         }
+        self.w.matmul_rows(k, 0..self.rows, self.cols, x, xq, out);
         for o in out.chunks_exact_mut(self.rows) {
             for (v, b) in o.iter_mut().zip(self.b) {
                 *v += b;
@@ -248,23 +249,13 @@ struct Layer<'a> {
     hout: Option<Conv<'a>>,
 }
 
-const CONVS: [&str; 4] = ["vconv", "hconv", "v2h", "hout"];
-
-/// Whether `name` is `l{layer}.{conv}.{part}`, without formatting (no allocation).
-fn is_layer_tensor(name: &str, layer: usize, conv: &str, part: &str) -> bool {
-    let Some(rest) = name.strip_prefix('l') else {
-        return false;
-    };
-    let mut it = rest.splitn(3, '.');
-    let (Some(num), Some(c), Some(p)) = (it.next(), it.next(), it.next()) else {
-        return false;
-    };
-    c == conv && p == part && num.parse::<usize>().ok() == Some(layer) && (num == "0" || !num.starts_with('0'))
-}
-
-fn bad(role: &'static str, layer: Option<u32>, problem: &'static str) -> Error {
-    Error::BadTensor { role, layer, problem }
-}
+/// Each layer's convolutions as (weight, bias) tensor roles, in file order.
+const CONVS: [(&str, &str); 4] = [
+    ("vconv.weight", "vconv.bias"),
+    ("hconv.weight", "hconv.bias"),
+    ("v2h.weight", "v2h.bias"),
+    ("hout.weight", "hout.bias"),
+];
 
 /// A loaded PixelCNN: validated views into the file's bytes.
 pub struct PixelCnn<'a> {
@@ -284,18 +275,20 @@ impl<'a> PixelCnn<'a> {
     }
 
     pub fn from_file(file: ArqFile<'a>) -> Result<Self, Error> {
-        if file.meta("arq.architecture").and_then(|v| v.as_str()) != Some("pixelcnn") {
+        if file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) != Some(keys::ARCH_PIXELCNN) {
             return Err(Error::UnsupportedArchitecture);
         }
         let cfg = PixelConfig::from_file(&file)?;
-        let global = |name: &'static str, rows: usize, cols: usize| -> Result<Conv<'a>, Error> {
-            let w = file.find(name).map(|(_, t)| t).ok_or(bad(name, None, "missing"))?;
-            let b = file.find(if name == "out1.weight" { "out1.bias" } else { "out2.bias" });
-            conv(&w, b.map(|(_, t)| t), name, None, rows, cols)
+        let global = |names: (&'static str, &'static str), rows: usize, cols: usize| -> Result<Conv<'a>, Error> {
+            let find = |name| file.find(name).map(|(_, t)| t).ok_or(bad(NAMING, name, None, "missing"));
+            conv(&find(names.0)?, &find(names.1)?, names, None, rows, cols)
         };
-        let out1 = global("out1.weight", 2 * cfg.out_hidden, cfg.channels)?;
-        let out2 = global("out2.weight", cfg.n_params(), cfg.out_hidden)?;
-        let layer_base = file.find("l0.vconv.weight").map(|(i, _)| i).ok_or(bad("vconv.weight", Some(0), "missing"))?;
+        let out1 = global(("out1.weight", "out1.bias"), 2 * cfg.out_hidden, cfg.channels)?;
+        let out2 = global(("out2.weight", "out2.bias"), cfg.n_params(), cfg.out_hidden)?;
+        let first = CONVS[0].0;
+        let layer_base = (0..file.n_tensors())
+            .find(|&i| file.tensor(i).is_some_and(|t| NAMING.is_layer_tensor(t.name, 0, first)))
+            .ok_or(bad(NAMING, first, Some(0), "missing"))?;
         let model = PixelCnn { file, cfg, out1, out2, layer_base, kernels: kernels::best() };
         for l in 0..cfg.n_layers {
             model.layer_checked(l)?;
@@ -324,18 +317,17 @@ impl<'a> PixelCnn<'a> {
         let li = Some(l as u32);
         let base = self.layer_index(l);
         let get = |j: usize| -> Result<Conv<'a>, Error> {
-            let role = CONVS[j];
             let (rows, cols) = match j {
                 0 => (2 * ch, padded(g.vtaps(), cin)),
                 1 => (2 * ch, padded(g.htaps(), cin)),
                 2 => (2 * ch, 2 * ch),
                 _ => (ch, ch),
             };
-            let at = |i: usize, part: &str| match self.file.tensor(base + 2 * j + i) {
-                Some(t) if is_layer_tensor(t.name, l, role, part) => Ok(t),
-                _ => Err(bad(role, li, "missing or out of the canonical order")),
+            let at = |i: usize, role: &'static str| match self.file.tensor(base + 2 * j + i) {
+                Some(t) if NAMING.is_layer_tensor(t.name, l, role) => Ok(t),
+                _ => Err(bad(NAMING, role, li, "missing or out of the canonical order")),
             };
-            conv(&at(0, "weight")?, Some(at(1, "bias")?), role, li, rows, cols)
+            conv(&at(0, CONVS[j].0)?, &at(1, CONVS[j].1)?, CONVS[j], li, rows, cols)
         };
         Ok(Layer { vconv: get(0)?, hconv: get(1)?, v2h: get(2)?, hout: if l == 0 { None } else { Some(get(3)?) } })
     }
@@ -402,23 +394,17 @@ impl<'a> PixelCnn<'a> {
     }
 }
 
+/// A convolution from its weight and bias tensors, whose roles are `names`.
 fn conv<'a>(
     w: &TensorView<'a>,
-    b: Option<TensorView<'a>>,
-    role: &'static str,
+    b: &TensorView<'a>,
+    names: (&'static str, &'static str),
     layer: Option<u32>,
     rows: usize,
     cols: usize,
 ) -> Result<Conv<'a>, Error> {
-    if w.shape.dims() != [rows as u64, cols as u64] {
-        return Err(bad(role, layer, "weight shape does not match the hyperparameters"));
-    }
-    let w = Weight::from_view(w).ok_or(bad(role, layer, "weight dtype must be q8, q4 or f32"))?;
-    let b = b.ok_or(bad(role, layer, "bias missing"))?;
-    if b.shape.dims() != [rows as u64] {
-        return Err(bad(role, layer, "bias shape does not match the hyperparameters"));
-    }
-    let b = b.as_f32().ok_or(bad(role, layer, "bias dtype must be f32"))?;
+    let w = matrix(w, NAMING, names.0, layer, rows, cols)?;
+    let b = vector(b, NAMING, names.1, layer, rows)?;
     Ok(Conv { w, b, rows, cols })
 }
 
@@ -826,8 +812,9 @@ impl<'a> PixelSession<'a> {
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
+    use super::synth::{synthetic, SynthSpec};
     use super::*;
-    use crate::arch::pixelcnn_synth::{synthetic, AlignedBytes, SynthSpec};
+    use crate::aligned::AlignedBytes;
     use rand_core::SeedableRng;
     use rand_pcg::Pcg32;
 
