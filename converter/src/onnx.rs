@@ -45,7 +45,8 @@ use arq::quant::QK8;
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
-use crate::convert::{quantize_weights_q8, write_validated, Quant, TensorError};
+use crate::output::write_validated;
+use crate::quantize::{quantize_weights_q8, Quant, TensorError};
 use crate::report;
 
 /// Runtime limits (`runtime/src/arch/pixelcnn.rs`), checked here to fail early.
@@ -456,7 +457,7 @@ fn architecture(proto: &pb::ModelProto) -> Option<String> {
 /// checks, writes atomically and re-validates with the runtime's loader. Never leaves a
 /// partial output, never touches the input; an existing output needs `force`.
 pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
-    crate::convert::check_paths(input, out, opts.force)?;
+    crate::output::check_paths(input, out, opts.force)?;
     let proto = read_proto(input)?;
     if architecture(&proto).as_deref() == Some("gpt2") {
         if opts.head.is_some() {

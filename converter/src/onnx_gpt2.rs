@@ -59,10 +59,11 @@ use arq::tokenizer::PreTokenizer;
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
-use crate::convert::{encode_matrix, write_validated, Quant, TensorError};
 use crate::onnx::{
     attr, attr_int, attr_ints, attr_str, clamp_index, decode_tensor, read_proto, Const, OnnxConvertSummary,
 };
+use crate::output::write_validated;
+use crate::quantize::{encode_matrix, Quant, TensorError};
 
 /// The GELU is checked on `x` in `-GELU_RANGE..=GELU_RANGE`, step `1/16`.
 const GELU_RANGE: f64 = 8.0;

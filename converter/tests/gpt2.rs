@@ -13,9 +13,9 @@ use arq::format::{ArqFile, Dtype};
 use arq::tokenizer::Tokenizer;
 use arq::{KvDtype, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
-use arq_convert::convert::Quant;
 use arq_convert::onnx::{convert_onnx, OnnxConvertOptions};
 use arq_convert::onnx_gpt2::{tract_logits, Gpt2Source};
+use arq_convert::quantize::Quant;
 use prost::Message;
 use tract_onnx::pb;
 
