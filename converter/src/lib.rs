@@ -1,10 +1,128 @@
-//! arq-convert: importers (GGUF; ONNX PixelCNN and GPT-2), the quantizer, the `.arq` writer pipeline, the
-//! accuracy report, and the pieces of the `arq` command-line tool.
+//! arq-convert: the importers that turn other formats into `.arq` files, and the library
+//! side of the `arq` command-line tool.
+//!
+//! Converting:
+//! - [`import`]: one module per source format ([`import::gguf`]: GGUF reader and the
+//!   LLaMA importer; `import::onnx`: shared protobuf helpers and one module per
+//!   graph pattern, gated PixelCNN and GPT-2). Importers do
+//!   not import each other; what they share lives below them:
+//! - [`quantize`]: the output weight types and the encoding of a matrix in one;
+//! - [`output`]: the path checks and the atomic, re-validated write;
+//! - [`report`]: per-tensor errors and the calibration run against the unquantized model.
+//! - [`convert`]: the one entry that picks the importer from the input.
+//!
+//! Running: the library holds what any front end runs on a model — this binary, and the
+//! Python package and HTTP server that will call the same functions — taking typed
+//! inputs, returning values, printing nothing: [`model`] (a file opened once into the
+//! model it holds), [`text`] (prompt encoding with the chat template, the generation
+//! loop, next-token distributions, windowed scoring), [`pixel`] (scoring, sampling,
+//! imputation of images) and [`images`] (PNG and `.npy` in and out). The binary's `cli/`
+//! holds argument parsing and printing only, one module per command family; what it
+//! keeps beyond that are the measurements of `bench` and the choice of `--backend`, which
+//! report as they time.
 pub mod aligned;
-pub mod convert;
-pub mod gguf;
 pub mod images;
 pub mod import;
+pub mod model;
+pub mod output;
 pub mod pixel;
 pub mod progress;
+pub mod quantize;
 pub mod report;
+pub mod text;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use quantize::{Quant, TensorError};
+use report::AccuracyReport;
+
+/// The format of a conversion's input, which picks the importer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// A GGUF file (LLaMA family); also anything not named `.onnx`, which the GGUF
+    /// reader then rejects by its magic.
+    Gguf,
+    /// An ONNX graph (gated PixelCNN, GPT-2), by its `.onnx` extension.
+    Onnx,
+}
+
+impl InputFormat {
+    pub fn of(input: &Path) -> InputFormat {
+        if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            InputFormat::Onnx
+        } else {
+            InputFormat::Gguf
+        }
+    }
+}
+
+/// Options of [`convert`].
+pub struct ConvertOptions {
+    pub quant: Quant,
+    /// Overwrite an existing output.
+    pub force: bool,
+    /// GGUF: calibration text file for the accuracy report (`None`: the built-in text).
+    pub calib: Option<PathBuf>,
+    /// GGUF: skip the calibration run (per-tensor errors are still reported).
+    pub skip_calibration: bool,
+    /// GGUF: progress bars on stderr.
+    pub progress: bool,
+    /// ONNX PixelCNN: the output head (`categorical`, `logistic_mixture:K`, ...),
+    /// overriding the file's metadata.
+    pub head: Option<String>,
+    /// ONNX PixelCNN: discrete levels per pixel, overriding the file's metadata (with `head`).
+    pub levels: Option<usize>,
+}
+
+/// What [`convert`] wrote.
+pub struct ConvertSummary {
+    pub format: InputFormat,
+    pub bytes: u64,
+    /// Relative error of each quantized matrix.
+    pub tensor_errors: Vec<TensorError>,
+    /// GGUF: the calibration run (`None` for f32 output or when skipped).
+    pub accuracy: Option<AccuracyReport>,
+    /// ONNX: what was read (layers, head).
+    pub description: Option<String>,
+}
+
+/// `arq convert`: converts `input` (by [`InputFormat::of`]) to the `.arq` file `out`.
+/// Never leaves a partial output, never touches the input.
+pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    match InputFormat::of(input) {
+        InputFormat::Onnx => convert_onnx(input, out, opts),
+        InputFormat::Gguf if opts.head.is_some() || opts.levels.is_some() => {
+            bail!("--head and --levels apply to ONNX PixelCNN models only")
+        }
+        InputFormat::Gguf => import::gguf::llama::convert(input, out, opts),
+    }
+}
+
+#[cfg(not(feature = "onnx"))]
+fn convert_onnx(input: &Path, _: &Path, _: &ConvertOptions) -> Result<ConvertSummary> {
+    bail!("{}: this arq was built without ONNX import (cargo feature `onnx`)", input.display())
+}
+
+#[cfg(feature = "onnx")]
+fn convert_onnx(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    use import::onnx::{onnx_architecture, HeadSpec, OnnxConvertOptions};
+    let (head, levels) = (opts.head.as_deref(), opts.levels);
+    if (head.is_some() || levels.is_some()) && onnx_architecture(input)?.as_deref() == Some("gpt2") {
+        bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
+    }
+    let head = match (head, levels) {
+        (Some(h), l) => Some(HeadSpec { levels: l.or(h.parse::<HeadSpec>()?.levels), ..h.parse::<HeadSpec>()? }),
+        (None, Some(_)) => bail!("--levels needs --head"),
+        (None, None) => None,
+    };
+    let s = import::onnx::convert_onnx(input, out, &OnnxConvertOptions { quant: opts.quant, force: opts.force, head })?;
+    Ok(ConvertSummary {
+        format: InputFormat::Onnx,
+        bytes: s.bytes,
+        tensor_errors: s.tensor_errors,
+        accuracy: None,
+        description: Some(s.description),
+    })
+}

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arq_convert::gguf::{self, GgmlType, GgufError, GgufFile, TensorInfo, Value};
+use arq_convert::import::gguf::{self, GgmlType, GgufError, GgufFile, TensorInfo, Value};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name)

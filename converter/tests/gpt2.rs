@@ -13,8 +13,8 @@ use arq::format::{ArqFile, Dtype};
 use arq::tokenizer::Tokenizer;
 use arq::{KvDtype, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
-use arq_convert::convert::Quant;
 use arq_convert::import::onnx::{convert_onnx, tract_logits, Gpt2Source, OnnxConvertOptions};
+use arq_convert::quantize::Quant;
 use prost::Message;
 use tract_onnx::pb;
 

@@ -11,8 +11,8 @@ use std::str::FromStr;
 use arq::models::pixelcnn::heads::Head;
 use arq::{PixelCnn, PixelSession, PixelSessionConfig};
 use arq_convert::aligned::ModelBytes;
-use arq_convert::convert::Quant;
 use arq_convert::import::onnx::{convert_onnx, tract_forward, HeadSpec, OnnxConvertOptions, PixelCnnSource};
+use arq_convert::quantize::Quant;
 use prost::Message;
 use tract_onnx::pb;
 

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 
 use arq::{math, Error, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
-use arq_convert::convert::{LlamaSource, Quant};
+use arq_convert::import::gguf::llama::LlamaSource;
+use arq_convert::quantize::Quant;
 use serde_json::Value;
 
 fn gguf_path() -> Option<PathBuf> {

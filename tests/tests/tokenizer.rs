@@ -7,7 +7,7 @@
 //! when it is absent.
 
 use arq::tokenizer::{build_blob, PreTokenizer, Tokenizer, Utf8Stream};
-use arq_convert::gguf::GgufFile;
+use arq_convert::import::gguf::GgufFile;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use tokenizers::models::bpe::{Vocab, BPE};

@@ -1,2 +1,3 @@
+pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;

@@ -5,7 +5,7 @@
 
 use arq::format::writer::{ArqWriter, Meta};
 use arq::format::Dtype;
-use arq_convert::convert::quantize_weights_q8;
+use arq::quant::quantize_weights_q8;
 
 /// GPT-2's byte-to-unicode alphabet: the string form of each single-byte token.
 pub fn byte_token(b: u8) -> String {

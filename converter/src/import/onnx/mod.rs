@@ -21,7 +21,8 @@ use anyhow::{bail, Result};
 pub use gpt2::{tract_logits, Gpt2Source};
 pub use pixelcnn::{tract_forward, HeadSpec, PixelCnnSource};
 
-use crate::convert::{write_validated, Quant, TensorError};
+use crate::output::write_validated;
+use crate::quantize::{Quant, TensorError};
 
 /// Options of `arq convert` for an ONNX model.
 #[derive(Clone, Debug)]
@@ -54,7 +55,7 @@ pub fn onnx_architecture(path: &Path) -> Result<Option<String>> {
 /// and re-validates with the runtime's loader. Never leaves a partial output, never
 /// touches the input; an existing output needs `force`.
 pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
-    crate::convert::check_paths(input, out, opts.force)?;
+    crate::output::check_paths(input, out, opts.force)?;
     let proto = proto::read_proto(input)?;
     let ((bytes, tensor_errors), description) = if proto::architecture(&proto).as_deref() == Some("gpt2") {
         if opts.head.is_some() {

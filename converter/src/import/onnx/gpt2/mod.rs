@@ -64,7 +64,7 @@ pub use vocab::byte_level_char;
 use vocab::parse_vocab;
 
 use super::proto::read_proto;
-use crate::convert::{encode_matrix, Quant, TensorError};
+use crate::quantize::{encode_matrix, Quant, TensorError};
 
 // ---------------------------------------------------------------------------------------
 // The model

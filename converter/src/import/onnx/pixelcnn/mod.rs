@@ -50,7 +50,8 @@ use head::resolve_head;
 pub use head::{HeadSpec, DEFAULT_MIN_LOG_SCALE};
 
 use super::proto::read_proto;
-use crate::convert::{quantize_weights_q8, Quant, TensorError};
+use crate::quantize::{Quant, TensorError};
+use arq::quant::quantize_weights_q8;
 use crate::report;
 
 /// Runtime limits (`runtime/src/models/pixelcnn/mod.rs`), checked here to fail early.

@@ -1,4 +1,5 @@
-//! The `arq` subcommands for PixelCNN files: score, sample, impute, bench, inspect.
+//! `arq score`, `sample`, `impute` and `bench` on PixelCNN models: arguments in, the
+//! library's results printed and written.
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,18 +12,7 @@ use arq_convert::images::{self, Images};
 use arq_convert::pixel::{self, ImputeMethod};
 use serde_json::json;
 
-use crate::bench::median;
-
-/// The value of `arq.architecture` in an `.arq` file (`None` for other files, which the
-/// text-model loader then reports on).
-pub fn architecture(bytes: &[u8]) -> Option<String> {
-    let f = arq::format::ArqFile::parse(bytes).ok()?;
-    f.meta("arq.architecture").and_then(|v| v.as_str()).map(str::to_string)
-}
-
-pub fn load<'a>(bytes: &'a ModelBytes, path: &Path) -> Result<PixelCnn<'a>> {
-    PixelCnn::load(bytes.bytes()).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
+use super::median;
 
 pub fn score(model: &PixelCnn<'_>, input: &Path, json_out: bool, per_image: bool, threads: usize) -> Result<()> {
     let c = model.config();
@@ -114,7 +104,7 @@ pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
 }
 
 /// Images as text, darkest to brightest ` .:-=+*#%@`, one blank line between images.
-pub fn ascii_art(imgs: &Images, levels: usize) -> String {
+fn ascii_art(imgs: &Images, levels: usize) -> String {
     const RAMP: &[u8] = b" .:-=+*#%@";
     let mut s = String::new();
     for i in 0..imgs.n {
@@ -196,7 +186,7 @@ pub fn impute(model: &PixelCnn<'_>, a: &ImputeArgs<'_>) -> Result<()> {
 }
 
 /// Parses `HxW` (e.g. `28x28`).
-pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+fn parse_size(s: &str) -> Result<(usize, usize)> {
     let (h, w) = s.split_once(['x', 'X']).ok_or_else(|| anyhow!("--synthetic: expected HxW, e.g. 28x28"))?;
     let (h, w) = (h.trim().parse::<usize>(), w.trim().parse::<usize>());
     match (h, w) {
@@ -205,14 +195,24 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// The digits models' geometry with random q8 weights at `h x w` (`--synthetic`).
-pub fn synthetic_model(h: usize, w: usize) -> ModelBytes {
-    ModelBytes::copy_of(&synthetic(&SynthSpec::digits_like(h, w, true)))
+pub struct BenchArgs {
+    pub reps: usize,
+    pub naive_reps: usize,
+    pub json: bool,
+}
+
+/// `arq bench --synthetic HxW`: the digits models' geometry with random q8 weights.
+pub fn bench_synthetic(size: &str, a: &BenchArgs) -> Result<()> {
+    let (h, w) = parse_size(size)?;
+    let bytes = ModelBytes::copy_of(&synthetic(&SynthSpec::digits_like(h, w, true)));
+    let model = PixelCnn::load(bytes.bytes())?;
+    bench(&model, &format!("synthetic {h}x{w} (random q8 weights)"), a)
 }
 
 /// `arq bench` on a PixelCNN: time per sampled image, cached generator vs the naive
 /// full forward pass per pixel; medians over `reps` after a warm-up.
-pub fn bench(model: &PixelCnn<'_>, label: &str, reps: usize, naive_reps: usize, json_out: bool) -> Result<()> {
+pub fn bench(model: &PixelCnn<'_>, label: &str, a: &BenchArgs) -> Result<()> {
+    let (reps, naive_reps, json_out) = (a.reps, a.naive_reps, a.json);
     if reps == 0 || naive_reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -260,54 +260,5 @@ pub fn bench(model: &PixelCnn<'_>, label: &str, reps: usize, naive_reps: usize, 
             model.kernels().name
         );
     }
-    Ok(())
-}
-
-pub fn inspect(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: bool, json_out: bool) -> Result<()> {
-    let c = model.config();
-    let f = model.file();
-    let meta_str = |k: &str| f.meta(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let arena = model.memory_plan(&PixelSessionConfig::default())?;
-    let layers: Vec<_> = (0..c.n_layers).map(|l| json!({"kernel": c.kernel[l], "dilation": c.dilation[l]})).collect();
-    let tensors: Vec<_> = f.tensors().collect();
-    let params: u64 = tensors.iter().map(|t| t.shape.n_elements()).sum();
-    if json_out {
-        let t = crate::tensors_json(&tensors);
-        println!(
-            "{}",
-            json!({
-                "file_bytes": file_bytes, "architecture": "pixelcnn", "quant": meta_str("arq.quant"),
-                "hyperparameters": {"height": c.height, "width": c.width, "channels": c.channels,
-                    "out_hidden": c.out_hidden, "layers": layers, "head": c.head.name(), "levels": c.levels,
-                    "head_channels": c.n_params()},
-                "stored_values": params, "arena": {"bytes": arena}, "checksum_verified": verify, "tensors": t,
-            })
-        );
-        return Ok(());
-    }
-    println!("{}: {} bytes, pixelcnn, {} weights", path.display(), file_bytes, meta_str("arq.quant"));
-    println!("  name           {}", meta_str("general.name"));
-    println!(
-        "  image          {}x{}, {} levels, head {} ({} channels)",
-        c.height,
-        c.width,
-        c.levels,
-        c.head.name(),
-        c.n_params()
-    );
-    let geo: Vec<String> = (0..c.n_layers).map(|l| format!("{}:{}", c.kernel[l], c.dilation[l])).collect();
-    println!(
-        "  stacks         {} channels, {} gated layers (kernel:dilation {}), output gate {}",
-        c.channels,
-        c.n_layers,
-        geo.join(","),
-        c.out_hidden
-    );
-    println!("  arena          {arena} bytes (cached generation and scoring)");
-    if verify {
-        println!("  checksum       ok");
-    }
-    println!("  tensors        {} ({} stored values, padding included)", tensors.len(), params);
-    crate::print_tensors(&tensors);
     Ok(())
 }

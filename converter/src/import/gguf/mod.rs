@@ -1,5 +1,6 @@
-//! GGUF reader: header, metadata and tensor table of a GGUF v2/v3 file, mapped read-only,
-//! and dequantization of its tensors to f32.
+//! GGUF import: the reader (header, metadata and tensor table of a GGUF v2/v3 file, mapped
+//! read-only, and dequantization of its tensors to f32) and, in [`llama`], the importer of
+//! LLaMA-family models from it.
 //!
 //! The format (ggml's `docs/gguf.md`), all little-endian:
 //!
@@ -17,6 +18,7 @@
 //! panic or an allocation larger than a small multiple of the file.
 
 mod dequant;
+pub mod llama;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -593,24 +595,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
     }
     let tensor_count = r.u64("the tensor count")?;
     let kv_count = r.u64("the metadata count")?;
-
-    // The smallest kv is an empty key, a type and a one-byte value: 13 bytes.
-    r.check_count(kv_count, 13, "the metadata table")?;
-    let mut metadata: Vec<(String, Value)> = Vec::with_capacity(kv_count as usize);
-    let mut keys = HashSet::with_capacity(kv_count as usize);
-    for _ in 0..kv_count {
-        let at = r.pos;
-        let key = r.string("a metadata key")?;
-        let key = String::from_utf8(key.to_vec())
-            .map_err(|_| GgufError::Malformed(format!("metadata key at byte {at} is not UTF-8")))?;
-        let ty = r.u32("a metadata value type")?;
-        let value = r.value(ty, 0, &key)?;
-        if !keys.insert(key.clone()) {
-            return Err(GgufError::Malformed(format!("duplicate metadata key '{key}'")));
-        }
-        metadata.push((key, value));
-    }
-
+    let metadata = r.metadata(kv_count)?;
     let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_u64() {
@@ -618,44 +603,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
             _ => return Err(GgufError::Malformed(format!("general.alignment is {v:?}, expected a power of two"))),
         },
     };
-
-    // The smallest tensor entry: empty name, n_dims, type, offset: 24 bytes.
-    r.check_count(tensor_count, 24, "the tensor table")?;
-    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(tensor_count as usize);
-    let mut names = HashSet::with_capacity(tensor_count as usize);
-    for _ in 0..tensor_count {
-        let at = r.pos;
-        let name = r.string("a tensor name")?;
-        let name = String::from_utf8(name.to_vec())
-            .map_err(|_| GgufError::Malformed(format!("tensor name at byte {at} is not UTF-8")))?;
-        let n_dims = r.u32("a tensor's dimension count")?;
-        if n_dims > MAX_DIMS {
-            return Err(GgufError::Malformed(format!(
-                "tensor '{name}' has {n_dims} dimensions, at most {MAX_DIMS} are allowed"
-            )));
-        }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            dims.push(r.u64("a tensor's dimensions")?);
-        }
-        let ty = GgmlType::from_id(r.u32("a tensor's type")?);
-        let offset = r.u64("a tensor's offset")?;
-        if !names.insert(name.clone()) {
-            return Err(GgufError::Malformed(format!("duplicate tensor name '{name}'")));
-        }
-        let total = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
-        if total.is_none_or(|n| n > i64::MAX as u64) {
-            return Err(GgufError::Malformed(format!(
-                "tensor '{name}' has dims {dims:?}, whose element count overflows"
-            )));
-        }
-        if offset % alignment != 0 {
-            return Err(GgufError::Malformed(format!(
-                "tensor '{name}' has offset {offset}, not a multiple of the alignment {alignment}"
-            )));
-        }
-        tensors.push(TensorInfo { name, dims, ty, offset });
-    }
+    let tensors = r.tensor_table(tensor_count, alignment)?;
 
     let data_offset = (r.pos as u64)
         .checked_next_multiple_of(alignment)
@@ -714,6 +662,70 @@ impl<'a> Reader<'a> {
             return Err(GgufError::Truncated(what));
         }
         Ok(())
+    }
+
+    /// The `count` key/value pairs of the metadata table; keys are unique UTF-8.
+    fn metadata(&mut self, count: u64) -> Result<Vec<(String, Value)>, GgufError> {
+        // The smallest kv is an empty key, a type and a one-byte value: 13 bytes.
+        self.check_count(count, 13, "the metadata table")?;
+        let mut metadata: Vec<(String, Value)> = Vec::with_capacity(count as usize);
+        let mut keys = HashSet::with_capacity(count as usize);
+        for _ in 0..count {
+            let at = self.pos;
+            let key = self.string("a metadata key")?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|_| GgufError::Malformed(format!("metadata key at byte {at} is not UTF-8")))?;
+            let ty = self.u32("a metadata value type")?;
+            let value = self.value(ty, 0, &key)?;
+            if !keys.insert(key.clone()) {
+                return Err(GgufError::Malformed(format!("duplicate metadata key '{key}'")));
+            }
+            metadata.push((key, value));
+        }
+        Ok(metadata)
+    }
+
+    /// The `count` entries of the tensor table: unique UTF-8 names, at most
+    /// [`MAX_DIMS`] dims whose product fits, offsets on the `alignment`.
+    fn tensor_table(&mut self, count: u64, alignment: u64) -> Result<Vec<TensorInfo>, GgufError> {
+        // The smallest tensor entry: empty name, n_dims, type, offset: 24 bytes.
+        self.check_count(count, 24, "the tensor table")?;
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(count as usize);
+        let mut names = HashSet::with_capacity(count as usize);
+        for _ in 0..count {
+            let at = self.pos;
+            let name = self.string("a tensor name")?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| GgufError::Malformed(format!("tensor name at byte {at} is not UTF-8")))?;
+            let n_dims = self.u32("a tensor's dimension count")?;
+            if n_dims > MAX_DIMS {
+                return Err(GgufError::Malformed(format!(
+                    "tensor '{name}' has {n_dims} dimensions, at most {MAX_DIMS} are allowed"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(self.u64("a tensor's dimensions")?);
+            }
+            let ty = GgmlType::from_id(self.u32("a tensor's type")?);
+            let offset = self.u64("a tensor's offset")?;
+            if !names.insert(name.clone()) {
+                return Err(GgufError::Malformed(format!("duplicate tensor name '{name}'")));
+            }
+            let total = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            if total.is_none_or(|n| n > i64::MAX as u64) {
+                return Err(GgufError::Malformed(format!(
+                    "tensor '{name}' has dims {dims:?}, whose element count overflows"
+                )));
+            }
+            if offset % alignment != 0 {
+                return Err(GgufError::Malformed(format!(
+                    "tensor '{name}' has offset {offset}, not a multiple of the alignment {alignment}"
+                )));
+            }
+            tensors.push(TensorInfo { name, dims, ty, offset });
+        }
+        Ok(tensors)
     }
 
     fn value(&mut self, ty: u32, depth: u32, key: &str) -> Result<Value, GgufError> {

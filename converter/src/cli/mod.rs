@@ -1,0 +1,402 @@
+//! The `arq` command line: the clap definition of every command, the dispatch, and the
+//! one place that opens a model file and refuses the kind a command does not take.
+//! Each command family parses and prints in its own module; the work is the library's.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use arq::parallel::ThreadPool;
+use arq::{KvDtype, Model, PixelCnn};
+use arq_convert::model::{Kind, Loaded, ModelFile};
+use arq_convert::quantize::Quant;
+use backend::{BackendArg, BackendOpt};
+use clap::{Parser, Subcommand};
+
+mod backend;
+mod convert;
+mod inspect;
+mod pixel;
+mod text;
+
+#[derive(Parser)]
+#[command(name = "arq", version, about = "Run quantized autoregressive models on small devices")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a GGUF model (LLaMA family) or an ONNX model (gated PixelCNN, GPT-2) to a
+    /// quantized .arq file.
+    Convert {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Weight type of the matrices (norms stay f32).
+        #[arg(long, value_enum, default_value_t = QuantArg::Q8)]
+        quant: QuantArg,
+        /// Calibration text file for the accuracy report (default: built-in text).
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// Skip the calibration run of the accuracy report.
+        #[arg(long)]
+        no_calib: bool,
+        /// Overwrite OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+        /// ONNX PixelCNN: the output head, overriding the file's metadata
+        /// (categorical, bernoulli, logistic_mixture:K, gaussian_mixture:K).
+        #[arg(long)]
+        head: Option<String>,
+        /// ONNX PixelCNN: discrete levels per pixel, overriding the file's metadata.
+        #[arg(long)]
+        levels: Option<usize>,
+    },
+    /// Show a model's hyperparameters, tensors, tokenizer and arena size.
+    Inspect {
+        model: PathBuf,
+        /// Context length for the arena size.
+        #[arg(long, default_value_t = 2048)]
+        ctx: usize,
+        /// Recompute the data checksum.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate {
+        model: PathBuf,
+        #[arg(short, long, default_value = "")]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(short = 'n', long, default_value_t = 128)]
+        n: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Context length (default: 2048, or the model's if shorter).
+        #[arg(long)]
+        ctx: Option<usize>,
+        /// Wrap the prompt in the model's chat template (a user message).
+        #[arg(long)]
+        chat: bool,
+        #[command(flatten)]
+        kv: KvOpt,
+        #[command(flatten)]
+        threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendOpt,
+    },
+    /// Print the next-token distribution p(x_i | x_<i) after a prompt.
+    Next {
+        model: PathBuf,
+        #[arg(short, long)]
+        prompt: String,
+        /// How many of the most likely tokens to show.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        top: u64,
+        #[arg(long)]
+        chat: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        kv: KvOpt,
+        #[command(flatten)]
+        threads: ThreadsArg,
+    },
+    /// Exact log-likelihood of a text file: NLL, perplexity, bits/token, bits/byte.
+    Score {
+        model: PathBuf,
+        file: PathBuf,
+        /// Window length (default: 2048, or the model's context if shorter); longer
+        /// texts are scored in overlapping windows.
+        #[arg(long)]
+        ctx: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        /// Include every position's log-prob in the output.
+        #[arg(long)]
+        per_token: bool,
+        /// PixelCNN models: include every image's NLL in the output.
+        #[arg(long)]
+        per_image: bool,
+        #[command(flatten)]
+        kv: KvOpt,
+        #[command(flatten)]
+        threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendOpt,
+    },
+    /// Sample images from a PixelCNN model into a PNG grid.
+    Sample {
+        model: PathBuf,
+        /// Images to sample.
+        #[arg(short = 'n', long, default_value_t = 16)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Temperature on each pixel's distribution; 0 takes the most likely level.
+        #[arg(long, default_value_t = 1.0)]
+        temp: f32,
+        /// The PNG grid to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Grid columns (default: a square grid).
+        #[arg(long)]
+        cols: Option<usize>,
+        /// Pixel magnification (default: tiles of at least 32 pixels).
+        #[arg(long)]
+        scale: Option<usize>,
+        /// Also write the sampled levels as a uint8 .npy file (N, H, W).
+        #[arg(long)]
+        npy: Option<PathBuf>,
+        /// Also print the images as ASCII art on stdout.
+        #[arg(long)]
+        ascii: bool,
+    },
+    /// Fill the masked pixels of an image with a PixelCNN model.
+    Impute {
+        model: PathBuf,
+        /// The image (PNG, grey levels mapped onto the model's levels).
+        #[arg(long)]
+        image: PathBuf,
+        /// Same-size PNG: white (>= 128) marks the pixels to fill.
+        #[arg(long)]
+        mask: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Particles for sequential Monte Carlo (used when observed pixels follow
+        /// missing ones).
+        #[arg(long, default_value_t = 64)]
+        particles: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1.0)]
+        temp: f32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure load time, prompt and generation tokens/s and peak RSS (text models), or
+    /// cached vs naive sampling time per image (PixelCNN models).
+    Bench {
+        #[arg(required_unless_present = "synthetic")]
+        model: Option<PathBuf>,
+        /// PixelCNN: benchmark a random-weight model of the digits models' shape at HxW
+        /// (e.g. 28x28) instead of a file.
+        #[arg(long, conflicts_with = "model")]
+        synthetic: Option<String>,
+        /// PixelCNN: naive-sampler repetitions (each samples one image).
+        #[arg(long, default_value_t = 3)]
+        naive_reps: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Measured repetitions (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendOpt,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct KvOpt {
+    /// Text models: KV-cache storage; q8 is 3.8x smaller (what the microcontroller
+    /// firmware uses) and not exact.
+    #[arg(long, value_enum, default_value_t = KvArg::F32)]
+    pub kv: KvArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvArg {
+    F32,
+    Q8,
+}
+
+impl From<KvArg> for KvDtype {
+    fn from(k: KvArg) -> KvDtype {
+        match k {
+            KvArg::F32 => KvDtype::F32,
+            KvArg::Q8 => KvDtype::Q8,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ThreadsArg {
+    /// Worker threads (default: the available cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+}
+
+impl ThreadsArg {
+    pub fn count(&self) -> usize {
+        match self.threads {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+    pub fn pool(&self) -> Result<ThreadPool> {
+        ThreadPool::new(self.count()).context("cannot start worker threads")
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum QuantArg {
+    /// 8-bit matrices.
+    Q8,
+    /// 4-bit layer matrices; the token embedding and output head stay q8.
+    Q4,
+    /// Unquantized.
+    F32,
+}
+
+impl From<QuantArg> for Quant {
+    fn from(q: QuantArg) -> Quant {
+        match q {
+            QuantArg::Q8 => Quant::Q8,
+            QuantArg::Q4 => Quant::Q4,
+            QuantArg::F32 => Quant::F32,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep the K most likely tokens (must be >= 1; omit to disable).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: Option<u64>,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs the command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels } => {
+            let opts = arq_convert::ConvertOptions {
+                quant: quant.into(),
+                force,
+                calib,
+                skip_calibration: no_calib,
+                progress: true,
+                head,
+                levels,
+            };
+            convert::run(&input, &output, &opts)
+        }
+        Cmd::Inspect { model, ctx, verify, json } => inspect::run(&model, ctx, verify, json),
+        Cmd::Generate { model, prompt, n, sampling, ctx, chat, kv, threads, backend } => {
+            let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };
+            text::generate(&model, &args, &threads, backend.backend)
+        }
+        Cmd::Next { model, prompt, top, chat, json, kv, threads } => {
+            text::next(&model, &prompt, top as usize, (chat, json), kv.kv, &threads)
+        }
+        Cmd::Score { model, file, ctx, json, per_token, per_image, kv, threads, backend } => {
+            let m = ModelFile::open(&model)?;
+            if m.kind() == Some(Kind::Pixel) {
+                refuse_text_flags(backend.backend, kv.kv)?;
+                return pixel::score(&pixel_model(&m)?, &file, json, per_image, threads.count());
+            }
+            let args = text::ScoreArgs { ctx, kv: kv.kv, json, per_token };
+            text::score(&m, &file, &args, &threads, backend.backend)
+        }
+        Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => {
+            let args = pixel::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };
+            pixel::sample(&pixel_model(&ModelFile::open(&model)?)?, &args)
+        }
+        Cmd::Impute { model, image, mask, output, particles, seed, temp, json } => {
+            let args = pixel::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
+            pixel::impute(&pixel_model(&ModelFile::open(&model)?)?, &args)
+        }
+        Cmd::Bench { model, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads, backend } => {
+            let pixel = pixel::BenchArgs { reps, naive_reps, json };
+            if let Some(size) = synthetic {
+                refuse_text_flags(backend.backend, KvArg::F32)?;
+                return pixel::bench_synthetic(&size, &pixel);
+            }
+            let Some(path) = model else { bail!("give a MODEL or --synthetic HxW") };
+            // Mapping the file is part of a text model's load time.
+            let t0 = Instant::now();
+            let file = ModelFile::open(&path)?;
+            let map = t0.elapsed();
+            if file.kind() == Some(Kind::Pixel) {
+                refuse_text_flags(backend.backend, KvArg::F32)?;
+                return pixel::bench(&pixel_model(&file)?, &path.display().to_string(), &pixel);
+            }
+            let pool = threads.pool()?;
+            let args = text::BenchArgs { prompt_tokens, gen_tokens, reps, json, backend: backend.backend };
+            text::bench(&file, map, &args, &pool)
+        }
+    }
+}
+
+/// Refuses the flags that only text models take, for a PixelCNN model.
+fn refuse_text_flags(backend: BackendArg, kv: KvArg) -> Result<()> {
+    if backend != BackendArg::Cpu {
+        bail!("--backend applies to text models; PixelCNN models run on the CPU");
+    }
+    if kv != KvArg::F32 {
+        bail!("--kv applies to text models");
+    }
+    Ok(())
+}
+
+/// The text model in `file`, for the commands that take only text models. A PixelCNN
+/// file is refused by its architecture, before loading (a broken one too).
+fn text_model(file: &ModelFile) -> Result<Model<'_>> {
+    let refuse = || {
+        anyhow!(
+            "{} is a PixelCNN image model; this command takes text models (see sample, score, impute)",
+            file.path().display()
+        )
+    };
+    if file.kind() == Some(Kind::Pixel) {
+        return Err(refuse());
+    }
+    match file.load()? {
+        Loaded::Text(m) => Ok(m),
+        Loaded::Pixel(_) => Err(refuse()),
+    }
+}
+
+/// The PixelCNN in `file`, for the commands that take only PixelCNN models. A text
+/// model's file is refused by its architecture, before loading (a broken one too).
+fn pixel_model(file: &ModelFile) -> Result<PixelCnn<'_>> {
+    let refuse =
+        || anyhow!("{} is a text model; sample and impute take PixelCNN models (use generate)", file.path().display());
+    if file.kind() == Some(Kind::Text) {
+        return Err(refuse());
+    }
+    match file.load()? {
+        Loaded::Pixel(m) => Ok(m),
+        Loaded::Text(_) => Err(refuse()),
+    }
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -1,0 +1,95 @@
+//! An `.arq` file opened once into the model it holds: a text model or a PixelCNN, told
+//! apart by `arq.architecture` in this one place.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use arq::format::ArqFile;
+use arq::{Model, PixelCnn};
+
+use crate::aligned::ModelBytes;
+
+/// The two kinds of model an `.arq` file can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A transformer with its tokenizer (LLaMA, GPT-2).
+    Text,
+    /// A gated PixelCNN over images.
+    Pixel,
+}
+
+impl Kind {
+    /// The kind `file` declares; `None` for an architecture neither loader knows.
+    pub fn of(file: &ArqFile<'_>) -> Option<Kind> {
+        match file.meta("arq.architecture").and_then(|v| v.as_str()) {
+            Some("llama" | "gpt2") => Some(Kind::Text),
+            Some("pixelcnn") => Some(Kind::Pixel),
+            _ => None,
+        }
+    }
+}
+
+/// A loaded model of either kind, borrowing the file's bytes.
+pub enum Loaded<'a> {
+    Text(Model<'a>),
+    Pixel(PixelCnn<'a>),
+}
+
+impl<'a> Loaded<'a> {
+    /// Runs the loader of the file's kind. A file of unknown architecture goes to the
+    /// text loader, which names the problem ([`arq::Error::UnsupportedArchitecture`]).
+    pub fn from_file(file: ArqFile<'a>) -> Result<Self, arq::Error> {
+        match Kind::of(&file) {
+            Some(Kind::Pixel) => PixelCnn::from_file(file).map(Loaded::Pixel),
+            _ => Model::from_file(file).map(Loaded::Text),
+        }
+    }
+}
+
+/// A model file mapped read-only, with its path for error messages.
+pub struct ModelFile {
+    path: PathBuf,
+    bytes: ModelBytes,
+}
+
+impl ModelFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!("{}: no such file", path.display());
+        }
+        Ok(ModelFile { path: path.to_path_buf(), bytes: ModelBytes::map(path)? })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.bytes()
+    }
+
+    /// The `.arq` structure; errors name the file.
+    pub fn parse(&self) -> Result<ArqFile<'_>> {
+        ArqFile::parse(self.bytes.bytes()).map_err(|e| self.error(e))
+    }
+
+    /// The kind the file declares, without loading it; `None` when it does not parse or
+    /// its architecture is unknown (loading then says why).
+    pub fn kind(&self) -> Option<Kind> {
+        ArqFile::parse(self.bytes.bytes()).ok().as_ref().and_then(Kind::of)
+    }
+
+    /// Parses and loads the model of the file's kind.
+    pub fn load(&self) -> Result<Loaded<'_>> {
+        self.load_parsed(self.parse()?)
+    }
+
+    /// Loads a model from this file's already parsed structure.
+    pub fn load_parsed<'a>(&self, file: ArqFile<'a>) -> Result<Loaded<'a>> {
+        Loaded::from_file(file).map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {e}", self.path.display())
+    }
+}

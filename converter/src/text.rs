@@ -1,0 +1,254 @@
+//! The text-model jobs behind `arq generate`, `next` and `score`: prompt encoding (with
+//! the model's chat template), session setup, the generation loop, next-token
+//! distributions, and exact log-likelihoods over texts longer than the context.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use arq::sampler::{Candidate, Sampler};
+use arq::tokenizer::{Tokenizer, Utf8Stream};
+use arq::{math, KvDtype, Model, Session, SessionConfig};
+
+/// The model's tokenizer; errors say it is the tokenizer that failed.
+pub fn tokenizer<'a>(model: &Model<'a>) -> Result<Tokenizer<'a>> {
+    model.tokenizer().map_err(|e| anyhow!("tokenizer: {e}"))
+}
+
+/// A token's bytes as text (invalid UTF-8 replaced).
+pub fn token_text(tok: &Tokenizer<'_>, id: u32) -> String {
+    String::from_utf8_lossy(tok.token_bytes(id).unwrap_or(b"")).into_owned()
+}
+
+fn bos(model: &Model<'_>) -> (bool, Option<u32>) {
+    let file = model.file();
+    let add_bos = file.meta("tokenizer.add_bos").and_then(|v| v.as_bool()).unwrap_or(false);
+    let bos = file.meta("tokenizer.bos_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    (add_bos, bos)
+}
+
+/// The model's end-of-text token, if it names one.
+pub fn eos(model: &Model<'_>) -> Option<u32> {
+    model.file().meta("tokenizer.eos_id").and_then(|v| v.as_u64()).map(|v| v as u32)
+}
+
+/// The text wrapped in the model's chat template as one user message, ready for the
+/// assistant's answer.
+fn chat_prompt(model: &Model<'_>, prompt: &str) -> Result<String> {
+    let template = model
+        .file()
+        .meta("tokenizer.chat_template")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow!("--chat: this model has no chat template"))?;
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", template).map_err(|e| anyhow!("chat template: {e}"))?;
+    env.get_template("chat")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                messages => vec![minijinja::context! { role => "user", content => prompt }],
+                add_generation_prompt => true,
+            })
+        })
+        .map_err(|e| anyhow!("chat template: {e}"))
+}
+
+/// The prompt's token ids: the chat template (with special tokens) or plain text, with
+/// BOS when the model asks for it.
+pub fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    let (add_bos, bos) = bos(model);
+    let mut ids = Vec::new();
+    if chat {
+        ids.extend(tok.encode(&chat_prompt(model, prompt)?, true));
+    } else {
+        if add_bos {
+            ids.extend(bos);
+        }
+        ids.extend(tok.encode(prompt, false));
+    }
+    if ids.is_empty() {
+        // An empty prompt starts from BOS (or the first control token) so there is a condition.
+        ids.push(bos.unwrap_or(0));
+    }
+    Ok(ids)
+}
+
+/// A session's configuration: `ctx` tokens (default: 2048, or the model's training
+/// context if shorter), batches of 32, `threads` workers.
+pub fn session_config(model: &Model<'_>, ctx: Option<usize>, kv: KvDtype, threads: usize) -> Result<SessionConfig> {
+    let train = model.config().ctx_train;
+    let ctx = ctx.unwrap_or(train.min(2048));
+    if ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    if ctx > train {
+        bail!("--ctx {ctx} is longer than the model's training context ({train})");
+    }
+    Ok(SessionConfig { ctx, batch: 32, threads, kv })
+}
+
+/// A zeroed arena of the size `cfg` needs.
+pub fn new_arena(model: &Model<'_>, cfg: &SessionConfig) -> Result<Vec<u8>> {
+    Ok(vec![0u8; model.memory_plan(cfg)?])
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The requested number of tokens.
+    Length,
+    /// The end-of-text token or another control token.
+    EndOfText,
+    /// The session's context is full.
+    ContextFull,
+}
+
+impl Stop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stop::Length => "length",
+            Stop::EndOfText => "end of text",
+            Stop::ContextFull => "context full",
+        }
+    }
+}
+
+/// What [`generate`] did, with its timings.
+pub struct Generation {
+    pub tokens: usize,
+    pub stop: Stop,
+    pub prompt_s: f64,
+    pub gen_s: f64,
+}
+
+/// Runs the prompt `ids`, then samples up to `n` tokens, handing the text to `emit` as
+/// soon as it forms whole UTF-8 characters. Stops at the end-of-text token, any control
+/// token, or a full context; an error of `emit` ends it, except at the final flush.
+pub fn generate(
+    session: &mut Session<'_>,
+    tok: &Tokenizer<'_>,
+    sampler: &mut Sampler,
+    ids: &[u32],
+    n: usize,
+    mut emit: impl FnMut(&str) -> std::io::Result<()>,
+) -> Result<Generation> {
+    let model = session.model();
+    let eos = eos(model);
+    let ctx = session.config().ctx;
+    let mut scratch = vec![Candidate::default(); model.config().vocab];
+    let mut history = ids.to_vec();
+    let t0 = Instant::now();
+    let mut logits = session.prefill(ids)?.to_vec();
+    let prompt_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut stream = Utf8Stream::new();
+    let mut generated = 0;
+    let mut stop = Stop::Length;
+    while generated < n {
+        let next = sampler.sample(&mut logits, &history, &mut scratch).map_err(|e| anyhow!("{e}"))?;
+        if Some(next) == eos || tok.is_control(next) {
+            stop = Stop::EndOfText;
+            break;
+        }
+        generated += 1;
+        history.push(next);
+        let mut io_err = None;
+        stream.push(tok.token_bytes(next).unwrap_or(b""), |s| {
+            if let Err(e) = emit(s) {
+                io_err = Some(e);
+            }
+        });
+        if let Some(e) = io_err {
+            return Err(e.into());
+        }
+        if generated == n {
+            break;
+        }
+        if session.pos() >= ctx {
+            stop = Stop::ContextFull;
+            break;
+        }
+        logits.copy_from_slice(session.step(next)?);
+    }
+    stream.flush(|s| {
+        let _ = emit(s);
+    });
+    Ok(Generation { tokens: generated, stop, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
+}
+
+/// The `top` most likely next tokens after `logits` (`top` >= 1), most likely first
+/// (ties by id): id and log-probability.
+pub fn top_tokens(logits: &[f32], top: usize) -> Vec<(u32, f64)> {
+    let lse = math::log_sum_exp(logits);
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(order.len());
+    order.select_nth_unstable_by(top - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    order.truncate(top);
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.iter().map(|&id| (id, logits[id as usize] as f64 - lse)).collect()
+}
+
+/// A text's token ids for scoring: BOS first when the model asks for it.
+pub fn encode_text(model: &Model<'_>, tok: &Tokenizer<'_>, text: &str) -> (Vec<u32>, bool) {
+    let (add_bos, bos) = bos(model);
+    let mut ids = Vec::new();
+    if add_bos {
+        ids.extend(bos);
+    }
+    ids.extend(tok.encode(text, false));
+    (ids, add_bos)
+}
+
+/// One scored position.
+pub struct Scored {
+    pub pos: usize,
+    pub id: u32,
+    pub logprob: f64,
+    pub top_id: u32,
+    pub top_logprob: f64,
+}
+
+/// The log-probability of every token of `ids` after the first, with how it was windowed.
+pub struct Score {
+    pub scored: Vec<Scored>,
+    pub windows: usize,
+    pub stride: usize,
+}
+
+/// Scores `ids` (at least 2) in windows of the session's context advancing by half of
+/// it; each window scores only positions no earlier window scored, conditioned on up to
+/// ctx-1 preceding tokens.
+pub fn score(session: &mut Session<'_>, ids: &[u32]) -> Result<Score> {
+    let ctx = session.config().ctx;
+    let stride = (ctx / 2).max(1);
+    let mut scored: Vec<Scored> = Vec::with_capacity(ids.len());
+    let mut next_unscored = 1; // position 0 is the condition
+    let mut start = 0;
+    let mut windows = 0;
+    loop {
+        let end = (start + ctx).min(ids.len());
+        let window = &ids[start..end];
+        session.reset();
+        session.forward_all(window, |i, logits| {
+            let target = start + i + 1;
+            if target < end && target >= next_unscored {
+                let lse = math::log_sum_exp(logits);
+                let id = ids[target];
+                let top = math::argmax(logits);
+                scored.push(Scored {
+                    pos: target,
+                    id,
+                    logprob: logits[id as usize] as f64 - lse,
+                    top_id: top as u32,
+                    top_logprob: logits[top] as f64 - lse,
+                });
+            }
+        })?;
+        windows += 1;
+        next_unscored = end;
+        if end == ids.len() {
+            break;
+        }
+        start += stride;
+    }
+    Ok(Score { scored, windows, stride })
+}
