@@ -14,7 +14,7 @@ pub enum Error {
     UnsupportedArchitecture,
     /// A required tensor is missing, or has the wrong dtype or shape. `layer` is `None`
     /// for global tensors (then `role` is the tensor's name); a layer's tensor is named
-    /// as `naming` says (`blk.3.attn_q`, `l3.vconv.weight`). Built by [`bad`].
+    /// as `naming` says (`blk.3.attn_q`, `l3.vconv.weight`). Built by `bad` (this module).
     BadTensor { naming: LayerNaming, role: &'static str, layer: Option<u32>, problem: &'static str },
     /// A hyperparameter is zero, inconsistent or over its cap.
     BadHyperparameter(&'static str),

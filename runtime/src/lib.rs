@@ -10,7 +10,7 @@
 //! `log` route the runtime's few log lines (model loads, session arenas) to that back
 //! end (`trace.rs`).
 //!
-//! Modules: [`format`] reads (and writes) the file, with [`format::keys`] the table of
+//! Modules: [`format`](mod@format) reads (and writes) the file, with [`format::keys`] the table of
 //! its names; [`quant`] specifies each dtype; [`kernels`] computes on them; [`linear`]
 //! holds what every model shares; [`models`] the model families.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]

@@ -1,6 +1,6 @@
 //! What every model shares: a weight matrix in one of the file's dtypes ([`Weight`]), a
-//! linear layer ([`Linear`]), the one place a weight's dtype picks its kernel
-//! ([`Weight::matmul_rows`]), the products split across threads or sent to an
+//! linear layer (`Linear`), the one place a weight's dtype picks its kernel
+//! (`Weight::matmul_rows`), the products split across threads or sent to an
 //! [`Offload`] device, and the shape and dtype checks of the tensors behind them.
 
 use crate::error::{bad, Error};

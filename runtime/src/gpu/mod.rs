@@ -2,7 +2,7 @@
 //!
 //! [`GpuDevice`] opens an adapter and compiles the WGSL kernels (`matmul.wgsl`) once;
 //! [`GpuMatmul`] uploads one model's matrices once and then serves the
-//! [`Offload`](crate::linear::Offload) calls of a [`Session`](crate::Session): the CPU
+//! [`Offload`] calls of a [`Session`](crate::Session): the CPU
 //! quantizes the activations exactly as its own path does, the GPU computes the products,
 //! and everything else of the step (norms, RoPE, attention over the KV cache, the
 //! residual stream) stays on the CPU.

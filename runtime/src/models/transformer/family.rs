@@ -1,7 +1,7 @@
 //! The family table: how each transformer family differs from the others, as data.
 //!
 //! A family is one thin file (its hyperparameters and its tensors' names, as
-//! [`llama`](super::llama) and [`gpt2`](super::gpt2) are) plus one row here; the engine
+//! [`llama`] and [`gpt2`] are) plus one row here; the engine
 //! reads the row where families differ (after llama.cpp, whose `src/models/<arch>.cpp`
 //! files call shared builders). Rows are indexed by [`Family`].
 

@@ -4,7 +4,7 @@
 //! A family is data: a thin file ([`llama`], [`gpt2`]) reads its hyperparameters and
 //! names its tensors, and its row of [`family::FAMILIES`] says how it differs (the norm,
 //! biases, the MLP, positions, ...). The engine reads the row where the families differ
-//! and loads every family's tensors into the same [`Layer`]; everything else (the
+//! and loads every family's tensors into the same `Layer`; everything else (the
 //! batched matrix products, attention over the KV cache, threads, offload) is this file.
 //!
 //! Every buffer lives in the caller's arena, carved once in [`Session::new`]; a step never
