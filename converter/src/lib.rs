@@ -109,7 +109,9 @@ fn convert_onnx(input: &Path, _: &Path, _: &ConvertOptions) -> Result<ConvertSum
 fn convert_onnx(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertSummary> {
     use import::onnx::{onnx_architecture, HeadSpec, OnnxConvertOptions};
     let (head, levels) = (opts.head.as_deref(), opts.levels);
-    if (head.is_some() || levels.is_some()) && onnx_architecture(input)?.as_deref() == Some("gpt2") {
+    if (head.is_some() || levels.is_some())
+        && onnx_architecture(input)?.as_deref() == Some(arq::format::keys::ARCH_GPT2)
+    {
         bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
     }
     let head = match (head, levels) {

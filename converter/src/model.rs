@@ -1,6 +1,7 @@
 //! An `.arq` file opened once into the model it holds: a text model or a PixelCNN, told
 //! apart by `arq.architecture` in this one place.
 
+use arq::format::keys;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -21,9 +22,9 @@ pub enum Kind {
 impl Kind {
     /// The kind `file` declares; `None` for an architecture neither loader knows.
     pub fn of(file: &ArqFile<'_>) -> Option<Kind> {
-        match file.meta("arq.architecture").and_then(|v| v.as_str()) {
-            Some("llama" | "gpt2") => Some(Kind::Text),
-            Some("pixelcnn") => Some(Kind::Pixel),
+        match file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) {
+            Some(keys::ARCH_LLAMA | keys::ARCH_GPT2) => Some(Kind::Text),
+            Some(keys::ARCH_PIXELCNN) => Some(Kind::Pixel),
             _ => None,
         }
     }

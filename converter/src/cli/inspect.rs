@@ -1,6 +1,7 @@
 //! `arq inspect`: a model's hyperparameters, tokenizer, arena size and tensors, as text
 //! or JSON, for either kind of model.
 
+use arq::format::keys;
 use std::path::Path;
 
 use anyhow::Result;
@@ -71,8 +72,8 @@ fn text(model: &Model<'_>, path: &Path, file_bytes: usize, (ctx, verify): (usize
     let c = *model.config();
     let file = model.file();
     let tok = &facts.tok;
-    println!("{}: {} bytes, {}, {} weights", path.display(), file_bytes, c.family.name(), meta_str(file, "arq.quant"));
-    println!("  name           {}", meta_str(file, "general.name"));
+    println!("{}: {} bytes, {}, {} weights", path.display(), file_bytes, c.family.name(), meta_str(file, keys::QUANT));
+    println!("  name           {}", meta_str(file, keys::GENERAL_NAME));
     println!(
         "  dims           vocab {} | dim {} | layers {} | heads {} (kv {}) x {} | ffn {}",
         c.vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
@@ -137,7 +138,7 @@ fn text_json(
     json!({
         "file_bytes": file_bytes,
         "architecture": c.family.name(),
-        "quant": meta_str(file, "arq.quant"),
+        "quant": meta_str(file, keys::QUANT),
         "hyperparameters": {
             "vocab": c.vocab, "dim": c.dim, "layers": c.n_layers, "heads": c.n_heads,
             "kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "ffn_dim": c.ffn_dim,
@@ -181,7 +182,7 @@ fn pixel(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: bool, jso
         println!(
             "{}",
             json!({
-                "file_bytes": file_bytes, "architecture": "pixelcnn", "quant": meta_str(f, "arq.quant"),
+                "file_bytes": file_bytes, "architecture": "pixelcnn", "quant": meta_str(f, keys::QUANT),
                 "hyperparameters": {"height": c.height, "width": c.width, "channels": c.channels,
                     "out_hidden": c.out_hidden, "layers": layers, "head": c.head.name(), "levels": c.levels,
                     "head_channels": c.n_params()},
@@ -190,8 +191,8 @@ fn pixel(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: bool, jso
         );
         return Ok(());
     }
-    println!("{}: {} bytes, pixelcnn, {} weights", path.display(), file_bytes, meta_str(f, "arq.quant"));
-    println!("  name           {}", meta_str(f, "general.name"));
+    println!("{}: {} bytes, pixelcnn, {} weights", path.display(), file_bytes, meta_str(f, keys::QUANT));
+    println!("  name           {}", meta_str(f, keys::GENERAL_NAME));
     println!(
         "  image          {}x{}, {} levels, head {} ({} channels)",
         c.height,

@@ -2,6 +2,7 @@
 //! order the runtime expects, requantize, and measure the quantized model against the
 //! unquantized one on a calibration text.
 
+use arq::format::keys;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -113,8 +114,8 @@ fn tokenizer_blob(g: &GgufFile, tokens: &[String]) -> Result<(Vec<u8>, String)> 
 /// The `.arq` metadata of the model (all but `arq.quant`, which depends on the output).
 fn metadata(g: &GgufFile, path: &Path, d: &Dims, vocab: u64, pre_name: &str) -> Result<Vec<(String, Meta)>> {
     let mut meta = vec![
-        ("arq.architecture".to_string(), Meta::Str("llama".into())),
-        ("general.name".into(), Meta::Str(g.get("general.name").and_then(Value::as_str).unwrap_or("").into())),
+        (keys::ARCHITECTURE.to_string(), Meta::Str(keys::ARCH_LLAMA.into())),
+        (keys::GENERAL_NAME.into(), Meta::Str(g.get("general.name").and_then(Value::as_str).unwrap_or("").into())),
         (
             "general.source".into(),
             Meta::Str(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
@@ -203,7 +204,7 @@ impl LlamaSource {
         for (k, v) in &self.meta {
             w.meta(k, v.clone());
         }
-        w.meta("arq.quant", Meta::Str(quant.name().into()));
+        w.meta(keys::QUANT, Meta::Str(quant.name().into()));
         let bar = crate::progress::bar(self.tensors.len() as u64, "quantizing", progress);
         let mut errors = Vec::new();
         let mut tokenizer_written = false;

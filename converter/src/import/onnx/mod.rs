@@ -14,6 +14,7 @@ pub mod gpt2;
 pub mod pixelcnn;
 mod proto;
 
+use arq::format::keys;
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -57,7 +58,7 @@ pub fn onnx_architecture(path: &Path) -> Result<Option<String>> {
 pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
     crate::output::check_paths(input, out, opts.force)?;
     let proto = proto::read_proto(input)?;
-    let ((bytes, tensor_errors), description) = if proto::architecture(&proto).as_deref() == Some("gpt2") {
+    let ((bytes, tensor_errors), description) = if proto::architecture(&proto).as_deref() == Some(keys::ARCH_GPT2) {
         if opts.head.is_some() {
             bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
         }

@@ -2,6 +2,7 @@
 //! for initializers and Constant nodes), the graph's one input, node attributes and the
 //! walk over the nodes in file order that names the node of each refusal.
 
+use arq::format::keys;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
@@ -32,7 +33,7 @@ pub(crate) fn read_proto(path: &Path) -> Result<pb::ModelProto> {
 
 /// The model metadata `arq.architecture`, if it has one.
 pub(crate) fn architecture(proto: &pb::ModelProto) -> Option<String> {
-    proto.metadata_props.iter().find(|e| e.key == "arq.architecture").map(|e| e.value.trim().to_string())
+    proto.metadata_props.iter().find(|e| e.key == keys::ARCHITECTURE).map(|e| e.value.trim().to_string())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@
 mod vocab;
 mod walker;
 
+use arq::format::keys;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -253,9 +254,9 @@ impl Gpt2Source {
         let mut w = ArqWriter::new();
         let file_name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for (k, val) in [
-            ("arq.architecture", Meta::Str("gpt2".into())),
-            ("arq.quant", Meta::Str(quant.name().into())),
-            ("general.name", Meta::Str(self.name.clone())),
+            (keys::ARCHITECTURE, Meta::Str(keys::ARCH_GPT2.into())),
+            (keys::QUANT, Meta::Str(quant.name().into())),
+            (keys::GENERAL_NAME, Meta::Str(self.name.clone())),
             ("general.source", Meta::Str(file_name)),
             ("gpt2.vocab_size", Meta::U64(self.vocab.len() as u64)),
             ("gpt2.context_length", Meta::U64(self.context_length as u64)),

@@ -36,6 +36,7 @@
 mod head;
 mod walker;
 
+use arq::format::keys;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -51,8 +52,8 @@ pub use head::{HeadSpec, DEFAULT_MIN_LOG_SCALE};
 
 use super::proto::read_proto;
 use crate::quantize::{Quant, TensorError};
-use arq::quant::quantize_weights_q8;
 use crate::report;
+use arq::quant::quantize_weights_q8;
 
 /// Runtime limits (`runtime/src/models/pixelcnn/mod.rs`), checked here to fail early.
 const MAX_LAYERS: usize = arq::models::pixelcnn::MAX_LAYERS;
@@ -212,9 +213,9 @@ impl PixelCnnSource {
         let mut w = ArqWriter::new();
         let file_name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut meta = vec![
-            ("arq.architecture", Meta::Str("pixelcnn".into())),
-            ("arq.quant", Meta::Str(quant.name().into())),
-            ("general.name", Meta::Str(self.name.clone())),
+            (keys::ARCHITECTURE, Meta::Str(keys::ARCH_PIXELCNN.into())),
+            (keys::QUANT, Meta::Str(quant.name().into())),
+            (keys::GENERAL_NAME, Meta::Str(self.name.clone())),
             ("general.source", Meta::Str(file_name)),
             ("pixelcnn.height", Meta::U64(self.height as u64)),
             ("pixelcnn.width", Meta::U64(self.width as u64)),
