@@ -45,7 +45,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC_SEP = "\n\n\n"
 LN_EPS = 1e-5
-QK8 = 32  # q8 block: 32 int8 values + one f16 scale (runtime/src/quant/mod.rs)
+QK8 = 32  # q8 block: 32 int8 values + one f16 scale (runtime/src/quant/q8.rs)
 
 # -------------------------------------------------------------------------------------
 # data
@@ -200,7 +200,7 @@ def print_budgets(fb, rb, hp):
 
 
 # -------------------------------------------------------------------------------------
-# q8 weights (runtime/src/quant/mod.rs quantize_row_q8)
+# q8 weights (runtime/src/quant/q8.rs quantize_row_q8)
 
 
 def q8_roundtrip(w):
@@ -617,7 +617,7 @@ def main():
                           "scored once, the first char is the condition; NLL / (scored chars * ln 2)",
             q8="every 2-D weight (tok_emb, pos_emb, qkv, proj, fc, fc2) per 32-value block of each row: "
                "d = amax/127, q = round_half_even(v/d) in [-127,127], scale f16(d); LayerNorm and "
-               "biases f32; activations f32 (runtime/src/quant/mod.rs quantize_row_q8)",
+               "biases f32; activations f32 (runtime/src/quant/q8.rs quantize_row_q8)",
             logits="model(prompt ids)[0, :3], the full logits (vocab) at the first 3 positions, "
                    "rounded to 6 decimals; logits_q8_weights from the q8-roundtripped weights",
             greedy="temperature 0: next char = argmax of the logits at the last position of the model "
