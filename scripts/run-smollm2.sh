@@ -11,7 +11,7 @@ if [ -z "$arq" ]; then
   cargo build --release -p arq-convert
   arq="${CARGO_TARGET_DIR:-target}/release/arq"
 fi
-out=models/cache/smollm2-q8.arq
+out="$(dirname "$gguf")/smollm2-q8.arq"   # beside the GGUF (models/cache/, or ARQ_MODEL_CACHE)
 [ -s "$out" ] || "$arq" convert "$gguf" -o "$out" --quant q8
 summary=$("$arq" inspect "$out" --ctx 2048)
 head -n 8 <<<"$summary"
