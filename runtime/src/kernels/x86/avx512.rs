@@ -9,7 +9,7 @@
 //! tiles. With one token (decode) the q8 matmul is bound by DRAM: it prefetches the
 //! weights `PREFETCH_AHEAD` bytes ahead and folds two rows into one zmm register, so
 //! the last fold step and the float part run 16 lanes wide. With 4 tokens or more (prefill)
-//! it packs 16-row panels into a transposed layout on the stack instead ([`PanelBlock`]),
+//! it packs 16-row panels into a transposed layout on the stack instead (`PanelBlock`),
 //! which needs no folds at all.
 //!
 //! q4 weights x q8 activations: the quants are unsigned already, so `vpdpbusd` takes
