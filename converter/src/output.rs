@@ -14,8 +14,9 @@ use crate::model::Loaded;
 /// The checks every conversion makes before reading anything: the input exists, the
 /// output does not (unless `force`), and they are not the same file.
 pub fn check_paths(input: &Path, out: &Path, force: bool) -> Result<()> {
-    if !input.exists() {
-        bail!("{}: no such file", input.display());
+    crate::input::regular_file(input)?;
+    if out.is_dir() {
+        bail!("{} is a directory", out.display());
     }
     if out.exists() && !force {
         bail!("{} already exists (use --force to overwrite)", out.display());
