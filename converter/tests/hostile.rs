@@ -183,3 +183,125 @@ fn nan_weights_in_onnx_are_refused() {
         refused(&["convert", s(&path), "-o", s(&d.join("out.arq"))], 1, &["holds NaN at element 0", "must be finite"]);
     }
 }
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Two conversions to the same new path: one writes it, the other is refused (it used
+/// to print "wrote" too, and the last rename won).
+#[test]
+fn conversions_to_one_output_do_not_race() {
+    let d = tmpdir("race");
+    let onnx = model("tinygpt/tinygpt.onnx");
+    for round in 0..3 {
+        let out = d.join(format!("out{round}.arq"));
+        let spawn = || {
+            Command::new(env!("CARGO_BIN_EXE_arq"))
+                .args(["convert", &onnx, "-o", s(&out)])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let wrote = outs.iter().filter(|o| o.status.success()).count();
+        let errs: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+        assert_eq!(wrote, 1, "round {round}: {errs:?}");
+        let refused = errs.iter().find(|e| e.starts_with("error:")).unwrap();
+        assert!(
+            refused.contains("appeared while converting; not replaced (use --force)")
+                || refused.contains("already exists"),
+            "{refused}"
+        );
+    }
+    assert!(listing(&d).iter().all(|n| !n.contains("arq-tmp")), "{:?}", listing(&d));
+    // --force replaces, and the name never names a directory.
+    let out = d.join("out0.arq");
+    refused(&["convert", &onnx, "-o", s(&out)], 1, &["already exists (use --force to overwrite)"]);
+    assert!(arq(&["convert", &onnx, "-o", s(&out), "--force"]).0.status.success());
+}
+
+/// A temp file left by a killed conversion is removed by the next conversion to the
+/// same output; one of a live process is not.
+#[test]
+fn stale_temp_files_are_removed_live_ones_kept() {
+    let d = tmpdir("stale");
+    let out = d.join("model.arq");
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = d.join(format!(".model.arq.arq-tmp.{dead}"));
+    let live = d.join(format!(".model.arq.arq-tmp.{}", std::process::id()));
+    let other = d.join(format!(".other.arq.arq-tmp.{dead}"));
+    for p in [&stale, &live, &other] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let (o, _) = arq(&["convert", &model("tinygpt/tinygpt.onnx"), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stale.exists(), "the stale temp file was kept");
+    assert!(live.exists() && other.exists(), "{:?}", listing(&d));
+}
+
+/// A write error names the output, not the temp file (a full disk used to say only
+/// "No space left on device"): here a file-size limit makes the write fail.
+#[test]
+fn write_errors_name_the_output() {
+    use std::os::unix::process::CommandExt;
+    let d = tmpdir("full");
+    let out = d.join("out.arq");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arq"));
+    cmd.args(["convert", &model("tinygpt/tinygpt.onnx"), "-o", s(&out)]);
+    // SAFETY: between fork and exec; signal and setrlimit are async-signal-safe. An
+    // ignored SIGXFSZ stays ignored across exec, so the write fails with EFBIG instead.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: 4096, rlim_max: 4096 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot write {}: File too large", out.display())), "{err}");
+    assert_eq!(listing(&d), Vec::<String>::new());
+}
+
+/// SIGTERM during a conversion leaves neither an output nor a temp file, at whatever
+/// point it comes (the temp file exists only while the file is written and validated).
+#[test]
+fn sigterm_leaves_no_temp_file() {
+    let d = tmpdir("sigterm");
+    let onnx = model("tinygpt/tinygpt.onnx");
+    let mut seen_temp = 0;
+    for delay_ms in (0..200).step_by(10) {
+        let out = d.join("out.arq");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arq"))
+            .args(["convert", &onnx, "-o", s(&out)])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(delay_ms) {
+            if listing(&d).iter().any(|n| n.contains("arq-tmp")) {
+                seen_temp += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: signals our own child, which has not been waited for yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let left = listing(&d);
+        assert!(left.iter().all(|n| !n.contains("arq-tmp")), "after {delay_ms} ms ({status:?}): {left:?}");
+        let _ = std::fs::remove_file(&out);
+    }
+    println!("temp file seen before SIGTERM in {seen_temp} of 20 runs");
+}

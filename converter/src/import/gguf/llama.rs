@@ -284,7 +284,7 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     } else {
         None
     };
-    write_validated(&bytes, out)?;
+    write_validated(&bytes, out, opts.force)?;
     Ok(ConvertSummary {
         format: InputFormat::Gguf,
         bytes: bytes.len() as u64,
