@@ -472,6 +472,10 @@ fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> io:
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let name =
         path.file_name().ok_or_else(|| error(path, ErrorKind::Invalid("not a file name".into())))?.to_string_lossy();
+    // A device or FIFO would be replaced by the rename; a directory makes the rename fail.
+    if fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
+        crate::input::not_special(path)?;
+    }
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_file_name(format!(".{name}.{}-{unique}.tmp", std::process::id()));
     let file = File::options().write(true).create_new(true).open(&tmp).map_err(io_error(path, "create"))?;
@@ -501,6 +505,7 @@ const MAX_PNG_BYTES: usize = 64 << 20;
 /// to luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B, rounded), palette expanded, 16-bit reduced to
 /// 8-bit (rounded: v * 255 / 65535), 1/2/4-bit grey scaled to 0..255. Returns (height, width, pixels).
 pub fn read_png_gray(path: &Path) -> anyhow::Result<(usize, usize, Vec<u8>)> {
+    crate::input::not_special(path)?;
     let file = File::open(path).map_err(io_error(path, "open"))?;
     decode_png_gray(BufReader::new(file)).map_err(|message| error(path, ErrorKind::PngDecode(message)))
 }

@@ -1,4 +1,4 @@
-//! Checking the files a command reads before reading them: a model or a conversion's
+//! Checking the files a command reads or writes before it does: a model or a conversion's
 //! source must be a regular file (it is mapped, and mapping a pipe or a directory fails
 //! with "No such device"); a text may be any stream but is read only up to a cap, so
 //! that `/dev/zero` or a huge file cannot exhaust memory.
@@ -42,6 +42,21 @@ pub fn regular_file(path: &Path) -> Result<()> {
         _ if meta.is_file() => Ok(()),
         "a directory" => bail!("{} is a directory", path.display()),
         other => bail!("{} is {other}, not a file", path.display()),
+    }
+}
+
+/// Errors when `path` exists and is not a regular file: "X is a directory", "X is a
+/// device, not a file". For outputs, which are renamed into place (as root, a rename
+/// over `/dev/full` replaced the device), and for inputs that are opened, not mapped,
+/// where a FIFO without a writer would block the open forever. A missing path is left
+/// to the caller's own open or create.
+pub fn not_special(path: &Path) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => match kind(&meta) {
+            "a directory" => bail!("{} is a directory", path.display()),
+            other => bail!("{} is {other}, not a file", path.display()),
+        },
+        _ => Ok(()),
     }
 }
 

@@ -22,9 +22,7 @@ use crate::model::Loaded;
 /// output does not (unless `force`), and they are not the same file.
 pub fn check_paths(input: &Path, out: &Path, force: bool) -> Result<()> {
     crate::input::regular_file(input)?;
-    if out.is_dir() {
-        bail!("{} is a directory", out.display());
-    }
+    crate::input::not_special(out)?;
     if out.exists() && !force {
         bail!("{} already exists (use --force to overwrite)", out.display());
     }

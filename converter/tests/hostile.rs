@@ -111,6 +111,7 @@ fn hostile_npy_files_are_refused_in_one_line() {
 
 #[test]
 fn streams_directories_and_pipes_as_input() {
+    use std::os::unix::fs::FileTypeExt;
     let (text, pixel) = (model("tinygpt/tinygpt-q8.arq"), model("pixelcnn/digits17-q8.arq"));
     // Read to the cap, never to the end: /dev/zero used to take 2.1 GB, then all memory.
     refused(&["score", &text, "/dev/zero"], 1, &["/dev/zero: the text is larger than the cap of 67108864 bytes"]);
@@ -127,6 +128,16 @@ fn streams_directories_and_pipes_as_input() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     refused(&["convert", s(&fifo), "-o", s(&out)], 1, &["is a pipe (FIFO), not a file"]);
     refused(&["inspect", s(&fifo)], 1, &["is a pipe (FIFO), not a file"]);
+    // A FIFO without a writer used to block the PNG reader's open forever; as an
+    // output, a special file is never renamed over (as root, that replaced /dev/full).
+    let (pixel, f) = (model("pixelcnn/digits17-q8.arq"), s(&fifo));
+    refused(&["impute", &pixel, "--image", f, "--mask", f, "-o", s(&d.join("o.png"))], 1, &["is a pipe (FIFO)"]);
+    refused(&["impute", &pixel, "--image", s(&d), "--mask", f, "-o", s(&d.join("o.png"))], 1, &["is a directory"]);
+    refused(&["sample", &pixel, "-n", "1", "-o", f], 1, &["is a pipe (FIFO), not a file"]);
+    refused(&["sample", &pixel, "-n", "1", "-o", s(&d.join("o.png")), "--npy", f], 1, &["is a pipe (FIFO)"]);
+    let onnx = model("tinygpt/tinygpt.onnx");
+    refused(&["convert", &onnx, "-o", f, "--force"], 1, &["is a pipe (FIFO), not a file"]);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
 }
 
 #[test]

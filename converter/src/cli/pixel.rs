@@ -72,9 +72,7 @@ pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
         bail!("--temp must be a finite number >= 0");
     }
     for out in [Some(a.output), a.npy].into_iter().flatten() {
-        if out.is_dir() {
-            bail!("{} is a directory", out.display());
-        }
+        arq_convert::input::not_special(out)?;
     }
     let c = model.config();
     let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
@@ -164,9 +162,7 @@ pub fn impute(model: &PixelCnn<'_>, a: &ImputeArgs<'_>) -> Result<()> {
     if !(a.temp >= 0.0 && a.temp.is_finite()) {
         bail!("--temp must be a finite number >= 0");
     }
-    if a.output.is_dir() {
-        bail!("{} is a directory", a.output.display());
-    }
+    arq_convert::input::not_special(a.output)?;
     let (h, w, grey) = images::read_png_gray(a.image)?;
     if (h, w) != (c.height, c.width) {
         bail!("{}: image is {h}x{w}, the model takes {}x{}", a.image.display(), c.height, c.width);
