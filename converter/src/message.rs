@@ -4,7 +4,7 @@
 
 /// The longest name [`name`] shows before cutting it.
 pub const NAME_CHARS: usize = 80;
-/// The longest error line [`line`] prints: room for a few paths and cut names.
+/// The longest error line [`line()`] prints: room for a few paths and cut names.
 pub const LINE_CHARS: usize = 2000;
 
 /// `s` with control and other non-printing characters written as `\x1b`, `\r`, `\u{200b}`
