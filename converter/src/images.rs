@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -188,9 +188,24 @@ const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 /// dimension above 1), a shape it cannot take (e.g. (N, H, W, 3): "images have 3 channels, the
 /// model takes 1"; a zero anywhere in the shape), data shorter or longer than the shape says.
 pub fn read_npy_u8(path: &Path) -> anyhow::Result<Images> {
-    let bytes = fs::read(path).map_err(io_error(path, "read"))?;
+    let mut file = File::open(path).map_err(io_error(path, "read"))?.take(MAX_NPY_BYTES + 1);
+    // The magic first, so that a stream of something else is refused without reading on.
+    let mut bytes = Vec::new();
+    file.by_ref().take(NPY_MAGIC.len() as u64).read_to_end(&mut bytes).map_err(io_error(path, "read"))?;
+    if bytes.starts_with(NPY_MAGIC) {
+        file.read_to_end(&mut bytes).map_err(io_error(path, "read"))?;
+    }
+    if bytes.len() as u64 > MAX_NPY_BYTES {
+        let why = format!("the file is larger than the cap of {MAX_NPY_BYTES} bytes ({} MiB)", MAX_NPY_BYTES >> 20);
+        return Err(error(path, ErrorKind::Invalid(why)));
+    }
     parse_npy_u8(&bytes).map_err(|kind| error(path, kind))
 }
+
+/// The largest `.npy` file read (256 MiB, 262,144 images of 32x32): it is read whole, and
+/// a stream or device must not exhaust memory. A header's shape must match the data, so
+/// this also caps what a shape can ask for.
+pub const MAX_NPY_BYTES: u64 = 256 << 20;
 
 /// [`read_npy_u8`] on the bytes of a file.
 fn parse_npy_u8(bytes: &[u8]) -> Result<Images, ErrorKind> {
@@ -417,7 +432,10 @@ impl PyParser<'_> {
             self.pos += 1;
         }
         let digits = std::str::from_utf8(&self.text[start..self.pos]).map_err(|e| e.to_string())?;
-        let value = digits.parse::<u64>().map_err(|_| format!("integer {digits} is too large"))?;
+        let value = digits.parse::<u64>().map_err(|_| match digits.get(..20) {
+            Some(head) if digits.len() > 20 => format!("integer {head}… ({} digits) is too large", digits.len()),
+            _ => format!("integer {digits} is too large"),
+        })?;
         if self.peek() == Some(b'L') {
             self.pos += 1; // Python 2 long suffix, as in `(3L, 8L, 8L)`
         }
@@ -454,6 +472,10 @@ fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> io:
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let name =
         path.file_name().ok_or_else(|| error(path, ErrorKind::Invalid("not a file name".into())))?.to_string_lossy();
+    // A device or FIFO would be replaced by the rename; a directory makes the rename fail.
+    if fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
+        crate::input::not_special(path)?;
+    }
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_file_name(format!(".{name}.{}-{unique}.tmp", std::process::id()));
     let file = File::options().write(true).create_new(true).open(&tmp).map_err(io_error(path, "create"))?;
@@ -483,6 +505,7 @@ const MAX_PNG_BYTES: usize = 64 << 20;
 /// to luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B, rounded), palette expanded, 16-bit reduced to
 /// 8-bit (rounded: v * 255 / 65535), 1/2/4-bit grey scaled to 0..255. Returns (height, width, pixels).
 pub fn read_png_gray(path: &Path) -> anyhow::Result<(usize, usize, Vec<u8>)> {
+    crate::input::not_special(path)?;
     let file = File::open(path).map_err(io_error(path, "open"))?;
     decode_png_gray(BufReader::new(file)).map_err(|message| error(path, ErrorKind::PngDecode(message)))
 }

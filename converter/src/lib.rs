@@ -8,7 +8,9 @@
 //!   not import each other; what they share lives below them:
 //! - [`quantize`]: the output weight types and the encoding of a matrix in one;
 //! - [`output`]: the path checks and the atomic, re-validated write;
-//! - [`report`]: per-tensor errors and the calibration run against the unquantized model.
+//! - [`report`]: per-tensor errors and the calibration run against the unquantized model;
+//! - [`message`]: names from input files escaped and cut for error lines;
+//! - [`input`]: the checks on what a command reads (a regular file, a capped stream).
 //! - [`convert`]: the one entry that picks the importer from the input.
 //!
 //! Running: the library holds what any front end runs on a model — this binary, and the
@@ -23,6 +25,8 @@
 pub mod aligned;
 pub mod images;
 pub mod import;
+pub mod input;
+pub mod message;
 pub mod model;
 pub mod output;
 pub mod pixel;

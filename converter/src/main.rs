@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", arq_convert::message::line(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }

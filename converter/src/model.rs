@@ -4,7 +4,7 @@
 use arq::format::keys;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use arq::format::ArqFile;
 use arq::{Model, PixelCnn};
 
@@ -55,9 +55,7 @@ pub struct ModelFile {
 
 impl ModelFile {
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            bail!("{}: no such file", path.display());
-        }
+        crate::input::regular_file(path)?;
         Ok(ModelFile { path: path.to_path_buf(), bytes: ModelBytes::map(path)? })
     }
 

@@ -46,6 +46,20 @@ impl Quant {
 /// A tensor's name and relative quantization error.
 pub type TensorError = (String, f64);
 
+/// Refuses a weight tensor holding NaN or an infinity, which no weight type can encode
+/// and which would make every output NaN: the one check all importers make, on the f32
+/// values just before they are encoded.
+pub fn check_finite(name: &str, values: &[f32]) -> anyhow::Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(at) => anyhow::bail!(
+            "tensor '{}' holds {} at element {at}; weights must be finite",
+            crate::message::name(name),
+            values[at]
+        ),
+    }
+}
+
 /// A matrix's bytes in `dtype` (`Q8`, `Q4` or `F32`; the quantized types need rows of a
 /// multiple of 32 values, which the caller checks) and, when quantized, its relative
 /// quantization error.

@@ -533,3 +533,60 @@ fn smollm2_matches_gguf_py() {
     let want = bits(&reference["tensors"][0]["rows"]["575"]);
     assert_bits_eq("blk.0.attn_q.weight row 575", &all[575 * 576..], &want);
 }
+
+/// Counts and lengths above the reader's caps are refused by name before anything is
+/// allocated, and fast; so are the LLaMA importer's hyperparameters (a block count of
+/// 2^22 used to build 9 x 2^22 tensor names first, then abort).
+#[test]
+fn caps_refuse_before_allocating() {
+    let base = tiny_bytes();
+    let at_arr = after_string(&base, "test.arr_str");
+    let at_str = after_string(&base, "test.str");
+    let cases: [(&str, usize, u64, String); 4] = [
+        (
+            "tensor count",
+            8,
+            gguf::MAX_TENSORS + 1,
+            format!("the tensor count is 65537, more than the cap of {}", gguf::MAX_TENSORS),
+        ),
+        (
+            "kv count",
+            16,
+            gguf::MAX_KV + 1,
+            format!("the metadata count is 65537, more than the cap of {}", gguf::MAX_KV),
+        ),
+        (
+            "array length",
+            at_arr + 8,
+            1 << 40,
+            format!("metadata array 'test.arr_str' is 1099511627776, more than the cap of {}", gguf::MAX_ARRAY_LEN),
+        ),
+        (
+            "string length",
+            at_str + 4,
+            1 << 40,
+            format!("1099511627776 bytes long, more than the cap of {}", gguf::MAX_STRING_LEN),
+        ),
+    ];
+    for (name, at, value, want) in cases {
+        let mut b = base.clone();
+        put_u64(&mut b, at, value);
+        let t0 = std::time::Instant::now();
+        let err = GgufFile::from_bytes(b).expect_err(name).to_string();
+        assert!(err.contains(&want) && !err.contains('\n'), "{name}: {err}");
+        assert!(t0.elapsed().as_millis() < 100, "{name}: {:?}", t0.elapsed());
+    }
+    let hostile = |f: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile").join(f);
+    for (file, want) in [
+        ("block_count_4m.gguf", "llama.block_count is 4194304, more than the cap of 1024"),
+        ("embedding_length_huge.gguf", "llama.embedding_length is 1099511627776, more than the cap of 65536"),
+    ] {
+        let t0 = std::time::Instant::now();
+        let err = arq_convert::import::gguf::llama::LlamaSource::from_gguf(&hostile(file), false)
+            .err()
+            .expect(file)
+            .to_string();
+        assert!(err.contains(want), "{file}: {err}");
+        assert!(t0.elapsed().as_millis() < 100, "{file}: {:?}", t0.elapsed());
+    }
+}

@@ -56,8 +56,8 @@ enum Cmd {
     /// Show a model's hyperparameters, tensors, tokenizer and arena size.
     Inspect {
         model: PathBuf,
-        /// Context length for the arena size.
-        #[arg(long, default_value_t = 2048)]
+        /// Context length for the arena size (at most 2^24, the runtime's cap).
+        #[arg(long, default_value_t = 2048, value_parser = capped(MAX_CTX))]
         ctx: usize,
         /// Recompute the data checksum.
         #[arg(long)]
@@ -70,13 +70,13 @@ enum Cmd {
         model: PathBuf,
         #[arg(short, long, default_value = "")]
         prompt: String,
-        /// Tokens to generate.
-        #[arg(short = 'n', long, default_value_t = 128)]
+        /// Tokens to generate (at most 2^24; generation also stops when the context is full).
+        #[arg(short = 'n', long, default_value_t = 128, value_parser = capped(MAX_CTX))]
         n: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
         /// Context length (default: 2048, or the model's if shorter).
-        #[arg(long)]
+        #[arg(long, value_parser = capped(MAX_CTX))]
         ctx: Option<usize>,
         /// Wrap the prompt in the model's chat template (a user message).
         #[arg(long)]
@@ -111,7 +111,7 @@ enum Cmd {
         file: PathBuf,
         /// Window length (default: 2048, or the model's context if shorter); longer
         /// texts are scored in overlapping windows.
-        #[arg(long)]
+        #[arg(long, value_parser = capped(MAX_CTX))]
         ctx: Option<usize>,
         #[arg(long)]
         json: bool,
@@ -131,8 +131,8 @@ enum Cmd {
     /// Sample images from a PixelCNN model into a PNG grid.
     Sample {
         model: PathBuf,
-        /// Images to sample.
-        #[arg(short = 'n', long, default_value_t = 16)]
+        /// Images to sample (at most 4096).
+        #[arg(short = 'n', long, default_value_t = 16, value_parser = capped(MAX_IMAGES))]
         n: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -143,10 +143,11 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
         /// Grid columns (default: a square grid).
-        #[arg(long)]
+        #[arg(long, value_parser = capped(MAX_IMAGES))]
         cols: Option<usize>,
-        /// Pixel magnification (default: tiles of at least 32 pixels).
-        #[arg(long)]
+        /// Pixel magnification (default: tiles of at least 32 pixels; at most 1024, and
+        /// the grid at most 16384 pixels a side).
+        #[arg(long, value_parser = capped(MAX_SCALE))]
         scale: Option<usize>,
         /// Also write the sampled levels as a uint8 .npy file (N, H, W).
         #[arg(long)]
@@ -167,8 +168,8 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
         /// Particles for sequential Monte Carlo (used when observed pixels follow
-        /// missing ones).
-        #[arg(long, default_value_t = 64)]
+        /// missing ones; at most 65536).
+        #[arg(long, default_value_t = 64, value_parser = capped(MAX_PARTICLES))]
         particles: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -186,15 +187,17 @@ enum Cmd {
         /// (e.g. 28x28) instead of a file.
         #[arg(long, conflicts_with = "model")]
         synthetic: Option<String>,
-        /// PixelCNN: naive-sampler repetitions (each samples one image).
-        #[arg(long, default_value_t = 3)]
+        /// PixelCNN: naive-sampler repetitions (each samples one image; at most 1000).
+        #[arg(long, default_value_t = 3, value_parser = capped(MAX_REPS))]
         naive_reps: usize,
-        #[arg(long, default_value_t = 128)]
+        /// Text models: prompt length (at most 2^24, and with --gen-tokens within the
+        /// model's context).
+        #[arg(long, default_value_t = 128, value_parser = capped(MAX_CTX))]
         prompt_tokens: usize,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = capped(MAX_CTX))]
         gen_tokens: usize,
-        /// Measured repetitions (after one warm-up); medians are reported.
-        #[arg(long, default_value_t = 5)]
+        /// Measured repetitions (after one warm-up; at most 1000); medians are reported.
+        #[arg(long, default_value_t = 5, value_parser = capped(MAX_REPS))]
         reps: usize,
         #[arg(long)]
         json: bool,
@@ -203,6 +206,28 @@ enum Cmd {
         #[command(flatten)]
         backend: BackendOpt,
     },
+}
+
+/// Caps on the flags that size an allocation or a loop, checked by clap before anything
+/// runs (exit code 2, naming the value and the range). Far above any real use; without
+/// them `sample --scale 100000` asked for 640 GB and `impute --particles 10000000` for
+/// 3.7 GB before aborting.
+///
+/// The runtime's cap on a model's context length.
+const MAX_CTX: usize = 1 << 24;
+/// Images one `sample` makes (each is sampled pixel by pixel, seconds for thousands).
+const MAX_IMAGES: usize = 4096;
+/// `--scale`: pixels a side per image pixel; the grid is also capped (see `pixel.rs`).
+const MAX_SCALE: usize = 1024;
+/// SMC particles: each holds an image and a session's cache, about 370 bytes at 28x28.
+const MAX_PARTICLES: usize = 1 << 16;
+/// Benchmark repetitions.
+const MAX_REPS: usize = 1000;
+
+/// A clap parser for a count of at most `max` (0 is left to the commands, which name
+/// the flag in their own message).
+fn capped(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(..=max as u64)
 }
 
 #[derive(clap::Args)]

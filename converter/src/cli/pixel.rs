@@ -72,17 +72,17 @@ pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
         bail!("--temp must be a finite number >= 0");
     }
     for out in [Some(a.output), a.npy].into_iter().flatten() {
-        if out.is_dir() {
-            bail!("{} is a directory", out.display());
-        }
+        arq_convert::input::not_special(out)?;
     }
     let c = model.config();
+    let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
+    let scale = a.scale.unwrap_or(default_scale(c.height, c.width));
+    check_grid(a.n, cols, scale, (c.height, c.width))?;
     let t0 = Instant::now();
     let imgs = pixel::sample_images(model, a.n, a.seed, a.temp)?;
     let secs = t0.elapsed().as_secs_f64();
     let grey = Images { data: imgs.data.iter().map(|&v| images::level_to_gray(v, c.levels)).collect(), ..imgs.clone() };
-    let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
-    let (gh, gw, px) = images::grid(&grey, cols, a.scale.unwrap_or(default_scale(c.height, c.width)), 1);
+    let (gh, gw, px) = images::grid(&grey, cols, scale, 1);
     images::write_png_gray(a.output, gh, gw, &px)?;
     if let Some(npy) = a.npy {
         images::write_npy_u8(npy, &imgs)?;
@@ -101,6 +101,29 @@ pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
         a.temp
     );
     Ok(())
+}
+
+/// The longest side of a `sample` grid: 16384 pixels, a 256 MiB grey image, which PNG
+/// viewers still open (and what `--scale` and `--cols` could otherwise push to 640 GB).
+const MAX_GRID_SIDE: usize = 16384;
+
+/// Refuses a grid (as [`images::grid`] lays it out, 1-pixel gaps) with a side above
+/// [`MAX_GRID_SIDE`], before anything is sampled.
+fn check_grid(n: usize, cols: usize, scale: usize, (height, width): (usize, usize)) -> Result<()> {
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let side =
+        |count: usize, px: usize| px.checked_mul(scale.max(1))?.checked_add(1)?.checked_mul(count)?.checked_add(1);
+    let (gh, gw) = (side(rows, height), side(cols, width));
+    match (gh, gw) {
+        (Some(gh), Some(gw)) if gh <= MAX_GRID_SIDE && gw <= MAX_GRID_SIDE => Ok(()),
+        _ => bail!(
+            "the grid of {n} images of {height}x{width} at scale {scale} in {cols} columns would be {}x{} pixels, \
+             more than the cap of {MAX_GRID_SIDE} a side (lower --scale or -n, or set --cols)",
+            gw.map_or("(overflow)".to_string(), |v| v.to_string()),
+            gh.map_or("(overflow)".to_string(), |v| v.to_string()),
+        ),
+    }
 }
 
 /// Images as text, darkest to brightest ` .:-=+*#%@`, one blank line between images.
@@ -139,9 +162,7 @@ pub fn impute(model: &PixelCnn<'_>, a: &ImputeArgs<'_>) -> Result<()> {
     if !(a.temp >= 0.0 && a.temp.is_finite()) {
         bail!("--temp must be a finite number >= 0");
     }
-    if a.output.is_dir() {
-        bail!("{} is a directory", a.output.display());
-    }
+    arq_convert::input::not_special(a.output)?;
     let (h, w, grey) = images::read_png_gray(a.image)?;
     if (h, w) != (c.height, c.width) {
         bail!("{}: image is {h}x{w}, the model takes {}x{}", a.image.display(), c.height, c.width);

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use arq::parallel::{Parallel, ThreadPool};
 use arq::sampler::{Sampler, SamplerConfig};
 use arq::tokenizer::Tokenizer;
@@ -124,7 +124,7 @@ pub struct ScoreArgs {
 
 pub fn score(file: &ModelFile, input: &Path, a: &ScoreArgs, threads: &ThreadsArg, backend: BackendArg) -> Result<()> {
     let pool = threads.pool()?;
-    let content = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let content = arq_convert::input::read_capped(input, arq_convert::input::MAX_TEXT_BYTES, "the text")?;
     let content = String::from_utf8(content).map_err(|_| anyhow!("{}: not UTF-8 text", input.display()))?;
     let model = text_model(file)?;
     let tok = tokenizer(&model)?;

@@ -13,8 +13,9 @@ use arq::tokenizer::PreTokenizer;
 
 use super::{GgufFile, Value};
 use crate::aligned::ModelBytes;
+use crate::message::name as shown;
 use crate::output::{check_paths, write_validated};
-use crate::quantize::{encode_matrix, Quant, TensorError};
+use crate::quantize::{check_finite, encode_matrix, Quant, TensorError};
 use crate::report;
 use crate::{ConvertOptions, ConvertSummary, InputFormat};
 
@@ -58,6 +59,24 @@ fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>> {
     arr.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| anyhow!("GGUF '{key}' holds a non-string"))).collect()
 }
 
+/// Caps on the hyperparameters, checked before anything is sized by them: the runtime's
+/// loader refuses more (its `MAX_LAYERS`, `MAX_DIM`, `MAX_VOCAB` and context cap, which
+/// are private to it), so a larger model could be read but never run. Without them a
+/// block count of 2^22 made the importer build 9 x 2^22 tensor names and abort.
+const MAX_LAYERS: u64 = 1 << 10;
+const MAX_DIM: u64 = 1 << 16;
+const MAX_VOCAB: u64 = 1 << 22;
+const MAX_CONTEXT: u64 = 1 << 24;
+
+/// `key`'s integer, refused above `cap`.
+fn get_capped(g: &GgufFile, key: &str, cap: u64) -> Result<u64> {
+    let v = get_u64(g, key)?;
+    if v > cap {
+        bail!("GGUF: {key} is {v}, more than the cap of {cap}");
+    }
+    Ok(v)
+}
+
 /// The hyperparameters the importer checks before reading anything else.
 struct Dims {
     n_layers: usize,
@@ -68,10 +87,13 @@ struct Dims {
 
 impl Dims {
     fn read(g: &GgufFile) -> Result<Self> {
-        let n_layers = get_u64(g, "llama.block_count")? as usize;
-        let dim = get_u64(g, "llama.embedding_length")?;
-        let n_heads = get_u64(g, "llama.attention.head_count")?;
-        let n_kv = g.get("llama.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(n_heads);
+        let n_layers = get_capped(g, "llama.block_count", MAX_LAYERS)? as usize;
+        let dim = get_capped(g, "llama.embedding_length", MAX_DIM)?;
+        let n_heads = get_capped(g, "llama.attention.head_count", MAX_DIM)?;
+        let n_kv = match g.get("llama.attention.head_count_kv") {
+            Some(_) => get_capped(g, "llama.attention.head_count_kv", MAX_DIM)?,
+            None => n_heads,
+        };
         Ok(Dims { n_layers, dim, n_heads, n_kv })
     }
 
@@ -96,7 +118,7 @@ impl Dims {
 fn tokenizer_blob(g: &GgufFile, tokens: &[String]) -> Result<(Vec<u8>, String)> {
     let tok_model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("(none)");
     if tok_model != "gpt2" {
-        bail!("GGUF: tokenizer model '{tok_model}' is not supported (supported: gpt2 byte-level BPE)");
+        bail!("GGUF: tokenizer model '{}' is not supported (supported: gpt2 byte-level BPE)", shown(tok_model));
     }
     let merges = strings(g, "tokenizer.ggml.merges")?;
     let types: Vec<i32> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
@@ -104,8 +126,9 @@ fn tokenizer_blob(g: &GgufFile, tokens: &[String]) -> Result<(Vec<u8>, String)> 
         None => vec![1; tokens.len()],
     };
     let pre_name = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
-    let pre = PreTokenizer::from_gguf_name(pre_name)
-        .ok_or_else(|| anyhow!("GGUF: pre-tokenizer '{pre_name}' is not supported (supported: gpt2, smollm)"))?;
+    let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
+        anyhow!("GGUF: pre-tokenizer '{}' is not supported (supported: gpt2, smollm)", shown(pre_name))
+    })?;
     let blob =
         arq::tokenizer::build_blob_with(pre, tokens, &types, &merges).map_err(|e| anyhow!("GGUF tokenizer: {e}"))?;
     Ok((blob, pre_name.into()))
@@ -121,10 +144,10 @@ fn metadata(g: &GgufFile, path: &Path, d: &Dims, vocab: u64, pre_name: &str) -> 
             Meta::Str(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
         ),
         ("llama.vocab_size".into(), Meta::U64(vocab)),
-        ("llama.context_length".into(), Meta::U64(get_u64(g, "llama.context_length")?)),
+        ("llama.context_length".into(), Meta::U64(get_capped(g, "llama.context_length", MAX_CONTEXT)?)),
         ("llama.embedding_length".into(), Meta::U64(d.dim)),
         ("llama.block_count".into(), Meta::U64(d.n_layers as u64)),
-        ("llama.feed_forward_length".into(), Meta::U64(get_u64(g, "llama.feed_forward_length")?)),
+        ("llama.feed_forward_length".into(), Meta::U64(get_capped(g, "llama.feed_forward_length", 4 * MAX_DIM)?)),
         ("llama.attention.head_count".into(), Meta::U64(d.n_heads)),
         ("llama.attention.head_count_kv".into(), Meta::U64(d.n_kv)),
         ("llama.rope.freq_base".into(), Meta::F32(get_f32(g, "llama.rope.freq_base", 10000.0)?)),
@@ -163,6 +186,7 @@ fn read_tensors(g: &GgufFile, n_layers: usize, progress: bool) -> Result<Vec<Sou
     for (gname, aname) in names {
         let t = g.tensor(&gname).ok_or_else(|| anyhow!("GGUF: tensor '{gname}' is missing"))?;
         let values = g.dequantize(t).map_err(|e| anyhow!("GGUF: {e}"))?;
+        check_finite(&gname, &values).context("GGUF")?;
         // GGUF lists dims innermost first; .arq outermost first.
         let dims: Vec<u64> = t.dims.iter().rev().copied().collect();
         let is_matrix = dims.len() == 2;
@@ -185,11 +209,14 @@ impl LlamaSource {
         let g = GgufFile::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let arch = g.get("general.architecture").and_then(Value::as_str).unwrap_or("(none)");
         if arch != "llama" {
-            bail!("{}: unsupported architecture '{arch}' (supported: llama)", path.display());
+            bail!("{}: unsupported architecture '{}' (supported: llama)", path.display(), shown(arch));
         }
         let dims = Dims::read(&g)?;
         let tokens = strings(&g, "tokenizer.ggml.tokens")?;
         let vocab = g.get("llama.vocab_size").and_then(Value::as_u64).unwrap_or(tokens.len() as u64);
+        if vocab > MAX_VOCAB {
+            bail!("GGUF: the vocabulary has {vocab} tokens, more than the cap of {MAX_VOCAB}");
+        }
         dims.check(&g)?;
         let (tokenizer_blob, pre_name) = tokenizer_blob(&g, &tokens)?;
         let meta = metadata(&g, path, &dims, vocab, &pre_name)?;
@@ -257,7 +284,7 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
     } else {
         None
     };
-    write_validated(&bytes, out)?;
+    write_validated(&bytes, out, opts.force)?;
     Ok(ConvertSummary {
         format: InputFormat::Gguf,
         bytes: bytes.len() as u64,

@@ -27,6 +27,8 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
+use crate::message::name as shown;
+
 pub use dequant::{can_dequantize, dequantize, dequantize_into};
 
 /// "GGUF" read as a little-endian u32.
@@ -37,6 +39,15 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Arrays of arrays deeper than this are rejected (real files use depth 1).
 const MAX_ARRAY_DEPTH: u32 = 8;
+/// Caps on the counts and lengths of the header, checked before anything is allocated,
+/// so that a file cannot make the reader build a table far larger than itself: the
+/// `.arq` format's own table limits (a model with more could not be written anyway),
+/// the tokenizer's limit for arrays (the largest arrays are its tokens and merges), and
+/// 16 MiB for a string (chat templates, the longest strings, are a few KiB).
+pub const MAX_TENSORS: u64 = arq::format::MAX_TENSORS as u64;
+pub const MAX_KV: u64 = arq::format::MAX_META as u64;
+pub const MAX_ARRAY_LEN: u64 = arq::tokenizer::MAX_TOKENS as u64;
+pub const MAX_STRING_LEN: u64 = 1 << 24;
 
 /// Why a GGUF file could not be read.
 #[derive(Debug)]
@@ -525,19 +536,20 @@ impl GgufFile {
         // tensor_range checked end <= len, so both fit a usize.
         bytes
             .get(start as usize..end as usize)
-            .ok_or_else(|| GgufError::Malformed(format!("tensor '{}': data out of range", t.name)))
+            .ok_or_else(|| GgufError::Malformed(format!("tensor '{}': data out of range", shown(&t.name))))
     }
 
     /// Tensor `t` as f32, in GGUF element order (row-major with rows of `dims[0]`).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         if !t.ty.can_dequantize() {
-            return Err(GgufError::UnsupportedType { tensor: t.name.clone(), ty: t.ty.describe() });
+            return Err(GgufError::UnsupportedType { tensor: shown(&t.name), ty: t.ty.describe() });
         }
         let data = self.tensor_data(t)?;
-        let n = usize::try_from(t.n_elements())
-            .map_err(|_| GgufError::Malformed(format!("tensor '{}': too many elements for this machine", t.name)))?;
+        let n = usize::try_from(t.n_elements()).map_err(|_| {
+            GgufError::Malformed(format!("tensor '{}': too many elements for this machine", shown(&t.name)))
+        })?;
         dequantize(t.ty, data, n).map_err(|e| match e {
-            GgufError::Malformed(msg) => GgufError::Malformed(format!("tensor '{}': {msg}", t.name)),
+            GgufError::Malformed(msg) => GgufError::Malformed(format!("tensor '{}': {msg}", shown(&t.name))),
             other => other,
         })
     }
@@ -545,9 +557,9 @@ impl GgufFile {
 
 /// Absolute [start, end) of `t`'s data, checked against a file of `file_len` bytes.
 fn tensor_range(t: &TensorInfo, data_offset: u64, file_len: u64) -> Result<(u64, u64), GgufError> {
-    let name = &t.name;
+    let name = shown(&t.name);
     if t.ty.block_size().is_none() {
-        return Err(GgufError::UnsupportedType { tensor: name.clone(), ty: t.ty.describe() });
+        return Err(GgufError::UnsupportedType { tensor: name, ty: t.ty.describe() });
     }
     let n_bytes = t.n_bytes().ok_or_else(|| {
         GgufError::Malformed(format!(
@@ -618,6 +630,14 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
     Ok(Header { version, metadata, tensors, alignment, data_offset })
 }
 
+/// Errors unless `value` (a count or length read as `what`) is at most `cap`.
+fn cap(value: u64, cap: u64, what: &str) -> Result<(), GgufError> {
+    if value > cap {
+        return Err(GgufError::Malformed(format!("{what} is {value}, more than the cap of {cap}")));
+    }
+    Ok(())
+}
+
 /// A cursor over the file's bytes that never reads past the end.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -652,6 +672,11 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, what: &'static str) -> Result<&'a [u8], GgufError> {
         let len = self.u64(what)?;
+        if len > MAX_STRING_LEN {
+            return Err(GgufError::Malformed(format!(
+                "{what} is {len} bytes long, more than the cap of {MAX_STRING_LEN}"
+            )));
+        }
         self.take(len, what)
     }
 
@@ -667,6 +692,7 @@ impl<'a> Reader<'a> {
     /// The `count` key/value pairs of the metadata table; keys are unique UTF-8.
     fn metadata(&mut self, count: u64) -> Result<Vec<(String, Value)>, GgufError> {
         // The smallest kv is an empty key, a type and a one-byte value: 13 bytes.
+        cap(count, MAX_KV, "the metadata count")?;
         self.check_count(count, 13, "the metadata table")?;
         let mut metadata: Vec<(String, Value)> = Vec::with_capacity(count as usize);
         let mut keys = HashSet::with_capacity(count as usize);
@@ -678,7 +704,7 @@ impl<'a> Reader<'a> {
             let ty = self.u32("a metadata value type")?;
             let value = self.value(ty, 0, &key)?;
             if !keys.insert(key.clone()) {
-                return Err(GgufError::Malformed(format!("duplicate metadata key '{key}'")));
+                return Err(GgufError::Malformed(format!("duplicate metadata key '{}'", shown(&key))));
             }
             metadata.push((key, value));
         }
@@ -689,6 +715,7 @@ impl<'a> Reader<'a> {
     /// [`MAX_DIMS`] dims whose product fits, offsets on the `alignment`.
     fn tensor_table(&mut self, count: u64, alignment: u64) -> Result<Vec<TensorInfo>, GgufError> {
         // The smallest tensor entry: empty name, n_dims, type, offset: 24 bytes.
+        cap(count, MAX_TENSORS, "the tensor count")?;
         self.check_count(count, 24, "the tensor table")?;
         let mut tensors: Vec<TensorInfo> = Vec::with_capacity(count as usize);
         let mut names = HashSet::with_capacity(count as usize);
@@ -700,7 +727,8 @@ impl<'a> Reader<'a> {
             let n_dims = self.u32("a tensor's dimension count")?;
             if n_dims > MAX_DIMS {
                 return Err(GgufError::Malformed(format!(
-                    "tensor '{name}' has {n_dims} dimensions, at most {MAX_DIMS} are allowed"
+                    "tensor '{}' has {n_dims} dimensions, at most {MAX_DIMS} are allowed",
+                    shown(&name)
                 )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
@@ -710,17 +738,19 @@ impl<'a> Reader<'a> {
             let ty = GgmlType::from_id(self.u32("a tensor's type")?);
             let offset = self.u64("a tensor's offset")?;
             if !names.insert(name.clone()) {
-                return Err(GgufError::Malformed(format!("duplicate tensor name '{name}'")));
+                return Err(GgufError::Malformed(format!("duplicate tensor name '{}'", shown(&name))));
             }
             let total = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
             if total.is_none_or(|n| n > i64::MAX as u64) {
                 return Err(GgufError::Malformed(format!(
-                    "tensor '{name}' has dims {dims:?}, whose element count overflows"
+                    "tensor '{}' has dims {dims:?}, whose element count overflows",
+                    shown(&name)
                 )));
             }
             if offset % alignment != 0 {
                 return Err(GgufError::Malformed(format!(
-                    "tensor '{name}' has offset {offset}, not a multiple of the alignment {alignment}"
+                    "tensor '{}' has offset {offset}, not a multiple of the alignment {alignment}",
+                    shown(&name)
                 )));
             }
             tensors.push(TensorInfo { name, dims, ty, offset });
@@ -743,7 +773,8 @@ impl<'a> Reader<'a> {
                 1 => Value::Bool(true),
                 b => {
                     return Err(GgufError::Malformed(format!(
-                        "metadata key '{key}': bool byte is {b}, expected 0 or 1"
+                        "metadata key '{}': bool byte is {b}, expected 0 or 1",
+                        shown(key)
                     )))
                 }
             },
@@ -751,7 +782,8 @@ impl<'a> Reader<'a> {
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(GgufError::Malformed(format!(
-                        "metadata key '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                        "metadata key '{}': arrays nested deeper than {MAX_ARRAY_DEPTH}",
+                        shown(key)
                     )));
                 }
                 let elem = self.u32("a metadata array type")?;
@@ -764,10 +796,12 @@ impl<'a> Reader<'a> {
                     9 => 12,
                     other => {
                         return Err(GgufError::Malformed(format!(
-                            "metadata key '{key}': unknown array element type {other}"
+                            "metadata key '{}': unknown array element type {other}",
+                            shown(key)
                         )))
                     }
                 };
+                cap(count, MAX_ARRAY_LEN, &format!("the length of metadata array '{}'", shown(key)))?;
                 self.check_count(count, min_size, "a metadata array")?;
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
@@ -778,7 +812,9 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(W)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(W)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(W)?)),
-            other => return Err(GgufError::Malformed(format!("metadata key '{key}': unknown value type {other}"))),
+            other => {
+                return Err(GgufError::Malformed(format!("metadata key '{}': unknown value type {other}", shown(key))))
+            }
         })
     }
 }

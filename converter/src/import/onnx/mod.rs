@@ -69,6 +69,6 @@ pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Resu
         let src = PixelCnnSource::from_proto(input, &proto, opts.head)?;
         (src.to_arq(opts.quant)?, src.describe())
     };
-    write_validated(&bytes, out)?;
+    write_validated(&bytes, out, opts.force)?;
     Ok(OnnxConvertSummary { bytes: bytes.len() as u64, tensor_errors, description })
 }

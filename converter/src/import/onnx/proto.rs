@@ -11,6 +11,8 @@ use anyhow::{anyhow, bail, Result};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
+use crate::message::name as shown;
+
 /// A refusal: one line, without the file name (the importer's entry adds it).
 pub(crate) type R<T> = std::result::Result<T, String>;
 
@@ -119,7 +121,7 @@ fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
 /// Decodes a TensorProto: f32/f64/f16/bf16 (as f32), i64/i32 (as i64) and, where
 /// `bools` accepts them, booleans; raw or typed fields.
 pub(crate) fn decode_tensor(t: &pb::TensorProto, bools: Bools) -> R<Tensor> {
-    let name = &t.name;
+    let name = shown(&t.name);
     if t.data_location == Some(1) || !t.external_data.is_empty() {
         return Err(format!("tensor '{name}' keeps its data in an external file, which is not supported"));
     }
@@ -207,7 +209,9 @@ impl Constants {
     /// The constant `name`, where the pattern needs one; `computed`: whether a node
     /// computes a tensor of that name instead.
     pub fn lookup(&self, name: &str, computed: bool) -> R<Rc<Tensor>> {
-        match self.0.get(name) {
+        let found = self.0.get(name);
+        let name = shown(name);
+        match found {
             Some(Ok(c)) => Ok(c.clone()),
             Some(Err(e)) => Err(e.clone()),
             None if computed => Err(format!("'{name}' must be a constant")),
@@ -229,14 +233,14 @@ pub(crate) fn graph_input<'g>(g: &'g pb::GraphProto, one: &str) -> R<(&'g str, &
         return Err(format!("the graph has {} inputs; {one}", inputs.len()));
     };
     let Some(T::TensorType(tt)) = x.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        return Err(format!("input '{}' is not a tensor", x.name));
+        return Err(format!("input '{}' is not a tensor", shown(&x.name)));
     };
     Ok((&x.name, tt))
 }
 
 /// `node 13 (Relu "name")`: how a refusal names node `i` (counted from 0 in file order).
 pub(crate) fn node_label(i: usize, n: &pb::NodeProto) -> String {
-    format!("node {i} ({} \"{}\")", n.op_type, n.name)
+    format!("node {i} ({} \"{}\")", shown(&n.op_type), shown(&n.name))
 }
 
 /// [`node_label`] of node `i`, or the graph input (`usize::MAX`).
@@ -256,7 +260,7 @@ pub(crate) fn walk_nodes<'g>(
 ) -> R<()> {
     for (i, n) in graph.node.iter().enumerate() {
         let r = if !n.domain.is_empty() && n.domain != "ai.onnx" {
-            Err(format!("operator domain '{}' is not supported", n.domain))
+            Err(format!("operator domain '{}' is not supported", shown(&n.domain)))
         } else {
             visit(i, n)
         };

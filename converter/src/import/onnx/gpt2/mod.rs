@@ -65,7 +65,7 @@ pub use vocab::byte_level_char;
 use vocab::parse_vocab;
 
 use super::proto::read_proto;
-use crate::quantize::{encode_matrix, Quant, TensorError};
+use crate::quantize::{check_finite, encode_matrix, Quant, TensorError};
 
 // ---------------------------------------------------------------------------------------
 // The model
@@ -272,6 +272,7 @@ impl Gpt2Source {
         }
         let mut errors = Vec::new();
         let mut matrix = |w: &mut ArqWriter, name: &str, rows: usize, cols: usize, values: &[f32]| -> Result<()> {
+            check_finite(name, values)?;
             let dtype = quant.dtype_of(name);
             let (data, err) = encode_matrix(values, dtype);
             if let Some(e) = err {
@@ -281,6 +282,7 @@ impl Gpt2Source {
             Ok(())
         };
         let vector = |w: &mut ArqWriter, name: &str, values: &[f32]| -> Result<()> {
+            check_finite(name, values)?;
             w.tensor(name, Dtype::F32, &[values.len() as u64], bytemuck::cast_slice(values).to_vec())?;
             Ok(())
         };

@@ -51,7 +51,7 @@ use head::resolve_head;
 pub use head::{HeadSpec, DEFAULT_MIN_LOG_SCALE};
 
 use super::proto::read_proto;
-use crate::quantize::{Quant, TensorError};
+use crate::quantize::{check_finite, Quant, TensorError};
 use crate::report;
 use arq::quant::quantize_weights_q8;
 
@@ -236,6 +236,8 @@ impl PixelCnnSource {
         let mut errors = Vec::new();
         for (name, conv) in self.convs() {
             let (rows, cols, m) = conv.to_matrix();
+            check_finite(&format!("{name}.weight"), &m)?;
+            check_finite(&format!("{name}.bias"), &conv.bias)?;
             let (dtype, data) = if quant == Quant::Q8 {
                 let blocks = quantize_weights_q8(&m);
                 let mut deq = vec![0.0f32; m.len()];
