@@ -29,8 +29,11 @@ export ARQ_HOST_BIN="${CARGO_TARGET_DIR:-target}/release/arq"
 # Offsets and sizes read from files use checked arithmetic: the same tests with overflow
 # checks on (profile `checked`) must behave as in release; includes the mutation loop
 # over the committed models (runtime/tests/mutated_models.rs).
-echo "== runtime tests with overflow checks (profile checked)"
+echo "== runtime and converter parser tests with overflow checks (profile checked)"
 cargo test --profile checked -p arq --features std 2>&1 | tee -a "$log"
+# The converter's own parsers (GGUF reader and importer, .npy and PNG readers) the same
+# way; without the ONNX and GPU features, whose dependencies would be built again.
+cargo test --profile checked -p arq-convert --no-default-features --lib --test gguf 2>&1 | tee -a "$log"
 
 echo "== the README's main command: scripts/run-smollm2.sh prints text, the same on every run"
 bash scripts/test-main-job.sh 2>&1 | tee -a "$log"
