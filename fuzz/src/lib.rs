@@ -202,6 +202,14 @@ thread_local! {
     static TEMP_DIR: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
 }
 
+/// Removes this thread's scratch directory (a driver calls it when it is done).
+pub fn remove_scratch() {
+    if let Some(dir) = TEMP_DIR.with(|d| d.borrow_mut().take()) {
+        // Best effort: a leftover directory in the temp dir is harmless.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Writes `data` to this thread's scratch file for `ext` and calls `f` on its path.
 /// A failure to write is an environment problem, not a finding, so it panics with a
 /// message that says so.

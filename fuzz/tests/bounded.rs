@@ -218,6 +218,7 @@ fn run(name: &str, target: Target, seeds: Vec<(String, Vec<u8>)>) {
         case += 1;
     }
     let secs = start.elapsed().as_secs_f64();
+    arq_fuzz::remove_scratch();
     let total = seeds.len() as u64 + case;
     let shown: Vec<String> = outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     println!(
