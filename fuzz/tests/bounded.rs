@@ -10,7 +10,7 @@
 //! `ARQ_FUZZ_SEED` picks another mutation stream; each case draws from its own stream,
 //! so a seed and case replay one input.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -130,12 +130,19 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 thread_local! {
     /// The last panic's message and location, recorded by the panic hook.
     static LAST_PANIC: RefCell<String> = const { RefCell::new(String::new()) };
+    /// Whether this thread is inside a target call: only those panics are recorded
+    /// quietly; others (a test's own assertion) go to the default hook and are printed.
+    static IN_TARGET: Cell<bool> = const { Cell::new(false) };
 }
 
 fn install_hook() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
-        panic::set_hook(Box::new(|info| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_TARGET.with(Cell::get) {
+                return default(info);
+            }
             let msg = info
                 .payload()
                 .downcast_ref::<&str>()
@@ -183,10 +190,11 @@ fn run(name: &str, target: Target, seeds: Vec<(String, Vec<u8>)>) {
     let mut outcomes: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let mut call =
-        |input: &[u8], what: String, failures: &mut Vec<String>| match panic::catch_unwind(AssertUnwindSafe(|| {
-            target(input)
-        })) {
+    let mut call = |input: &[u8], what: String, failures: &mut Vec<String>| {
+        IN_TARGET.with(|t| t.set(true));
+        let result = panic::catch_unwind(AssertUnwindSafe(|| target(input)));
+        IN_TARGET.with(|t| t.set(false));
+        match result {
             Ok(outcome) => *outcomes.entry(outcome).or_default() += 1,
             Err(_) => {
                 let message = LAST_PANIC.with(|p| p.take());
@@ -197,7 +205,8 @@ fn run(name: &str, target: Target, seeds: Vec<(String, Vec<u8>)>) {
                 };
                 failures.push(format!("{what}: {message}; input in {saved}"));
             }
-        };
+        }
+    };
     let start = Instant::now();
     for (file, bytes) in &seeds {
         call(bytes, format!("seed file {file}"), &mut failures);
