@@ -10,6 +10,15 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// [`rmsnorm`] in place (the q and k norms, per head).
+pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / libm::sqrtf(ss + eps);
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = *v * scale * w;
+    }
+}
+
 /// LayerNorm: `out = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`, with the
 /// population variance (ONNX `LayerNormalization`, PyTorch `nn.LayerNorm`).
 pub fn layernorm(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
@@ -104,6 +113,14 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU-gated product (Gemma's GeGLU, tanh GELU), in place: `gate = gelu_tanh(gate) * up`.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    gelu_tanh(gate);
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g *= u;
+    }
+}
+
 /// The rotary-embedding table for one position: `(cos, sin)` of `pos * base^(-2i/d)`
 /// for each pair `i < d/2`, interleaved in `out` (length `d`).
 pub fn rope_table(out: &mut [f32], pos: usize, base: f32) {
@@ -124,6 +141,18 @@ pub fn rope(x: &mut [f32], table: &[f32]) {
         let (a, b) = (p[0], p[1]);
         p[0] = a * cs[0] - b * cs[1];
         p[1] = a * cs[1] + b * cs[0];
+    }
+}
+
+/// Rotary position embedding on one head vector in the NeoX layout, rotating the pairs
+/// `(x[i], x[i + d/2])` by the angle of pair `i` of `table` (Hugging Face's
+/// `rotate_half`: Qwen, Gemma).
+pub fn rope_half(x: &mut [f32], table: &[f32]) {
+    let (lo, hi) = x.split_at_mut(x.len() / 2);
+    for ((a, b), cs) in lo.iter_mut().zip(hi.iter_mut()).zip(table.chunks_exact(2)) {
+        let (u, v) = (*a, *b);
+        *a = u * cs[0] - v * cs[1];
+        *b = u * cs[1] + v * cs[0];
     }
 }
 

@@ -20,46 +20,89 @@ pub const GENERAL_SOURCE: &str = "general.source";
 pub const ARCH_LLAMA: &str = "llama";
 /// GPT-2.
 pub const ARCH_GPT2: &str = "gpt2";
+/// Qwen 2 / 2.5 (the LLaMA family with q, k, v biases, NeoX rotary layout).
+pub const ARCH_QWEN2: &str = "qwen2";
+/// Qwen 3 (RMSNorm of q and k per head).
+pub const ARCH_QWEN3: &str = "qwen3";
+/// Gemma 3 (text).
+pub const ARCH_GEMMA3: &str = "gemma3";
 /// The gated PixelCNN.
 pub const ARCH_PIXELCNN: &str = "pixelcnn";
 
-// --- LLaMA-family hyperparameters ---
+// --- Transformer hyperparameters ---
 
-/// Vocabulary size (int).
-pub const LLAMA_VOCAB_SIZE: &str = "llama.vocab_size";
-/// Training context length, the longest context allowed (int).
-pub const LLAMA_CONTEXT_LENGTH: &str = "llama.context_length";
-/// Model dimension, a multiple of 32 (int).
-pub const LLAMA_EMBEDDING_LENGTH: &str = "llama.embedding_length";
-/// Layers (int).
-pub const LLAMA_BLOCK_COUNT: &str = "llama.block_count";
-/// MLP hidden dimension, a multiple of 32 (int).
-pub const LLAMA_FEED_FORWARD_LENGTH: &str = "llama.feed_forward_length";
-/// Query heads (int).
-pub const LLAMA_HEAD_COUNT: &str = "llama.attention.head_count";
-/// Key/value heads, dividing the query heads (int).
-pub const LLAMA_HEAD_COUNT_KV: &str = "llama.attention.head_count_kv";
-/// RoPE base θ (f32).
-pub const LLAMA_ROPE_FREQ_BASE: &str = "llama.rope.freq_base";
-/// RMSNorm ε (f32).
-pub const LLAMA_RMS_EPSILON: &str = "llama.attention.layer_norm_rms_epsilon";
+/// The hyperparameter keys of one transformer family: `{arch}.{suffix}`, named after
+/// GGUF's (`llama.block_count`, `gemma3.attention.sliding_window`, ...). Which keys a
+/// family must have is its row's business (`models::transformer::family`); the rest are
+/// optional and default as each field says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HParamKeys {
+    /// Vocabulary size (int).
+    pub vocab_size: &'static str,
+    /// Training context length, the longest context allowed (int).
+    pub context_length: &'static str,
+    /// Model dimension, a multiple of 32 (int).
+    pub embedding_length: &'static str,
+    /// Layers (int).
+    pub block_count: &'static str,
+    /// MLP hidden dimension, a multiple of 32 (int).
+    pub feed_forward_length: &'static str,
+    /// Query heads (int).
+    pub head_count: &'static str,
+    /// Key/value heads, dividing the query heads; default: the query heads (int).
+    pub head_count_kv: &'static str,
+    /// Dimension of one head; default `embedding_length / head_count` (int).
+    pub key_length: &'static str,
+    /// RoPE base θ, rotary families (f32).
+    pub rope_freq_base: &'static str,
+    /// RoPE base θ of the sliding-window layers; default `rope_freq_base` (f32).
+    pub rope_local_freq_base: &'static str,
+    /// RMSNorm ε, RMSNorm families (f32).
+    pub rms_epsilon: &'static str,
+    /// LayerNorm ε, LayerNorm families (f32).
+    pub layer_norm_epsilon: &'static str,
+    /// Tokens a sliding-window layer attends to, its own included; 0 or absent: no
+    /// sliding window (int).
+    pub sliding_window: &'static str,
+    /// With a sliding window, every `n`-th layer (`l % n == n - 1`) attends to the
+    /// whole context and the others to the window; 0: every layer slides (int).
+    pub sliding_window_pattern: &'static str,
+    /// The factor of q·k; default `1/sqrt(key_length)` (f32).
+    pub attention_scale: &'static str,
+}
 
-// --- GPT-2 hyperparameters ---
+macro_rules! hparam_keys {
+    ($arch:literal) => {
+        HParamKeys {
+            vocab_size: concat!($arch, ".vocab_size"),
+            context_length: concat!($arch, ".context_length"),
+            embedding_length: concat!($arch, ".embedding_length"),
+            block_count: concat!($arch, ".block_count"),
+            feed_forward_length: concat!($arch, ".feed_forward_length"),
+            head_count: concat!($arch, ".attention.head_count"),
+            head_count_kv: concat!($arch, ".attention.head_count_kv"),
+            key_length: concat!($arch, ".attention.key_length"),
+            rope_freq_base: concat!($arch, ".rope.freq_base"),
+            rope_local_freq_base: concat!($arch, ".rope.local_freq_base"),
+            rms_epsilon: concat!($arch, ".attention.layer_norm_rms_epsilon"),
+            layer_norm_epsilon: concat!($arch, ".attention.layer_norm_epsilon"),
+            sliding_window: concat!($arch, ".attention.sliding_window"),
+            sliding_window_pattern: concat!($arch, ".attention.sliding_window_pattern"),
+            attention_scale: concat!($arch, ".attention.scale"),
+        }
+    };
+}
 
-/// Vocabulary size (int).
-pub const GPT2_VOCAB_SIZE: &str = "gpt2.vocab_size";
-/// Positions in `position_embd`, the longest context allowed (int).
-pub const GPT2_CONTEXT_LENGTH: &str = "gpt2.context_length";
-/// Model dimension, a multiple of 32 (int).
-pub const GPT2_EMBEDDING_LENGTH: &str = "gpt2.embedding_length";
-/// Layers (int).
-pub const GPT2_BLOCK_COUNT: &str = "gpt2.block_count";
-/// MLP hidden dimension, a multiple of 32 (int).
-pub const GPT2_FEED_FORWARD_LENGTH: &str = "gpt2.feed_forward_length";
-/// Heads; key/value heads are the same heads (int).
-pub const GPT2_HEAD_COUNT: &str = "gpt2.attention.head_count";
-/// LayerNorm ε (f32).
-pub const GPT2_LAYER_NORM_EPSILON: &str = "gpt2.attention.layer_norm_epsilon";
+/// `llama.*`.
+pub const LLAMA: HParamKeys = hparam_keys!("llama");
+/// `gpt2.*`.
+pub const GPT2: HParamKeys = hparam_keys!("gpt2");
+/// `qwen2.*`.
+pub const QWEN2: HParamKeys = hparam_keys!("qwen2");
+/// `qwen3.*`.
+pub const QWEN3: HParamKeys = hparam_keys!("qwen3");
+/// `gemma3.*`.
+pub const GEMMA3: HParamKeys = hparam_keys!("gemma3");
 
 // --- PixelCNN hyperparameters ---
 
@@ -97,7 +140,7 @@ pub const HEAD_GAUSSIAN_MIXTURE: &str = "gaussian_mixture";
 
 // --- Tokenizer (text models) ---
 
-/// The tokenizer model, `gpt2` = byte-level BPE (string).
+/// The tokenizer model: `gpt2` = byte-level BPE, `llama` = SentencePiece-style (string).
 pub const TOKENIZER_MODEL: &str = "tokenizer.model";
 /// The pre-tokenizer's name, e.g. `smollm` (string).
 pub const TOKENIZER_PRE: &str = "tokenizer.pre";

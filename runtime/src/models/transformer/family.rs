@@ -1,14 +1,12 @@
 //! The family table: how each transformer family differs from the others, as data.
 //!
-//! A family is one thin file (its hyperparameters and its tensors' names, as
-//! [`llama`] and [`gpt2`] are) plus one row here; the engine
-//! reads the row where families differ (after llama.cpp, whose `src/models/<arch>.cpp`
-//! files call shared builders). Rows are indexed by [`Family`].
+//! A family is one thin file (its tensors' names and its metadata keys, as [`llama`],
+//! [`gemma3`] are) plus one row here; the engine reads the row where families differ
+//! (after llama.cpp, whose `src/models/<arch>.cpp` files call shared builders). Rows are
+//! indexed by [`Family`].
 
-use super::{gpt2, llama, Family, TransformerConfig};
-use crate::error::Error;
-use crate::format::keys;
-use crate::format::ArqFile;
+use super::{gemma3, gpt2, llama, qwen2, qwen3, Family};
+use crate::format::keys::{self, HParamKeys};
 
 /// The norm before each sublayer and before the head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,22 +17,52 @@ pub enum NormKind {
     Layer,
 }
 
+/// Which linear layers have a bias (`{role}.bias`, right after its matrix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Biases {
+    None,
+    /// q, k and v only (Qwen 2).
+    Qkv,
+    /// Every linear layer (GPT-2).
+    All,
+}
+
 /// The MLP of each block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mlp {
     /// `(silu(x Wgateᵀ) * x Wupᵀ) Wdownᵀ`: three matrices (`gate`, `up`, `down`).
     SwiGlu,
+    /// `(gelu_tanh(x Wgateᵀ) * x Wupᵀ) Wdownᵀ`: three matrices (Gemma).
+    GeGlu,
     /// `gelu_tanh(x Wupᵀ) Wdownᵀ`: two matrices (`up`, `down`).
     Gelu,
+}
+
+impl Mlp {
+    /// Whether the MLP has a gate matrix.
+    pub const fn gated(self) -> bool {
+        !matches!(self, Mlp::Gelu)
+    }
 }
 
 /// How a token's position enters the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Positions {
-    /// Rotary embeddings of q and k (RoPE, base `rope_base`).
+    /// Rotary embeddings of q and k (RoPE, base `rope_base`), in the row's [`RopeStyle`].
     Rotary,
     /// A learned `position_embd` row added to the token's embedding.
     Learned,
+}
+
+/// Which elements of a head rotary embeddings turn together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(x[2i], x[2i+1])`: LLaMA as GGUF stores it (llama.cpp permutes
+    /// the q and k rows of Hugging Face's checkpoints into this layout).
+    Adjacent,
+    /// Halves `(x[i], x[i + d/2])`: GPT-NeoX's layout, Hugging Face's `rotate_half`
+    /// (Qwen, Gemma, in GGUF too).
+    Half,
 }
 
 /// One family's row.
@@ -42,82 +70,146 @@ pub struct FamilySpec {
     pub family: Family,
     /// The `arq.architecture` value.
     pub name: &'static str,
+    /// Its hyperparameters' metadata keys.
+    pub keys: &'static HParamKeys,
     pub norm: NormKind,
-    /// Whether every linear layer has a bias (`{role}.bias`, right after its matrix).
-    pub biases: bool,
+    pub biases: Biases,
     pub mlp: Mlp,
     pub positions: Positions,
-    /// A norm of q and k per head before attention (Qwen 3, Gemma 3, OLMo 2).
+    pub rope: RopeStyle,
+    /// An RMSNorm of q and k per head before the rotary embedding (Qwen 3, Gemma 3).
     pub qk_norm: bool,
-    /// Extra norms on the attention and MLP outputs before the residual add (Gemma 2/3).
+    /// RMSNorms of the attention and MLP outputs before the residual add (Gemma 2/3).
     pub post_norms: bool,
-    /// Attention over a window of recent tokens in some layers (Mistral, Gemma 2/3).
+    /// Whether files may give a sliding window (the keys `sliding_window`,
+    /// `sliding_window_pattern`, `rope_local_freq_base`).
     pub sliding_window: bool,
     /// Embeddings scaled by `sqrt(dim)` (Gemma).
     pub embed_scale: bool,
-    /// Reads the family's hyperparameters (its thin file).
-    pub config: fn(&ArqFile<'_>) -> Result<TransformerConfig, Error>,
     /// Each layer's tensors (`blk.{l}.{role}`), in file order: the attention norm, q,
-    /// k, v, the attention output, the MLP norm, the MLP's matrices (gate, up, down),
-    /// each followed by its bias when the norm or the row has one.
+    /// k, v, (the q and k norms), the attention output, (its post-norm), the MLP norm,
+    /// the MLP's matrices (gate, up, down), (its post-norm); each norm followed by its
+    /// bias for a LayerNorm, each matrix by its bias where the row has one.
     pub layer_roles: &'static [&'static str],
 }
 
 /// Every family the engine runs, indexed by [`Family`].
-pub const FAMILIES: [FamilySpec; 2] = [
+pub const FAMILIES: [FamilySpec; 5] = [
     FamilySpec {
         family: Family::Llama,
         name: keys::ARCH_LLAMA,
+        keys: &keys::LLAMA,
         norm: NormKind::Rms,
-        biases: false,
+        biases: Biases::None,
         mlp: Mlp::SwiGlu,
         positions: Positions::Rotary,
+        rope: RopeStyle::Adjacent,
         qk_norm: false,
         post_norms: false,
         sliding_window: false,
         embed_scale: false,
-        config: llama::config,
         layer_roles: &llama::LAYER_ROLES,
     },
     FamilySpec {
         family: Family::Gpt2,
         name: keys::ARCH_GPT2,
+        keys: &keys::GPT2,
         norm: NormKind::Layer,
-        biases: true,
+        biases: Biases::All,
         mlp: Mlp::Gelu,
         positions: Positions::Learned,
+        rope: RopeStyle::Adjacent,
         qk_norm: false,
         post_norms: false,
         sliding_window: false,
         embed_scale: false,
-        config: gpt2::config,
         layer_roles: &gpt2::LAYER_ROLES,
     },
+    FamilySpec {
+        family: Family::Qwen2,
+        name: keys::ARCH_QWEN2,
+        keys: &keys::QWEN2,
+        norm: NormKind::Rms,
+        biases: Biases::Qkv,
+        mlp: Mlp::SwiGlu,
+        positions: Positions::Rotary,
+        rope: RopeStyle::Half,
+        qk_norm: false,
+        post_norms: false,
+        sliding_window: false,
+        embed_scale: false,
+        layer_roles: &qwen2::LAYER_ROLES,
+    },
+    FamilySpec {
+        family: Family::Qwen3,
+        name: keys::ARCH_QWEN3,
+        keys: &keys::QWEN3,
+        norm: NormKind::Rms,
+        biases: Biases::None,
+        mlp: Mlp::SwiGlu,
+        positions: Positions::Rotary,
+        rope: RopeStyle::Half,
+        qk_norm: true,
+        post_norms: false,
+        sliding_window: false,
+        embed_scale: false,
+        layer_roles: &qwen3::LAYER_ROLES,
+    },
+    FamilySpec {
+        family: Family::Gemma3,
+        name: keys::ARCH_GEMMA3,
+        keys: &keys::GEMMA3,
+        norm: NormKind::Rms,
+        biases: Biases::None,
+        mlp: Mlp::GeGlu,
+        positions: Positions::Rotary,
+        rope: RopeStyle::Half,
+        qk_norm: true,
+        post_norms: true,
+        sliding_window: true,
+        embed_scale: true,
+        layer_roles: &gemma3::LAYER_ROLES,
+    },
 ];
-
-// Checked at compile time: the rows are in `Family` order; each row's tensor list has
-// as many entries as its norm, biases and MLP imply; and no row asks for what the
-// engine does not implement yet (a family that needs one adds it to the forward pass
-// and lifts its check here).
-const _: () = {
-    let mut i = 0;
-    while i < FAMILIES.len() {
-        let f = &FAMILIES[i];
-        assert!(f.family as usize == i, "FAMILIES is indexed by Family");
-        let norm = 1 + matches!(f.norm, NormKind::Layer) as usize;
-        let matrices = 6 + matches!(f.mlp, Mlp::SwiGlu) as usize;
-        assert!(f.layer_roles.len() == 2 * norm + matrices * (1 + f.biases as usize), "layer_roles vs the row");
-        assert!(!(f.qk_norm || f.post_norms || f.sliding_window || f.embed_scale), "not in the engine yet");
-        i += 1;
-    }
-};
 
 impl FamilySpec {
     /// The row whose `arq.architecture` value is `name`.
     pub fn by_name(name: &str) -> Option<&'static FamilySpec> {
         FAMILIES.iter().find(|f| f.name == name)
     }
+
+    /// How many tensors each layer has, as the row implies.
+    pub const fn roles_implied(&self) -> usize {
+        let norm = 1 + matches!(self.norm, NormKind::Layer) as usize;
+        let matrices = 6 + self.mlp.gated() as usize;
+        let biases = match self.biases {
+            Biases::None => 0,
+            Biases::Qkv => 3,
+            Biases::All => matrices,
+        };
+        2 * norm + matrices + biases + 2 * self.qk_norm as usize + 2 * self.post_norms as usize
+    }
 }
+
+/// The names of every family, for messages ("supported: ...").
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|f| f.name)
+}
+
+// Checked at compile time: the rows are in `Family` order; each row's tensor list has
+// as many entries as its norm, biases, MLP and extra norms imply; the extra norms are
+// RMSNorms (the engine has no LayerNorm of q, k or the outputs).
+const _: () = {
+    let mut i = 0;
+    while i < FAMILIES.len() {
+        let f = &FAMILIES[i];
+        assert!(f.family as usize == i, "FAMILIES is indexed by Family");
+        assert!(f.layer_roles.len() == f.roles_implied(), "layer_roles vs the row");
+        assert!(!(f.qk_norm || f.post_norms) || matches!(f.norm, NormKind::Rms), "extra norms are RMSNorms");
+        assert!(!f.sliding_window || matches!(f.positions, Positions::Rotary), "sliding windows are rotary");
+        i += 1;
+    }
+};
 
 impl Family {
     /// The family's row of [`FAMILIES`].

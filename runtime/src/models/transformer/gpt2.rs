@@ -1,14 +1,10 @@
 //! GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm with bias, multi-head
 //! attention, a tanh-GELU MLP, a bias on every linear layer and an optionally tied head.
 //!
-//! This file reads the hyperparameters and names the tensors (`runtime/FORMAT.md`, "GPT-2
-//! models"); how GPT-2 differs from the LLaMA family is its row of
+//! This file names the tensors (`runtime/FORMAT.md`, "GPT-2 models"); its hyperparameters
+//! are the `gpt2.*` keys of [`crate::format::keys::GPT2`]; how GPT-2 differs from the
+//! LLaMA family is its row of
 //! [`super::family::FAMILIES`], and the forward pass is the shared engine's, [`super`].
-
-use super::{meta_usize, Family, TransformerConfig};
-use crate::error::Error;
-use crate::format::keys;
-use crate::format::ArqFile;
 
 /// The per-layer tensors, in the order the file stores them.
 pub(super) const LAYER_ROLES: [&str; 16] = [
@@ -29,26 +25,6 @@ pub(super) const LAYER_ROLES: [&str; 16] = [
     "ffn_down",
     "ffn_down.bias",
 ];
-
-/// The hyperparameters.
-pub(super) fn config(f: &ArqFile<'_>) -> Result<TransformerConfig, Error> {
-    let u = |k: &'static str| meta_usize(f, k);
-    let heads = u(keys::GPT2_HEAD_COUNT)?;
-    TransformerConfig {
-        family: Family::Gpt2,
-        vocab: u(keys::GPT2_VOCAB_SIZE)?,
-        dim: u(keys::GPT2_EMBEDDING_LENGTH)?,
-        n_layers: u(keys::GPT2_BLOCK_COUNT)?,
-        n_heads: heads,
-        n_kv_heads: heads,
-        head_dim: 0,
-        ffn_dim: u(keys::GPT2_FEED_FORWARD_LENGTH)?,
-        rope_base: 0.0,
-        norm_eps: f.meta_f32(keys::GPT2_LAYER_NORM_EPSILON)?,
-        ctx_train: u(keys::GPT2_CONTEXT_LENGTH)?,
-    }
-    .validated()
-}
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
@@ -108,16 +84,16 @@ mod tests {
         let mut f = ArqWriter::new();
         f.meta(keys::ARCHITECTURE, Meta::Str(keys::ARCH_GPT2.into()));
         for (k, v) in [
-            (keys::GPT2_VOCAB_SIZE, V),
-            (keys::GPT2_CONTEXT_LENGTH, CTX),
-            (keys::GPT2_EMBEDDING_LENGTH, D),
-            (keys::GPT2_BLOCK_COUNT, L),
-            (keys::GPT2_FEED_FORWARD_LENGTH, FF),
-            (keys::GPT2_HEAD_COUNT, H),
+            (keys::GPT2.vocab_size, V),
+            (keys::GPT2.context_length, CTX),
+            (keys::GPT2.embedding_length, D),
+            (keys::GPT2.block_count, L),
+            (keys::GPT2.feed_forward_length, FF),
+            (keys::GPT2.head_count, H),
         ] {
             f.meta(k, Meta::U32(v as u32));
         }
-        f.meta(keys::GPT2_LAYER_NORM_EPSILON, Meta::F32(1e-5));
+        f.meta(keys::GPT2.layer_norm_epsilon, Meta::F32(1e-5));
         for (name, dims, data) in w {
             if Some(name.as_str()) == skip {
                 continue;

@@ -1,9 +1,9 @@
 //! The decoder-only transformer engine shared by every transformer family: one
 //! [`Model`], one [`Session`], one forward pass.
 //!
-//! A family is data: a thin file ([`llama`], [`gpt2`]) reads its hyperparameters and
+//! A family is data: a thin file ([`llama`], [`gpt2`], [`qwen2`], [`qwen3`], [`gemma3`])
 //! names its tensors, and its row of [`family::FAMILIES`] says how it differs (the norm,
-//! biases, the MLP, positions, ...). The engine reads the row where the families differ
+//! biases, the MLP, positions, extra norms, a sliding window, ...). The engine reads the row where the families differ
 //! and loads every family's tensors into the same `Layer`; everything else (the
 //! batched matrix products, attention over the KV cache, threads, offload) is this file.
 //!
@@ -13,8 +13,11 @@
 //! gives bit-identical logits to running the same tokens one by one.
 
 pub mod family;
+pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
+pub mod qwen2;
+pub mod qwen3;
 
 use crate::arena::{Arena, Layout};
 use crate::error::{bad, Error};
@@ -27,7 +30,7 @@ use crate::parallel::{self, Parallel, Serial};
 use crate::quant::{BlockQ8, QK8};
 use crate::tokenizer::Tokenizer;
 
-use family::{FamilySpec, Mlp, NormKind, Positions};
+use family::{Biases, FamilySpec, Mlp, NormKind, Positions, RopeStyle};
 
 /// Caps on hyperparameters: far above any model this runtime targets, low enough that
 /// the arena arithmetic cannot overflow.
@@ -47,6 +50,12 @@ pub enum Family {
     Llama,
     /// GPT-2: learned positions, LayerNorm with bias, GELU MLP, biases everywhere.
     Gpt2,
+    /// Qwen 2 / 2.5: LLaMA with q, k, v biases.
+    Qwen2,
+    /// Qwen 3: LLaMA with q and k norms.
+    Qwen3,
+    /// Gemma 3: extra norms, GeGLU, scaled embeddings, local attention in 5 of 6 layers.
+    Gemma3,
 }
 
 impl Family {
@@ -56,7 +65,8 @@ impl Family {
     }
 }
 
-/// Hyperparameters, read from the file's `llama.*` or `gpt2.*` metadata.
+/// Hyperparameters, read from the file's `{family}.*` metadata
+/// ([`crate::format::keys::HParamKeys`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TransformerConfig {
     pub family: Family,
@@ -65,14 +75,23 @@ pub struct TransformerConfig {
     pub n_layers: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// One head's dimension: `dim / n_heads` unless the file says (Gemma 3, Qwen 3).
     pub head_dim: usize,
     pub ffn_dim: usize,
-    /// RoPE base θ (LLaMA; 0 for GPT-2, whose positions are learned).
+    /// RoPE base θ (0 for GPT-2, whose positions are learned).
     pub rope_base: f32,
-    /// ε of the RMSNorm (LLaMA) or the LayerNorm (GPT-2).
+    /// RoPE base θ of the sliding-window layers (`rope_base` without a window).
+    pub rope_base_local: f32,
+    /// ε of the RMSNorm or the LayerNorm.
     pub norm_eps: f32,
     /// The context length the model was trained with (GPT-2: its position table).
     pub ctx_train: usize,
+    /// Tokens a sliding-window layer sees, its own included; 0: no layer slides.
+    pub sliding_window: usize,
+    /// Every `n`-th layer attends globally, the others slide; 0: all slide.
+    pub sliding_window_pattern: usize,
+    /// The factor of q·k (`1/sqrt(head_dim)` unless the file says).
+    pub attn_scale: f32,
 }
 
 impl TransformerConfig {
@@ -80,7 +99,21 @@ impl TransformerConfig {
         self.n_kv_heads * self.head_dim
     }
 
-    /// The checks every family shares; fills in `head_dim`.
+    /// The width of all query heads together (`dim`, unless the head dimension is the
+    /// file's own).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Whether layer `l` attends to a sliding window (llama.cpp's and transformers'
+    /// pattern: all but every `n`-th layer).
+    pub fn is_sliding(&self, l: usize) -> bool {
+        let n = self.sliding_window_pattern;
+        self.sliding_window > 0 && (n == 0 || l % n < n - 1)
+    }
+
+    /// The checks every family shares; `head_dim` 0 means `dim / n_heads`, `attn_scale`
+    /// 0 means `1/sqrt(head_dim)`.
     pub(crate) fn validated(self) -> Result<Self, Error> {
         let check = |ok: bool, what| if ok { Ok(()) } else { Err(Error::BadHyperparameter(what)) };
         let c = self;
@@ -88,13 +121,24 @@ impl TransformerConfig {
         check(c.dim > 0 && c.dim <= MAX_DIM && c.dim.is_multiple_of(QK8), "embedding_length (a multiple of 32)")?;
         check(c.n_layers > 0 && c.n_layers <= MAX_LAYERS, "block_count")?;
         check(c.ffn_dim > 0 && c.ffn_dim <= 4 * MAX_DIM && c.ffn_dim.is_multiple_of(QK8), "feed_forward_length")?;
-        check(c.n_heads > 0 && c.dim.is_multiple_of(c.n_heads), "head_count")?;
+        check(c.n_heads > 0 && c.n_heads <= MAX_DIM, "head_count")?;
         check(c.n_kv_heads > 0 && c.n_heads.is_multiple_of(c.n_kv_heads), "head_count_kv")?;
         check(c.ctx_train > 0 && c.ctx_train <= 1 << 24, "context_length")?;
-        let head_dim = c.dim / c.n_heads;
-        check((c.n_kv_heads * head_dim).is_multiple_of(QK8), "head dimension")?;
+        let head_dim = match c.head_dim {
+            0 => {
+                check(c.dim.is_multiple_of(c.n_heads), "head_count (dividing embedding_length)")?;
+                c.dim / c.n_heads
+            }
+            hd => hd,
+        };
+        check(head_dim <= MAX_DIM && c.n_heads * head_dim <= 4 * MAX_DIM, "attention.key_length")?;
+        let (q_dim, kv_dim) = (c.n_heads * head_dim, c.n_kv_heads * head_dim);
+        check(q_dim.is_multiple_of(QK8) && kv_dim.is_multiple_of(QK8), "head dimension (heads x it a multiple of 32)")?;
         check(c.norm_eps.is_finite() && c.norm_eps >= 0.0, "layer norm epsilon")?;
-        Ok(TransformerConfig { head_dim, ..c })
+        check(c.sliding_window <= 1 << 24 && c.sliding_window_pattern <= MAX_LAYERS, "sliding_window")?;
+        let attn_scale = if c.attn_scale == 0.0 { 1.0 / libm::sqrtf(head_dim as f32) } else { c.attn_scale };
+        check(attn_scale.is_finite() && attn_scale > 0.0, "attention.scale")?;
+        Ok(TransformerConfig { head_dim, attn_scale, ..c })
     }
 
     /// The checks of the family's positions, after [`Self::validated`].
@@ -104,7 +148,8 @@ impl TransformerConfig {
             if !self.head_dim.is_multiple_of(2) {
                 return Err(Error::BadHyperparameter("head dimension (even, for rotary embeddings)"));
             }
-            if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            let ok = |b: f32| b.is_finite() && b > 0.0;
+            if !ok(self.rope_base) || !ok(self.rope_base_local) {
                 return Err(Error::BadHyperparameter("rope.freq_base"));
             }
         }
@@ -116,6 +161,62 @@ impl TransformerConfig {
 pub(crate) fn meta_usize(f: &ArqFile<'_>, key: &'static str) -> Result<usize, Error> {
     let v = f.meta_u64(key)?;
     usize::try_from(v).map_err(|_| Error::BadHyperparameter(key))
+}
+
+/// [`meta_usize`], or `default` when the file has no `key`.
+fn meta_usize_or(f: &ArqFile<'_>, key: &'static str, default: usize) -> Result<usize, Error> {
+    if f.meta(key).is_some() {
+        meta_usize(f, key)
+    } else {
+        Ok(default)
+    }
+}
+
+/// Metadata `key` as an `f32`, or `default` when the file has no `key`.
+fn meta_f32_or(f: &ArqFile<'_>, key: &'static str, default: f32) -> Result<f32, Error> {
+    if f.meta(key).is_some() {
+        Ok(f.meta_f32(key)?)
+    } else {
+        Ok(default)
+    }
+}
+
+/// The hyperparameters of a `spec` file, from its keys (see
+/// [`crate::format::keys::HParamKeys`] for which are optional).
+fn read_config(f: &ArqFile<'_>, spec: &FamilySpec) -> Result<TransformerConfig, Error> {
+    let k = spec.keys;
+    let u = |key: &'static str| meta_usize(f, key);
+    let heads = u(k.head_count)?;
+    let rotary = spec.positions == Positions::Rotary;
+    let rope_base = if rotary { f.meta_f32(k.rope_freq_base)? } else { 0.0 };
+    let (window, pattern, local_base) = if spec.sliding_window {
+        let local = meta_f32_or(f, k.rope_local_freq_base, gemma3::DEFAULT_LOCAL_ROPE_BASE)?;
+        let pattern = meta_usize_or(f, k.sliding_window_pattern, gemma3::DEFAULT_SLIDING_WINDOW_PATTERN)?;
+        (meta_usize_or(f, k.sliding_window, 0)?, pattern, local)
+    } else {
+        (0, 0, rope_base)
+    };
+    TransformerConfig {
+        family: spec.family,
+        vocab: u(k.vocab_size)?,
+        dim: u(k.embedding_length)?,
+        n_layers: u(k.block_count)?,
+        n_heads: heads,
+        n_kv_heads: meta_usize_or(f, k.head_count_kv, heads)?,
+        head_dim: meta_usize_or(f, k.key_length, 0)?,
+        ffn_dim: u(k.feed_forward_length)?,
+        rope_base,
+        rope_base_local: local_base,
+        norm_eps: f.meta_f32(match spec.norm {
+            NormKind::Rms => k.rms_epsilon,
+            NormKind::Layer => k.layer_norm_epsilon,
+        })?,
+        ctx_train: u(k.context_length)?,
+        sliding_window: window,
+        sliding_window_pattern: pattern,
+        attn_scale: meta_f32_or(f, k.attention_scale, 0.0)?,
+    }
+    .validated()
 }
 
 /// A norm's weight, and its bias for a LayerNorm.
@@ -131,12 +232,19 @@ pub(crate) struct Layer<'a> {
     pub q: Linear<'a>,
     pub k: Linear<'a>,
     pub v: Linear<'a>,
+    /// RMSNorm weights of each q and each k head (`head_dim` each), where the row says.
+    pub q_norm: Option<&'a [f32]>,
+    pub k_norm: Option<&'a [f32]>,
     pub o: Linear<'a>,
+    /// RMSNorm of the attention output before the residual add, where the row says.
+    pub post_attn_norm: Option<Norm<'a>>,
     pub ffn_norm: Norm<'a>,
-    /// SwiGLU's gate; a GELU MLP has none.
+    /// SwiGLU's or GeGLU's gate; a GELU MLP has none.
     pub gate: Option<Linear<'a>>,
     pub up: Linear<'a>,
     pub down: Linear<'a>,
+    /// RMSNorm of the MLP output before the residual add, where the row says.
+    pub post_ffn_norm: Option<Norm<'a>>,
 }
 
 /// The tensors outside the blocks.
@@ -213,7 +321,7 @@ impl<'a> LayerTensors<'_, 'a> {
 
 /// The hyperparameters and the tensors outside the blocks, as `spec` says.
 fn read_globals<'a>(file: &ArqFile<'a>, spec: &FamilySpec) -> Result<(TransformerConfig, Globals<'a>), Error> {
-    let cfg = (spec.config)(file)?.positions_checked(spec.positions)?;
+    let cfg = read_config(file, spec)?.positions_checked(spec.positions)?;
     let t = Tensors { file };
     let (d, v) = (cfg.dim, cfg.vocab);
     let embed = matrix(&t.global("token_embd")?, NAMING, "token_embd", None, v, d)?;
@@ -249,20 +357,24 @@ fn read_layer<'a>(
     l: usize,
 ) -> Result<Layer<'a>, Error> {
     let mut r = LayerTensors { t: Tensors { file }, roles: spec.layer_roles, base, l, next: 0 };
-    let (d, kv, ff, bias) = (c.dim, c.kv_dim(), c.ffn_dim, spec.biases);
+    let (d, qd, kv, ff, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
+    let (qkv_bias, bias) = (spec.biases != Biases::None, spec.biases == Biases::All);
+    let rms = NormKind::Rms;
+    // Struct fields are evaluated in order: this is the file order of `layer_roles`.
     Ok(Layer {
         attn_norm: r.norm(spec.norm, d)?,
-        q: r.linear(bias, d, d)?,
-        k: r.linear(bias, kv, d)?,
-        v: r.linear(bias, kv, d)?,
-        o: r.linear(bias, d, d)?,
+        q: r.linear(qkv_bias, qd, d)?,
+        k: r.linear(qkv_bias, kv, d)?,
+        v: r.linear(qkv_bias, kv, d)?,
+        q_norm: if spec.qk_norm { Some(r.vector(hd)?) } else { None },
+        k_norm: if spec.qk_norm { Some(r.vector(hd)?) } else { None },
+        o: r.linear(bias, d, qd)?,
+        post_attn_norm: if spec.post_norms { Some(r.norm(rms, d)?) } else { None },
         ffn_norm: r.norm(spec.norm, d)?,
-        gate: match spec.mlp {
-            Mlp::SwiGlu => Some(r.linear(bias, ff, d)?),
-            Mlp::Gelu => None,
-        },
+        gate: if spec.mlp.gated() { Some(r.linear(bias, ff, d)?) } else { None },
         up: r.linear(bias, ff, d)?,
         down: r.linear(bias, d, ff)?,
+        post_ffn_norm: if spec.post_norms { Some(r.norm(rms, d)?) } else { None },
     })
 }
 
@@ -379,11 +491,11 @@ impl<'a> Model<'a> {
     /// head.
     pub fn matrices(&self) -> impl Iterator<Item = (Weight<'a>, usize, usize)> + '_ {
         let c = self.cfg;
-        let (d, kv, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
+        let (d, qd, kv, ff) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
         core::iter::once((self.g.output, c.vocab, d)).chain((0..c.n_layers).flat_map(move |l| {
             let w = self.layer(l);
             let gate = w.gate.map(|g| (g.w, ff, d));
-            [(w.q.w, d, d), (w.k.w, kv, d), (w.v.w, kv, d), (w.o.w, d, d)]
+            [(w.q.w, qd, d), (w.k.w, kv, d), (w.v.w, kv, d), (w.o.w, d, qd)]
                 .into_iter()
                 .chain(gate)
                 .chain([(w.up.w, ff, d), (w.down.w, d, ff)])
@@ -398,7 +510,7 @@ impl<'a> Model<'a> {
     /// Scratch for multi-token products split by rows across threads (none for one thread).
     fn split_len(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
         if s.threads > 1 {
-            s.batch.checked_mul(c.dim.max(c.ffn_dim))
+            s.batch.checked_mul(width(c))
         } else {
             Some(0)
         }
@@ -409,28 +521,59 @@ impl<'a> Model<'a> {
         let c = &self.cfg;
         let spec = c.family.spec();
         let b = s.batch;
-        let cache = c.n_layers.checked_mul(s.ctx)?.checked_mul(c.kv_dim())?;
+        let cache = kv_rows_total(c, s)?.checked_mul(c.kv_dim())?;
         let l = match s.kv {
             KvDtype::F32 => Layout::new().then::<f32>(cache)?.then::<f32>(cache)?, // keys, values
             KvDtype::Q8 => Layout::new().then::<BlockQ8>(cache / QK8)?.then::<BlockQ8>(cache / QK8)?,
         };
         l.then::<f32>(b.checked_mul(c.dim)?)? // x
             .then::<f32>(b.checked_mul(c.dim)?)? // xb
-            .then::<f32>(b.checked_mul(c.dim)?)? // xb2
-            .then::<f32>(b.checked_mul(c.dim)?)? // q
+            .then::<f32>(b.checked_mul(c.dim.max(c.q_dim()))?)? // xb2
+            .then::<f32>(b.checked_mul(c.q_dim())?)? // q
             .then::<f32>(b.checked_mul(c.kv_dim())?)? // k
             .then::<f32>(b.checked_mul(c.kv_dim())?)? // v
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
-            .then::<f32>(if spec.mlp == Mlp::SwiGlu { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
-            .then::<BlockQ8>(b.checked_mul(c.dim.max(c.ffn_dim) / QK8)?)? // xq
+            .then::<f32>(if spec.mlp.gated() { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
+            .then::<BlockQ8>(b.checked_mul(width(c) / QK8)?)? // xq
             .then::<f32>(s.ctx.checked_add(c.head_dim)?.checked_mul(s.threads)?)? // att
-            .then::<f32>(if spec.positions == Positions::Rotary { b.checked_mul(c.head_dim)? } else { 0 })? // rope
+            .then::<f32>(rope_len(c, b)?)? // rope
             .then::<f32>(b.checked_mul(c.vocab)?)? // logits
             .then::<f32>(Self::split_len(c, s)?) // split
     }
 }
 
-/// The KV cache, `(layer, ctx, kv_dim)` for keys and for values.
+/// The widest activation of one token that a product reads or writes.
+fn width(c: &TransformerConfig) -> usize {
+    c.dim.max(c.ffn_dim).max(c.q_dim())
+}
+
+/// The rotary tables of a batch: one per position, and a second one for the sliding
+/// layers' own base.
+fn rope_len(c: &TransformerConfig, batch: usize) -> Option<usize> {
+    let tables = match c.family.spec().positions {
+        Positions::Learned => 0,
+        Positions::Rotary => 1 + (c.sliding_window > 0) as usize,
+    };
+    batch.checked_mul(c.head_dim)?.checked_mul(tables)
+}
+
+/// Positions layer `l` caches: the context, or for a sliding layer its window plus the
+/// other tokens of one batched pass (whose keys are written before any of them attends),
+/// as a ring.
+fn kv_rows(c: &TransformerConfig, s: &SessionConfig, l: usize) -> usize {
+    if c.is_sliding(l) {
+        c.sliding_window.saturating_add(s.batch - 1).min(s.ctx)
+    } else {
+        s.ctx
+    }
+}
+
+/// [`kv_rows`] of every layer together.
+fn kv_rows_total(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
+    (0..c.n_layers).try_fold(0usize, |sum, l| sum.checked_add(kv_rows(c, s, l)))
+}
+
+/// The KV cache, `(layer, kv_rows(layer), kv_dim)` for keys and for values.
 enum KvCache<'a> {
     F32 { keys: &'a mut [f32], values: &'a mut [f32] },
     Q8 { keys: &'a mut [BlockQ8], values: &'a mut [BlockQ8] },
@@ -484,17 +627,17 @@ pub struct Session<'a> {
     cache: KvCache<'a>,
     x: &'a mut [f32],      // (batch, dim) the residual stream
     xb: &'a mut [f32],     // (batch, dim) normed input of a sublayer
-    xb2: &'a mut [f32],    // (batch, dim) attention output / sublayer output
-    q: &'a mut [f32],      // (batch, dim)
+    xb2: &'a mut [f32],    // (batch, max(dim, q_dim)) attention output / post-norm output
+    q: &'a mut [f32],      // (batch, q_dim)
     k: &'a mut [f32],      // (batch, kv_dim)
     v: &'a mut [f32],      // (batch, kv_dim)
     hb: &'a mut [f32],     // (batch, ffn_dim) MLP hidden (SwiGLU: the gate, then the gated product)
-    hb2: &'a mut [f32],    // (batch, ffn_dim) SwiGLU's up projection (empty for a GELU MLP)
-    xq: &'a mut [BlockQ8], // (batch, max(dim, ffn_dim) / 32) quantized activations
+    hb2: &'a mut [f32],    // (batch, ffn_dim) a gated MLP's up projection (empty for GELU)
+    xq: &'a mut [BlockQ8], // (batch, width / 32) quantized activations
     att: &'a mut [f32],    // (threads, ctx + head_dim) attention scores and a dequantized head row, per task
-    rope: &'a mut [f32],   // (batch, head_dim) cos/sin per position (rotary positions)
+    rope: &'a mut [f32],   // (tables, batch, head_dim) cos/sin per position (rotary positions)
     logits: &'a mut [f32], // (batch, vocab)
-    split: &'a mut [f32],  // (batch, max(dim, ffn_dim)) row-split products, threads > 1
+    split: &'a mut [f32],  // (batch, width) row-split products, threads > 1
 }
 
 /// Which tokens of a pass get logits.
@@ -505,9 +648,25 @@ enum Logits {
     All,
 }
 
-/// Causal attention of one query head over `len` cached positions: `out = softmax(q·Kᵀ
-/// * scale) · V`, reading head `kv_off..kv_off + hd` of each cached row. `att` holds
-/// `len` scores and, at its end, `hd` values of scratch for a dequantized row.
+/// The cached positions one query sees: `first..end`, position `p` in row `p % ring`.
+#[derive(Clone, Copy)]
+struct Span {
+    first: usize,
+    end: usize,
+    ring: usize,
+}
+
+impl Span {
+    /// The query at position `end - 1`, over the last `window` positions (0: all).
+    fn new(end: usize, window: usize, ring: usize) -> Span {
+        let first = if window > 0 { end.saturating_sub(window) } else { 0 };
+        Span { first, end, ring }
+    }
+}
+
+/// Causal attention of one query head over the cached positions of `span`: `out =
+/// softmax(q·Kᵀ * scale) · V`, reading head `kv_off..kv_off + hd` of each cached row.
+/// `att` holds the scores and, at its end, `hd` values of scratch for a dequantized row.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     k: &Kernels,
@@ -516,21 +675,21 @@ fn attend(
     values: KvRows<'_>,
     kv_dim: usize,
     kv_off: usize,
-    len: usize,
+    span: Span,
     scale: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
     let hd = q.len();
     let (att, tmp) = att.split_at_mut(att.len() - hd);
-    let att = &mut att[..len];
-    for (j, a) in att.iter_mut().enumerate() {
-        *a = (k.dot_f32)(q, keys.head(j, kv_dim, kv_off, tmp)) * scale;
+    let att = &mut att[..span.end - span.first];
+    for (a, p) in att.iter_mut().zip(span.first..span.end) {
+        *a = (k.dot_f32)(q, keys.head(p % span.ring, kv_dim, kv_off, tmp)) * scale;
     }
     math::softmax(att);
     out.fill(0.0);
-    for (j, &a) in att.iter().enumerate() {
-        for (o, &v) in out.iter_mut().zip(values.head(j, kv_dim, kv_off, tmp)) {
+    for (&a, p) in att.iter().zip(span.first..span.end) {
+        for (o, &v) in out.iter_mut().zip(values.head(p % span.ring, kv_dim, kv_off, tmp)) {
             *o += a * v;
         }
     }
@@ -550,7 +709,8 @@ impl<'a> Session<'a> {
         }
         let need = model.memory_plan(&cfg)?;
         let b = cfg.batch;
-        let cache = c.n_layers * cfg.ctx * c.kv_dim();
+        // `memory_plan` succeeded: these sizes do not overflow.
+        let cache = kv_rows_total(&c, &cfg).unwrap_or(0) * c.kv_dim();
         crate::trace::debug!(
             "arq: session, arena {} of {} bytes (ctx {}, batch {}, threads {}, kv cache {})",
             need,
@@ -577,15 +737,15 @@ impl<'a> Session<'a> {
             cache,
             x: a.take(b * c.dim)?,
             xb: a.take(b * c.dim)?,
-            xb2: a.take(b * c.dim)?,
-            q: a.take(b * c.dim)?,
+            xb2: a.take(b * c.dim.max(c.q_dim()))?,
+            q: a.take(b * c.q_dim())?,
             k: a.take(b * c.kv_dim())?,
             v: a.take(b * c.kv_dim())?,
             hb: a.take(b * c.ffn_dim)?,
-            hb2: a.take(if spec.mlp == Mlp::SwiGlu { b * c.ffn_dim } else { 0 })?,
-            xq: a.take(b * c.dim.max(c.ffn_dim) / QK8)?,
+            hb2: a.take(if spec.mlp.gated() { b * c.ffn_dim } else { 0 })?,
+            xq: a.take(b * width(&c) / QK8)?,
             att: a.take((cfg.ctx + c.head_dim) * cfg.threads)?,
-            rope: a.take(if spec.positions == Positions::Rotary { b * c.head_dim } else { 0 })?,
+            rope: a.take(rope_len(&c, b).unwrap_or(0))?,
             logits: a.take(b * c.vocab)?,
             split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
         })
@@ -629,9 +789,23 @@ impl<'a> Session<'a> {
         self.pos = 0;
     }
 
-    /// Rewinds to `pos` tokens (keeps the cached prefix).
-    pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+    /// Rewinds to `pos` tokens (keeps the cached prefix). A sliding-window layer keeps
+    /// only its window and one pass more, so a model with one can rewind only as far as
+    /// those still hold the window of position `pos`: further back it fails with
+    /// [`Error::BadConfig`] and changes nothing (then [`Self::reset`] and feed again).
+    pub fn truncate(&mut self, pos: usize) -> Result<(), Error> {
+        let pos = self.pos.min(pos);
+        let c = &self.model.cfg;
+        if let Some(l) = (0..c.n_layers).find(|&l| c.is_sliding(l)) {
+            // Position p is still cached iff no later position took its row: p + rows >= self.pos.
+            let rows = kv_rows(c, &self.cfg, l);
+            let needed = (pos + 1).saturating_sub(c.sliding_window);
+            if needed + rows < self.pos {
+                return Err(Error::BadConfig("cannot rewind a sliding-window cache that far"));
+            }
+        }
+        self.pos = pos;
+        Ok(())
     }
 
     /// Appends one token; returns the logits of p(x_{i+1} | x_{<=i}).
@@ -705,6 +879,52 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The embeddings of `tokens` into `x` (scaled, or plus their learned positions, as
+    /// the family says), and for rotary positions their tables: `rope[t]` with the
+    /// global base, `rope[batch + t]` with the sliding layers' base.
+    fn embed(&mut self, tokens: &[u32]) {
+        let model = self.model;
+        let c = &model.cfg;
+        let (dim, hd, b) = (c.dim, c.head_dim, self.cfg.batch);
+        let scale = libm::sqrtf(dim as f32);
+        for (t, &tok) in tokens.iter().enumerate() {
+            let (row, pos) = (t * dim..(t + 1) * dim, self.pos + t);
+            model.g.embed.row_into(tok as usize, dim, &mut self.x[row.clone()]);
+            if c.family.spec().embed_scale {
+                self.x[row.clone()].iter_mut().for_each(|v| *v *= scale);
+            }
+            match model.g.pos_embed {
+                Some(pos_embed) => {
+                    pos_embed.row_into(pos, dim, &mut self.xb[row.clone()]);
+                    for (xi, &p) in self.x[row.clone()].iter_mut().zip(&self.xb[row]) {
+                        *xi += p;
+                    }
+                }
+                None => {
+                    math::rope_table(&mut self.rope[t * hd..(t + 1) * hd], pos, c.rope_base);
+                    if c.sliding_window > 0 {
+                        math::rope_table(&mut self.rope[(b + t) * hd..(b + t + 1) * hd], pos, c.rope_base_local);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `x += out`, or `x += rmsnorm(out)` where the family normalizes a sublayer's
+    /// output (`scratch` holds the norm).
+    fn add_residual(eps: f32, post_norm: Option<Norm<'_>>, x: &mut [f32], out: &[f32], scratch: &mut [f32]) {
+        let out = match post_norm {
+            Some(pn) => {
+                Self::norm(NormKind::Rms, eps, &pn, out, scratch);
+                &*scratch
+            }
+            None => out,
+        };
+        for (xi, &o) in x.iter_mut().zip(out) {
+            *xi += o;
+        }
+    }
+
     /// One batched pass over `tokens` (at most `batch`) at positions `pos..`. Fills
     /// `logits` for every token when `all_logits`, else for the last one (row 0).
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<(), Error> {
@@ -724,33 +944,20 @@ impl<'a> Session<'a> {
         let kern = model.kernels;
         let pool = self.pool;
         let off = self.offload;
-        let (dim, kv_dim, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        let (dim, qd, kv_dim, hd, ff) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim, c.ffn_dim);
         let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / libm::sqrtf(hd as f32);
         let pos0 = self.pos;
-
-        // Positions: rotary ones turn q and k by a table per position; learned ones
-        // (whose table the loader read) add a row to the embedding.
-        for (t, &tok) in tokens.iter().enumerate() {
-            let row = t * dim..(t + 1) * dim;
-            model.g.embed.row_into(tok as usize, dim, &mut self.x[row.clone()]);
-            match model.g.pos_embed {
-                Some(pos_embed) => {
-                    pos_embed.row_into(pos0 + t, dim, &mut self.xb[row.clone()]);
-                    for (xi, &p) in self.x[row.clone()].iter_mut().zip(&self.xb[row]) {
-                        *xi += p;
-                    }
-                }
-                None => math::rope_table(&mut self.rope[t * hd..(t + 1) * hd], pos0 + t, c.rope_base),
-            }
-        }
+        self.embed(tokens);
         let x = &mut self.x[..n * dim];
 
+        let mut cache_l = 0;
         for l in 0..c.n_layers {
             let w = model.layer(l);
+            let rows = kv_rows(&c, &self.cfg, l);
+            let window = if c.is_sliding(l) { c.sliding_window } else { 0 };
 
-            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ + bq, ...; rotary positions turn q
-            // and k.
+            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ + bq, ...; then the q and k
+            // norms and the rotary embedding per head.
             Self::norm(spec.norm, c.norm_eps, &w.attn_norm, x, &mut self.xb[..n * dim]);
             linear(
                 pool,
@@ -760,26 +967,34 @@ impl<'a> Session<'a> {
                 self.xq,
                 self.split,
                 &mut [
-                    (&w.q.w, dim, &mut self.q[..n * dim]),
+                    (&w.q.w, qd, &mut self.q[..n * qd]),
                     (&w.k.w, kv_dim, &mut self.k[..n * kv_dim]),
                     (&w.v.w, kv_dim, &mut self.v[..n * kv_dim]),
                 ],
             )?;
-            add_bias(&mut self.q[..n * dim], w.q.b);
+            add_bias(&mut self.q[..n * qd], w.q.b);
             add_bias(&mut self.k[..n * kv_dim], w.k.b);
             add_bias(&mut self.v[..n * kv_dim], w.v.b);
-            let cache_l = l * self.cfg.ctx * kv_dim;
-            for t in 0..n {
-                if spec.positions == Positions::Rotary {
-                    let table = &self.rope[t * hd..(t + 1) * hd];
-                    for h in self.q[t * dim..(t + 1) * dim].chunks_exact_mut(hd) {
-                        math::rope(h, table);
-                    }
-                    for h in self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                        math::rope(h, table);
-                    }
+            for (norm, rows) in [(w.q_norm, &mut self.q[..n * qd]), (w.k_norm, &mut self.k[..n * kv_dim])] {
+                if let Some(nw) = norm {
+                    rows.chunks_exact_mut(hd).for_each(|h| math::rmsnorm_in_place(h, nw, c.norm_eps));
                 }
-                let at = cache_l + (pos0 + t) * kv_dim;
+            }
+            if spec.positions == Positions::Rotary {
+                // The sliding layers' table follows the global one (see `embed`).
+                let tables = &self.rope[if window > 0 { self.cfg.batch * hd } else { 0 }..];
+                let turn = match spec.rope {
+                    RopeStyle::Adjacent => math::rope,
+                    RopeStyle::Half => math::rope_half,
+                };
+                for t in 0..n {
+                    let table = &tables[t * hd..(t + 1) * hd];
+                    self.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd).for_each(|h| turn(h, table));
+                    self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd).for_each(|h| turn(h, table));
+                }
+            }
+            for t in 0..n {
+                let at = cache_l + ((pos0 + t) % rows) * kv_dim;
                 let (kt, vt) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
                 match &mut self.cache {
                     KvCache::F32 { keys, values } => {
@@ -793,10 +1008,11 @@ impl<'a> Session<'a> {
                 }
             }
 
-            // Causal attention of each token over the cache up to its own position: one
-            // token splits its heads across tasks, several tokens split the tokens.
-            let ctx = self.cfg.ctx;
-            let layer_rows = cache_l..cache_l + ctx * kv_dim;
+            // Causal attention of each token over the cache up to its own position (the
+            // last `window` of them in a sliding layer): one token splits its heads
+            // across tasks, several tokens split the tokens.
+            let layer_rows = cache_l..cache_l + rows * kv_dim;
+            cache_l = layer_rows.end;
             let (keys, values) = match &self.cache {
                 KvCache::F32 { keys, values } => {
                     (KvRows::F32(&keys[layer_rows.clone()]), KvRows::F32(&values[layer_rows]))
@@ -806,39 +1022,40 @@ impl<'a> Session<'a> {
                     (KvRows::Q8(&keys[blocks.clone()]), KvRows::Q8(&values[blocks]))
                 }
             };
-            let q = &self.q[..n * dim];
+            let q = &self.q[..n * qd];
             let tasks = pool.threads();
-            let att_len = ctx + hd;
+            let att_len = self.cfg.ctx + hd;
+            let scale = c.attn_scale;
             if n == 1 {
                 let heads_per_task = c.n_heads.div_ceil(tasks);
-                parallel::chunks2(pool, &mut self.xb2[..dim], heads_per_task * hd, self.att, att_len, |i, out, att| {
+                let span = Span::new(pos0 + 1, window, rows);
+                parallel::chunks2(pool, &mut self.xb2[..qd], heads_per_task * hd, self.att, att_len, |i, out, att| {
                     for (j, o) in out.chunks_exact_mut(hd).enumerate() {
                         let h = i * heads_per_task + j;
                         let qh = &q[h * hd..(h + 1) * hd];
-                        attend(kern, qh, keys, values, kv_dim, (h / group) * hd, pos0 + 1, scale, att, o);
+                        attend(kern, qh, keys, values, kv_dim, (h / group) * hd, span, scale, att, o);
                     }
                 });
             } else {
                 let per_task = n.div_ceil(tasks);
-                parallel::chunks2(pool, &mut self.xb2[..n * dim], per_task * dim, self.att, att_len, |i, out, att| {
-                    for (j, o) in out.chunks_exact_mut(dim).enumerate() {
+                parallel::chunks2(pool, &mut self.xb2[..n * qd], per_task * qd, self.att, att_len, |i, out, att| {
+                    for (j, o) in out.chunks_exact_mut(qd).enumerate() {
                         let t = i * per_task + j;
+                        let span = Span::new(pos0 + t + 1, window, rows);
                         for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-                            let qh = &q[t * dim + h * hd..t * dim + (h + 1) * hd];
-                            attend(kern, qh, keys, values, kv_dim, (h / group) * hd, pos0 + t + 1, scale, att, oh);
+                            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                            attend(kern, qh, keys, values, kv_dim, (h / group) * hd, span, scale, att, oh);
                         }
                     }
                 });
             }
             let wo = &mut [(&w.o.w, dim, &mut self.xb[..n * dim])];
-            linear(pool, kern, off, &self.xb2[..n * dim], self.xq, self.split, wo)?;
+            linear(pool, kern, off, &self.xb2[..n * qd], self.xq, self.split, wo)?;
             add_bias(&mut self.xb[..n * dim], w.o.b);
-            for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
-                *xi += o;
-            }
+            Self::add_residual(c.norm_eps, w.post_attn_norm, x, &self.xb[..n * dim], &mut self.xb2[..n * dim]);
 
-            // MLP, with xb = norm(x): SwiGLU x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ; GELU
-            // x += gelu(xb·Wupᵀ + bup)·Wdownᵀ + bdown (the gate is loaded for SwiGLU only).
+            // MLP, with xb = norm(x): SwiGLU x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ,
+            // GeGLU the same with gelu_tanh, GELU x += gelu(xb·Wupᵀ + bup)·Wdownᵀ + bdown.
             Self::norm(spec.norm, c.norm_eps, &w.ffn_norm, x, &mut self.xb[..n * dim]);
             let xb = &self.xb[..n * dim];
             match w.gate {
@@ -847,7 +1064,10 @@ impl<'a> Session<'a> {
                     linear(pool, kern, off, xb, self.xq, self.split, jobs)?;
                     add_bias(&mut self.hb[..n * ff], gate.b);
                     add_bias(&mut self.hb2[..n * ff], w.up.b);
-                    math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]);
+                    match spec.mlp {
+                        Mlp::GeGlu => math::geglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]),
+                        _ => math::swiglu(&mut self.hb[..n * ff], &self.hb2[..n * ff]),
+                    }
                 }
                 None => {
                     linear(pool, kern, off, xb, self.xq, self.split, &mut [(&w.up.w, ff, &mut self.hb[..n * ff])])?;
@@ -858,9 +1078,7 @@ impl<'a> Session<'a> {
             let down = &mut [(&w.down.w, dim, &mut self.xb[..n * dim])];
             linear(pool, kern, off, &self.hb[..n * ff], self.xq, self.split, down)?;
             add_bias(&mut self.xb[..n * dim], w.down.b);
-            for (xi, &o) in x.iter_mut().zip(self.xb.iter()) {
-                *xi += o;
-            }
+            Self::add_residual(c.norm_eps, w.post_ffn_norm, x, &self.xb[..n * dim], &mut self.xb2[..n * dim]);
         }
 
         // Head: logits = norm(x)·Wᵀ for every row, or only the last, or none.
