@@ -100,7 +100,7 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         InputFormat::Gguf if opts.head.is_some() || opts.levels.is_some() => {
             bail!("--head and --levels apply to ONNX PixelCNN models only")
         }
-        InputFormat::Gguf => import::gguf::llama::convert(input, out, opts),
+        InputFormat::Gguf => import::gguf::text::convert(input, out, opts),
     }
 }
 

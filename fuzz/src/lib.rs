@@ -14,7 +14,7 @@ use arq::aligned::AlignedBytes;
 use arq::format::ArqFile;
 use arq::tokenizer::{Tokenizer, Utf8Stream};
 use arq::{KvDtype, Model, PixelCnn, PixelSession, PixelSessionConfig, Session, SessionConfig};
-use arq_convert::import::gguf::llama::LlamaSource;
+use arq_convert::import::gguf::text::read_gguf;
 use arq_convert::import::gguf::GgufFile;
 use arq_convert::import::onnx::{Gpt2Source, PixelCnnSource};
 
@@ -112,7 +112,7 @@ pub fn gguf(data: &[u8]) -> &'static str {
         }
     }
     // The importer reads a path only (it maps the file).
-    let read = with_temp_file("gguf", data, |path| LlamaSource::from_gguf(path, false).is_ok());
+    let read = with_temp_file("gguf", data, |path| read_gguf(path, false).is_ok());
     if read {
         "llama read"
     } else {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use arq::{math, Error, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
-use arq_convert::import::gguf::llama::LlamaSource;
+use arq_convert::import::gguf::text::read_gguf;
 use arq_convert::quantize::Quant;
 use serde_json::Value;
 
@@ -40,7 +40,7 @@ struct Converted {
 fn models() -> Option<&'static Converted> {
     static M: OnceLock<Option<Converted>> = OnceLock::new();
     M.get_or_init(|| {
-        let src = LlamaSource::from_gguf(&gguf_path()?, false).expect("convert SmolLM2");
+        let src = read_gguf(&gguf_path()?, false).expect("convert SmolLM2");
         let (q8, _) = src.to_arq(Quant::Q8, false).expect("q8");
         let (q4, _) = src.to_arq(Quant::Q4, false).expect("q4");
         let (f32, _) = src.to_arq(Quant::F32, false).expect("f32");
@@ -281,7 +281,7 @@ fn threads_give_bit_identical_logits() {
 fn q4_conversion_is_exact_and_every_kernel_tier_gives_identical_logits() {
     let Some(m) = models() else { return };
     // The GGUF's layer matrices are Q4_1 blocks: q4 must store them exactly.
-    let src = LlamaSource::from_gguf(&gguf_path().unwrap(), false).unwrap();
+    let src = read_gguf(&gguf_path().unwrap(), false).unwrap();
     let (_, errors) = src.to_arq(Quant::Q4, false).unwrap();
     let layers: Vec<_> = errors.iter().filter(|(name, _)| name.starts_with("blk.")).collect();
     assert_eq!(layers.len(), 30 * 7);

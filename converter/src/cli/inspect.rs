@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::Result;
 use arq::format::{ArqFile, MetaValue, TensorView};
 use arq::tokenizer::{PreTokenizer, Tokenizer};
-use arq::{Family, Model, PixelCnn, PixelSessionConfig, SessionConfig};
+use arq::models::transformer::family::Positions;
+use arq::{Model, PixelCnn, PixelSessionConfig, SessionConfig};
 use arq_convert::model::{Loaded, ModelFile};
 use arq_convert::text::tokenizer;
 use serde_json::json;
@@ -30,6 +31,8 @@ struct TextFacts<'a> {
     /// The arena for `ctx` tokens in batches of `batch`, and its KV cache.
     arena: usize,
     kv: usize,
+    /// The KV cache if no layer had a sliding window.
+    kv_full: usize,
     batch: usize,
     /// The pre-tokenizer's name.
     pre: String,
@@ -37,11 +40,11 @@ struct TextFacts<'a> {
 
 impl<'a> TextFacts<'a> {
     fn of(model: &Model<'a>, ctx: usize) -> Result<Self> {
-        let c = *model.config();
         let tok = tokenizer(model)?;
         let plan_cfg = SessionConfig { ctx, batch: 32, threads: 1, ..Default::default() };
         let arena = model.memory_plan(&plan_cfg)?;
-        let kv = 2 * c.n_layers * ctx * c.kv_dim() * 4;
+        let kv = model.kv_cache_bytes(&plan_cfg, true)?;
+        let kv_full = model.kv_cache_bytes(&plan_cfg, false)?;
         // GPT-2 files carry the pre-tokenizer only in the tokenizer tables.
         let pre = match meta_str(model.file(), "tokenizer.pre") {
             p if !p.is_empty() => p,
@@ -51,7 +54,7 @@ impl<'a> TextFacts<'a> {
                 _ => "?".into(),
             },
         };
-        Ok(TextFacts { tok, arena, kv, batch: plan_cfg.batch, pre })
+        Ok(TextFacts { tok, arena, kv, kv_full, batch: plan_cfg.batch, pre })
     }
 }
 
@@ -78,20 +81,27 @@ fn text(model: &Model<'_>, path: &Path, file_bytes: usize, (ctx, verify): (usize
         "  dims           vocab {} | dim {} | layers {} | heads {} (kv {}) x {} | ffn {}",
         c.vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim
     );
-    match c.family {
-        Family::Llama => println!(
+    match c.family.spec().positions {
+        Positions::Rotary => println!(
             "  rope base {} | rms eps {:e} | trained context {} | tied embeddings {}",
             c.rope_base,
             c.norm_eps,
             c.ctx_train,
             model.tied_embeddings()
         ),
-        Family::Gpt2 => println!(
+        Positions::Learned => println!(
             "  learned positions {} | layer norm eps {:e} | tied embeddings {}",
             c.ctx_train,
             c.norm_eps,
             model.tied_embeddings()
         ),
+    }
+    if c.sliding_window > 0 {
+        let sliding = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
+        println!(
+            "  sliding window {} tokens in {sliding} of {} layers (rope base {}); their KV cache holds the window",
+            c.sliding_window, c.n_layers, c.rope_base_local
+        );
     }
     println!(
         "  tokenizer      byte-level BPE ({}), {} tokens, bos {:?}, eos {:?}, chat template: {}",
@@ -102,6 +112,13 @@ fn text(model: &Model<'_>, path: &Path, file_bytes: usize, (ctx, verify): (usize
         if meta_str(file, "tokenizer.chat_template").is_empty() { "no" } else { "yes" }
     );
     println!("  arena          {} bytes for ctx {ctx} (KV cache {}, batch {})", facts.arena, facts.kv, facts.batch);
+    if facts.kv != facts.kv_full {
+        println!(
+            "  sliding window saves {} bytes of KV cache ({} without it)",
+            facts.kv_full - facts.kv,
+            facts.kv_full
+        );
+    }
     if verify {
         println!("  checksum       ok");
     }
@@ -147,7 +164,7 @@ fn text_json(
         },
         "tokenizer": {"vocab": f.tok.vocab_size(), "bos_id": meta_id(file, "tokenizer.bos_id"), "eos_id": meta_id(file, "tokenizer.eos_id"),
                       "pre": f.pre, "chat_template": !meta_str(file, "tokenizer.chat_template").is_empty()},
-        "arena": {"ctx": ctx, "batch": f.batch, "bytes": f.arena, "kv_cache_bytes": f.kv},
+        "arena": {"ctx": ctx, "batch": f.batch, "bytes": f.arena, "kv_cache_bytes": f.kv, "kv_cache_bytes_unwindowed": f.kv_full},
         "checksum_verified": verify,
         "metadata": meta,
         "tensors": tensors_json(&tensors),

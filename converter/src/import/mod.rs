@@ -1,3 +1,4 @@
 pub mod gguf;
+pub mod text;
 #[cfg(feature = "onnx")]
 pub mod onnx;

@@ -1,6 +1,6 @@
 //! GGUF import: the reader (header, metadata and tensor table of a GGUF v2/v3 file, mapped
-//! read-only, and dequantization of its tensors to f32) and, in [`llama`], the importer of
-//! LLaMA-family models from it.
+//! read-only, and dequantization of its tensors to f32) and, in [`text`], the importer of
+//! text transformers (llama, qwen2, qwen3, gemma3, gpt2) from it.
 //!
 //! The format (ggml's `docs/gguf.md`), all little-endian:
 //!
@@ -18,7 +18,7 @@
 //! panic or an allocation larger than a small multiple of the file.
 
 mod dequant;
-pub mod llama;
+pub mod text;
 
 use std::collections::HashSet;
 use std::fmt;

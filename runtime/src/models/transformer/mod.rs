@@ -507,6 +507,19 @@ impl<'a> Model<'a> {
         self.layout(cfg).map(|l| l.bytes()).ok_or(Error::BadConfig("arena size overflows"))
     }
 
+    /// The bytes of the KV cache (keys and values of every layer) within
+    /// [`Self::memory_plan`]; with `windowed` false, what it would take if no layer had a
+    /// sliding window (what the window saves is the difference).
+    pub fn kv_cache_bytes(&self, cfg: &SessionConfig, windowed: bool) -> Result<usize, Error> {
+        let c = &self.cfg;
+        let rows = if windowed { kv_rows_total(c, cfg) } else { c.n_layers.checked_mul(cfg.ctx) };
+        let bytes = rows.and_then(|r| r.checked_mul(c.kv_dim())).and_then(|e| match cfg.kv {
+            KvDtype::F32 => e.checked_mul(core::mem::size_of::<f32>()),
+            KvDtype::Q8 => (e / QK8).checked_mul(core::mem::size_of::<BlockQ8>()),
+        });
+        bytes.and_then(|b| b.checked_mul(2)).ok_or(Error::BadConfig("arena size overflows"))
+    }
+
     /// Scratch for multi-token products split by rows across threads (none for one thread).
     fn split_len(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
         if s.threads > 1 {
