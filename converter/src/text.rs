@@ -32,20 +32,27 @@ pub fn eos(model: &Model<'_>) -> Option<u32> {
 }
 
 /// The text wrapped in the model's chat template as one user message, ready for the
-/// assistant's answer.
-fn chat_prompt(model: &Model<'_>, prompt: &str) -> Result<String> {
+/// assistant's answer. The template sees `bos_token` and `eos_token` as transformers'
+/// `apply_chat_template` passes them, and may call `raise_exception`.
+fn chat_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str) -> Result<String> {
     let template = model
         .file()
         .meta("tokenizer.chat_template")
         .and_then(|v| v.as_str())
         .ok_or_else(|| anyhow!("--chat: this model has no chat template"))?;
     let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
     env.add_template("chat", template).map_err(|e| anyhow!("chat template: {e}"))?;
+    let special = |id: Option<u32>| id.map(|id| token_text(tok, id)).unwrap_or_default();
     env.get_template("chat")
         .and_then(|t| {
             t.render(minijinja::context! {
                 messages => vec![minijinja::context! { role => "user", content => prompt }],
                 add_generation_prompt => true,
+                bos_token => special(bos(model).1),
+                eos_token => special(eos(model)),
             })
         })
         .map_err(|e| anyhow!("chat template: {e}"))
@@ -57,7 +64,7 @@ pub fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat:
     let (add_bos, bos) = bos(model);
     let mut ids = Vec::new();
     if chat {
-        ids.extend(tok.encode(&chat_prompt(model, prompt)?, true));
+        ids.extend(tok.encode(&chat_prompt(model, tok, prompt)?, true));
     } else {
         if add_bos {
             ids.extend(bos);

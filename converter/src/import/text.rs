@@ -47,6 +47,26 @@ pub fn family(name: &str, what: &str) -> Result<Family> {
     }
 }
 
+/// Gemma's chat format (`<start_of_turn>user ... <end_of_turn>`, the assistant's role
+/// named `model`, a system message folded into the first user turn), for files that
+/// carry no template: the GGUF of Gemma 3 270M has none, and llama.cpp falls back to
+/// the same built-in format.
+const GEMMA_CHAT_TEMPLATE: &str = "\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] ~ '\\n\\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{{ bos_token }}\
+{%- for m in turns -%}\
+{{ '<start_of_turn>' ~ ('model' if m['role'] == 'assistant' else m['role']) ~ '\\n' \
+~ (prefix if loop.first else '') ~ (m['content'] | trim) ~ '<end_of_turn>\\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}";
+
+/// The chat template of `family` for a file that has none.
+pub fn default_chat_template(family: Family) -> Option<&'static str> {
+    (family == Family::Gemma3).then_some(GEMMA_CHAT_TEMPLATE)
+}
+
 /// A transformer's hyperparameters, as every importer reads them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HParams {
@@ -304,4 +324,34 @@ pub fn convert(
     };
     write_validated(&bytes, out, opts.force)?;
     Ok(ConvertSummary { format, bytes: bytes.len() as u64, tensor_errors, accuracy, description: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GEMMA_CHAT_TEMPLATE;
+    use minijinja::context;
+
+    fn render(messages: Vec<minijinja::Value>) -> String {
+        let mut env = minijinja::Environment::new();
+        env.add_template("t", GEMMA_CHAT_TEMPLATE).unwrap();
+        let t = env.get_template("t").unwrap();
+        t.render(context! { messages => messages, add_generation_prompt => true, bos_token => "<bos>" }).unwrap()
+    }
+
+    /// The prompts transformers' `apply_chat_template` renders for Gemma 3.
+    #[test]
+    fn gemma_template_renders_gemmas_format() {
+        let user = |c: &str| context! { role => "user", content => c };
+        assert_eq!(
+            render(vec![user(" What is the capital of France? ")]),
+            "<bos><start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let system = context! { role => "system", content => "Be brief." };
+        let model = context! { role => "assistant", content => "Paris." };
+        assert_eq!(
+            render(vec![system, user("Capital of France?"), model, user("And Spain?")]),
+            "<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n<start_of_turn>model\n\
+             Paris.<end_of_turn>\n<start_of_turn>user\nAnd Spain?<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
 }

@@ -185,6 +185,15 @@ fn tokenizer_meta(g: &GgufFile, pre_name: &str) -> Vec<(String, Meta)> {
     meta
 }
 
+/// The family's built-in chat template when the file has none (see
+/// [`text::default_chat_template`]).
+fn default_template(g: &GgufFile, family: Family) -> Option<(String, Meta)> {
+    if g.get("tokenizer.chat_template").is_some() {
+        return None;
+    }
+    text::default_chat_template(family).map(|t| (keys::TOKENIZER_CHAT_TEMPLATE.into(), Meta::Str(t.into())))
+}
+
 /// Tensor `name` (`.arq` naming) in `.arq` layout with the shape `dims`, dequantized.
 fn fetch(g: &GgufFile, family: Family, name: &str, dims: &[u64]) -> Result<Vec<f32>> {
     // GPT-2's q, k and v are thirds (by rows) of one fused `attn_qkv`.
@@ -235,6 +244,7 @@ pub fn read_gguf(path: &Path, progress: bool) -> Result<TextSource> {
         ),
     ];
     meta.extend(tokenizer_meta(&g, &pre_name));
+    meta.extend(default_template(&g, family));
     let tied = g.tensor("output.weight").is_none();
     TextSource::read(&hp, tied, meta, tokenizer_blob, progress, |name, dims| fetch(&g, family, name, dims))
 }
