@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use arq::format::{ArqFile, MetaValue, TensorView};
-use arq::tokenizer::{PreTokenizer, Tokenizer};
+use arq::tokenizer::{Tokenizer, TokenizerKind};
 use arq::{Family, Model, PixelCnn, PixelSessionConfig, SessionConfig};
 use arq_convert::model::{Loaded, ModelFile};
 use arq_convert::text::tokenizer;
@@ -45,9 +45,9 @@ impl<'a> TextFacts<'a> {
         // GPT-2 files carry the pre-tokenizer only in the tokenizer tables.
         let pre = match meta_str(model.file(), "tokenizer.pre") {
             p if !p.is_empty() => p,
-            _ => match tok.pre_tokenizer() {
-                PreTokenizer::Gpt2 => "gpt2".into(),
-                PreTokenizer::Smollm => "smollm".into(),
+            _ => match tok.kind() {
+                TokenizerKind::ByteLevelBpe(pre) => pre.name().into(),
+                TokenizerKind::SentencePiece { .. } => "none (SentencePiece)".into(),
                 _ => "?".into(),
             },
         };

@@ -1,3 +1,4 @@
 pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod vocab;

@@ -9,10 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use arq::format::writer::{ArqWriter, Meta};
 use arq::format::Dtype;
 use arq::quant::QK8;
-use arq::tokenizer::PreTokenizer;
 
 use super::{GgufFile, Value};
 use crate::aligned::ModelBytes;
+use crate::import::vocab::Vocab;
 use crate::message::name as shown;
 use crate::output::{check_paths, write_validated};
 use crate::quantize::{check_finite, encode_matrix, Quant, TensorError};
@@ -114,28 +114,8 @@ impl Dims {
     }
 }
 
-/// The byte-level BPE tables as the runtime's tokenizer blob, and the pre-tokenizer's name.
-fn tokenizer_blob(g: &GgufFile, tokens: &[String]) -> Result<(Vec<u8>, String)> {
-    let tok_model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("(none)");
-    if tok_model != "gpt2" {
-        bail!("GGUF: tokenizer model '{}' is not supported (supported: gpt2 byte-level BPE)", shown(tok_model));
-    }
-    let merges = strings(g, "tokenizer.ggml.merges")?;
-    let types: Vec<i32> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
-        None => vec![1; tokens.len()],
-    };
-    let pre_name = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
-    let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
-        anyhow!("GGUF: pre-tokenizer '{}' is not supported (supported: gpt2, smollm)", shown(pre_name))
-    })?;
-    let blob =
-        arq::tokenizer::build_blob_with(pre, tokens, &types, &merges).map_err(|e| anyhow!("GGUF tokenizer: {e}"))?;
-    Ok((blob, pre_name.into()))
-}
-
 /// The `.arq` metadata of the model (all but `arq.quant`, which depends on the output).
-fn metadata(g: &GgufFile, path: &Path, d: &Dims, vocab: u64, pre_name: &str) -> Result<Vec<(String, Meta)>> {
+fn metadata(g: &GgufFile, path: &Path, d: &Dims, vocab: u64, tokenizer: &Vocab) -> Result<Vec<(String, Meta)>> {
     let mut meta = vec![
         (keys::ARCHITECTURE.to_string(), Meta::Str(keys::ARCH_LLAMA.into())),
         (keys::GENERAL_NAME.into(), Meta::Str(g.get("general.name").and_then(Value::as_str).unwrap_or("").into())),
@@ -155,25 +135,8 @@ fn metadata(g: &GgufFile, path: &Path, d: &Dims, vocab: u64, pre_name: &str) -> 
             "llama.attention.layer_norm_rms_epsilon".into(),
             Meta::F32(get_f32(g, "llama.attention.layer_norm_rms_epsilon", 1e-5)?),
         ),
-        ("tokenizer.model".into(), Meta::Str("gpt2".into())),
-        ("tokenizer.pre".into(), Meta::Str(pre_name.into())),
-        (
-            "tokenizer.add_bos".into(),
-            Meta::Bool(g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false)),
-        ),
     ];
-    for (gkey, akey) in [
-        ("tokenizer.ggml.bos_token_id", "tokenizer.bos_id"),
-        ("tokenizer.ggml.eos_token_id", "tokenizer.eos_id"),
-        ("tokenizer.ggml.padding_token_id", "tokenizer.pad_id"),
-    ] {
-        if let Some(id) = g.get(gkey).and_then(Value::as_u64) {
-            meta.push((akey.into(), Meta::U32(id as u32)));
-        }
-    }
-    if let Some(t) = g.get("tokenizer.chat_template").and_then(Value::as_str) {
-        meta.push(("tokenizer.chat_template".into(), Meta::Str(t.into())));
-    }
+    meta.extend(tokenizer.meta());
     Ok(meta)
 }
 
@@ -218,8 +181,9 @@ impl LlamaSource {
             bail!("GGUF: the vocabulary has {vocab} tokens, more than the cap of {MAX_VOCAB}");
         }
         dims.check(&g)?;
-        let (tokenizer_blob, pre_name) = tokenizer_blob(&g, &tokens)?;
-        let meta = metadata(&g, path, &dims, vocab, &pre_name)?;
+        let tokenizer = Vocab::from_gguf(&g)?;
+        let tokenizer_blob = tokenizer.blob()?;
+        let meta = metadata(&g, path, &dims, vocab, &tokenizer)?;
         let tensors = read_tensors(&g, dims.n_layers, progress)?;
         Ok(LlamaSource { meta, tokenizer_blob, tensors })
     }
