@@ -22,7 +22,13 @@ fn check(pre: PreTokenizer, name: &str) -> usize {
             failures.push(format!("{text:?}:\n  ours {ours:?}\n  hf   {theirs:?}"));
         }
     }
-    assert!(failures.is_empty(), "{pre:?}: {} of {} texts differ:\n{}", failures.len(), texts.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{pre:?}: {} of {} texts differ:\n{}",
+        failures.len(),
+        texts.len(),
+        failures.join("\n")
+    );
     texts.len()
 }
 
@@ -64,7 +70,8 @@ fn small_bpe_ids_match_hugging_face_per_pre_tokenizer() {
     };
     let (tokens, special, merges, texts) = (strs("tokens"), strs("special"), strs("merges"), strs("texts"));
     let types: Vec<i32> = tokens.iter().map(|t| if special.contains(t) { 3 } else { 1 }).collect();
-    for (name, pre) in [("llama3", PreTokenizer::Llama3), ("dbrx", PreTokenizer::Dbrx), ("qwen2", PreTokenizer::Qwen2)] {
+    for (name, pre) in [("llama3", PreTokenizer::Llama3), ("dbrx", PreTokenizer::Dbrx), ("qwen2", PreTokenizer::Qwen2)]
+    {
         let blob = arq::tokenizer::build_blob_with(pre, &tokens, &types, &merges).unwrap();
         let tok = arq::tokenizer::Tokenizer::from_blob(&blob).unwrap();
         let expected = bpe["ids"][name].as_array().expect("ids");

@@ -183,3 +183,150 @@ impl Vocab {
         meta
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GGUF metadata values the tests write.
+    enum V<'a> {
+        Str(&'a str),
+        Strs(&'a [&'a str]),
+        I32s(&'a [i32]),
+        F32s(&'a [f32]),
+        U32(u32),
+        Bool(bool),
+    }
+
+    /// A GGUF v3 file with metadata only.
+    fn gguf(kv: &[(&str, V<'_>)]) -> GgufFile {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+        let string = |b: &mut Vec<u8>, s: &str| {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        };
+        let array_head = |b: &mut Vec<u8>, ty: u32, n: usize| {
+            b.extend_from_slice(&9u32.to_le_bytes());
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&(n as u64).to_le_bytes());
+        };
+        for (k, v) in kv {
+            string(&mut b, k);
+            match v {
+                V::Str(s) => {
+                    b.extend_from_slice(&8u32.to_le_bytes());
+                    string(&mut b, s);
+                }
+                V::Strs(a) => {
+                    array_head(&mut b, 8, a.len());
+                    a.iter().for_each(|s| string(&mut b, s));
+                }
+                V::I32s(a) => {
+                    array_head(&mut b, 5, a.len());
+                    a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+                }
+                V::F32s(a) => {
+                    array_head(&mut b, 6, a.len());
+                    a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+                }
+                V::U32(x) => {
+                    b.extend_from_slice(&4u32.to_le_bytes());
+                    b.extend_from_slice(&x.to_le_bytes());
+                }
+                V::Bool(x) => {
+                    b.extend_from_slice(&7u32.to_le_bytes());
+                    b.push(u8::from(*x));
+                }
+            }
+        }
+        GgufFile::from_bytes(b).unwrap()
+    }
+
+    const PIECES: &[&str] =
+        &["<unk>", "<s>", "</s>", "<0x41>", "▁", "a", "b", "ab", "▁ab", "<0xE4>", "<0xB8>", "<0xAD>"];
+    const TYPES: &[i32] = &[2, 3, 3, 6, 1, 1, 1, 1, 1, 6, 6, 6];
+    const SCORES: &[f32] = &[0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, 0.0, 0.0, 0.0];
+
+    #[test]
+    fn sentencepiece_vocabulary_from_gguf() {
+        let g = gguf(&[
+            ("general.architecture", V::Str("llama")),
+            ("tokenizer.ggml.model", V::Str("llama")),
+            ("tokenizer.ggml.tokens", V::Strs(PIECES)),
+            ("tokenizer.ggml.token_type", V::I32s(TYPES)),
+            ("tokenizer.ggml.scores", V::F32s(SCORES)),
+            ("tokenizer.ggml.unknown_token_id", V::U32(0)),
+            ("tokenizer.ggml.bos_token_id", V::U32(1)),
+        ]);
+        let v = Vocab::from_gguf(&g).unwrap();
+        assert!(matches!(v.model, VocabModel::SentencePiece { add_space_prefix: true, gemma: false, .. }));
+        assert!(v.add_bos, "llama.cpp's default for SentencePiece");
+        let meta = v.meta();
+        assert!(meta.contains(&(keys::TOKENIZER_MODEL.into(), Meta::Str("llama".into()))));
+        assert!(meta.contains(&(keys::TOKENIZER_UNK_ID.into(), Meta::U32(0))));
+        assert!(!meta.iter().any(|(k, _)| k == keys::TOKENIZER_PRE));
+        let blob = v.blob().unwrap();
+        let tok = arq::tokenizer::Tokenizer::from_blob(&blob).unwrap();
+        // Space prefix, then "▁ab" by merging; "中" by byte fallback; "c" unknown.
+        assert_eq!(tok.encode("ab", false), [8]);
+        assert_eq!(tok.encode("ab中", false), [8, 9, 10, 11]);
+        assert_eq!(tok.encode("abcc", false), [8, 0]);
+        assert_eq!(tok.decode(&[8, 9, 10, 11]), " ab中");
+    }
+
+    #[test]
+    fn unsupported_models_and_pre_tokenizers_are_named_with_the_supported_ones() {
+        let err = Vocab::from_gguf(&gguf(&[
+            ("tokenizer.ggml.model", V::Str("bert")),
+            ("tokenizer.ggml.tokens", V::Strs(&["a"])),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "GGUF: tokenizer model 'bert' is not supported (supported: gpt2, llama)");
+        let err = Vocab::from_gguf(&gguf(&[
+            ("tokenizer.ggml.model", V::Str("gpt2")),
+            ("tokenizer.ggml.pre", V::Str("tekken")),
+            ("tokenizer.ggml.tokens", V::Strs(&["a"])),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("GGUF: pre-tokenizer 'tekken' is not supported (supported: gpt2, gpt-2, smollm, llama3,")
+        );
+        assert!(err.contains("llama-bpe") && err.contains("qwen2") && !err.contains('\n'), "{err}");
+        let err = Vocab::from_gguf(&gguf(&[
+            ("general.architecture", V::Str("llama")),
+            ("tokenizer.ggml.model", V::Str("llama")),
+            ("tokenizer.ggml.tokens", V::Strs(PIECES)),
+            ("tokenizer.ggml.token_type", V::I32s(TYPES)),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tokenizer.ggml.scores"), "{err}");
+    }
+
+    #[test]
+    fn gemma_rules_follow_the_architecture() {
+        let kv = |arch| {
+            gguf(&[
+                ("general.architecture", V::Str(arch)),
+                ("tokenizer.ggml.model", V::Str("llama")),
+                ("tokenizer.ggml.tokens", V::Strs(PIECES)),
+                ("tokenizer.ggml.token_type", V::I32s(TYPES)),
+                ("tokenizer.ggml.add_space_prefix", V::Bool(false)),
+                ("tokenizer.ggml.add_bos_token", V::Bool(true)),
+            ])
+        };
+        let v = Vocab::from_gguf(&kv("gemma3")).unwrap();
+        assert!(matches!(v.model, VocabModel::SentencePiece { add_space_prefix: false, gemma: true, .. }));
+        let tok_blob = v.blob().unwrap();
+        let tok = arq::tokenizer::Tokenizer::from_blob(&tok_blob).unwrap();
+        assert_eq!(tok.encode(" ab", false), [8]);
+        assert_eq!(tok.encode("ab", false), [7]);
+        // Without Gemma's rules a llama vocabulary needs its scores.
+        assert!(Vocab::from_gguf(&kv("llama")).is_err());
+    }
+}

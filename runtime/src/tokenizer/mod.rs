@@ -1009,6 +1009,175 @@ mod tests {
         }
     }
 
+    /// A small SentencePiece vocabulary: control, user-defined, byte tokens for a few
+    /// bytes, pieces whose merge order differs between rank by id and rank by score.
+    fn spm_vocab(gemma: bool) -> (Vec<&'static str>, Vec<i32>, Vec<f32>) {
+        let v: [(&str, i32, f32); 18] = [
+            ("<unk>", 2, 0.0),
+            ("<bos>", 3, 0.0),
+            ("<start_of_turn>", 3, 0.0),
+            ("\n", 4, 0.0),
+            (if gemma { "  " } else { "<sep>" }, 4, 0.0),
+            ("<0x41>", 6, 0.0),
+            ("<0xE4>", 6, 0.0),
+            ("<0xB8>", 6, 0.0),
+            ("<0xAD>", 6, 0.0),
+            ("▁", 1, -1.0),
+            ("a", 1, -2.0),
+            ("b", 1, -3.0),
+            ("c", 1, -4.0),
+            ("ab", 1, -9.0),
+            ("bc", 1, -5.0),
+            ("▁a", 1, -6.0),
+            ("▁b", 1, -7.0),
+            ("A", 1, -8.0),
+        ];
+        (v.iter().map(|t| t.0).collect(), v.iter().map(|t| t.1).collect(), v.iter().map(|t| t.2).collect())
+    }
+
+    fn spm_blob(gemma: bool) -> Vec<u8> {
+        let (t, ty, sc) = spm_vocab(gemma);
+        build_spm_blob(&t, &ty, &sc, SpmOptions { add_space_prefix: false, unk: Some(0), gemma }).unwrap()
+    }
+
+    #[test]
+    fn spm_small_vocab() {
+        let by_id = spm_blob(true);
+        let tok = Tokenizer::from_blob(&by_id).unwrap();
+        assert_eq!(tok.kind(), TokenizerKind::SentencePiece { add_space_prefix: false });
+        assert_eq!(tok.pre_tokenizer(), None);
+        // "ab" (id 13) outranks "bc" (14) by position, "bc" outranks "ab" by score.
+        assert_eq!(tok.encode("abc", false), [13, 12]);
+        let by_score = spm_blob(false);
+        assert_eq!(Tokenizer::from_blob(&by_score).unwrap().encode("abc", false), [10, 14]);
+        // A literal `▁` is a space; pieces decode with spaces.
+        assert_eq!(tok.encode(" a\u{2581}a", false), [15, 15]);
+        assert_eq!(tok.decode(&[15, 16]), " a b");
+        // Gemma: a user-defined run of spaces is a piece of `▁`s, found by merging, not
+        // matched whole; other user-defined tokens are.
+        assert_eq!(tok.encode("  ", false), [4]);
+        assert!(!tok.special_tokens().any(|id| id == 4));
+        assert_eq!(Tokenizer::from_blob(&by_score).unwrap().encode("a<sep>", false), [10, 4]);
+        // Byte fallback, the unknown token fused, user-defined and control tokens.
+        assert_eq!(tok.encode("中", false), [6, 7, 8]);
+        assert_eq!(tok.encode("xyz", false), [0]);
+        assert_eq!(tok.encode("a\n<start_of_turn>", true), [10, 3, 2]);
+        assert_eq!(tok.encode("<start_of_turn>", false)[..1], [0]);
+        assert_eq!(tok.decode(&[6, 7, 8, 3]), "中\n");
+        assert_eq!(tok.decode(&[6, 7]), "\u{fffd}");
+        // "A" is a piece and a byte token: text finds the piece, the byte table the byte.
+        assert_eq!(tok.encode("A", false), [17]);
+        assert_eq!(tok.token_id(b"A"), Some(17));
+        assert_eq!(tok.token_type(5), Some(TokenType::Byte));
+        let mut scratch = [0u32; SCRATCH_WORDS_PER_BYTE * 8];
+        let mut ids = Vec::new();
+        tok.encode_with_scratch("ab\nabc", false, &mut scratch, |id| ids.push(id)).unwrap();
+        assert_eq!(ids, tok.encode("ab\nabc", false));
+        let mut small = [0u32; SCRATCH_WORDS_PER_BYTE * 3];
+        assert!(tok.encode_with_scratch("abcabc", false, &mut small, |_| {}).is_err());
+        // The space prefix goes before the input's first text only, unless it starts
+        // with a space.
+        let (t, ty, sc) = spm_vocab(true);
+        let opts = SpmOptions { add_space_prefix: true, unk: Some(0), gemma: true };
+        let prefixed = build_spm_blob(&t, &ty, &sc, opts).unwrap();
+        let tok = Tokenizer::from_blob(&prefixed).unwrap();
+        assert_eq!(tok.encode("a", false), [15]);
+        assert_eq!(tok.encode(" a", false), [15]);
+        assert_eq!(tok.encode("a\na", false), [15, 3, 10]);
+    }
+
+    #[test]
+    fn spm_build_refuses_what_it_cannot_encode() {
+        let (t, ty, sc) = spm_vocab(false);
+        let opts = SpmOptions { add_space_prefix: false, unk: Some(0), gemma: false };
+        let mut bad = t.clone();
+        bad[5] = "<0x4>";
+        assert_eq!(build_spm_blob(&bad, &ty, &sc, opts), Err(TokenizerError::BadByteToken { id: 5 }));
+        bad[5] = "<0x41>";
+        bad[17] = "b";
+        assert_eq!(build_spm_blob(&bad, &ty, &sc, opts), Err(TokenizerError::AmbiguousPiece { id: 17 }));
+        bad[17] = "a b";
+        assert_eq!(build_spm_blob(&bad, &ty, &sc, opts), Err(TokenizerError::AmbiguousPiece { id: 17 }));
+        // Gemma's respelling of a run of spaces must not repeat a piece.
+        let (mut g, gty, gsc) = spm_vocab(true);
+        g[16] = "▁▁";
+        let gemma = SpmOptions { gemma: true, ..opts };
+        assert_eq!(build_spm_blob(&g, &gty, &gsc, gemma), Err(TokenizerError::AmbiguousPiece { id: 16 }));
+        // A byte token's text split into two pieces would be a merge Hugging Face makes.
+        bad[17] = "<0x";
+        let mut more = bad.clone();
+        more.push("41>");
+        let (mut ty2, mut sc2) = (ty.clone(), sc.clone());
+        ty2.push(1);
+        sc2.push(-10.0);
+        assert_eq!(build_spm_blob(&more, &ty2, &sc2, opts), Err(TokenizerError::AmbiguousPiece { id: 5 }));
+        let mut nan = sc.clone();
+        nan[12] = f32::NAN;
+        assert_eq!(build_spm_blob(&t, &ty, &nan, opts), Err(TokenizerError::BadScore { id: 12 }));
+        assert_eq!(build_spm_blob(&t, &ty, &[], opts), Err(TokenizerError::BadScore { id: 0 }));
+        let bad_unk = SpmOptions { unk: Some(99), ..opts };
+        assert!(build_spm_blob(&t, &ty, &sc, bad_unk).is_err());
+    }
+
+    #[test]
+    fn blob_versions() {
+        // Byte-level BPE blobs stay version 1, SentencePiece is version 2.
+        assert_eq!(small_blob()[4..8], 1u32.to_le_bytes());
+        assert_eq!(spm_blob(true)[4..12], [2, 0, 0, 0, 2, 0, 0, 0]);
+        let mut v1_spm = spm_blob(true);
+        v1_spm[4] = 1;
+        assert_eq!(Tokenizer::from_blob(&v1_spm).unwrap_err(), TokenizerError::UnsupportedModel(2));
+        let mut v3 = small_blob();
+        v3[4] = 3;
+        assert_eq!(Tokenizer::from_blob(&v3).unwrap_err(), TokenizerError::UnsupportedVersion(3));
+        let mut flags = spm_blob(true);
+        flags[12] = 2;
+        assert!(Tokenizer::from_blob(&flags).is_err());
+        let mut unk = spm_blob(true);
+        unk[20..24].copy_from_slice(&100u32.to_le_bytes());
+        assert!(Tokenizer::from_blob(&unk).is_err());
+    }
+
+    #[test]
+    fn spm_truncated_and_corrupted_blobs_never_panic() {
+        for gemma in [true, false] {
+            let blob = spm_blob(gemma);
+            for len in 0..blob.len() {
+                assert!(Tokenizer::from_blob(&blob[..len]).is_err(), "prefix of {len} bytes accepted");
+            }
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(&blob);
+            exercise(&Tokenizer::from_blob(&shifted[1..]).unwrap());
+            let mut accepted = 0;
+            for i in 0..blob.len() {
+                for v in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
+                    let mut bad = blob.clone();
+                    bad[i] ^= v;
+                    if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                        accepted += 1;
+                        exercise(&tok);
+                    }
+                }
+            }
+            // Ranks and some pool bytes may change without breaking a rule.
+            assert!(accepted > 0);
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            for _ in 0..2000 {
+                let mut bad = blob.clone();
+                for _ in 0..1 + state % 8 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let i = (state % bad.len() as u64) as usize;
+                    bad[i] = (state >> 32) as u8;
+                }
+                if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                    exercise(&tok);
+                }
+            }
+        }
+    }
+
     #[test]
     fn errors_display() {
         let e = Tokenizer::from_blob(b"ARQT").unwrap_err();
