@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test of the project. Installs what it needs (idempotently), fetches SmolLM2,
-# runs the workspace tests in release mode, and builds the no_std engine for a
+# Every test of the project. Installs what it needs (idempotently), fetches SmolLM2 and
+# Gemma 3 270M, runs the workspace tests in release mode, and builds the no_std engine for a
 # Cortex-M4F with Debian's Rust toolchain so nothing std-only creeps into it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,9 @@ apt_install rustc-web cargo-web rust-web-src lld mesa-vulkan-drivers
 echo "== fetching SmolLM2-135M-Instruct"
 ARQ_SMOLLM2_GGUF=$(models/fetch_smollm2.sh)
 export ARQ_SMOLLM2_GGUF
+echo "== fetching Gemma 3 270M (its tokenizer is tested against Hugging Face's ids)"
+ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
+export ARQ_GEMMA3_GGUF
 
 # Every cargo test summary line is collected for the closing count.
 log=$(mktemp)

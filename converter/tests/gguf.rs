@@ -582,10 +582,7 @@ fn caps_refuse_before_allocating() {
         ("embedding_length_huge.gguf", "llama.embedding_length is 1099511627776, more than the cap of 65536"),
     ] {
         let t0 = std::time::Instant::now();
-        let err = arq_convert::import::gguf::text::read_gguf(&hostile(file), false)
-            .err()
-            .expect(file)
-            .to_string();
+        let err = arq_convert::import::gguf::text::read_gguf(&hostile(file), false).err().expect(file).to_string();
         assert!(err.contains(want), "{file}: {err}");
         assert!(t0.elapsed().as_millis() < 100, "{file}: {:?}", t0.elapsed());
     }

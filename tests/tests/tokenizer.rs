@@ -112,7 +112,7 @@ fn blob_tables() {
     let Some(f) = fixture() else { return };
     let tok = Tokenizer::from_blob(&f.blob).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
-    assert_eq!(tok.pre_tokenizer(), PreTokenizer::Smollm);
+    assert_eq!(tok.pre_tokenizer(), Some(PreTokenizer::Smollm));
     assert_eq!(tok.token_id(b"<|endoftext|>"), Some(0));
     assert_eq!(tok.token_id(b"<|im_start|>"), Some(1));
     assert_eq!(tok.token_id(b"<|im_end|>"), Some(2));

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use arq::format::{ArqFile, MetaValue, TensorView};
-use arq::tokenizer::{PreTokenizer, Tokenizer};
 use arq::models::transformer::family::Positions;
+use arq::tokenizer::{Tokenizer, TokenizerKind};
 use arq::{Model, PixelCnn, PixelSessionConfig, SessionConfig};
 use arq_convert::model::{Loaded, ModelFile};
 use arq_convert::text::tokenizer;
@@ -34,7 +34,9 @@ struct TextFacts<'a> {
     /// The KV cache if no layer had a sliding window.
     kv_full: usize,
     batch: usize,
-    /// The pre-tokenizer's name.
+    /// The tokenizer's kind, in words.
+    kind: String,
+    /// The byte-level BPE pre-tokenizer's name (empty for SentencePiece).
     pre: String,
 }
 
@@ -46,15 +48,23 @@ impl<'a> TextFacts<'a> {
         let kv = model.kv_cache_bytes(&plan_cfg, true)?;
         let kv_full = model.kv_cache_bytes(&plan_cfg, false)?;
         // GPT-2 files carry the pre-tokenizer only in the tokenizer tables.
-        let pre = match meta_str(model.file(), "tokenizer.pre") {
-            p if !p.is_empty() => p,
-            _ => match tok.pre_tokenizer() {
-                PreTokenizer::Gpt2 => "gpt2".into(),
-                PreTokenizer::Smollm => "smollm".into(),
-                _ => "?".into(),
-            },
+        let (kind, pre) = match (tok.kind(), meta_str(model.file(), "tokenizer.pre")) {
+            (TokenizerKind::SentencePiece { .. }, _) => {
+                ("SentencePiece pieces with byte fallback".into(), String::new())
+            }
+            (_, p) if !p.is_empty() => (format!("byte-level BPE ({p})"), p),
+            (TokenizerKind::ByteLevelBpe(pre), _) => (format!("byte-level BPE ({})", pre.name()), pre.name().into()),
+            _ => ("?".into(), "?".into()),
         };
-        Ok(TextFacts { tok, arena, kv, kv_full, batch: plan_cfg.batch, pre })
+        Ok(TextFacts { tok, arena, kv, kv_full, batch: plan_cfg.batch, kind, pre })
+    }
+}
+
+/// The tokenizer model's name as `tokenizer.model` spells it.
+fn tok_kind_name(tok: &Tokenizer<'_>) -> &'static str {
+    match tok.kind() {
+        TokenizerKind::SentencePiece { .. } => "llama",
+        _ => "gpt2",
     }
 }
 
@@ -104,8 +114,8 @@ fn text(model: &Model<'_>, path: &Path, file_bytes: usize, (ctx, verify): (usize
         );
     }
     println!(
-        "  tokenizer      byte-level BPE ({}), {} tokens, bos {:?}, eos {:?}, chat template: {}",
-        facts.pre,
+        "  tokenizer      {}, {} tokens, bos {:?}, eos {:?}, chat template: {}",
+        facts.kind,
         tok.vocab_size(),
         meta_id(file, "tokenizer.bos_id"),
         meta_id(file, "tokenizer.eos_id"),
@@ -163,7 +173,7 @@ fn text_json(
             "tied_embeddings": model.tied_embeddings(),
         },
         "tokenizer": {"vocab": f.tok.vocab_size(), "bos_id": meta_id(file, "tokenizer.bos_id"), "eos_id": meta_id(file, "tokenizer.eos_id"),
-                      "pre": f.pre, "chat_template": !meta_str(file, "tokenizer.chat_template").is_empty()},
+                      "kind": tok_kind_name(&f.tok), "pre": f.pre, "chat_template": !meta_str(file, "tokenizer.chat_template").is_empty()},
         "arena": {"ctx": ctx, "batch": f.batch, "bytes": f.arena, "kv_cache_bytes": f.kv, "kv_cache_bytes_unwindowed": f.kv_full},
         "checksum_verified": verify,
         "metadata": meta,

@@ -1,4 +1,5 @@
 pub mod gguf;
-pub mod text;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod text;
+pub mod vocab;

@@ -140,7 +140,7 @@ pub const HEAD_GAUSSIAN_MIXTURE: &str = "gaussian_mixture";
 
 // --- Tokenizer (text models) ---
 
-/// The tokenizer model: `gpt2` = byte-level BPE, `llama` = SentencePiece-style (string).
+/// The tokenizer model, `gpt2` = byte-level BPE, `llama` = SentencePiece pieces (string).
 pub const TOKENIZER_MODEL: &str = "tokenizer.model";
 /// The pre-tokenizer's name, e.g. `smollm` (string).
 pub const TOKENIZER_PRE: &str = "tokenizer.pre";
@@ -152,6 +152,8 @@ pub const TOKENIZER_BOS_ID: &str = "tokenizer.bos_id";
 pub const TOKENIZER_EOS_ID: &str = "tokenizer.eos_id";
 /// Padding id, optional (u32).
 pub const TOKENIZER_PAD_ID: &str = "tokenizer.pad_id";
+/// Unknown-token id, optional (u32).
+pub const TOKENIZER_UNK_ID: &str = "tokenizer.unk_id";
 /// Jinja chat template, optional (string).
 pub const TOKENIZER_CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 

@@ -6,43 +6,52 @@
 //! candidate pairs keeps it O(n log n) in the piece length, so a megabyte of one
 //! repeated punctuation char (a single piece) stays fast.
 
-use super::{Tokenizer, TokenizerError, NONE};
+use super::{PreTokenizer, Tokenizer, TokenizerError, NONE};
 use bytemuck::{Pod, Zeroable};
 
 /// `u32` words of scratch that [`Tokenizer::encode_with_scratch`] needs per byte of
-/// the longest pre-tokenizer piece: a 3-word symbol and up to three 5-word heap
-/// entries.
-pub const SCRATCH_WORDS_PER_BYTE: usize = 18;
+/// the longest piece it merges: a 3-word symbol and up to three 6-word heap entries.
+pub const SCRATCH_WORDS_PER_BYTE: usize = 21;
 
 /// One symbol of the piece being merged: a token id in a doubly linked list.
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C)]
 pub(super) struct Symbol {
     /// `NONE` once merged into its left neighbour.
-    id: u32,
-    prev: u32,
-    next: u32,
+    pub(super) id: u32,
+    pub(super) prev: u32,
+    pub(super) next: u32,
+}
+
+/// The priority of a merge: lower first. Byte-level BPE uses the merge's rank alone;
+/// SentencePiece pieces order by the result's rank, then the split (see `spm.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(super) struct MergeKey {
+    pub(super) rank: u32,
+    pub(super) split: u32,
 }
 
 /// A candidate merge of the symbol at `pos` (then `left`) with its right neighbour
 /// (then `right`).
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C)]
-struct Candidate {
+pub(super) struct Candidate {
     rank: u32,
+    split: u32,
     pos: u32,
     left: u32,
     right: u32,
     result: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 20);
-const _: () = assert!(SCRATCH_WORDS_PER_BYTE == 3 + 3 * 5);
+const _: () = assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 24);
+const _: () = assert!(SCRATCH_WORDS_PER_BYTE == 3 + 3 * 6);
 
 impl Candidate {
-    /// Heap order: lowest rank first, then leftmost.
+    /// Heap order: lowest key first, then lowest result id (two merges can share a key
+    /// only in a SentencePiece vocabulary with tied scores), then leftmost.
     fn before(&self, other: &Candidate) -> bool {
-        (self.rank, self.pos) < (other.rank, other.pos)
+        (self.rank, self.split, self.result, self.pos) < (other.rank, other.split, other.result, other.pos)
     }
 }
 
@@ -98,6 +107,20 @@ impl Heap<'_> {
     }
 }
 
+/// Splits `need / SCRATCH_WORDS_PER_BYTE` symbols' worth of scratch into the symbol
+/// array and the heap.
+pub(super) fn carve(scratch: &mut [u32], units: usize) -> Result<(&mut [Symbol], &mut [Candidate]), TokenizerError> {
+    let (need, have) = (SCRATCH_WORDS_PER_BYTE.saturating_mul(units), scratch.len());
+    let Some(scratch) = scratch.get_mut(..need) else {
+        return Err(TokenizerError::ScratchTooSmall { need, have });
+    };
+    let (sym_words, heap_words) = scratch.split_at_mut(3 * units);
+    let too_small = |_| TokenizerError::ScratchTooSmall { need, have: need };
+    let symbols: &mut [Symbol] = bytemuck::try_cast_slice_mut(sym_words).map_err(too_small)?;
+    let heap_items: &mut [Candidate] = bytemuck::try_cast_slice_mut(heap_words).map_err(too_small)?;
+    Ok((symbols, heap_items))
+}
+
 impl Tokenizer<'_> {
     /// BPE-encodes one pre-tokenizer piece, calling `emit` with each token id.
     ///
@@ -117,34 +140,44 @@ impl Tokenizer<'_> {
             }
             return Ok(());
         }
-        let need = SCRATCH_WORDS_PER_BYTE * piece.len();
-        let Some(scratch) = scratch.get_mut(..need) else {
-            return Err(TokenizerError::ScratchTooSmall { need, have: scratch.len() });
-        };
-        let (sym_words, heap_words) = scratch.split_at_mut(3 * piece.len());
-        let too_small = |_| TokenizerError::ScratchTooSmall { need, have: need };
-        let symbols: &mut [Symbol] = bytemuck::try_cast_slice_mut(sym_words).map_err(too_small)?;
-        let heap_items: &mut [Candidate] = bytemuck::try_cast_slice_mut(heap_words).map_err(too_small)?;
-
+        if self.pre_tokenizer().is_some_and(PreTokenizer::ignores_merges) {
+            if let Some(id) = self.token_id(piece) {
+                emit(id);
+                return Ok(());
+            }
+        }
+        let (symbols, heap_items) = carve(scratch, piece.len())?;
         let mut n = 0usize;
         for &b in piece {
             let id = self.byte_token(b);
-            if id != NONE {
-                symbols[n] = Symbol { id, prev: (n as u32).wrapping_sub(1), next: n as u32 + 1 };
+            if let (true, Some(s)) = (id != NONE, symbols.get_mut(n)) {
+                s.id = id;
                 n += 1;
             }
         }
-        let symbols = &mut symbols[..n];
-        if let Some(last) = symbols.last_mut() {
-            last.next = NONE;
-        }
-        // `prev` of symbol 0 wrapped to u32::MAX == NONE above.
+        self.merge_symbols(symbols.get_mut(..n).unwrap_or_default(), heap_items, emit);
+        Ok(())
+    }
 
+    /// The merge loop over `symbols` (their `id`s set, links not yet): Hugging Face's
+    /// `Word::merge_all`. `heap_items` holds at least `3 * symbols.len()` entries.
+    pub(super) fn merge_symbols(
+        &self,
+        symbols: &mut [Symbol],
+        heap_items: &mut [Candidate],
+        emit: &mut impl FnMut(u32),
+    ) {
+        let n = symbols.len();
+        for (i, s) in symbols.iter_mut().enumerate() {
+            // `prev` of symbol 0 wraps to u32::MAX == NONE.
+            s.prev = (i as u32).wrapping_sub(1);
+            s.next = if i + 1 == n { NONE } else { i as u32 + 1 };
+        }
         let mut heap = Heap { items: heap_items, len: 0 };
         for pos in 0..n.saturating_sub(1) {
             let (left, right) = (symbols[pos].id, symbols[pos + 1].id);
-            if let Some((rank, result)) = self.merge(left, right) {
-                heap.push(Candidate { rank, pos: pos as u32, left, right, result });
+            if let Some((key, result)) = self.merge_key(left, right) {
+                heap.push(Candidate { rank: key.rank, split: key.split, pos: pos as u32, left, right, result });
             }
         }
         while let Some(top) = heap.pop() {
@@ -161,7 +194,7 @@ impl Tokenizer<'_> {
             // A stale candidate: the pair has changed since it was queued. Like Hugging
             // Face, still merge if the new pair happens to give the same token.
             if (left.id, right.id) != (top.left, top.right) {
-                match self.merge(left.id, right.id) {
+                match self.merge_key(left.id, right.id) {
                     Some((_, result)) if result == top.result => {}
                     _ => continue,
                 }
@@ -173,13 +206,15 @@ impl Tokenizer<'_> {
                 after.prev = pos as u32;
             }
             if let Some(&before) = symbols.get(left.prev as usize) {
-                if let Some((rank, result)) = self.merge(before.id, top.result) {
-                    heap.push(Candidate { rank, pos: left.prev, left: before.id, right: top.result, result });
+                if let Some((key, result)) = self.merge_key(before.id, top.result) {
+                    let (rank, split) = (key.rank, key.split);
+                    heap.push(Candidate { rank, split, pos: left.prev, left: before.id, right: top.result, result });
                 }
             }
             if let Some(&after) = symbols.get(right.next as usize) {
-                if let Some((rank, result)) = self.merge(top.result, after.id) {
-                    heap.push(Candidate { rank, pos: pos as u32, left: top.result, right: after.id, result });
+                if let Some((key, result)) = self.merge_key(top.result, after.id) {
+                    let (rank, split) = (key.rank, key.split);
+                    heap.push(Candidate { rank, split, pos: pos as u32, left: top.result, right: after.id, result });
                 }
             }
         }
@@ -188,6 +223,5 @@ impl Tokenizer<'_> {
                 emit(s.id);
             }
         }
-        Ok(())
     }
 }

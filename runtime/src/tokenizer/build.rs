@@ -1,9 +1,10 @@
 //! Building the tokenizer blob from GGUF vocabulary arrays (converter side).
 
 use super::{Layout, PreTokenizer, Tokenizer, TokenizerError, BLOB_MAGIC, BLOB_VERSION, MAX_MERGES, MAX_TOKENS};
-use super::{CONTROL, MODEL_BYTE_LEVEL_BPE, NONE, USER_DEFINED};
+use super::{BYTE, CONTROL, MODEL_BYTE_LEVEL_BPE, MODEL_SENTENCEPIECE, NONE, SPM_ADD_SPACE_PREFIX, USER_DEFINED};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 /// GPT-2's `bytes_to_unicode`: bytes `!..=~`, `¡..=¬` and `®..=ÿ` stand for
@@ -152,12 +153,14 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
     sorted.sort_by(|&a, &b| bytes_of(a).cmp(bytes_of(b)).then(a.cmp(&b)));
 
     let pool_len = u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?;
-    let layout = Layout::new(n as u32, merge_table.len() as u32, special.len() as u32, pool_len)
+    let layout = Layout::new(n as u32, merge_table.len() as u32, special.len() as u32, pool_len, false)
         .ok_or(TokenizerError::TooLarge("tables"))?;
     let mut blob = Vec::with_capacity(layout.end);
     let put = |blob: &mut Vec<u8>, w: u32| blob.extend_from_slice(&w.to_le_bytes());
     blob.extend_from_slice(&BLOB_MAGIC);
-    for w in [BLOB_VERSION, MODEL_BYTE_LEVEL_BPE, pre.to_u32(), n as u32, merge_table.len() as u32]
+    // Byte-level blobs stay version 1: files written before version 2 load unchanged
+    // and new ones load in older builds.
+    for w in [1, MODEL_BYTE_LEVEL_BPE, pre.to_u32(), n as u32, merge_table.len() as u32]
         .into_iter()
         .chain([special.len() as u32, pool_len])
     {
@@ -175,6 +178,179 @@ pub fn build_blob_with<T: AsRef<str>, M: AsRef<str>>(
     }
     debug_assert_eq!(blob.len(), layout.special);
     special.iter().for_each(|&id| put(&mut blob, id));
+    debug_assert_eq!(blob.len(), layout.types);
+    blob.extend_from_slice(&types);
+    blob.extend_from_slice(&pool);
+    debug_assert_eq!(blob.len(), layout.end);
+
+    Tokenizer::from_blob(&blob)?;
+    Ok(blob)
+}
+
+/// What a SentencePiece vocabulary's arrays do not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpmOptions {
+    /// Prepend a space to the input's first text (GGUF `tokenizer.ggml.add_space_prefix`).
+    pub add_space_prefix: bool,
+    /// The unknown token (GGUF `tokenizer.ggml.unknown_token_id`).
+    pub unk: Option<u32>,
+    /// Hugging Face's Gemma rules: merges ordered by the result's position in the
+    /// vocabulary (not by score), and tokens of only white space that contain a space
+    /// are pieces of `▁`s (found by merging), not added tokens matched whole.
+    pub gemma: bool,
+}
+
+/// The text `<0xAB>` of a byte token, as its byte.
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Lays out a SentencePiece blob (version 2, model 2; see the module doc) from GGUF's
+/// `tokenizer.ggml.tokens`, `.token_type` and `.scores` (`scores` may be empty with
+/// `opts.gemma`, which does not read them), and checks it with
+/// [`Tokenizer::from_blob`].
+///
+/// Refuses what the runtime could not encode as Hugging Face does: two pieces with
+/// the same text, a piece mixing a literal space with other text, a byte token whose
+/// text is half of a merge (see `spm.rs`).
+pub fn build_spm_blob<T: AsRef<str>>(
+    tokens: &[T],
+    token_types: &[i32],
+    scores: &[f32],
+    opts: SpmOptions,
+) -> Result<Vec<u8>, TokenizerError> {
+    let n = tokens.len();
+    if n == 0 || n != token_types.len() {
+        return Err(TokenizerError::CountMismatch { tokens: n, types: token_types.len() });
+    }
+    if n > MAX_TOKENS as usize {
+        return Err(TokenizerError::TooLarge("token count"));
+    }
+    let unk = match opts.unk {
+        Some(id) if id as usize >= n => return Err(TokenizerError::TooLarge("unknown token id")),
+        Some(id) => id,
+        None => NONE,
+    };
+
+    // Hugging Face's spelling of each token (Gemma's runs of spaces become `▁`s), and
+    // the bytes the blob stores (`▁` as a space, a byte token as its byte).
+    let mut hf_text: Vec<String> = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut pool = Vec::new();
+    let mut offsets = Vec::with_capacity(n + 1);
+    offsets.push(0u32);
+    let mut respelled = Vec::with_capacity(n);
+    for (id, (text, &ty)) in tokens.iter().zip(token_types).enumerate() {
+        let id = id as u32;
+        let ty = u8::try_from(ty)
+            .ok()
+            .filter(|&t| super::TokenType::from_u8(t).is_some())
+            .ok_or(TokenizerError::BadTokenType { id, value: ty })?;
+        let text = text.as_ref();
+        let space_run = opts.gemma && text.contains(' ') && text.chars().all(char::is_whitespace);
+        let hf: String = if space_run { text.chars().map(|_| '\u{2581}').collect() } else { text.into() };
+        if ty == BYTE {
+            pool.push(parse_byte_token(text).ok_or(TokenizerError::BadByteToken { id })?);
+        } else {
+            if hf.contains(' ') {
+                return Err(TokenizerError::AmbiguousPiece { id });
+            }
+            pool.extend(hf.replace('\u{2581}', " ").bytes());
+        }
+        respelled.push(space_run);
+        hf_text.push(hf);
+        types.push(ty);
+        offsets.push(u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?);
+    }
+    let bytes_of = |id: u32| &pool[offsets[id as usize] as usize..offsets[id as usize + 1] as usize];
+
+    // A byte token must take part in no merge Hugging Face would derive.
+    let by_text: BTreeMap<&str, u32> = hf_text.iter().enumerate().map(|(id, t)| (t.as_str(), id as u32)).collect();
+    let is_byte_text = |t: &str| by_text.get(t).is_some_and(|&id| types[id as usize] == BYTE);
+    for (id, t) in hf_text.iter().enumerate() {
+        let id = id as u32;
+        let ambiguous = (1..t.len()).filter(|&i| t.is_char_boundary(i)).any(|i| {
+            let (l, r) = t.split_at(i);
+            by_text.contains_key(l)
+                && by_text.contains_key(r)
+                && (types[id as usize] == BYTE || is_byte_text(l) || is_byte_text(r))
+        });
+        if ambiguous {
+            return Err(TokenizerError::AmbiguousPiece { id });
+        }
+    }
+
+    let mut byte_token = [NONE; 256];
+    for id in (0..n as u32).rev() {
+        if types[id as usize] == BYTE {
+            if let [b] = bytes_of(id) {
+                byte_token[usize::from(*b)] = id;
+            }
+        }
+    }
+
+    let mut special: Vec<u32> = (0..n as u32)
+        .filter(|&id| {
+            matches!(types[id as usize], CONTROL | USER_DEFINED) && !respelled[id as usize] && !bytes_of(id).is_empty()
+        })
+        .collect();
+    special.sort_by(|&a, &b| bytes_of(b).len().cmp(&bytes_of(a).len()).then(a.cmp(&b)));
+
+    let mut sorted: Vec<u32> = (0..n as u32).collect();
+    sorted.sort_by(|&a, &b| bytes_of(a).cmp(bytes_of(b)).then(a.cmp(&b)));
+    let mut prev_piece: Option<u32> = None;
+    for &id in &sorted {
+        if types[id as usize] == BYTE {
+            continue;
+        }
+        if prev_piece.is_some_and(|p| bytes_of(p) == bytes_of(id)) {
+            return Err(TokenizerError::AmbiguousPiece { id });
+        }
+        prev_piece = Some(id);
+    }
+
+    // Merge priority of each piece as a result: its position (Gemma), or its score's
+    // place from the highest down, equal scores sharing one rank.
+    let mut rank = vec![0u32; n];
+    if opts.gemma {
+        rank.iter_mut().enumerate().for_each(|(id, r)| *r = id as u32);
+    } else {
+        if let Some(id) = (0..n).find(|&id| scores.get(id).is_none_or(|s| s.is_nan())) {
+            return Err(TokenizerError::BadScore { id: id as u32 });
+        }
+        let mut by_score: Vec<u32> = (0..n as u32).collect();
+        by_score.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+        let mut r = 0u32;
+        for (i, &id) in by_score.iter().enumerate() {
+            if i > 0 && scores[id as usize] != scores[by_score[i - 1] as usize] {
+                r += 1;
+            }
+            rank[id as usize] = r;
+        }
+    }
+
+    let pool_len = u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?;
+    let layout =
+        Layout::new(n as u32, 0, special.len() as u32, pool_len, true).ok_or(TokenizerError::TooLarge("tables"))?;
+    let mut blob = Vec::with_capacity(layout.end);
+    let put = |blob: &mut Vec<u8>, w: u32| blob.extend_from_slice(&w.to_le_bytes());
+    blob.extend_from_slice(&BLOB_MAGIC);
+    let flags = if opts.add_space_prefix { SPM_ADD_SPACE_PREFIX } else { 0 };
+    for w in [BLOB_VERSION, MODEL_SENTENCEPIECE, flags, n as u32, unk, special.len() as u32, pool_len] {
+        put(&mut blob, w);
+    }
+    debug_assert_eq!(blob.len(), layout.byte_token);
+    byte_token.iter().for_each(|&id| put(&mut blob, id));
+    offsets.iter().for_each(|&o| put(&mut blob, o));
+    sorted.iter().for_each(|&id| put(&mut blob, id));
+    debug_assert_eq!(blob.len(), layout.special);
+    special.iter().for_each(|&id| put(&mut blob, id));
+    debug_assert_eq!(blob.len(), layout.rank);
+    rank.iter().for_each(|&r| put(&mut blob, r));
     debug_assert_eq!(blob.len(), layout.types);
     blob.extend_from_slice(&types);
     blob.extend_from_slice(&pool);

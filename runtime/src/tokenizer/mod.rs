@@ -1,61 +1,81 @@
-//! Byte-level BPE tokenizer (GPT-2 / SmolLM2 style) over one zero-copy table blob.
+//! Tokenizers over one zero-copy table blob: byte-level BPE (GPT-2, SmolLM2, Llama 3,
+//! Qwen2 style) and SentencePiece-style pieces with byte fallback (Gemma).
 //!
-//! The converter turns a GGUF vocabulary (`tokenizer.ggml.tokens`, `.token_type`,
-//! `.merges`, `.pre`) into one opaque byte blob with [`build_blob`]; the `.arq` file
-//! stores it as a `u8` tensor and [`Tokenizer::from_blob`] borrows it in place. Parsing
-//! validates every count, offset, id and ordering, so no later method can panic or index
-//! out of bounds, whatever the bytes.
+//! The converter turns a vocabulary (GGUF `tokenizer.ggml.*`) into one opaque byte blob
+//! with [`build_blob_with`] or [`build_spm_blob`]; the `.arq` file stores it as a `u8`
+//! tensor and [`Tokenizer::from_blob`] borrows it in place. Parsing validates every
+//! count, offset, id and ordering, so no later method can panic or index out of bounds,
+//! whatever the bytes.
 //!
 //! Without `alloc`: lookups, the pre-tokenizer ([`PreTokenizer::pieces`]),
-//! [`Tokenizer::encode_with_scratch`] (BPE over caller scratch) and streaming decode
+//! [`Tokenizer::encode_with_scratch`] (merging over caller scratch) and streaming decode
 //! ([`Utf8Stream`], fed with [`Tokenizer::token_bytes`]). With `alloc`:
-//! [`Tokenizer::encode`], [`Tokenizer::decode`] and [`build_blob`].
+//! [`Tokenizer::encode`], [`Tokenizer::decode`] and the blob builders.
 //!
 //! Encoding follows Hugging Face `tokenizers` (the reference the tests compare ids
-//! with): special tokens are split out first (leftmost, longest first), each text
-//! segment is pre-tokenized, each piece is mapped to its bytes' single-byte tokens and
-//! merged by rank. Token text in the blob is raw bytes: the GPT-2 byte-to-unicode
-//! alphabet of the GGUF strings is undone once, at build time.
+//! with): special tokens are split out first (leftmost, longest first). Byte-level BPE
+//! then pre-tokenizes each text segment, maps each piece to its bytes' single-byte
+//! tokens and merges by rank; token text in the blob is raw bytes (the GPT-2
+//! byte-to-unicode alphabet of the GGUF strings is undone once, at build time).
+//! SentencePiece merges each whole text segment, pieces found by their text; see
+//! `spm.rs`.
 //!
-//! # Blob layout, version 1
+//! # Loading cost
+//!
+//! [`Tokenizer::from_blob`] copies nothing and allocates nothing: it checks the header,
+//! then walks each table once (offsets, types, the byte table, the sorted index by
+//! comparing neighbours, merges, special tokens), O(N + M + P) in time. Gemma 3's
+//! 262,144 pieces make a 5.5 MB blob (5,473,530 bytes: 1 MB each for offsets, the
+//! sorted index and the ranks, 2.2 MB of text) that loads in about 16 ms on one core of
+//! the development machine (`converter/tests/tokenizer_spm.rs` prints both); the
+//! bytes stay where they are (mmap or flash).
+//!
+//! # Blob layout, versions 1 and 2
 //!
 //! Little-endian. The sections follow each other without gaps, in this order; every
 //! `u32` array starts at a multiple of 4 from the blob start (the header is 32 bytes and
 //! all `u8` sections come last), and the blob's length must equal the end of the last
 //! section exactly. `N` = token count, `M` = merge count, `S` = special token count.
+//! Version 1 has model 1 only; version 2 adds model 2 and the `rank` section (model 2
+//! only). Byte-level BPE blobs are still written as version 1, so a version-1 reader
+//! loads them; this build reads both versions.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `b"ARQT"` |
-//! | 4 | 4 | `u32` version = 1 |
-//! | 8 | 4 | `u32` model = 1 (byte-level BPE) |
-//! | 12 | 4 | `u32` pre-tokenizer: 1 = `gpt2` (GPT-2 pattern), 2 = `smollm` (digits isolated, then the GPT-2 pattern); see [`PreTokenizer`] |
+//! | 4 | 4 | `u32` version: 1, or 2 |
+//! | 8 | 4 | `u32` model: 1 = byte-level BPE, 2 = SentencePiece pieces (version 2) |
+//! | 12 | 4 | model 1: `u32` pre-tokenizer: 1 = `gpt2`, 2 = `smollm`, 3 = `llama3` (Llama 3 pattern, merges skipped for a piece that is a token), 4 = `dbrx` (Llama 3 pattern), 5 = `qwen2`; see [`PreTokenizer`]. Model 2: `u32` flags, bit 0 = add a space prefix, other bits 0 |
 //! | 16 | 4 | `u32` `N`, 1 ..= 2^24 |
-//! | 20 | 4 | `u32` `M`, 0 ..= 2^24 |
+//! | 20 | 4 | model 1: `u32` `M`, 0 ..= 2^24. Model 2: `u32` id of the unknown token (< `N`) or `0xFFFF_FFFF` for none; `M` = 0 |
 //! | 24 | 4 | `u32` `S`, 0 ..= `N` |
 //! | 28 | 4 | `u32` `P`: byte length of the token byte pool |
-//! | 32 | 256 × 4 | `byte_token[b]`: `u32` id of the token whose bytes are exactly `[b]`, or `0xFFFF_FFFF` if none |
+//! | 32 | 256 × 4 | `byte_token[b]`: `u32` id of the token whose bytes are exactly `[b]` (model 2: a byte token, type 6), or `0xFFFF_FFFF` if none |
 //! | 1056 | (N + 1) × 4 | `token_offset[i]`: `u32`; token `i`'s bytes are `pool[token_offset[i] .. token_offset[i + 1]]`; `token_offset[0] = 0`, non-decreasing, `token_offset[N] = P` |
 //! | … | N × 4 | `sorted_ids`: all `N` token ids, ordered by (bytes lexicographically, id), strictly increasing — a permutation of `0..N`, for binary search by bytes |
 //! | … | M × 16 | merges: `u32` (left, right, rank, result), strictly increasing by (left, right); `bytes(result) = bytes(left) ++ bytes(right)`; lower rank merges first |
-//! | … | S × 4 | `special_ids`: `u32` ids of the tokens of type control (3) or user-defined (4), ordered by (byte length descending, id); their bytes are non-empty UTF-8 |
+//! | … | S × 4 | `special_ids`: `u32` ids of the tokens matched whole in text, of type control (3) or user-defined (4), ordered by (byte length descending, id); their bytes are non-empty UTF-8 |
+//! | … | N × 4 | model 2 only: `rank[i]`: `u32` priority of piece `i` as a merge result, lower first (Gemma: `i`; otherwise the place of its score from the highest, equal scores sharing one) |
 //! | … | N | `token_type[i]`: `u8`, GGUF's values 0 ..= 6 (see [`TokenType`]) |
 //! | … | P | pool: the tokens' raw bytes |
 //!
-//! Token bytes are the GGUF string decoded from GPT-2's byte-to-unicode alphabet for
-//! every type except control and user-defined tokens, which keep their literal UTF-8
-//! (so `<|im_start|>` is the 12 bytes of its text). Ids are `u32` everywhere.
+//! Model 1: token bytes are the GGUF string decoded from GPT-2's byte-to-unicode
+//! alphabet for every type except control and user-defined tokens, which keep their
+//! literal UTF-8 (so `<|im_start|>` is the 12 bytes of its text). Model 2: a byte
+//! token (`<0xAB>`) is its byte, every other piece its text with `▁` as a space (Gemma's
+//! user-defined runs of spaces are spaces either way). Ids are `u32` everywhere.
 
 mod bpe;
 #[cfg(feature = "alloc")]
 mod build;
 mod pretokenize;
+mod spm;
 mod unicode;
 mod utf8;
 
 pub use bpe::SCRATCH_WORDS_PER_BYTE;
 #[cfg(feature = "alloc")]
-pub use build::{build_blob, build_blob_with};
+pub use build::{build_blob, build_blob_with, build_spm_blob, SpmOptions};
 pub use pretokenize::{Pieces, PreTokenizer};
 pub use utf8::Utf8Stream;
 
@@ -64,9 +84,15 @@ use alloc::{string::String, vec::Vec};
 use core::fmt;
 
 pub const BLOB_MAGIC: [u8; 4] = *b"ARQT";
-pub const BLOB_VERSION: u32 = 1;
-/// Header `model` value of byte-level BPE (the only one of version 1).
+/// The newest blob layout this build reads (it reads every older one too).
+pub const BLOB_VERSION: u32 = 2;
+/// Header `model` value of byte-level BPE (the only model of version 1; byte-level
+/// blobs are still written as version 1).
 pub const MODEL_BYTE_LEVEL_BPE: u32 = 1;
+/// Header `model` value of SentencePiece-style pieces with byte fallback (version 2).
+pub const MODEL_SENTENCEPIECE: u32 = 2;
+/// Version-2 SentencePiece header flag: prepend a space to the input's first text.
+pub const SPM_ADD_SPACE_PREFIX: u32 = 1;
 pub const HEADER_LEN: usize = 32;
 /// Caps that keep a hostile header from describing absurd tables.
 pub const MAX_TOKENS: u32 = 1 << 24;
@@ -121,6 +147,7 @@ impl TokenType {
 
 const CONTROL: u8 = 3;
 const USER_DEFINED: u8 = 4;
+const BYTE: u8 = 6;
 
 /// A tokenizer blob that cannot be used, or vocabulary tables that cannot be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +192,19 @@ pub enum TokenizerError {
     MergeNotInVocab {
         rank: u32,
     },
+    /// Build: a SentencePiece byte token whose text is not `<0xAB>`.
+    BadByteToken {
+        id: u32,
+    },
+    /// Build: a SentencePiece piece that is also an earlier piece's text, or that mixes
+    /// a literal space with other characters (Hugging Face can never produce it).
+    AmbiguousPiece {
+        id: u32,
+    },
+    /// Build: a score that is not a number, or fewer scores than tokens.
+    BadScore {
+        id: u32,
+    },
     /// [`Tokenizer::encode_with_scratch`]: a piece needs more scratch words.
     ScratchTooSmall {
         need: usize,
@@ -181,7 +221,10 @@ impl fmt::Display for TokenizerError {
             UnsupportedVersion(v) => {
                 write!(f, "unsupported tokenizer blob version {v} (this build reads {BLOB_VERSION})")
             }
-            UnsupportedModel(m) => write!(f, "unsupported tokenizer model {m} (this build runs byte-level BPE)"),
+            UnsupportedModel(m) => write!(
+                f,
+                "unsupported tokenizer model {m} (this build runs 1 = byte-level BPE, 2 = SentencePiece pieces)"
+            ),
             UnknownPreTokenizer(p) => write!(f, "unknown pre-tokenizer {p} in tokenizer blob"),
             TooLarge(what) => write!(f, "corrupt tokenizer blob: {what} too large"),
             LengthMismatch { expected, actual } => {
@@ -195,6 +238,11 @@ impl fmt::Display for TokenizerError {
             NotByteLevel { id } => write!(f, "token {id} is not in the byte-level BPE alphabet"),
             BadMerge { rank } => write!(f, "merge #{rank} is not two space-separated tokens"),
             MergeNotInVocab { rank } => write!(f, "merge #{rank} names a token that is not in the vocabulary"),
+            BadByteToken { id } => write!(f, "byte token {id} is not written <0xAB>"),
+            AmbiguousPiece { id } => {
+                write!(f, "piece {id} repeats an earlier piece or mixes a literal space with other text")
+            }
+            BadScore { id } => write!(f, "token {id} has no score or a score that is not a number"),
             ScratchTooSmall { need, have } => {
                 write!(f, "tokenizer scratch too small: need {need} words, have {have}")
             }
@@ -213,13 +261,15 @@ pub(crate) struct Layout {
     pub sorted: usize,
     pub merges: usize,
     pub special: usize,
+    pub rank: usize,
     pub types: usize,
     pub pool: usize,
     pub end: usize,
 }
 
 impl Layout {
-    pub(crate) fn new(n_tokens: u32, n_merges: u32, n_special: u32, pool_len: u32) -> Option<Layout> {
+    /// `ranked`: the blob has the SentencePiece `rank` section.
+    pub(crate) fn new(n_tokens: u32, n_merges: u32, n_special: u32, pool_len: u32, ranked: bool) -> Option<Layout> {
         let n = usize::try_from(n_tokens).ok()?;
         let m = usize::try_from(n_merges).ok()?;
         let s = usize::try_from(n_special).ok()?;
@@ -229,27 +279,45 @@ impl Layout {
         let sorted = offsets.checked_add(n.checked_add(1)?.checked_mul(4)?)?;
         let merges = sorted.checked_add(n.checked_mul(4)?)?;
         let special = merges.checked_add(m.checked_mul(16)?)?;
-        let types = special.checked_add(s.checked_mul(4)?)?;
+        let rank = special.checked_add(s.checked_mul(4)?)?;
+        let types = rank.checked_add(if ranked { n.checked_mul(4)? } else { 0 })?;
         let pool = types.checked_add(n)?;
         let end = pool.checked_add(p)?;
-        Some(Layout { byte_token, offsets, sorted, merges, special, types, pool, end })
+        Some(Layout { byte_token, offsets, sorted, merges, special, rank, types, pool, end })
     }
 }
 
-fn le32(b: [u8; 4]) -> u32 {
+pub(crate) fn le32(b: [u8; 4]) -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// A byte-level BPE tokenizer borrowing its tables from a blob (see the module doc).
+/// Which algorithm a blob's tables are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenizerKind {
+    /// Byte-level BPE with explicit merges, over pre-tokenizer pieces.
+    ByteLevelBpe(PreTokenizer),
+    /// SentencePiece-style pieces with byte fallback, merges implied by the vocabulary.
+    SentencePiece { add_space_prefix: bool },
+}
+
+/// A tokenizer borrowing its tables from a blob (see the module doc): byte-level BPE or
+/// SentencePiece-style pieces, one type for both.
 #[derive(Clone, Copy)]
 pub struct Tokenizer<'a> {
-    pre: PreTokenizer,
+    kind: TokenizerKind,
+    /// SentencePiece: prepend a space to the input's first text.
+    add_space_prefix: bool,
+    /// SentencePiece: the unknown token, or `NONE`.
+    unk: u32,
     n_tokens: u32,
     byte_token: &'a [[u8; 4]],
     offsets: &'a [[u8; 4]],
     sorted: &'a [[u8; 4]],
     merges: &'a [[u8; 16]],
     special: &'a [[u8; 4]],
+    /// SentencePiece: each piece's priority as a merge result (empty for BPE).
+    rank: &'a [[u8; 4]],
     types: &'a [u8],
     pool: &'a [u8],
     /// Bit `b` set: some special token starts with byte `b`.
@@ -260,7 +328,7 @@ pub struct Tokenizer<'a> {
 impl fmt::Debug for Tokenizer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokenizer")
-            .field("pre", &self.pre)
+            .field("kind", &self.kind)
             .field("tokens", &self.n_tokens)
             .field("merges", &self.merges.len())
             .field("special", &self.special.len())
@@ -281,24 +349,40 @@ impl<'a> Tokenizer<'a> {
         if header.first() != Some(&BLOB_MAGIC) {
             return Err(BadMagic);
         }
-        if word(1) != BLOB_VERSION {
-            return Err(UnsupportedVersion(word(1)));
+        let version = word(1);
+        if version == 0 || version > BLOB_VERSION {
+            return Err(UnsupportedVersion(version));
         }
-        if word(2) != MODEL_BYTE_LEVEL_BPE {
-            return Err(UnsupportedModel(word(2)));
-        }
-        let pre = PreTokenizer::from_u32(word(3)).ok_or(UnknownPreTokenizer(word(3)))?;
-        let (n_tokens, n_merges, n_special, pool_len) = (word(4), word(5), word(6), word(7));
+        let (n_tokens, n_special, pool_len) = (word(4), word(6), word(7));
         if n_tokens == 0 || n_tokens > MAX_TOKENS {
             return Err(TooLarge("token count"));
         }
+        // Word 3 is the pre-tokenizer (BPE) or the flags (SentencePiece); word 5 the
+        // merge count (BPE) or the unknown token id (SentencePiece).
+        let (kind, n_merges, unk) = match word(2) {
+            MODEL_BYTE_LEVEL_BPE => {
+                let pre = PreTokenizer::from_u32(word(3)).ok_or(UnknownPreTokenizer(word(3)))?;
+                (TokenizerKind::ByteLevelBpe(pre), word(5), NONE)
+            }
+            MODEL_SENTENCEPIECE if version >= 2 => {
+                if word(3) & !SPM_ADD_SPACE_PREFIX != 0 {
+                    return Err(Corrupt("unknown SentencePiece flags"));
+                }
+                if word(5) != NONE && word(5) >= n_tokens {
+                    return Err(Corrupt("unknown token id out of range"));
+                }
+                (TokenizerKind::SentencePiece { add_space_prefix: word(3) & SPM_ADD_SPACE_PREFIX != 0 }, 0, word(5))
+            }
+            m => return Err(UnsupportedModel(m)),
+        };
+        let ranked = matches!(kind, TokenizerKind::SentencePiece { .. });
         if n_merges > MAX_MERGES {
             return Err(TooLarge("merge count"));
         }
         if n_special > n_tokens {
             return Err(TooLarge("special token count"));
         }
-        let l = Layout::new(n_tokens, n_merges, n_special, pool_len).ok_or(TooLarge("tables"))?;
+        let l = Layout::new(n_tokens, n_merges, n_special, pool_len, ranked).ok_or(TooLarge("tables"))?;
         if l.end != blob.len() {
             return Err(LengthMismatch { expected: l.end, actual: blob.len() });
         }
@@ -310,13 +394,16 @@ impl<'a> Tokenizer<'a> {
             .and_then(|s| bytemuck::try_cast_slice(s).ok())
             .ok_or(Corrupt("section bounds"))?;
         let mut t = Tokenizer {
-            pre,
+            kind,
+            add_space_prefix: matches!(kind, TokenizerKind::SentencePiece { add_space_prefix: true }),
+            unk,
             n_tokens,
             byte_token: words(l.byte_token, l.offsets)?,
             offsets: words(l.offsets, l.sorted)?,
             sorted: words(l.sorted, l.merges)?,
             merges,
-            special: words(l.special, l.types)?,
+            special: words(l.special, l.rank)?,
+            rank: words(l.rank, l.types)?,
             types: blob.get(l.types..l.pool).ok_or(Corrupt("section bounds"))?,
             pool: blob.get(l.pool..l.end).ok_or(Corrupt("section bounds"))?,
             special_first: [0; 8],
@@ -353,6 +440,9 @@ impl<'a> Tokenizer<'a> {
             let id = le32(id);
             if id != NONE && self.token_bytes(id) != Some(&[b as u8][..]) {
                 return Err(Corrupt("byte table entry is not that byte's token"));
+            }
+            if id != NONE && !self.rank.is_empty() && !self.is_byte_token(id) {
+                return Err(Corrupt("byte table entry is not a byte token"));
             }
         }
         let mut prev: Option<(&[u8], u32)> = None;
@@ -398,9 +488,18 @@ impl<'a> Tokenizer<'a> {
         Ok(())
     }
 
-    /// The pre-tokenizer the vocabulary was trained with.
-    pub fn pre_tokenizer(&self) -> PreTokenizer {
-        self.pre
+    /// The pre-tokenizer a byte-level BPE vocabulary was trained with (`None` for
+    /// SentencePiece pieces, which have none).
+    pub fn pre_tokenizer(&self) -> Option<PreTokenizer> {
+        match self.kind {
+            TokenizerKind::ByteLevelBpe(pre) => Some(pre),
+            TokenizerKind::SentencePiece { .. } => None,
+        }
+    }
+
+    /// The algorithm of the blob.
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
     }
 
     /// Number of tokens; ids are `0..vocab_size()`.
@@ -424,17 +523,31 @@ impl<'a> Tokenizer<'a> {
         self.token_type(id) == Some(TokenType::Control)
     }
 
-    /// The token whose bytes are exactly `bytes` (the lowest id if several are), e.g.
+    /// The token whose bytes are exactly `bytes` (the lowest id if several are; in a
+    /// SentencePiece vocabulary a piece before a byte token), e.g.
     /// `token_id(b"<|im_end|>")`.
     pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
-        let i = self.sorted.partition_point(|&id| self.token_bytes(le32(id)).is_some_and(|b| b < bytes));
-        let id = le32(*self.sorted.get(i)?);
-        (self.token_bytes(id)? == bytes).then_some(id)
+        if !self.rank.is_empty() {
+            if let Some(id) = self.find_token(bytes, &[], true) {
+                return Some(id);
+            }
+        }
+        self.find_token(bytes, &[], false)
     }
 
     /// The special tokens (control and user-defined), longest first.
     pub fn special_tokens(&self) -> impl Iterator<Item = u32> + 'a {
         self.special.iter().map(|&id| le32(id))
+    }
+
+    /// The merge of `left` with `right`, if any: (priority, result).
+    fn merge_key(&self, left: u32, right: u32) -> Option<(bpe::MergeKey, u32)> {
+        match self.kind {
+            TokenizerKind::ByteLevelBpe(_) => {
+                self.merge(left, right).map(|(rank, result)| (bpe::MergeKey { rank, split: 0 }, result))
+            }
+            TokenizerKind::SentencePiece { .. } => self.spm_merge(left, right),
+        }
     }
 
     fn byte_token(&self, b: u8) -> u32 {
@@ -509,7 +622,9 @@ impl<'a> Tokenizer<'a> {
     ///
     /// With `special`, control tokens written literally in the text (`<|im_start|>`)
     /// become their ids; without, they are encoded as ordinary text. `scratch` needs
-    /// [`SCRATCH_WORDS_PER_BYTE`] words per byte of the longest pre-tokenizer piece
+    /// [`SCRATCH_WORDS_PER_BYTE`] words per byte of the longest piece merged: for
+    /// SentencePiece, per byte (plus one) of the longest stretch of text between
+    /// special tokens; for byte-level BPE, of the longest pre-tokenizer piece
     /// (a word, a number's digit, a run of punctuation or of white space); on
     /// [`TokenizerError::ScratchTooSmall`] the ids emitted so far are a prefix of the
     /// encoding.
@@ -525,12 +640,17 @@ impl<'a> Tokenizer<'a> {
                 emit(id);
                 Ok(())
             }
-            Segment::Text(t) => {
-                for piece in self.pre.pieces(t) {
-                    self.bpe_piece(piece.as_bytes(), scratch, &mut emit)?;
+            Segment::Text(t) => match self.kind {
+                TokenizerKind::ByteLevelBpe(pre) => {
+                    for piece in pre.pieces(t) {
+                        self.bpe_piece(piece.as_bytes(), scratch, &mut emit)?;
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
+                TokenizerKind::SentencePiece { .. } => {
+                    self.spm_segment(t, core::ptr::eq(t.as_ptr(), text.as_ptr()), scratch, &mut emit)
+                }
+            },
         })
     }
 
@@ -547,7 +667,15 @@ impl<'a> Tokenizer<'a> {
                 Ok(())
             }
             Segment::Text(t) => {
-                for piece in self.pre.pieces(t) {
+                let TokenizerKind::ByteLevelBpe(pre) = self.kind else {
+                    let need = SCRATCH_WORDS_PER_BYTE * (t.len() + 1);
+                    if scratch.len() < need {
+                        scratch.resize(need, 0);
+                    }
+                    let at_start = core::ptr::eq(t.as_ptr(), text.as_ptr());
+                    return self.spm_segment(t, at_start, &mut scratch, &mut |id| ids.push(id));
+                };
+                for piece in pre.pieces(t) {
                     let piece = piece.as_bytes();
                     if cache.get(piece, &mut ids) {
                         continue;
@@ -877,6 +1005,175 @@ mod tests {
                 let mut bad = blob.clone();
                 bad[word * 4..word * 4 + 4].copy_from_slice(&v.to_le_bytes());
                 let _ = Tokenizer::from_blob(&bad);
+            }
+        }
+    }
+
+    /// A small SentencePiece vocabulary: control, user-defined, byte tokens for a few
+    /// bytes, pieces whose merge order differs between rank by id and rank by score.
+    fn spm_vocab(gemma: bool) -> (Vec<&'static str>, Vec<i32>, Vec<f32>) {
+        let v: [(&str, i32, f32); 18] = [
+            ("<unk>", 2, 0.0),
+            ("<bos>", 3, 0.0),
+            ("<start_of_turn>", 3, 0.0),
+            ("\n", 4, 0.0),
+            (if gemma { "  " } else { "<sep>" }, 4, 0.0),
+            ("<0x41>", 6, 0.0),
+            ("<0xE4>", 6, 0.0),
+            ("<0xB8>", 6, 0.0),
+            ("<0xAD>", 6, 0.0),
+            ("▁", 1, -1.0),
+            ("a", 1, -2.0),
+            ("b", 1, -3.0),
+            ("c", 1, -4.0),
+            ("ab", 1, -9.0),
+            ("bc", 1, -5.0),
+            ("▁a", 1, -6.0),
+            ("▁b", 1, -7.0),
+            ("A", 1, -8.0),
+        ];
+        (v.iter().map(|t| t.0).collect(), v.iter().map(|t| t.1).collect(), v.iter().map(|t| t.2).collect())
+    }
+
+    fn spm_blob(gemma: bool) -> Vec<u8> {
+        let (t, ty, sc) = spm_vocab(gemma);
+        build_spm_blob(&t, &ty, &sc, SpmOptions { add_space_prefix: false, unk: Some(0), gemma }).unwrap()
+    }
+
+    #[test]
+    fn spm_small_vocab() {
+        let by_id = spm_blob(true);
+        let tok = Tokenizer::from_blob(&by_id).unwrap();
+        assert_eq!(tok.kind(), TokenizerKind::SentencePiece { add_space_prefix: false });
+        assert_eq!(tok.pre_tokenizer(), None);
+        // "ab" (id 13) outranks "bc" (14) by position, "bc" outranks "ab" by score.
+        assert_eq!(tok.encode("abc", false), [13, 12]);
+        let by_score = spm_blob(false);
+        assert_eq!(Tokenizer::from_blob(&by_score).unwrap().encode("abc", false), [10, 14]);
+        // A literal `▁` is a space; pieces decode with spaces.
+        assert_eq!(tok.encode(" a\u{2581}a", false), [15, 15]);
+        assert_eq!(tok.decode(&[15, 16]), " a b");
+        // Gemma: a user-defined run of spaces is a piece of `▁`s, found by merging, not
+        // matched whole; other user-defined tokens are.
+        assert_eq!(tok.encode("  ", false), [4]);
+        assert!(!tok.special_tokens().any(|id| id == 4));
+        assert_eq!(Tokenizer::from_blob(&by_score).unwrap().encode("a<sep>", false), [10, 4]);
+        // Byte fallback, the unknown token fused, user-defined and control tokens.
+        assert_eq!(tok.encode("中", false), [6, 7, 8]);
+        assert_eq!(tok.encode("xyz", false), [0]);
+        assert_eq!(tok.encode("a\n<start_of_turn>", true), [10, 3, 2]);
+        assert_eq!(tok.encode("<start_of_turn>", false)[..1], [0]);
+        assert_eq!(tok.decode(&[6, 7, 8, 3]), "中\n");
+        assert_eq!(tok.decode(&[6, 7]), "\u{fffd}");
+        // "A" is a piece and a byte token: text finds the piece, the byte table the byte.
+        assert_eq!(tok.encode("A", false), [17]);
+        assert_eq!(tok.token_id(b"A"), Some(17));
+        assert_eq!(tok.token_type(5), Some(TokenType::Byte));
+        let mut scratch = [0u32; SCRATCH_WORDS_PER_BYTE * 8];
+        let mut ids = Vec::new();
+        tok.encode_with_scratch("ab\nabc", false, &mut scratch, |id| ids.push(id)).unwrap();
+        assert_eq!(ids, tok.encode("ab\nabc", false));
+        let mut small = [0u32; SCRATCH_WORDS_PER_BYTE * 3];
+        assert!(tok.encode_with_scratch("abcabc", false, &mut small, |_| {}).is_err());
+        // The space prefix goes before the input's first text only, unless it starts
+        // with a space.
+        let (t, ty, sc) = spm_vocab(true);
+        let opts = SpmOptions { add_space_prefix: true, unk: Some(0), gemma: true };
+        let prefixed = build_spm_blob(&t, &ty, &sc, opts).unwrap();
+        let tok = Tokenizer::from_blob(&prefixed).unwrap();
+        assert_eq!(tok.encode("a", false), [15]);
+        assert_eq!(tok.encode(" a", false), [15]);
+        assert_eq!(tok.encode("a\na", false), [15, 3, 10]);
+    }
+
+    #[test]
+    fn spm_build_refuses_what_it_cannot_encode() {
+        let (t, ty, sc) = spm_vocab(false);
+        let opts = SpmOptions { add_space_prefix: false, unk: Some(0), gemma: false };
+        let mut bad = t.clone();
+        bad[5] = "<0x4>";
+        assert_eq!(build_spm_blob(&bad, &ty, &sc, opts), Err(TokenizerError::BadByteToken { id: 5 }));
+        bad[5] = "<0x41>";
+        bad[17] = "b";
+        assert_eq!(build_spm_blob(&bad, &ty, &sc, opts), Err(TokenizerError::AmbiguousPiece { id: 17 }));
+        bad[17] = "a b";
+        assert_eq!(build_spm_blob(&bad, &ty, &sc, opts), Err(TokenizerError::AmbiguousPiece { id: 17 }));
+        // Gemma's respelling of a run of spaces must not repeat a piece.
+        let (mut g, gty, gsc) = spm_vocab(true);
+        g[16] = "▁▁";
+        let gemma = SpmOptions { gemma: true, ..opts };
+        assert_eq!(build_spm_blob(&g, &gty, &gsc, gemma), Err(TokenizerError::AmbiguousPiece { id: 16 }));
+        // A byte token's text split into two pieces would be a merge Hugging Face makes.
+        bad[17] = "<0x";
+        let mut more = bad.clone();
+        more.push("41>");
+        let (mut ty2, mut sc2) = (ty.clone(), sc.clone());
+        ty2.push(1);
+        sc2.push(-10.0);
+        assert_eq!(build_spm_blob(&more, &ty2, &sc2, opts), Err(TokenizerError::AmbiguousPiece { id: 5 }));
+        let mut nan = sc.clone();
+        nan[12] = f32::NAN;
+        assert_eq!(build_spm_blob(&t, &ty, &nan, opts), Err(TokenizerError::BadScore { id: 12 }));
+        assert_eq!(build_spm_blob(&t, &ty, &[], opts), Err(TokenizerError::BadScore { id: 0 }));
+        let bad_unk = SpmOptions { unk: Some(99), ..opts };
+        assert!(build_spm_blob(&t, &ty, &sc, bad_unk).is_err());
+    }
+
+    #[test]
+    fn blob_versions() {
+        // Byte-level BPE blobs stay version 1, SentencePiece is version 2.
+        assert_eq!(small_blob()[4..8], 1u32.to_le_bytes());
+        assert_eq!(spm_blob(true)[4..12], [2, 0, 0, 0, 2, 0, 0, 0]);
+        let mut v1_spm = spm_blob(true);
+        v1_spm[4] = 1;
+        assert_eq!(Tokenizer::from_blob(&v1_spm).unwrap_err(), TokenizerError::UnsupportedModel(2));
+        let mut v3 = small_blob();
+        v3[4] = 3;
+        assert_eq!(Tokenizer::from_blob(&v3).unwrap_err(), TokenizerError::UnsupportedVersion(3));
+        let mut flags = spm_blob(true);
+        flags[12] = 2;
+        assert!(Tokenizer::from_blob(&flags).is_err());
+        let mut unk = spm_blob(true);
+        unk[20..24].copy_from_slice(&100u32.to_le_bytes());
+        assert!(Tokenizer::from_blob(&unk).is_err());
+    }
+
+    #[test]
+    fn spm_truncated_and_corrupted_blobs_never_panic() {
+        for gemma in [true, false] {
+            let blob = spm_blob(gemma);
+            for len in 0..blob.len() {
+                assert!(Tokenizer::from_blob(&blob[..len]).is_err(), "prefix of {len} bytes accepted");
+            }
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(&blob);
+            exercise(&Tokenizer::from_blob(&shifted[1..]).unwrap());
+            let mut accepted = 0;
+            for i in 0..blob.len() {
+                for v in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
+                    let mut bad = blob.clone();
+                    bad[i] ^= v;
+                    if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                        accepted += 1;
+                        exercise(&tok);
+                    }
+                }
+            }
+            // Ranks and some pool bytes may change without breaking a rule.
+            assert!(accepted > 0);
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            for _ in 0..2000 {
+                let mut bad = blob.clone();
+                for _ in 0..1 + state % 8 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let i = (state % bad.len() as u64) as usize;
+                    bad[i] = (state >> 32) as u8;
+                }
+                if let Ok(tok) = Tokenizer::from_blob(&bad) {
+                    exercise(&tok);
+                }
             }
         }
     }

@@ -15,10 +15,10 @@ use arq::format::keys;
 use arq::format::writer::Meta;
 use arq::models::transformer::family::Positions;
 use arq::models::transformer::{gemma3, Family};
-use arq::tokenizer::PreTokenizer;
 
 use super::{GgufFile, Value};
 use crate::import::text::{self, HParams, TextSource, MAX_CONTEXT, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use crate::import::vocab::Vocab;
 use crate::message::name as shown;
 use crate::{ConvertOptions, ConvertSummary, InputFormat};
 
@@ -31,11 +31,6 @@ fn get_f32(g: &GgufFile, key: &str, default: f32) -> Result<f32> {
         Some(v) => v.as_f32().ok_or_else(|| anyhow!("GGUF metadata '{key}' is not a number")),
     }
 }
-fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>> {
-    let arr = g.get(key).and_then(Value::as_array).ok_or_else(|| anyhow!("GGUF metadata '{key}' is missing"))?;
-    arr.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| anyhow!("GGUF '{key}' holds a non-string"))).collect()
-}
-
 /// `key`'s integer, refused above `cap`.
 fn get_capped(g: &GgufFile, key: &str, cap: u64) -> Result<u64> {
     let v = get_u64(g, key)?;
@@ -115,8 +110,8 @@ fn hparams(g: &GgufFile, family: Family, n_tokens: usize) -> Result<HParams> {
     };
     // llama.cpp scales Gemma 3 27B (62 layers) by 1/sqrt(dim / heads), the others by
     // 1/sqrt(head_dim), after each checkpoint's `query_pre_attn_scalar`.
-    let attn_scale = (family == Family::Gemma3 && n_layers == 62 && n_heads > 0)
-        .then(|| 1.0 / ((dim / n_heads) as f32).sqrt());
+    let attn_scale =
+        (family == Family::Gemma3 && n_layers == 62 && n_heads > 0).then(|| 1.0 / ((dim / n_heads) as f32).sqrt());
     let eps_key = match spec.norm {
         arq::models::transformer::family::NormKind::Rms => k("attention.layer_norm_rms_epsilon"),
         arq::models::transformer::family::NormKind::Layer => k("attention.layer_norm_epsilon"),
@@ -138,60 +133,6 @@ fn hparams(g: &GgufFile, family: Family, n_tokens: usize) -> Result<HParams> {
     };
     hp.check("GGUF")?;
     Ok(hp)
-}
-
-/// The byte-level BPE tables as the runtime's tokenizer blob, and the pre-tokenizer's name.
-fn tokenizer_blob(g: &GgufFile, tokens: &[String]) -> Result<(Vec<u8>, String)> {
-    let tok_model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("(none)");
-    if tok_model != "gpt2" {
-        bail!("GGUF: tokenizer model '{}' is not supported (supported: gpt2 byte-level BPE)", shown(tok_model));
-    }
-    let merges = strings(g, "tokenizer.ggml.merges")?;
-    let types: Vec<i32> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
-        None => vec![1; tokens.len()],
-    };
-    let pre_name = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
-    let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
-        anyhow!("GGUF: pre-tokenizer '{}' is not supported (supported: gpt2, smollm)", shown(pre_name))
-    })?;
-    let blob =
-        arq::tokenizer::build_blob_with(pre, tokens, &types, &merges).map_err(|e| anyhow!("GGUF tokenizer: {e}"))?;
-    Ok((blob, pre_name.into()))
-}
-
-/// The tokenizer's `.arq` metadata.
-fn tokenizer_meta(g: &GgufFile, pre_name: &str) -> Vec<(String, Meta)> {
-    let mut meta = vec![
-        (keys::TOKENIZER_MODEL.into(), Meta::Str("gpt2".into())),
-        (keys::TOKENIZER_PRE.into(), Meta::Str(pre_name.into())),
-        (
-            keys::TOKENIZER_ADD_BOS.into(),
-            Meta::Bool(g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false)),
-        ),
-    ];
-    for (gkey, akey) in [
-        ("tokenizer.ggml.bos_token_id", keys::TOKENIZER_BOS_ID),
-        ("tokenizer.ggml.eos_token_id", keys::TOKENIZER_EOS_ID),
-        ("tokenizer.ggml.padding_token_id", keys::TOKENIZER_PAD_ID),
-    ] {
-        if let Some(id) = g.get(gkey).and_then(Value::as_u64) {
-            meta.push((akey.into(), Meta::U32(id as u32)));
-        }
-    }
-    if let Some(t) = g.get("tokenizer.chat_template").and_then(Value::as_str) {
-        meta.push((keys::TOKENIZER_CHAT_TEMPLATE.into(), Meta::Str(t.into())));
-    }
-    meta
-}
-
-/// The family's built-in chat template when the file has none (see
-/// [`text::default_chat_template`]).
-fn default_template(g: &GgufFile, family: Family) -> Option<(String, Meta)> {
-    if g.get("tokenizer.chat_template").is_some() {
-        return None;
-    }
-    text::default_chat_template(family).map(|t| (keys::TOKENIZER_CHAT_TEMPLATE.into(), Meta::Str(t.into())))
 }
 
 /// Tensor `name` (`.arq` naming) in `.arq` layout with the shape `dims`, dequantized.
@@ -233,9 +174,12 @@ pub fn read_gguf(path: &Path, progress: bool) -> Result<TextSource> {
     let g = GgufFile::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let arch = g.get("general.architecture").and_then(Value::as_str).unwrap_or("(none)");
     let family = text::family(arch, "architecture").map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let tokens = strings(&g, "tokenizer.ggml.tokens")?;
-    let hp = hparams(&g, family, tokens.len())?;
-    let (tokenizer_blob, pre_name) = tokenizer_blob(&g, &tokens)?;
+    let mut vocab = Vocab::from_gguf(&g)?;
+    if vocab.chat_template.is_none() {
+        vocab.chat_template = text::default_chat_template(family).map(String::from);
+    }
+    let hp = hparams(&g, family, vocab.tokens.len())?;
+    let tokenizer_blob = vocab.blob()?;
     let mut meta = vec![
         (keys::GENERAL_NAME.into(), Meta::Str(g.get("general.name").and_then(Value::as_str).unwrap_or("").into())),
         (
@@ -243,8 +187,7 @@ pub fn read_gguf(path: &Path, progress: bool) -> Result<TextSource> {
             Meta::Str(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
         ),
     ];
-    meta.extend(tokenizer_meta(&g, &pre_name));
-    meta.extend(default_template(&g, family));
+    meta.extend(vocab.meta());
     let tied = g.tensor("output.weight").is_none();
     TextSource::read(&hp, tied, meta, tokenizer_blob, progress, |name, dims| fetch(&g, family, name, dims))
 }

@@ -148,10 +148,8 @@ mod tests {
         };
         let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
         let emb = get("token_embd");
-        let mut xs: Vec<Vec<f64>> = tokens
-            .iter()
-            .map(|&t| (0..D).map(|i| emb[t as usize * D + i] * (D as f64).sqrt()).collect())
-            .collect();
+        let mut xs: Vec<Vec<f64>> =
+            tokens.iter().map(|&t| (0..D).map(|i| emb[t as usize * D + i] * (D as f64).sqrt()).collect()).collect();
         for l in 0..L {
             let p = |r: &str| format!("blk.{l}.{r}");
             let sliding = l % PATTERN < PATTERN - 1;
