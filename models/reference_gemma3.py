@@ -35,13 +35,17 @@ with a "generator" field naming the versions and the GGUF's sha256.
 
 How to run
 ----------
-    nice -n 10 /work/cache/venv/bin/python models/reference_gemma3.py [GGUF] [--out JSON]
+    nice -n 10 /work/cache/venv/bin/python models/reference_gemma3.py [GGUF] [--out JSON] [--numpy-check]
 
 GGUF defaults to models/cache/gemma-3-270m-q4_k_m.gguf ($ARQ_MODEL_CACHE instead of
 models/cache/ if set, as for fetch_gemma3.sh), --out to
 models/fixtures/gemma3_reference.json (both relative to the repo root). Needs torch,
 transformers, accelerate, gguf, numpy; runs offline (HF_HUB_OFFLINE=1 is set), one
-thread, a few minutes on a 2-core CPU.
+thread, about ten minutes on a busy 2-core CPU (loading dequantizes 268M weights).
+--numpy-check adds a PyTorch-free numpy forward pass with llama.cpp's gemma3
+semantics on the raw GGUF tensors for the 'factual' text (numpy_gemma3_logprobs,
+also used by models/tiny/reference_tiny.py on the tiny gemma3) and stores its
+max logprob difference in "numpy_check".
 """
 
 import argparse
@@ -298,10 +302,90 @@ def norm_shift(model, raw_norms):
     }
 
 
+def numpy_gemma3_logprobs(gguf_path, ids):
+    """A second, PyTorch-free forward pass straight from the raw GGUF, with llama.cpp's
+    gemma3 semantics rather than transformers': every hyperparameter from the GGUF's
+    metadata, norm weights used as stored (x * w, the +1 already in them), NEOX RoPE
+    (halves of each head) on Q/K as stored, rope.freq_base for the full layers and
+    rope.freq_base_swa (10000 when absent) for the sliding ones, layers with
+    il % 6 < 5 sliding (llama.cpp's fixed gemma3 pattern), a sliding layer masking
+    keys with i - j >= attention.sliding_window, attention scale
+    1/sqrt(attention.key_length), embeddings scaled by sqrt(embedding_length), tied
+    output unless output.weight exists, final softcapping if the key exists.
+    Returns log p(ids[k+1] | ids[:k+1]) for k = 0..len(ids)-2 (float64)."""
+    import gguf
+    from gguf import dequantize
+
+    rd = gguf.GGUFReader(gguf_path)
+
+    def meta(key, default=None):
+        return rd.fields[key].contents() if key in rd.fields else default
+
+    assert meta("general.architecture") == "gemma3"
+    n_embd, n_layer = meta("gemma3.embedding_length"), meta("gemma3.block_count")
+    H, KV, D = meta("gemma3.attention.head_count"), meta("gemma3.attention.head_count_kv"), \
+        meta("gemma3.attention.key_length")
+    eps = meta("gemma3.attention.layer_norm_rms_epsilon")
+    theta_full, theta_swa = meta("gemma3.rope.freq_base"), meta("gemma3.rope.freq_base_swa", 10000.0)
+    n_swa, softcap = meta("gemma3.attention.sliding_window"), meta("gemma3.final_logit_softcapping")
+    W = {}
+    for t in rd.tensors:
+        a = dequantize(t.data, t.tensor_type).astype(np.float32)
+        W[t.name] = a.reshape([int(x) for x in reversed(t.shape)]) if len(t.shape) > 1 else a.reshape(-1)
+    T = len(ids)
+
+    def rms(x, w):
+        x64 = x.astype(np.float64)
+        return (x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + eps)).astype(np.float32) * w
+
+    def rope_neox(q, theta):  # q [T, heads, D]: rotate (i, i + D/2) pairs
+        half = D // 2
+        ang = np.arange(T)[:, None] * (theta ** (-np.arange(half) * 2.0 / D))[None]
+        cos, sin = np.cos(ang).astype(np.float32)[:, None], np.sin(ang).astype(np.float32)[:, None]
+        a, b = q[..., :half], q[..., half:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1 + np.tanh(np.float32(math.sqrt(2 / math.pi)) * (x + np.float32(0.044715) * x ** 3)))
+
+    i_idx, j_idx = np.arange(T)[:, None], np.arange(T)[None]
+    causal = np.where(j_idx > i_idx, -np.inf, 0).astype(np.float32)
+    window = np.where((j_idx > i_idx) | (i_idx - j_idx >= n_swa), -np.inf, 0).astype(np.float32)
+    x = W["token_embd.weight"][ids] * np.float32(math.sqrt(n_embd))
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        swa = il % 6 < 5
+        h = rms(x, W[p + "attn_norm.weight"])
+        q = rms((h @ W[p + "attn_q.weight"].T).reshape(T, H, D), W[p + "attn_q_norm.weight"])
+        k = rms((h @ W[p + "attn_k.weight"].T).reshape(T, KV, D), W[p + "attn_k_norm.weight"])
+        v = (h @ W[p + "attn_v.weight"].T).reshape(T, KV, D)
+        th = theta_swa if swa else theta_full
+        q, k = rope_neox(q, th), rope_neox(k, th)
+        k, v = np.repeat(k, H // KV, axis=1), np.repeat(v, H // KV, axis=1)
+        s = np.einsum("thd,shd->hts", q, k) / np.float32(math.sqrt(D)) + (window if swa else causal)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        o = np.einsum("hts,shd->thd", s, v).reshape(T, H * D) @ W[p + "attn_output.weight"].T
+        x = x + rms(o, W[p + "post_attention_norm.weight"])
+        h = rms(x, W[p + "ffn_norm.weight"])
+        g = gelu_tanh(h @ W[p + "ffn_gate.weight"].T) * (h @ W[p + "ffn_up.weight"].T)
+        x = x + rms(g @ W[p + "ffn_down.weight"].T, W[p + "post_ffw_norm.weight"])
+    out_w = W.get("output.weight", W["token_embd.weight"])
+    logits = (rms(x, W["output_norm.weight"]) @ out_w.T).astype(np.float64)
+    if softcap:
+        logits = np.tanh(logits / softcap) * softcap
+    lp = logits - logits.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    return lp[np.arange(T - 1), ids[1:]]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("gguf", nargs="?", default=DEFAULT_GGUF)
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--numpy-check", action="store_true",
+                    help="also run a PyTorch-free numpy forward pass with llama.cpp's gemma3 semantics on the raw "
+                         "GGUF (numpy_gemma3_logprobs) on the 'factual' text and store its max logprob difference")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -454,6 +538,19 @@ def main():
         "greedy": greedy,
     }
 
+    if args.numpy_check:
+        del model
+        ids = texts["factual"]["ids"]
+        mine = numpy_gemma3_logprobs(gguf_path, ids)
+        diff = float(np.abs(mine - np.asarray(texts["factual"]["logprobs"])).max())
+        out["numpy_check"] = {
+            "text": "factual",
+            "max_abs_logprob_diff": float(f"{diff:.3e}"),
+            "note": "numpy_gemma3_logprobs: raw GGUF tensors with llama.cpp's gemma3 semantics (stored norm "
+                    "weights as is, NEOX RoPE, metadata hyperparameters), no transformers; vs the rounded "
+                    "logprobs above",
+        }
+
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
@@ -471,6 +568,9 @@ def main():
           list(zip(top5["top5_tokens"], top5["top5_ids"], top5["top5_logprobs"])))
     print("greedy %r ->" % PROMPT_GREEDY, repr(greedy["continuation_text"]), g_nc,
           "cache_agrees=%s" % greedy["cache_agrees"])
+    if args.numpy_check:
+        print("numpy check (raw GGUF, llama.cpp semantics) on 'factual': max |dlogprob| =",
+              out["numpy_check"]["max_abs_logprob_diff"])
     print("wrote", args.out, os.path.getsize(args.out), "bytes")
 
 

@@ -19,7 +19,8 @@ For each family (llama, qwen2, qwen3, gemma3, gpt2) this script
      GPT-2 place theirs), except Gemma's, which SentencePiece puts at fixed low ids.
   2. builds the model from transformers' own config/model classes (LlamaForCausalLM,
      Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM with a text-only
-     Gemma3TextConfig, GPT2LMHeadModel): hidden 64, intermediate 128, 2 layers
+     Gemma3TextConfig, GPT2LMHeadModel): hidden 64, intermediate 128 (gpt2: 256, see
+     build_model), 2 layers
      (gemma3: 6, so its 5 sliding : 1 full pattern has one full layer), max 128
      positions;
   3. trains it for a fixed number of Adam steps (about a minute on one thread) on
@@ -320,7 +321,11 @@ def build_model(family, tok):
         return Gemma3ForCausalLM(cfg)
     if family == "gpt2":
         eot = tok.convert_tokens_to_ids("<|endoftext|>")
-        cfg = GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_inner=INTER, n_layer=2, n_head=4,
+        # n_inner=None (MLP width 4 x n_embd = 256), as every released GPT-2: llama.cpp's
+        # GPT-2 converter writes feed_forward_length = 4 * n_embd whatever n_inner says,
+        # so a narrower MLP would give a GGUF whose metadata contradicts its tensors
+        # (llama.cpp itself would refuse to load it).
+        cfg = GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_inner=None, n_layer=2, n_head=4,
                          n_positions=MAX_POS, n_ctx=MAX_POS, bos_token_id=eot, eos_token_id=eot,
                          tie_word_embeddings=True, activation_function="gelu_new")
         # n_ctx: transformers 5 no longer writes it, but every real GPT-2 config.json

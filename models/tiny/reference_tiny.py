@@ -186,6 +186,9 @@ GGUF_FIXES = {
     "gemma3": "the GGUF has no query_pre_attn_scalar, so transformers uses Gemma3TextConfig's default 256; "
               "llama.cpp scales gemma3 attention by 1/sqrt(attention.key_length) (all sizes but 27B); fix: "
               "query_pre_attn_scalar = attention.key_length (32)",
+    "gpt2": "transformers' GGUF_CONFIG_MAPPING['gpt2'] maps context_length to n_ctx, but GPT2Config sizes the "
+            "position table by n_positions (default 1024), so a GGUF with another context length fails to load "
+            "(size mismatch of wpe); fix: n_positions = gpt2.context_length",
 }
 
 
@@ -198,6 +201,10 @@ def load_gguf(gdir, gname, fix):
         import gguf
         rd = gguf.GGUFReader(os.path.join(gdir, gname))
         kw["query_pre_attn_scalar"] = int(rd.fields["gemma3.attention.key_length"].contents())
+    if fix == "gpt2":
+        import gguf
+        rd = gguf.GGUFReader(os.path.join(gdir, gname))
+        kw["n_positions"] = int(rd.fields["gpt2.context_length"].contents())
     gtok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
     gmodel = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32,
                                                   attn_implementation="eager", **kw).eval()
@@ -274,6 +281,22 @@ def run_family(family):
 
     gg = gguf_check(family, gguf_path, recs) if os.path.isfile(gguf_path) else {"loaded": False,
                                                                                "error": "no GGUF file"}
+    numpy_check = None
+    if family == "gemma3" and os.path.isfile(gguf_path):
+        # llama.cpp's gemma3 semantics on the raw GGUF, no transformers (the numpy pass of
+        # models/reference_gemma3.py): checks the converted file the way arq reads it,
+        # sliding window included (prose is > 2 x window tokens).
+        sys.path.insert(0, os.path.join(REPO, "models"))
+        from reference_gemma3 import numpy_gemma3_logprobs
+        per = {n: float(np.abs(numpy_gemma3_logprobs(gguf_path, r["ids"]) - np.asarray(r["_lp"])).max())
+               for n, r in recs.items()}
+        numpy_check = {
+            "max_abs_logprob_diff_vs_hf_dir": float(f"{max(per.values()):.3e}"),
+            "per_text": {n: float(f"{d:.3e}") for n, d in per.items()},
+            "note": "numpy_gemma3_logprobs of models/reference_gemma3.py: raw GGUF tensors, llama.cpp's gemma3 "
+                    "semantics (stored norm weights as is, NEOX RoPE, rope.freq_base / freq_base_swa, il % 6 < 5 "
+                    "sliding, scale 1/sqrt(key_length)), no transformers",
+        }
     for rec in recs.values():
         del rec["_lp"]
 
@@ -311,7 +334,7 @@ def run_family(family):
                       "and with the KV cache (equal)",
             "gguf_check": "the GGUF written by llama.cpp's converter, loaded by transformers' GGUF loader, scored on "
                           "the same ids; max |logprob difference| against the HF directory. as_loaded: stock "
-                          "transformers; with_fix (qwen3, gemma3): after the named config fix; the top-level "
+                          "transformers; with_fix (qwen3, gemma3, gpt2): after the named config fix; the top-level "
                           "values are from with_fix where present",
             "sliding_window": "gemma3 only: a sliding layer at position i attends to j with i - sliding_window < j <= i "
                               "(transformers' definition; layer_types gives which layers slide)",
@@ -331,6 +354,8 @@ def run_family(family):
                    "continuation_text": tok.decode(g_nc)},
         "gguf_check": gg,
     }
+    if numpy_check:
+        out["gguf_numpy_check"] = numpy_check
     stats = os.path.join(HERE, family, "train_stats.json")
     if os.path.isfile(stats):
         out["training"] = json.load(open(stats))
@@ -344,6 +369,8 @@ def run_family(family):
     print(f"  greedy {tok.decode(g_nc)!r}; gguf: " + (
         f"max|dlp|={gg['max_abs_logprob_diff_vs_hf_dir']:.2e} ids_equal={gg['gguf_tokenizer_ids_equal_hf']}"
         if gg.get("loaded") else f"NOT LOADED: {gg.get('error')}"))
+    if numpy_check:
+        print(f"  numpy (llama.cpp semantics) on the GGUF: max|dlp|={numpy_check['max_abs_logprob_diff_vs_hf_dir']:.2e}")
     print(f"  wrote {path} ({os.path.getsize(path)} bytes)", flush=True)
 
 
