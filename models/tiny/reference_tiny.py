@@ -62,6 +62,9 @@ FIXTURES = os.path.join(REPO, "models", "fixtures")
 HELDOUT = os.path.join(REPO, "models", "tinygpt", "heldout.txt")
 FAMILIES = ["llama", "qwen2", "qwen3", "gemma3", "gpt2"]
 MAX_TOKENS = 128  # every tiny model has 128 positions
+# Where the GGUFs came from (make_gguf.py; see models/tiny/README.md).
+LLAMA_CPP_CONVERTER = ("convert_hf_to_gguf.py + conversion/ + gguf-py 0.19.0 from the llama-cpp-python 0.3.36 "
+                       "sdist (vendor/llama.cpp), --outtype f32")
 GREEDY_PROMPT = "Once upon a time"
 GREEDY_STEPS = 16
 
@@ -320,6 +323,7 @@ def run_family(family):
             "sentencepiece": __import__("sentencepiece").__version__,
             "gguf_py": __import__("gguf").__version__ if hasattr(__import__("gguf"), "__version__") else None,
             "python": platform.python_version(),
+            "llama_cpp_converter": LLAMA_CPP_CONVERTER,
             "dtype": "float32 weights/activations on CPU (checkpoint dtype upcast on load), eager attention; "
                      "log_softmax in float64",
         },
