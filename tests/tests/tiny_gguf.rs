@@ -1,0 +1,112 @@
+//! Every family as llama.cpp's own converter writes it: the tiny llama, qwen2, qwen3,
+//! gemma3 and gpt2 of `models/tiny/` (built and trained with transformers' classes, saved
+//! by `save_pretrained`, turned into GGUF by `convert_hf_to_gguf.py`; see
+//! `models/tiny/README.md`), converted by arq and compared with transformers' f32 run of
+//! the Hugging Face directory (`models/fixtures/tiny_<family>.json`): token ids,
+//! per-token log-probs, argmaxes and the greedy continuation.
+
+use std::path::PathBuf;
+
+use arq::{math, Model, Session, SessionConfig};
+use arq_convert::aligned::ModelBytes;
+use arq_convert::import::gguf::text::read_gguf;
+use arq_convert::quantize::Quant;
+use serde_json::Value;
+
+const FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "gpt2"];
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn fixture(family: &str) -> Value {
+    let path = root().join(format!("models/fixtures/tiny_{family}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// The family's GGUF converted to `quant`.
+fn convert(family: &str, quant: Quant) -> ModelBytes {
+    let src = read_gguf(&root().join(format!("models/tiny/{family}/{family}-f32.gguf")), false).unwrap();
+    ModelBytes::copy_of(&src.to_arq(quant, false).unwrap().0)
+}
+
+/// Teacher-forced log-probs and argmaxes of `ids[1..]`, in batches of 7 (so passes
+/// straddle the sliding window).
+fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
+    let cfg = SessionConfig { ctx: ids.len(), batch: 7, threads: 1, ..Default::default() };
+    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+    let mut s = Session::new(model, &mut arena, cfg).unwrap();
+    let (mut lps, mut top) = (Vec::new(), Vec::new());
+    s.forward_all(ids, |i, logits| {
+        if i + 1 < ids.len() {
+            lps.push(math::log_prob(logits, ids[i + 1] as usize));
+            top.push(math::argmax(logits) as u32);
+        }
+    })
+    .unwrap();
+    (lps, top)
+}
+
+#[test]
+fn every_family_from_llama_cpps_gguf_matches_transformers() {
+    for family in FAMILIES {
+        let r = fixture(family);
+        let bytes = convert(family, Quant::F32);
+        let model = Model::load(bytes.bytes()).unwrap();
+        assert_eq!(model.config().family.name(), family);
+        let tok = model.tokenizer().unwrap();
+        let bos = r["tokenizer"]["adds_bos"].as_bool().unwrap().then(|| r["tokenizer"]["bos_id"].as_u64().unwrap());
+        let mut worst = 0.0f64;
+        for (name, t) in r["texts"].as_object().unwrap() {
+            let want = ids_of(&t["ids"]);
+            // transformers matches added special tokens in any text.
+            let mut ids: Vec<u32> = bos.map(|b| b as u32).into_iter().collect();
+            ids.extend(tok.encode(t["text"].as_str().unwrap(), true));
+            assert_eq!(ids, want, "{family} {name}: token ids");
+            let (lps, top) = score(&model, &want);
+            let diff = lps
+                .iter()
+                .zip(t["logprobs"].as_array().unwrap())
+                .map(|(a, b)| (a - b.as_f64().unwrap()).abs())
+                .fold(0.0, f64::max);
+            worst = worst.max(diff);
+            assert!(diff < 1e-4, "{family} {name}: log-probs differ from transformers by up to {diff}");
+            assert_eq!(top, ids_of(&t["argmax"]), "{family} {name}: argmax");
+        }
+        let g = &r["greedy"];
+        let expected = ids_of(&g["continuation_ids"]);
+        let cfg = SessionConfig { ctx: 64, batch: 4, threads: 1, ..Default::default() };
+        let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+        let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+        let mut next = math::argmax(s.prefill(&ids_of(&g["ids"])).unwrap()) as u32;
+        let mut out = vec![next];
+        while out.len() < expected.len() {
+            next = math::argmax(s.step(next).unwrap()) as u32;
+            out.push(next);
+        }
+        assert_eq!(out, expected, "{family}: greedy continuation");
+        eprintln!("{family:<7} GGUF f32: max |log-prob diff| vs transformers {worst:.2e}, greedy equal");
+    }
+}
+
+#[test]
+fn every_family_converts_to_q8_and_q4_close_to_f32() {
+    for family in FAMILIES {
+        let r = fixture(family);
+        let ids = ids_of(&r["texts"]["prose"]["ids"]);
+        let f32 = convert(family, Quant::F32);
+        let (want, _) = score(&Model::load(f32.bytes()).unwrap(), &ids);
+        let nll = |lps: &[f64]| -lps.iter().sum::<f64>() / lps.len() as f64;
+        for quant in [Quant::Q8, Quant::Q4] {
+            let bytes = convert(family, quant);
+            let (lps, _) = score(&Model::load(bytes.bytes()).unwrap(), &ids);
+            let rel = nll(&lps) / nll(&want) - 1.0;
+            eprintln!("{family:<7} {}: mean NLL {:.4} vs f32 {:.4} ({:+.2}%)", quant.name(), nll(&lps), nll(&want), 100.0 * rel);
+            assert!(rel.abs() < 0.05, "{family} {}: mean NLL off by {:.2}%", quant.name(), 100.0 * rel);
+        }
+    }
+}
