@@ -11,6 +11,10 @@ apt_install rustc-web cargo-web rust-web-src lld mesa-vulkan-drivers
 echo "== fetching SmolLM2-135M-Instruct"
 ARQ_SMOLLM2_GGUF=$(models/fetch_smollm2.sh)
 export ARQ_SMOLLM2_GGUF
+
+echo "== fetching Gemma 3 270M"
+ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
+export ARQ_GEMMA3_GGUF
 echo "== fetching Gemma 3 270M (its tokenizer is tested against Hugging Face's ids)"
 ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
 export ARQ_GEMMA3_GGUF
