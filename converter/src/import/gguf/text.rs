@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use arq::format::keys;
 use arq::format::writer::Meta;
 use arq::models::transformer::family::Positions;
@@ -20,6 +20,7 @@ use super::{GgufFile, Value};
 use crate::import::text::{self, HParams, TextSource, MAX_CONTEXT, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
 use crate::import::vocab::Vocab;
 use crate::message::name as shown;
+use crate::quantize::check_finite;
 use crate::{ConvertOptions, ConvertSummary, InputFormat};
 
 fn get_u64(g: &GgufFile, key: &str) -> Result<u64> {
@@ -166,7 +167,10 @@ fn read(g: &GgufFile, gname: &str, dims: &[u64]) -> Result<Vec<f32>> {
     if have != dims {
         bail!("GGUF: tensor '{}' has shape {have:?}, the hyperparameters say {dims:?}", shown(gname));
     }
-    g.dequantize(t).map_err(|e| anyhow!("GGUF: {e}"))
+    let values = g.dequantize(t).map_err(|e| anyhow!("GGUF: {e}"))?;
+    // Named as the file names it (the shared check after this one names the `.arq` tensor).
+    check_finite(gname, &values).context("GGUF")?;
+    Ok(values)
 }
 
 /// Reads a GGUF text model of any supported family.
