@@ -1,4 +1,5 @@
 pub mod gguf;
+pub mod hf;
 pub mod text;
 #[cfg(feature = "onnx")]
 pub mod onnx;

@@ -1,0 +1,318 @@
+//! `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja`) → the vocabulary
+//! tables GGUF stores and the runtime's tokenizer blob is built from: tokens (byte-level
+//! BPE tokens in GPT-2's byte alphabet, as `tokenizer.json` spells them), token types
+//! (1 normal, 3 control for a special added token, 4 user-defined for another added
+//! token, 5 unused for the padding rows past the tokenizer's last id), merges as
+//! `"left right"`, the pre-tokenizer recognised from `pre_tokenizer`, and the special ids.
+//!
+//! Gemma's `tokenizer.json` is a SentencePiece-style BPE over `▁`-pieces with byte
+//! fallback and no scores. Its scores are derived from the merge ranks: a piece made by
+//! merge `r` (0 = first) scores `-(r + 1)`, a piece no merge makes (single characters,
+//! the `<0xAB>` byte pieces, added tokens) scores 0. Merging the pair whose result
+//! scores highest, as SentencePiece's BPE does, then merges in rank order, which is what
+//! Hugging Face's BPE does with the merges. The runtime of this branch has no
+//! SentencePiece tokenizer yet: such a vocabulary is read ([`Vocab::from_dir`]) but
+//! [`Vocab::blob`] refuses it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use arq::format::keys;
+use arq::format::writer::Meta;
+use arq::tokenizer::PreTokenizer;
+use serde_json::Value;
+
+use super::read_json;
+use crate::message::name as shown;
+
+/// GPT-2's pattern with `use_regex` in a `ByteLevel` pre-tokenizer; these two are Llama
+/// 3's and Qwen2's `Split` patterns (GGUF `llama-bpe` and `qwen2`).
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How the tokens are found in text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VocabModel {
+    /// Byte-level BPE.
+    ByteLevelBpe {
+        /// `"left right"` per merge, highest priority first.
+        merges: Vec<String>,
+        /// The GGUF name of the pre-tokenizer (`gpt2`, `smollm`, `llama-bpe`, `qwen2`).
+        pre_name: String,
+    },
+    /// SentencePiece pieces with byte fallback (Gemma); scores from the merge ranks.
+    SentencePiece { scores: Vec<f32>, add_space_prefix: bool },
+}
+
+/// A vocabulary read from `tokenizer.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vocab {
+    pub tokens: Vec<String>,
+    pub token_types: Vec<i32>,
+    pub model: VocabModel,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+/// The pre-tokenizer's GGUF name from `tokenizer.json`'s `pre_tokenizer`, or an error
+/// that shows it.
+fn pre_name(pre: &Value) -> Result<&'static str> {
+    let ty = |v: &Value| v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let steps: Vec<&Value> = match ty(pre).as_str() {
+        "Sequence" => {
+            pre.get("pretokenizers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+        }
+        _ => vec![pre],
+    };
+    let byte_level = |v: &Value, regex: bool| {
+        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true) == regex
+    };
+    fn split(v: &Value) -> Option<&str> {
+        let ty = v.get("type").and_then(Value::as_str);
+        (ty == Some("Split")
+            && v.get("behavior").and_then(Value::as_str) == Some("Isolated")
+            && !v.get("invert").and_then(Value::as_bool).unwrap_or(false))
+        .then(|| v.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str))
+        .flatten()
+    }
+    let name = match steps.as_slice() {
+        [b] if byte_level(b, true) => Some("gpt2"),
+        [d, b]
+            if ty(d) == "Digits"
+                && d.get("individual_digits").and_then(Value::as_bool) == Some(true)
+                && byte_level(b, true) =>
+        {
+            Some("smollm")
+        }
+        [s, b] if byte_level(b, false) => match split(s) {
+            Some(LLAMA3_REGEX) => Some("llama-bpe"),
+            Some(QWEN2_REGEX) => Some("qwen2"),
+            _ => None,
+        },
+        _ => None,
+    };
+    name.ok_or_else(|| {
+        anyhow!(
+            "tokenizer.json: pre-tokenizer {} is not supported (supported: GPT-2's ByteLevel, SmolLM's Digits + ByteLevel, Llama 3's and Qwen2's Split + ByteLevel)",
+            shown(&pre.to_string())
+        )
+    })
+}
+
+/// A special token named in `tokenizer_config.json` (a string or `{"content": ...}`).
+fn token_text(v: Option<&Value>) -> Option<&str> {
+    let v = v?;
+    v.as_str().or_else(|| v.get("content").and_then(Value::as_str))
+}
+
+/// The merges of a BPE model: `"a b"` strings, or `[a, b]` pairs (tokenizers ≥ 0.20).
+fn merges(model: &Value) -> Result<Vec<String>> {
+    let Some(list) = model.get("merges").and_then(Value::as_array) else { return Ok(Vec::new()) };
+    if list.len() > arq::tokenizer::MAX_MERGES as usize {
+        bail!("tokenizer.json: {} merges, more than the cap of {}", list.len(), arq::tokenizer::MAX_MERGES);
+    }
+    list.iter()
+        .map(|m| match m {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(p) => match p.as_slice() {
+                [Value::String(a), Value::String(b)] => Some(format!("{a} {b}")),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| anyhow!("tokenizer.json: a merge is neither \"a b\" nor [a, b]"))
+}
+
+impl Vocab {
+    /// The vocabulary of the model directory `dir`, padded to `n_vocab` tokens (the
+    /// embedding's rows; checkpoints round them up past the tokenizer's last id).
+    pub fn from_dir(dir: &Path, config: &Value, n_vocab: u64) -> Result<Vocab> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            bail!("{}: no tokenizer.json", dir.display());
+        }
+        let tj = read_json(&path)?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc = if tc_path.exists() { read_json(&tc_path)? } else { Value::Null };
+        let model = tj.get("model").ok_or_else(|| anyhow!("tokenizer.json: no model"))?;
+        let ty = model.get("type").and_then(Value::as_str).unwrap_or("(none)");
+        if ty != "BPE" {
+            bail!("tokenizer.json: model type '{}' is not supported (supported: BPE)", shown(ty));
+        }
+        let vocab =
+            model.get("vocab").and_then(Value::as_object).ok_or_else(|| anyhow!("tokenizer.json: no model.vocab"))?;
+        let added: Vec<(u64, String, bool)> = tj
+            .get("added_tokens")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| {
+                        let id = t.get("id")?.as_u64()?;
+                        let content = t.get("content")?.as_str()?.to_string();
+                        Some((id, content, t.get("special").and_then(Value::as_bool).unwrap_or(false)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let last = vocab.values().filter_map(Value::as_u64).chain(added.iter().map(|a| a.0)).max().unwrap_or(0);
+        let n = (last + 1).max(n_vocab);
+        if n > n_vocab {
+            bail!("tokenizer.json: token id {last} is past the model's vocab_size {n_vocab}");
+        }
+        let n = n as usize;
+        let mut tokens: Vec<Option<String>> = vec![None; n];
+        let mut types = vec![1i32; n];
+        for (text, id) in vocab {
+            let id =
+                id.as_u64().ok_or_else(|| anyhow!("tokenizer.json: the id of '{}' is not an integer", shown(text)))?;
+            tokens[id as usize] = Some(text.clone());
+        }
+        for (id, content, special) in &added {
+            tokens[*id as usize] = Some(content.clone());
+            types[*id as usize] = if *special { 3 } else { 4 };
+        }
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.unwrap_or_else(|| {
+                    types[i] = 5;
+                    format!("[PAD{i}]")
+                })
+            })
+            .collect();
+
+        let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
+        let merges = merges(model)?;
+        let model = if byte_fallback {
+            // SentencePiece-style: scores from the merge ranks (see the module doc).
+            let by_text: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+            let mut scores = vec![0.0f32; n];
+            for (rank, m) in merges.iter().enumerate().rev() {
+                if let Some(&id) = m.split_once(' ').and_then(|(a, b)| by_text.get(format!("{a}{b}").as_str())) {
+                    scores[id] = -(rank as f32 + 1.0);
+                }
+            }
+            for (i, t) in tokens.iter().enumerate() {
+                if t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && types[i] == 1 {
+                    types[i] = 6;
+                }
+            }
+            let add_space_prefix = tj.get("normalizer").is_some_and(|n| n.to_string().contains("\"Prepend\""));
+            VocabModel::SentencePiece { scores, add_space_prefix }
+        } else {
+            let pre = tj.get("pre_tokenizer").unwrap_or(&Value::Null);
+            VocabModel::ByteLevelBpe { merges, pre_name: pre_name(pre)?.to_string() }
+        };
+
+        let id_of = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
+        let config_id = |key: &str| {
+            let v = config.get(key)?;
+            v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()).and_then(|i| u32::try_from(i).ok())
+        };
+        let special = |key: &str| token_text(tc.get(key)).and_then(id_of).or_else(|| config_id(&format!("{key}_id")));
+        let bos = special("bos_token");
+        // add_bos_token when given; else whether the post-processor puts bos first.
+        let add_bos = match tc.get("add_bos_token").and_then(Value::as_bool) {
+            Some(b) => b,
+            None => {
+                let first = tj.get("post_processor").and_then(|p| p.get("single")).and_then(|s| s.get(0));
+                let first_id =
+                    first.and_then(|f| f.get("SpecialToken")).and_then(|s| s.get("id")).and_then(Value::as_str);
+                bos.is_some() && first_id.and_then(id_of) == bos
+            }
+        };
+        let template_path = dir.join("chat_template.jinja");
+        let chat_template = if template_path.exists() {
+            let bytes = crate::input::read_capped(&template_path, super::MAX_JSON_BYTES, "the chat template")?;
+            Some(String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8", template_path.display()))?)
+        } else {
+            match tc.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                // A list of named templates: the default one.
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(String::from)),
+                _ => None,
+            }
+        };
+        let (eos, unk, pad) = (special("eos_token"), special("unk_token"), special("pad_token"));
+        Ok(Vocab { tokens, token_types: types, model, bos, eos, unk, pad, add_bos, chat_template })
+    }
+
+    /// `tokenizer.model` of the `.arq` file: `gpt2` or `llama`, as GGUF names them.
+    pub fn model_name(&self) -> &'static str {
+        match self.model {
+            VocabModel::ByteLevelBpe { .. } => "gpt2",
+            VocabModel::SentencePiece { .. } => "llama",
+        }
+    }
+
+    /// The runtime's tokenizer blob.
+    pub fn blob(&self) -> Result<Vec<u8>> {
+        match &self.model {
+            VocabModel::ByteLevelBpe { merges, pre_name } => {
+                let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
+                    anyhow!("tokenizer.json: the {pre_name} pre-tokenizer is not in this runtime yet (supported: gpt2, smollm)")
+                })?;
+                arq::tokenizer::build_blob_with(pre, &self.tokens, &self.token_types, merges)
+                    .map_err(|e| anyhow!("tokenizer.json: {e}"))
+            }
+            VocabModel::SentencePiece { .. } => {
+                bail!("tokenizer.json: a SentencePiece-style tokenizer (byte_fallback, Gemma) is not in this runtime yet (supported: byte-level BPE)")
+            }
+        }
+    }
+
+    /// The `tokenizer.*` metadata of the `.arq` file.
+    pub fn meta(&self) -> Vec<(String, Meta)> {
+        let mut meta = vec![(keys::TOKENIZER_MODEL.to_string(), Meta::Str(self.model_name().into()))];
+        if let VocabModel::ByteLevelBpe { pre_name, .. } = &self.model {
+            meta.push((keys::TOKENIZER_PRE.into(), Meta::Str(pre_name.clone())));
+        }
+        meta.push((keys::TOKENIZER_ADD_BOS.into(), Meta::Bool(self.add_bos)));
+        for (key, id) in
+            [(keys::TOKENIZER_BOS_ID, self.bos), (keys::TOKENIZER_EOS_ID, self.eos), (keys::TOKENIZER_PAD_ID, self.pad)]
+        {
+            if let Some(id) = id {
+                meta.push((key.into(), Meta::U32(id)));
+            }
+        }
+        if let Some(t) = &self.chat_template {
+            meta.push((keys::TOKENIZER_CHAT_TEMPLATE.into(), Meta::Str(t.clone())));
+        }
+        meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pre_tokenizers_are_recognised() {
+        let bl =
+            |r: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": r});
+        assert_eq!(pre_name(&bl(true)).unwrap(), "gpt2");
+        let smol =
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl(true)]});
+        assert_eq!(pre_name(&smol).unwrap(), "smollm");
+        let split = |r: &str| {
+            json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}, bl(false)]})
+        };
+        assert_eq!(pre_name(&split(LLAMA3_REGEX)).unwrap(), "llama-bpe");
+        assert_eq!(pre_name(&split(QWEN2_REGEX)).unwrap(), "qwen2");
+        let e = pre_name(&json!({"type": "Whitespace"})).unwrap_err().to_string();
+        assert!(e.contains("Whitespace") && e.contains("not supported"), "{e}");
+    }
+}
