@@ -223,7 +223,7 @@ pub fn hparams(config: &Value) -> Result<(HParams, bool)> {
             let hd = c.opt_uint("head_dim", MAX_DIM)?.or(default_hd).filter(|&hd| hd > 0);
             // Like the GGUF importer: a head dimension is stored only when it is not dim / heads.
             let head_dim = hd.filter(|&hd| n_heads == 0 || hd * n_heads != dim);
-            let eff_hd = hd.unwrap_or(if n_heads == 0 { 0 } else { dim / n_heads });
+            let eff_hd = hd.unwrap_or(dim.checked_div(n_heads).unwrap_or(0));
             let (default_base, layer) = if gemma { (1_000_000.0, Some("full_attention")) } else { (10_000.0, None) };
             let rope_base = rope(&c, layer, "rope_theta", default_base)?;
             let (sliding, attn_scale) = if gemma {
