@@ -130,6 +130,17 @@ fn merges(model: &Value) -> Result<Vec<String>> {
         .ok_or_else(|| anyhow!("tokenizer.json: a merge is neither \"a b\" nor [a, b]"))
 }
 
+/// The special token a `TemplateProcessing` post-processor (alone or in a `Sequence`)
+/// puts first in a single sequence: the BOS a tokenizer adds itself.
+fn template_first(post: Option<&Value>) -> Option<&str> {
+    let post = post?;
+    match post.get("type").and_then(Value::as_str)? {
+        "Sequence" => post.get("processors")?.as_array()?.iter().find_map(|p| template_first(Some(p))),
+        "TemplateProcessing" => post.get("single")?.get(0)?.get("SpecialToken")?.get("id")?.as_str(),
+        _ => None,
+    }
+}
+
 impl Vocab {
     /// The vocabulary of the model directory `dir`, padded to `n_vocab` tokens (the
     /// embedding's rows; checkpoints round them up past the tokenizer's last id).
@@ -217,17 +228,19 @@ impl Vocab {
             let v = config.get(key)?;
             v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()).and_then(|i| u32::try_from(i).ok())
         };
-        let special = |key: &str| token_text(tc.get(key)).and_then(id_of).or_else(|| config_id(&format!("{key}_id")));
+        // The special tokens of tokenizer_config.json, as transformers reads them; the ids
+        // of config.json only when it names none (GPT-2's original checkpoint).
+        let named =
+            ["bos_token", "eos_token", "pad_token", "unk_token"].iter().any(|k| token_text(tc.get(*k)).is_some());
+        let special = |key: &str| match named {
+            true => token_text(tc.get(key)).and_then(id_of),
+            false => config_id(&format!("{key}_id")),
+        };
         let bos = special("bos_token");
         // add_bos_token when given; else whether the post-processor puts bos first.
         let add_bos = match tc.get("add_bos_token").and_then(Value::as_bool) {
             Some(b) => b,
-            None => {
-                let first = tj.get("post_processor").and_then(|p| p.get("single")).and_then(|s| s.get(0));
-                let first_id =
-                    first.and_then(|f| f.get("SpecialToken")).and_then(|s| s.get("id")).and_then(Value::as_str);
-                bos.is_some() && first_id.and_then(id_of) == bos
-            }
+            None => bos.is_some() && template_first(tj.get("post_processor")).and_then(id_of) == bos,
         };
         let template_path = dir.join("chat_template.jinja");
         let chat_template = if template_path.exists() {
