@@ -757,6 +757,7 @@ fn tiny_models_match_llama_cpp_and_transformers() {
                 assert!(worst <= 1e-6, "{family} {name}: differs from the GGUF by {worst}");
             }
             eprintln!("{family}: every tensor equals the GGUF's within 1e-6");
+            vocab_matches_gguf(family, &ck, &g);
         } else {
             eprintln!("note: {} not found", gguf_path.display());
         }
@@ -806,6 +807,46 @@ fn tiny_models_match_llama_cpp_and_transformers() {
         }
         let _ = std::fs::remove_dir_all(&d);
     }
+}
+
+/// The vocabulary read from `tokenizer.json` has the tokens, types and merges that
+/// llama.cpp's converter wrote (for SentencePiece, from `tokenizer.model`), and scores
+/// that order the merged pieces as the GGUF's do.
+fn vocab_matches_gguf(family: &str, ck: &hf::Checkpoint, g: &GgufFile) {
+    use arq_convert::import::gguf::Value as G;
+    use arq_convert::import::hf::tokenizer::{Vocab, VocabModel};
+    let vocab = Vocab::from_dir(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
+    let arr = |k: &str| g.get(k).and_then(G::as_array).unwrap_or_else(|| panic!("GGUF has no {k}")).to_vec();
+    let tokens: Vec<String> = arr("tokenizer.ggml.tokens").iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let types: Vec<i32> = arr("tokenizer.ggml.token_type").iter().map(|v| v.as_i64().unwrap() as i32).collect();
+    assert_eq!(vocab.tokens.len(), tokens.len(), "{family}: token count");
+    for (i, (a, b)) in vocab.tokens.iter().zip(&tokens).enumerate() {
+        assert_eq!(a, b, "{family}: token {i}");
+        assert_eq!(vocab.token_types[i], types[i], "{family}: type of token {i} {a:?}");
+    }
+    match &vocab.model {
+        VocabModel::ByteLevelBpe { merges, .. } => {
+            let theirs: Vec<String> = arr("tokenizer.ggml.merges").iter().map(|v| v.as_str().unwrap().into()).collect();
+            assert_eq!(merges, &theirs, "{family}: merges");
+        }
+        VocabModel::SentencePiece { scores, .. } => {
+            let theirs: Vec<f32> = arr("tokenizer.ggml.scores").iter().map(|v| v.as_f32().unwrap()).collect();
+            // Over the pieces a merge makes (score < 0 here), the two orders agree.
+            let merged: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] < 0.0).collect();
+            assert!(!merged.is_empty(), "{family}: no merged pieces");
+            for w in merged.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                assert_eq!(
+                    scores[a].total_cmp(&scores[b]),
+                    theirs[a].total_cmp(&theirs[b]),
+                    "{family}: pieces {:?} and {:?} ordered unlike the GGUF's scores",
+                    vocab.tokens[a],
+                    vocab.tokens[b]
+                );
+            }
+        }
+    }
+    eprintln!("{family}: tokens, types and merges (or score order) equal the GGUF's");
 }
 
 /// The f32 `.arq` of the checkpoint at `dir` with its vocabulary under GPT-2's
