@@ -678,6 +678,12 @@ fn bad_directories_are_refused_in_one_line() {
     write_safetensors(&dir.join("model.safetensors"), &t, Dtype::F32);
     refused(&dir, &out, &["tensor 'model.layers.1.mlp.up_proj.weight' is missing"]);
 
+    let dir = fresh("extra", Fam::Llama);
+    let mut t = tensors(Fam::Llama, 1);
+    t.push(("model.layers.0.self_attn.q_proj.bias".into(), vec![64], vec![0.5; 64]));
+    write_safetensors(&dir.join("model.safetensors"), &t, Dtype::F32);
+    refused(&dir, &out, &["tensor 'model.layers.0.self_attn.q_proj.bias' is not part of a llama model"]);
+
     let dir = fresh("unigram", Fam::Llama);
     edit_json(&dir.join("tokenizer.json"), &|t| t["model"]["type"] = json!("Unigram"));
     refused(&dir, &out, &["tokenizer.json: model type 'Unigram' is not supported"]);

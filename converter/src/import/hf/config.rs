@@ -112,7 +112,8 @@ fn rope(c: &Config, layer_type: Option<&str>, theta_key: &str, default: f64) -> 
     }
     let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
     let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
-    if ty != "default" || factor != 1.0 {
+    // "linear" or "dynamic" by a factor of 1 is no scaling.
+    if !(ty == "default" || (matches!(ty, "linear" | "dynamic") && factor == 1.0)) {
         bail!("config.json: {key} asks for '{}' rope scaling (factor {factor}); not supported", shown(ty));
     }
     match p.get("rope_theta") {
@@ -211,6 +212,9 @@ pub fn hparams(config: &Value) -> Result<(HParams, bool)> {
             if gemma {
                 c.must_be_null("final_logit_softcapping", "logit soft-capping")?;
                 c.must_be_null("attn_logit_softcapping", "attention soft-capping")?;
+            }
+            if c.get("partial_rotary_factor").and_then(Value::as_f64).is_some_and(|f| f != 1.0) {
+                bail!("config.json: partial_rotary_factor is not 1; partial rotary embeddings are not supported");
             }
             let dim = c.uint(&["hidden_size"], None, MAX_DIM)?;
             let n_heads = c.uint(&["num_attention_heads"], None, MAX_DIM)?;

@@ -134,6 +134,11 @@ impl Weights {
         self.index.contains_key(name)
     }
 
+    /// Every tensor name of the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
     /// Tensor `name` in f32 with its shape, refused unless its shape is `dims`.
     pub fn read(&self, name: &str, dims: &[u64]) -> Result<Vec<f32>> {
         let shard = self.index.get(name).map(|&i| &self.shards[i]);
@@ -187,7 +192,8 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
 pub fn fetch(w: &Weights, hp: &HParams, prefix: &str, name: &str, dims: &[u64]) -> Result<Vec<f32>> {
     let (hf, layout) = names::source(hp.family, name, hp.n_heads, hp.n_kv_heads)
         .ok_or_else(|| anyhow!("no Hugging Face tensor for '{name}' in family {}", hp.spec().name))?;
-    let hf = format!("{prefix}{hf}");
+    // GPT-2's `transformer.` prefixes the body, not the output head.
+    let hf = if hf.starts_with("lm_head.") { hf } else { format!("{prefix}{hf}") };
     match layout {
         Layout::AsIs => w.read(&hf, dims),
         Layout::PlusOne => Ok(w.read(&hf, dims)?.into_iter().map(|x| x + 1.0).collect()),
@@ -239,10 +245,44 @@ pub struct Checkpoint {
     prefix: &'static str,
 }
 
+/// Checkpoint tensors no family reads and that change nothing: GPT-2's causal-mask
+/// buffers and rotary frequency tables that older transformers saved.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq")
+}
+
 impl Checkpoint {
     /// `.arq` tensor `name` in the runtime's layout (see [`fetch`]).
     pub fn fetch(&self, name: &str, dims: &[u64]) -> Result<Vec<f32>> {
         fetch(&self.weights, &self.hp, self.prefix, name, dims)
+    }
+
+    /// Refuses a checkpoint with a tensor the family does not read (biases where
+    /// config.json says none, layers past `num_hidden_layers`, ...): converting without
+    /// it would make a different model. A saved output head that the config ties to the
+    /// embedding is not read either, as transformers does not.
+    pub fn check_all_read(&self) -> Result<()> {
+        let mut read: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (name, _, _) in self.hp.tensor_names(self.tied) {
+            if let Some((hf, _)) = names::source(self.hp.family, &name, self.hp.n_heads, self.hp.n_kv_heads) {
+                read.insert(if hf.starts_with("lm_head.") { hf } else { format!("{}{hf}", self.prefix) });
+            }
+        }
+        let mut unread: Vec<&str> = self
+            .weights
+            .names()
+            .filter(|n| !(read.contains(*n) || is_buffer(n) || (self.tied && *n == "lm_head.weight")))
+            .collect();
+        unread.sort_unstable();
+        match unread.first() {
+            None => Ok(()),
+            Some(n) => bail!(
+                "tensor '{}'{} is not part of a {} model as config.json describes it; not supported",
+                shown(n),
+                if unread.len() > 1 { format!(" (and {} more)", unread.len() - 1) } else { String::new() },
+                self.hp.spec().name
+            ),
+        }
     }
 }
 
@@ -262,6 +302,7 @@ pub fn open(input: &Path) -> Result<Checkpoint> {
 /// Reads a Hugging Face text model of any supported family.
 pub fn read_hf(input: &Path, progress: bool) -> Result<TextSource> {
     let ck = open(input)?;
+    ck.check_all_read()?;
     let vocab = tokenizer::Vocab::from_dir(&ck.dir, &ck.config, ck.hp.vocab)?;
     let blob = vocab.blob()?;
     let name = ck.config.get("_name_or_path").and_then(Value::as_str).unwrap_or("");

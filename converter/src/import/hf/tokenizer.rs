@@ -43,7 +43,12 @@ pub enum VocabModel {
         pre_name: String,
     },
     /// SentencePiece pieces with byte fallback (Gemma); scores from the merge ranks.
-    SentencePiece { scores: Vec<f32>, add_space_prefix: bool },
+    SentencePiece {
+        scores: Vec<f32>,
+        add_space_prefix: bool,
+        /// Hugging Face's Gemma tokenizer (its rules for runs of spaces and merge order).
+        gemma: bool,
+    },
 }
 
 /// A vocabulary read from `tokenizer.json`.
@@ -60,9 +65,11 @@ pub struct Vocab {
     pub chat_template: Option<String>,
 }
 
-/// The pre-tokenizer's GGUF name from `tokenizer.json`'s `pre_tokenizer`, or an error
-/// that shows it.
-fn pre_name(pre: &Value) -> Result<&'static str> {
+/// The pre-tokenizer's GGUF name from `tokenizer.json`'s `pre_tokenizer` and the BPE
+/// model's `ignore_merges` (a piece that is a token is that token: llama.cpp's
+/// `llama-bpe` does it, its `dbrx` has Llama 3's pattern without it), or an error that
+/// shows it.
+fn pre_name(pre: &Value, ignore_merges: bool) -> Result<&'static str> {
     let ty = |v: &Value| v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
     let steps: Vec<&Value> = match ty(pre).as_str() {
         "Sequence" => {
@@ -82,6 +89,7 @@ fn pre_name(pre: &Value) -> Result<&'static str> {
         .flatten()
     }
     let name = match steps.as_slice() {
+        _ if ignore_merges && !matches!(steps.first().map(|s| split(s)), Some(Some(LLAMA3_REGEX))) => None,
         [b] if byte_level(b, true) => Some("gpt2"),
         [d, b]
             if ty(d) == "Digits"
@@ -91,7 +99,8 @@ fn pre_name(pre: &Value) -> Result<&'static str> {
             Some("smollm")
         }
         [s, b] if byte_level(b, false) => match split(s) {
-            Some(LLAMA3_REGEX) => Some("llama-bpe"),
+            Some(LLAMA3_REGEX) if ignore_merges => Some("llama-bpe"),
+            Some(LLAMA3_REGEX) => Some("dbrx"),
             Some(QWEN2_REGEX) => Some("qwen2"),
             _ => None,
         },
@@ -99,8 +108,9 @@ fn pre_name(pre: &Value) -> Result<&'static str> {
     };
     name.ok_or_else(|| {
         anyhow!(
-            "tokenizer.json: pre-tokenizer {} is not supported (supported: GPT-2's ByteLevel, SmolLM's Digits + ByteLevel, Llama 3's and Qwen2's Split + ByteLevel)",
-            shown(&pre.to_string())
+            "tokenizer.json: pre-tokenizer {}{} is not supported (supported: GPT-2's ByteLevel, SmolLM's Digits + ByteLevel, Llama 3's and Qwen2's Split + ByteLevel)",
+            shown(&pre.to_string()),
+            if ignore_merges { " with ignore_merges" } else { "" }
         )
     })
 }
@@ -217,10 +227,24 @@ impl Vocab {
                 }
             }
             let add_space_prefix = tj.get("normalizer").is_some_and(|n| n.to_string().contains("\"Prepend\""));
-            VocabModel::SentencePiece { scores, add_space_prefix }
+            let gemma = matches!(
+                config.get("model_type").and_then(Value::as_str),
+                Some("gemma" | "gemma2" | "gemma3" | "gemma3_text")
+            ) || tc.get("tokenizer_class").and_then(Value::as_str) == Some("GemmaTokenizer");
+            VocabModel::SentencePiece { scores, add_space_prefix, gemma }
         } else {
+            // Qwen2's NFC changes no NFC text (what the runtime assumes); others change ids.
+            let norm = tj.get("normalizer").unwrap_or(&Value::Null);
+            let norm_type = norm.get("type").and_then(Value::as_str);
+            if !(norm.is_null() || norm_type == Some("NFC")) {
+                bail!(
+                    "tokenizer.json: normalizer {} is not supported for byte-level BPE (supported: none, NFC)",
+                    shown(&norm.to_string())
+                );
+            }
             let pre = tj.get("pre_tokenizer").unwrap_or(&Value::Null);
-            VocabModel::ByteLevelBpe { merges, pre_name: pre_name(pre)?.to_string() }
+            let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
+            VocabModel::ByteLevelBpe { merges, pre_name: pre_name(pre, ignore_merges)?.to_string() }
         };
 
         let id_of = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
@@ -312,20 +336,40 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn sentencepiece_scores_from_merge_ranks() {
+        let dir = std::env::temp_dir().join(format!("arq-hf-spm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tj = json!({"added_tokens": [{"id": 0, "content": "<pad>", "special": true}],
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            "model": {"type": "BPE", "byte_fallback": true, "merges": [["▁", "t"], ["h", "e"], ["▁t", "he"]],
+                      "vocab": {"<pad>": 0, "<0x41>": 1, "▁": 2, "t": 3, "h": 4, "e": 5, "▁t": 6, "he": 7, "▁the": 8}}});
+        std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+        let v = Vocab::from_dir(&dir, &json!({"model_type": "gemma3_text"}), 10).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let VocabModel::SentencePiece { scores, add_space_prefix, gemma } = &v.model else { panic!("{v:?}") };
+        assert_eq!(scores, &[0., 0., 0., 0., 0., 0., -1., -2., -3., 0.]);
+        assert!(!add_space_prefix && *gemma);
+        assert_eq!(v.token_types, [3, 6, 1, 1, 1, 1, 1, 1, 1, 5]);
+        assert_eq!(v.model_name(), "llama");
+    }
+
+    #[test]
     fn pre_tokenizers_are_recognised() {
         let bl =
             |r: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": r});
-        assert_eq!(pre_name(&bl(true)).unwrap(), "gpt2");
+        assert_eq!(pre_name(&bl(true), false).unwrap(), "gpt2");
         let smol =
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl(true)]});
-        assert_eq!(pre_name(&smol).unwrap(), "smollm");
+        assert_eq!(pre_name(&smol, false).unwrap(), "smollm");
         let split = |r: &str| {
             json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}, bl(false)]})
         };
-        assert_eq!(pre_name(&split(LLAMA3_REGEX)).unwrap(), "llama-bpe");
-        assert_eq!(pre_name(&split(QWEN2_REGEX)).unwrap(), "qwen2");
-        let e = pre_name(&json!({"type": "Whitespace"})).unwrap_err().to_string();
+        assert_eq!(pre_name(&split(LLAMA3_REGEX), true).unwrap(), "llama-bpe");
+        assert_eq!(pre_name(&split(LLAMA3_REGEX), false).unwrap(), "dbrx");
+        assert_eq!(pre_name(&split(QWEN2_REGEX), false).unwrap(), "qwen2");
+        assert!(pre_name(&split(QWEN2_REGEX), true).unwrap_err().to_string().contains("with ignore_merges"));
+        let e = pre_name(&json!({"type": "Whitespace"}), false).unwrap_err().to_string();
         assert!(e.contains("Whitespace") && e.contains("not supported"), "{e}");
     }
 }
