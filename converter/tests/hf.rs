@@ -774,7 +774,7 @@ fn tiny_models_match_llama_cpp_and_transformers() {
         };
         let v: Value = serde_json::from_str(&text).unwrap();
         // The special ids and BOS rule transformers' tokenizer reports.
-        let vocab = hf::tokenizer::Vocab::from_dir(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
+        let vocab = hf::vocab::Vocab::from_tokenizer_json(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
         let tok = &v["tokenizer"];
         let id = |k: &str| tok[k].as_u64().map(|i| i as u32);
         assert_eq!(
@@ -820,8 +820,8 @@ fn tiny_models_match_llama_cpp_and_transformers() {
 /// that order the merged pieces as the GGUF's do.
 fn vocab_matches_gguf(family: &str, ck: &hf::Checkpoint, g: &GgufFile) {
     use arq_convert::import::gguf::Value as G;
-    use arq_convert::import::hf::tokenizer::{Vocab, VocabModel};
-    let vocab = Vocab::from_dir(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
+    use arq_convert::import::hf::vocab::{Vocab, VocabModel};
+    let vocab = Vocab::from_tokenizer_json(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
     let arr = |k: &str| g.get(k).and_then(G::as_array).unwrap_or_else(|| panic!("GGUF has no {k}")).to_vec();
     let tokens: Vec<String> = arr("tokenizer.ggml.tokens").iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let types: Vec<i32> = arr("tokenizer.ggml.token_type").iter().map(|v| v.as_i64().unwrap() as i32).collect();
@@ -859,9 +859,9 @@ fn vocab_matches_gguf(family: &str, ck: &hf::Checkpoint, g: &GgufFile) {
 /// pre-tokenizer (a SentencePiece vocabulary: stand-in tokens), for a runtime without
 /// the checkpoint's own tokenizer: scoring given ids never tokenizes.
 fn scoring_only(dir: &Path) -> ModelBytes {
-    use arq_convert::import::hf::tokenizer::{Vocab, VocabModel};
+    use arq_convert::import::hf::vocab::{Vocab, VocabModel};
     let ck = hf::open(dir).unwrap();
-    let vocab = Vocab::from_dir(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
+    let vocab = Vocab::from_tokenizer_json(&ck.dir, &ck.config, ck.hp.vocab).unwrap();
     let gpt2 = arq::tokenizer::PreTokenizer::Gpt2;
     let blob = match &vocab.model {
         VocabModel::ByteLevelBpe { merges, .. } => {

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod names;
 pub mod tokenizer;
+pub mod vocab;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -303,7 +304,7 @@ pub fn open(input: &Path) -> Result<Checkpoint> {
 pub fn read_hf(input: &Path, progress: bool) -> Result<TextSource> {
     let ck = open(input)?;
     ck.check_all_read()?;
-    let vocab = tokenizer::Vocab::from_dir(&ck.dir, &ck.config, ck.hp.vocab)?;
+    let vocab = vocab::Vocab::from_tokenizer_json(&ck.dir, &ck.config, ck.hp.vocab)?;
     let blob = vocab.blob()?;
     let name = ck.config.get("_name_or_path").and_then(Value::as_str).unwrap_or("");
     let source = std::fs::canonicalize(&ck.dir).unwrap_or_else(|_| ck.dir.clone());

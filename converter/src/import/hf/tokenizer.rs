@@ -10,20 +10,19 @@
 //! merge `r` (0 = first) scores `-(r + 1)`, a piece no merge makes (single characters,
 //! the `<0xAB>` byte pieces, added tokens) scores 0. Merging the pair whose result
 //! scores highest, as SentencePiece's BPE does, then merges in rank order, which is what
-//! Hugging Face's BPE does with the merges. The runtime of this branch has no
-//! SentencePiece tokenizer yet: such a vocabulary is read ([`Vocab::from_dir`]) but
-//! [`Vocab::blob`] refuses it.
+//! Hugging Face's BPE does with the merges (the tiny Gemma 3 test model's scores order
+//! its merged pieces as those llama.cpp takes from `tokenizer.model`). Byte pieces are
+//! type 6, as in GGUF. The runtime of this branch has no SentencePiece tokenizer yet:
+//! such a vocabulary is read but [`Vocab::blob`] refuses it (see `vocab.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
-use arq::format::keys;
-use arq::format::writer::Meta;
-use arq::tokenizer::PreTokenizer;
 use serde_json::Value;
 
 use super::read_json;
+use super::vocab::{Vocab, VocabModel};
 use crate::message::name as shown;
 
 /// GPT-2's pattern with `use_regex` in a `ByteLevel` pre-tokenizer; these two are Llama
@@ -31,39 +30,6 @@ use crate::message::name as shown;
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// How the tokens are found in text.
-#[derive(Clone, Debug, PartialEq)]
-pub enum VocabModel {
-    /// Byte-level BPE.
-    ByteLevelBpe {
-        /// `"left right"` per merge, highest priority first.
-        merges: Vec<String>,
-        /// The GGUF name of the pre-tokenizer (`gpt2`, `smollm`, `llama-bpe`, `qwen2`).
-        pre_name: String,
-    },
-    /// SentencePiece pieces with byte fallback (Gemma); scores from the merge ranks.
-    SentencePiece {
-        scores: Vec<f32>,
-        add_space_prefix: bool,
-        /// Hugging Face's Gemma tokenizer (its rules for runs of spaces and merge order).
-        gemma: bool,
-    },
-}
-
-/// A vocabulary read from `tokenizer.json`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Vocab {
-    pub tokens: Vec<String>,
-    pub token_types: Vec<i32>,
-    pub model: VocabModel,
-    pub bos: Option<u32>,
-    pub eos: Option<u32>,
-    pub unk: Option<u32>,
-    pub pad: Option<u32>,
-    pub add_bos: bool,
-    pub chat_template: Option<String>,
-}
 
 /// The pre-tokenizer's GGUF name from `tokenizer.json`'s `pre_tokenizer` and the BPE
 /// model's `ignore_merges` (a piece that is a token is that token: llama.cpp's
@@ -154,7 +120,7 @@ fn template_first(post: Option<&Value>) -> Option<&str> {
 impl Vocab {
     /// The vocabulary of the model directory `dir`, padded to `n_vocab` tokens (the
     /// embedding's rows; checkpoints round them up past the tokenizer's last id).
-    pub fn from_dir(dir: &Path, config: &Value, n_vocab: u64) -> Result<Vocab> {
+    pub fn from_tokenizer_json(dir: &Path, config: &Value, n_vocab: u64) -> Result<Vocab> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             bail!("{}: no tokenizer.json", dir.display());
@@ -284,50 +250,6 @@ impl Vocab {
         let (eos, unk, pad) = (special("eos_token"), special("unk_token"), special("pad_token"));
         Ok(Vocab { tokens, token_types: types, model, bos, eos, unk, pad, add_bos, chat_template })
     }
-
-    /// `tokenizer.model` of the `.arq` file: `gpt2` or `llama`, as GGUF names them.
-    pub fn model_name(&self) -> &'static str {
-        match self.model {
-            VocabModel::ByteLevelBpe { .. } => "gpt2",
-            VocabModel::SentencePiece { .. } => "llama",
-        }
-    }
-
-    /// The runtime's tokenizer blob.
-    pub fn blob(&self) -> Result<Vec<u8>> {
-        match &self.model {
-            VocabModel::ByteLevelBpe { merges, pre_name } => {
-                let pre = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
-                    anyhow!("tokenizer.json: the {pre_name} pre-tokenizer is not in this runtime yet (supported: gpt2, smollm)")
-                })?;
-                arq::tokenizer::build_blob_with(pre, &self.tokens, &self.token_types, merges)
-                    .map_err(|e| anyhow!("tokenizer.json: {e}"))
-            }
-            VocabModel::SentencePiece { .. } => {
-                bail!("tokenizer.json: a SentencePiece-style tokenizer (byte_fallback, Gemma) is not in this runtime yet (supported: byte-level BPE)")
-            }
-        }
-    }
-
-    /// The `tokenizer.*` metadata of the `.arq` file.
-    pub fn meta(&self) -> Vec<(String, Meta)> {
-        let mut meta = vec![(keys::TOKENIZER_MODEL.to_string(), Meta::Str(self.model_name().into()))];
-        if let VocabModel::ByteLevelBpe { pre_name, .. } = &self.model {
-            meta.push((keys::TOKENIZER_PRE.into(), Meta::Str(pre_name.clone())));
-        }
-        meta.push((keys::TOKENIZER_ADD_BOS.into(), Meta::Bool(self.add_bos)));
-        for (key, id) in
-            [(keys::TOKENIZER_BOS_ID, self.bos), (keys::TOKENIZER_EOS_ID, self.eos), (keys::TOKENIZER_PAD_ID, self.pad)]
-        {
-            if let Some(id) = id {
-                meta.push((key.into(), Meta::U32(id)));
-            }
-        }
-        if let Some(t) = &self.chat_template {
-            meta.push((keys::TOKENIZER_CHAT_TEMPLATE.into(), Meta::Str(t.clone())));
-        }
-        meta
-    }
 }
 
 #[cfg(test)]
@@ -344,7 +266,7 @@ mod tests {
             "model": {"type": "BPE", "byte_fallback": true, "merges": [["▁", "t"], ["h", "e"], ["▁t", "he"]],
                       "vocab": {"<pad>": 0, "<0x41>": 1, "▁": 2, "t": 3, "h": 4, "e": 5, "▁t": 6, "he": 7, "▁the": 8}}});
         std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
-        let v = Vocab::from_dir(&dir, &json!({"model_type": "gemma3_text"}), 10).unwrap();
+        let v = Vocab::from_tokenizer_json(&dir, &json!({"model_type": "gemma3_text"}), 10).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let VocabModel::SentencePiece { scores, add_space_prefix, gemma } = &v.model else { panic!("{v:?}") };
         assert_eq!(scores, &[0., 0., 0., 0., 0., 0., -1., -2., -3., 0.]);
