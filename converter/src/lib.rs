@@ -51,7 +51,7 @@ pub enum InputFormat {
     /// An ONNX graph (gated PixelCNN, GPT-2), by its `.onnx` extension.
     Onnx,
     /// A Hugging Face model directory (`config.json`, safetensors weights,
-    /// `tokenizer.json`), or a `.safetensors` file in one.
+    /// `tokenizer.json`), or its `config.json`, shard index or a `.safetensors` file in it.
     HuggingFace,
 }
 
@@ -60,7 +60,7 @@ impl InputFormat {
         let ext = |x: &str| input.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
         if ext("onnx") {
             InputFormat::Onnx
-        } else if input.is_dir() || ext("safetensors") {
+        } else if input.is_dir() || ext("safetensors") || import::hf::names_the_model(input) {
             InputFormat::HuggingFace
         } else {
             InputFormat::Gguf

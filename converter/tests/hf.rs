@@ -11,7 +11,8 @@
 //! With the tiny models saved by transformers and converted by llama.cpp's own script
 //! (`models/tiny/<family>/hf/`, `models/tiny/<family>/<family>-f32.gguf`,
 //! `models/fixtures/tiny_<family>.json`), each family's tensors must equal the GGUF's
-//! and its log-probs the fixture's; without those files the test prints a note and passes.
+//! and its log-probs the fixture's; without those files the test prints a note and passes
+//! (unless `ARQ_TINY_REQUIRED` is set).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -589,6 +590,11 @@ fn sharded_bf16_and_f16_inputs_give_the_same_tensors() {
     // A .safetensors file converts with the config.json beside it.
     let single = convert(&d.join("bf16/model.safetensors"), &d.join("file.arq"));
     assert_same(&tensor_map(single.bytes()), &files[0].1, "model.safetensors");
+    // So do its config.json and its shard index.
+    let config = convert(&d.join("bf16/config.json"), &d.join("config.arq"));
+    assert_same(&tensor_map(config.bytes()), &files[0].1, "config.json");
+    let index = convert(&d.join("f16x3/model.safetensors.index.json"), &d.join("index.arq"));
+    assert_same(&tensor_map(index.bytes()), &files[0].1, "the index");
     // And a shard of an index reads all of the index's shards.
     let shard = convert(&d.join("f16x3/model-00002-of-00003.safetensors"), &d.join("shard.arq"));
     assert_same(&tensor_map(shard.bytes()), &files[0].1, "a shard");
@@ -745,10 +751,16 @@ fn repo(rel: &str) -> PathBuf {
 /// fixture's ids as transformers did (1e-4 per token).
 #[test]
 fn tiny_models_match_llama_cpp_and_transformers() {
+    // With ARQ_TINY_REQUIRED set, a missing model, GGUF or fixture fails the test.
+    let required = std::env::var_os("ARQ_TINY_REQUIRED").is_some();
+    let absent = |p: &Path| {
+        assert!(!required, "{} is missing (ARQ_TINY_REQUIRED is set)", p.display());
+        eprintln!("note: {} not found", p.display());
+    };
     for family in ["llama", "gpt2", "qwen2", "qwen3", "gemma3"] {
         let dir = repo(&format!("models/tiny/{family}/hf"));
         if !dir.join("config.json").exists() {
-            eprintln!("note: {} not found; skipping {family}", dir.display());
+            absent(&dir);
             continue;
         }
         let ck = hf::open(&dir).unwrap();
@@ -765,11 +777,11 @@ fn tiny_models_match_llama_cpp_and_transformers() {
             eprintln!("{family}: every tensor equals the GGUF's within 1e-6");
             vocab_matches_gguf(family, &ck, &g);
         } else {
-            eprintln!("note: {} not found", gguf_path.display());
+            absent(&gguf_path);
         }
         let fixture = repo(&format!("models/fixtures/tiny_{family}.json"));
         let Ok(text) = std::fs::read_to_string(&fixture) else {
-            eprintln!("note: {} not found", fixture.display());
+            absent(&fixture);
             continue;
         };
         let v: Value = serde_json::from_str(&text).unwrap();

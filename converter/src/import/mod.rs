@@ -1,5 +1,5 @@
 pub mod gguf;
 pub mod hf;
-pub mod text;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod text;

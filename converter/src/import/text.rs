@@ -38,11 +38,7 @@ pub fn family(name: &str, what: &str) -> Result<Family> {
         Some(spec) => Ok(spec.family),
         None => {
             let supported: Vec<_> = arq::models::transformer::family::names().collect();
-            bail!(
-                "unsupported {what} '{}' (supported: {})",
-                crate::message::name(name),
-                supported.join(", ")
-            )
+            bail!("unsupported {what} '{}' (supported: {})", crate::message::name(name), supported.join(", "))
         }
     }
 }

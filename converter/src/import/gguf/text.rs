@@ -115,8 +115,8 @@ fn hparams(g: &GgufFile, family: Family, n_tokens: usize) -> Result<HParams> {
     };
     // llama.cpp scales Gemma 3 27B (62 layers) by 1/sqrt(dim / heads), the others by
     // 1/sqrt(head_dim), after each checkpoint's `query_pre_attn_scalar`.
-    let attn_scale = (family == Family::Gemma3 && n_layers == 62 && n_heads > 0)
-        .then(|| 1.0 / ((dim / n_heads) as f32).sqrt());
+    let attn_scale =
+        (family == Family::Gemma3 && n_layers == 62 && n_heads > 0).then(|| 1.0 / ((dim / n_heads) as f32).sqrt());
     let eps_key = match spec.norm {
         arq::models::transformer::family::NormKind::Rms => k("attention.layer_norm_rms_epsilon"),
         arq::models::transformer::family::NormKind::Layer => k("attention.layer_norm_epsilon"),

@@ -50,8 +50,14 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))
 }
 
-/// The model directory of `input` (the directory itself, or the one holding the
-/// `.safetensors` file given) and the weight file given, if one was.
+/// Whether `path` names a whole model by one of its files: its `config.json` or its
+/// shard index (`model.safetensors.index.json`).
+pub fn names_the_model(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == CONFIG || n.ends_with(".safetensors.index.json"))
+}
+
+/// The model directory of `input` (the directory itself, or the one holding the file
+/// given) and the weight file given, if one was (not for `config.json` or the index).
 pub fn locate(input: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let meta = std::fs::metadata(input).map_err(|_| anyhow!("{}: no such file or directory", input.display()))?;
     let (dir, file) = if meta.is_dir() {
@@ -62,7 +68,8 @@ pub fn locate(input: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        (dir, Some(input.to_path_buf()))
+        let file = (!names_the_model(input)).then(|| input.to_path_buf());
+        (dir, file)
     };
     if !dir.join(CONFIG).exists() {
         if file.is_some() {
