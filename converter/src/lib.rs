@@ -73,11 +73,11 @@ pub struct ConvertOptions {
     pub quant: Quant,
     /// Overwrite an existing output.
     pub force: bool,
-    /// GGUF: calibration text file for the accuracy report (`None`: the built-in text).
+    /// Text models (GGUF, Hugging Face): calibration text file for the accuracy report (`None`: the built-in text).
     pub calib: Option<PathBuf>,
-    /// GGUF: skip the calibration run (per-tensor errors are still reported).
+    /// Text models: skip the calibration run (per-tensor errors are still reported).
     pub skip_calibration: bool,
-    /// GGUF: progress bars on stderr.
+    /// Text models: progress bars on stderr.
     pub progress: bool,
     /// ONNX PixelCNN: the output head (`categorical`, `logistic_mixture:K`, ...),
     /// overriding the file's metadata.
@@ -92,7 +92,7 @@ pub struct ConvertSummary {
     pub bytes: u64,
     /// Relative error of each quantized matrix.
     pub tensor_errors: Vec<TensorError>,
-    /// GGUF: the calibration run (`None` for f32 output or when skipped).
+    /// Text models: the calibration run (`None` for f32 output or when skipped).
     pub accuracy: Option<AccuracyReport>,
     /// ONNX: what was read (layers, head).
     pub description: Option<String>,
