@@ -15,6 +15,8 @@ export ARQ_SMOLLM2_GGUF
 echo "== fetching Gemma 3 270M"
 ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
 export ARQ_GEMMA3_GGUF
+# The tiny models of every family (models/tiny/, committed) must be there.
+export ARQ_TINY_REQUIRED=1
 echo "== fetching Gemma 3 270M (its tokenizer is tested against Hugging Face's ids)"
 ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
 export ARQ_GEMMA3_GGUF

@@ -3,7 +3,7 @@
 //!
 //! Converting:
 //! - [`import`]: one module per source format ([`import::gguf`]: GGUF reader and the
-//!   LLaMA importer; `import::onnx`: shared protobuf helpers and one module per
+//!   text importer; [`import::hf`]: Hugging Face directories; `import::onnx`: shared protobuf helpers and one module per
 //!   graph pattern, gated PixelCNN and GPT-2). Importers do
 //!   not import each other; what they share lives below them:
 //! - [`quantize`]: the output weight types and the encoding of a matrix in one;
@@ -50,12 +50,18 @@ pub enum InputFormat {
     Gguf,
     /// An ONNX graph (gated PixelCNN, GPT-2), by its `.onnx` extension.
     Onnx,
+    /// A Hugging Face model directory (`config.json`, safetensors weights,
+    /// `tokenizer.json`), or its `config.json`, shard index or a `.safetensors` file in it.
+    HuggingFace,
 }
 
 impl InputFormat {
     pub fn of(input: &Path) -> InputFormat {
-        if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        let ext = |x: &str| input.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
+        if ext("onnx") {
             InputFormat::Onnx
+        } else if input.is_dir() || ext("safetensors") || import::hf::names_the_model(input) {
+            InputFormat::HuggingFace
         } else {
             InputFormat::Gguf
         }
@@ -67,11 +73,11 @@ pub struct ConvertOptions {
     pub quant: Quant,
     /// Overwrite an existing output.
     pub force: bool,
-    /// GGUF: calibration text file for the accuracy report (`None`: the built-in text).
+    /// Text models (GGUF, Hugging Face): calibration text file for the accuracy report (`None`: the built-in text).
     pub calib: Option<PathBuf>,
-    /// GGUF: skip the calibration run (per-tensor errors are still reported).
+    /// Text models: skip the calibration run (per-tensor errors are still reported).
     pub skip_calibration: bool,
-    /// GGUF: progress bars on stderr.
+    /// Text models: progress bars on stderr.
     pub progress: bool,
     /// ONNX PixelCNN: the output head (`categorical`, `logistic_mixture:K`, ...),
     /// overriding the file's metadata.
@@ -86,7 +92,7 @@ pub struct ConvertSummary {
     pub bytes: u64,
     /// Relative error of each quantized matrix.
     pub tensor_errors: Vec<TensorError>,
-    /// GGUF: the calibration run (`None` for f32 output or when skipped).
+    /// Text models: the calibration run (`None` for f32 output or when skipped).
     pub accuracy: Option<AccuracyReport>,
     /// ONNX: what was read (layers, head).
     pub description: Option<String>,
@@ -97,10 +103,11 @@ pub struct ConvertSummary {
 pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertSummary> {
     match InputFormat::of(input) {
         InputFormat::Onnx => convert_onnx(input, out, opts),
-        InputFormat::Gguf if opts.head.is_some() || opts.levels.is_some() => {
+        InputFormat::Gguf | InputFormat::HuggingFace if opts.head.is_some() || opts.levels.is_some() => {
             bail!("--head and --levels apply to ONNX PixelCNN models only")
         }
         InputFormat::Gguf => import::gguf::text::convert(input, out, opts),
+        InputFormat::HuggingFace => import::hf::convert(input, out, opts),
     }
 }
 

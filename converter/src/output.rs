@@ -22,6 +22,29 @@ use crate::model::Loaded;
 /// output does not (unless `force`), and they are not the same file.
 pub fn check_paths(input: &Path, out: &Path, force: bool) -> Result<()> {
     crate::input::regular_file(input)?;
+    check_output(input, out, force)
+}
+
+/// [`check_paths`] for an input that is a directory of files (a Hugging Face model):
+/// the output is not the directory, nor any file in it that `reads` names.
+pub fn check_dir_paths(dir: &Path, out: &Path, force: bool, reads: impl Fn(&str) -> bool) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    check_output(dir, out, force)?;
+    let (Ok(d), Some(name)) = (dir.canonicalize(), out.file_name()) else { return Ok(()) };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent.canonicalize().is_ok_and(|p| p == d) && reads(&name.to_string_lossy()) {
+        bail!("output {} is one of the input files", out.display());
+    }
+    Ok(())
+}
+
+/// The checks of the output against one input path.
+fn check_output(input: &Path, out: &Path, force: bool) -> Result<()> {
     crate::input::not_special(out)?;
     if out.exists() && !force {
         bail!("{} already exists (use --force to overwrite)", out.display());

@@ -19,7 +19,7 @@ pub fn run(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<()> {
             eprintln!("wrote {} ({bytes} bytes, {quant}) in {secs:.2} s", output.display());
             print_tensor_errors(&s.tensor_errors, false);
         }
-        InputFormat::Gguf => {
+        InputFormat::Gguf | InputFormat::HuggingFace => {
             eprintln!("wrote {} ({bytes} bytes, {quant}) in {secs:.1} s", output.display());
             print_tensor_errors(&s.tensor_errors, true);
             print_accuracy(&s);

@@ -1,4 +1,5 @@
 pub mod gguf;
+pub mod hf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod text;

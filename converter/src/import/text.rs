@@ -307,7 +307,10 @@ pub fn convert(
         }
         None => None,
     };
-    check_paths(input, out, opts.force)?;
+    // A Hugging Face input is a directory, whose paths its importer checks itself.
+    if format != InputFormat::HuggingFace {
+        check_paths(input, out, opts.force)?;
+    }
     let src = read(input, opts.progress)?;
     let (bytes, tensor_errors) = src.to_arq(opts.quant, opts.progress)?;
     let accuracy = if opts.quant != Quant::F32 && !opts.skip_calibration {
