@@ -12,14 +12,11 @@ echo "== fetching SmolLM2-135M-Instruct"
 ARQ_SMOLLM2_GGUF=$(models/fetch_smollm2.sh)
 export ARQ_SMOLLM2_GGUF
 
-echo "== fetching Gemma 3 270M"
+echo "== fetching Gemma 3 270M (end to end against transformers; its tokenizer against Hugging Face's ids)"
 ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
 export ARQ_GEMMA3_GGUF
 # The tiny models of every family (models/tiny/, committed) must be there.
 export ARQ_TINY_REQUIRED=1
-echo "== fetching Gemma 3 270M (its tokenizer is tested against Hugging Face's ids)"
-ARQ_GEMMA3_GGUF=$(models/fetch_gemma3.sh)
-export ARQ_GEMMA3_GGUF
 
 # Every cargo test summary line is collected for the closing count.
 log=$(mktemp)

@@ -87,7 +87,7 @@ fn hostile_gguf_files_are_refused_in_one_line() {
         ("key_escape.gguf", &["duplicate metadata key '\\x1b[2J\\x1b]0;owned\\x07\\r'"]),
         ("arch_escape.gguf", &["unsupported architecture '\\x1b[31mllama\\r\\x1b[0m'"]),
         ("long_key.gguf", &["duplicate metadata key 'kkkk", "k…'"]),
-        ("nan_weight.gguf", &["tensor 'token_embd' holds NaN", "must be finite"]),
+        ("nan_weight.gguf", &["tensor 'token_embd.weight' holds NaN", "must be finite"]),
     ];
     for (file, needles) in cases {
         refused(&["convert", &hostile(file), "-o", s(&out)], 1, needles);
