@@ -302,15 +302,14 @@ pub fn build_spm_blob<T: AsRef<str>>(
 
     let mut sorted: Vec<u32> = (0..n as u32).collect();
     sorted.sort_by(|&a, &b| bytes_of(a).cmp(bytes_of(b)).then(a.cmp(&b)));
-    let mut prev_piece: Option<u32> = None;
+    // Two pieces, or two byte tokens, with the same bytes.
+    let (mut prev_piece, mut prev_byte): (Option<u32>, Option<u32>) = (None, None);
     for &id in &sorted {
-        if types[id as usize] == BYTE {
-            continue;
-        }
-        if prev_piece.is_some_and(|p| bytes_of(p) == bytes_of(id)) {
+        let prev = if types[id as usize] == BYTE { &mut prev_byte } else { &mut prev_piece };
+        if prev.is_some_and(|p| bytes_of(p) == bytes_of(id)) {
             return Err(TokenizerError::AmbiguousPiece { id });
         }
-        prev_piece = Some(id);
+        *prev = Some(id);
     }
 
     // Merge priority of each piece as a result: its position (Gemma), or its score's

@@ -446,11 +446,19 @@ impl<'a> Tokenizer<'a> {
             }
         }
         let mut prev: Option<(&[u8], u32)> = None;
+        let sentencepiece = !self.rank.is_empty();
         for &id in self.sorted {
             let id = le32(id);
             let bytes = self.token_bytes(id).ok_or(Corrupt("sorted index id out of range"))?;
             if prev.is_some_and(|p| p >= (bytes, id)) {
                 return Err(Corrupt("sorted index not strictly increasing"));
+            }
+            // SentencePiece pieces are found by their bytes: at most one piece and one
+            // byte token may share them (which also keeps every lookup O(log N)).
+            if sentencepiece
+                && prev.is_some_and(|(pb, pid)| pb == bytes && self.is_byte_token(pid) == self.is_byte_token(id))
+            {
+                return Err(Corrupt("two pieces with the same bytes"));
             }
             prev = Some((bytes, id));
         }
@@ -1103,6 +1111,11 @@ mod tests {
         g[16] = "▁▁";
         let gemma = SpmOptions { gemma: true, ..opts };
         assert_eq!(build_spm_blob(&g, &gty, &gsc, gemma), Err(TokenizerError::AmbiguousPiece { id: 16 }));
+        let mut two_bytes = t.clone();
+        two_bytes[17] = "<0x41>";
+        let mut byte_types = ty.clone();
+        byte_types[17] = 6;
+        assert_eq!(build_spm_blob(&two_bytes, &byte_types, &sc, opts), Err(TokenizerError::AmbiguousPiece { id: 17 }));
         // A byte token's text split into two pieces would be a merge Hugging Face makes.
         bad[17] = "<0x";
         let mut more = bad.clone();
@@ -1136,6 +1149,14 @@ mod tests {
         let mut unk = spm_blob(true);
         unk[20..24].copy_from_slice(&100u32.to_le_bytes());
         assert!(Tokenizer::from_blob(&unk).is_err());
+        // Piece "A" (17) and byte token <0x41> (5) share bytes; two byte tokens may not.
+        let mut dup = spm_blob(true);
+        let types_at = dup.len() - 18 - {
+            let pool_len = u32::from_le_bytes(dup[28..32].try_into().unwrap());
+            pool_len as usize
+        };
+        dup[types_at + 17] = 6;
+        assert_eq!(Tokenizer::from_blob(&dup).unwrap_err(), TokenizerError::Corrupt("two pieces with the same bytes"));
     }
 
     #[test]
