@@ -251,7 +251,9 @@ pub fn build_spm_blob<T: AsRef<str>>(
             .filter(|&t| super::TokenType::from_u8(t).is_some())
             .ok_or(TokenizerError::BadTokenType { id, value: ty })?;
         let text = text.as_ref();
-        let space_run = opts.gemma && text.contains(' ') && text.chars().all(char::is_whitespace);
+        // Python's `not t.strip()`: `str.isspace` is White_Space plus U+001C..U+001F.
+        let py_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+        let space_run = opts.gemma && text.contains(' ') && text.chars().all(py_space);
         let hf: String = if space_run { text.chars().map(|_| '\u{2581}').collect() } else { text.into() };
         if ty == BYTE {
             pool.push(parse_byte_token(text).ok_or(TokenizerError::BadByteToken { id })?);

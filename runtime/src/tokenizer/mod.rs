@@ -1113,6 +1113,11 @@ mod tests {
         g[16] = "▁▁";
         let gemma = SpmOptions { gemma: true, ..opts };
         assert_eq!(build_spm_blob(&g, &gty, &gsc, gemma), Err(TokenizerError::AmbiguousPiece { id: 16 }));
+        // White space as Python's `str.isspace` sees it (U+001C counts): respelled too.
+        let (mut g, gty, gsc) = spm_vocab(true);
+        g[4] = " \u{1c}";
+        let blob = build_spm_blob(&g, &gty, &gsc, gemma).unwrap();
+        assert_eq!(Tokenizer::from_blob(&blob).unwrap().encode("  ", false), [4]);
         let mut two_bytes = t.clone();
         two_bytes[17] = "<0x41>";
         let mut byte_types = ty.clone();
