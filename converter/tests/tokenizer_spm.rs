@@ -113,6 +113,14 @@ fn gemma3_ids_match_hugging_face() {
         2 * cases.len(),
         failures.join("\n")
     );
+    // Long texts go through encode's cache of merge lookups: the same ids as without.
+    let long = cases.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" ").repeat(3);
+    let mut scratch = vec![0u32; arq::tokenizer::SCRATCH_WORDS_PER_BYTE * (long.len() + 1)];
+    for special in [false, true] {
+        let mut no_cache = Vec::new();
+        tok.encode_with_scratch(&long, special, &mut scratch, |id| no_cache.push(id)).unwrap();
+        assert_eq!(tok.encode(&long, special), no_cache);
+    }
 }
 
 #[test]

@@ -156,6 +156,23 @@ pub fn tokenizer(data: &[u8]) -> &'static str {
     exercise_tokenizer(&tok, data)
 }
 
+/// A tokenizer blob (`Tokenizer::from_blob`, byte-level BPE or SentencePiece): when one
+/// loads, encode and decode of fixed texts and of ids read from the input.
+pub fn tokenizer_blob(data: &[u8]) -> &'static str {
+    let Ok(tok) = Tokenizer::from_blob(data) else {
+        return "refused";
+    };
+    for text in
+        [&b"Hello, world! 123 <|im_end|>\n\xff\xfe"[..], "  a\u{2581}b\t\t\n\n中文 😀 <start_of_turn>".as_bytes()]
+    {
+        exercise_tokenizer(&tok, text);
+        let mut scratch = [0u32; 256];
+        let _ = tok.encode_with_scratch(&String::from_utf8_lossy(text), true, &mut scratch, |_| {});
+    }
+    exercise_tokenizer(&tok, data.get(..data.len().min(64)).unwrap_or_default());
+    "loaded"
+}
+
 fn exercise_tokenizer(tok: &Tokenizer<'_>, data: &[u8]) -> &'static str {
     let text = String::from_utf8_lossy(data);
     let special = data.first().is_some_and(|b| b & 1 == 1);

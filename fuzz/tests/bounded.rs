@@ -272,6 +272,37 @@ fn fuzz_tokenizer() {
 }
 
 #[test]
+fn fuzz_tokenizer_blob() {
+    run("tokenizer_blob", arq_fuzz::tokenizer_blob, small_tokenizer_blobs());
+}
+
+/// A small byte-level BPE blob (version 1) and a small SentencePiece blob (version 2),
+/// built here with the runtime's builders.
+fn small_tokenizer_blobs() -> Vec<(String, Vec<u8>)> {
+    use arq::tokenizer::{build_blob_with, build_spm_blob, PreTokenizer, SpmOptions};
+    let mut tokens: Vec<String> = vec!["<|im_end|>".into()];
+    tokens.extend(('!'..='~').map(String::from));
+    tokens.extend(["he", "ll", "hell", "hello"].map(String::from));
+    let mut types = vec![3];
+    types.resize(tokens.len(), 1);
+    let merges = ["h e", "l l", "he ll", "hell o"];
+    let bpe = build_blob_with(PreTokenizer::Llama3, &tokens, &types, &merges).expect("small BPE blob");
+    let mut pieces: Vec<String> = ["<unk>", "<start_of_turn>", "\n", "  "].map(String::from).to_vec();
+    let mut piece_types = vec![2, 3, 4, 4];
+    for b in [0x41u8, 0xe4, 0xb8, 0xad, 0xf0, 0x9f] {
+        pieces.push(format!("<0x{b:02X}>"));
+        piece_types.push(6);
+    }
+    for p in ["▁", "a", "b", "ab", "▁a", "中", "文"] {
+        pieces.push(p.into());
+        piece_types.push(1);
+    }
+    let opts = SpmOptions { add_space_prefix: true, unk: Some(0), gemma: true };
+    let spm = build_spm_blob(&pieces, &piece_types, &[], opts).expect("small SentencePiece blob");
+    vec![("built:bpe-llama3".into(), bpe), ("built:spm-gemma".into(), spm)]
+}
+
+#[test]
 fn fuzz_npy() {
     run("npy", arq_fuzz::npy, seeds("npy", &[]));
 }

@@ -14,6 +14,8 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, OffsetReferential, OffsetType, PreTokenizedString};
 
 const CORPUS: &str = include_str!("../fixtures/tokenizer/corpus.txt");
@@ -357,4 +359,63 @@ fn pre_tokenizer_matches_reference_on_every_code_point() {
         assert!(c.is_numeric(), "gpt2 pattern differs on U+{:04X}", *c as u32);
     }
     println!("{} code points checked; gpt2 pattern differs on {} newer numbers", chars.len(), gpt2_differences.len());
+}
+
+/// Llama 3's split pattern (`llama-bpe` and its aliases; DBRX's is the same) and Qwen2's
+/// (single digits), as their `tokenizer.json` files write them.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The Llama 3 and Qwen2 pre-tokenizers against Oniguruma running their patterns
+/// (`Split(Regex, Isolated)`), on every code point of the assigned planes in contexts
+/// that tell its class apart, and on random mixtures. Needs no model.
+#[test]
+fn llama3_and_qwen2_pre_tokenizers_match_reference_on_every_code_point() {
+    let planes = (0..0x4_0000u32).chain(0xe_0000..0xe_1000);
+    let chars: Vec<char> = planes.filter_map(char::from_u32).collect();
+    for (pre, pattern) in [(PreTokenizer::Llama3, LLAMA3_PATTERN), (PreTokenizer::Qwen2, QWEN2_PATTERN)] {
+        let reference =
+            Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false).expect("regex");
+        let mut differences = Vec::new();
+        for chunk in chars.chunks(2048) {
+            let mut text = String::new();
+            for &c in chunk {
+                for ctx in ["a", "!", " ", "1", "'", "\n", "\r", "\t", " !"] {
+                    text.push_str(ctx);
+                    text.push(c);
+                }
+                text.push(c);
+                text.push(c);
+                text.push_str("  x\r\n ");
+            }
+            if our_pieces(pre, &text) != reference_pieces(&reference, &text) {
+                differences.extend(chunk.iter().copied().filter(|&c| {
+                    let s: String = ["a", "!", " ", "1", "'", "\n", "\r", " !"]
+                        .iter()
+                        .flat_map(|ctx| [ctx.to_string(), c.to_string()])
+                        .collect();
+                    our_pieces(pre, &s) != reference_pieces(&reference, &s)
+                }));
+            }
+        }
+        // `\p{N}` is Oniguruma's (Unicode 16) against our `char::is_numeric` (this
+        // toolchain's Unicode): only numbers added after 16.0 may differ.
+        for c in &differences {
+            assert!(c.is_numeric(), "{pre:?} pattern differs on U+{:04X}", *c as u32);
+        }
+        let fragments = [
+            "a", "Z", "é", "中", " ", "  ", "\t", "\n", "\r", "\r\n", "\u{a0}", "\u{3000}", "1", "234", "5678", "'",
+            "'s", "'LL", "'Re", "'ve", "'D", "'m", "'T", "\u{17f}", "!", "??", "$", "😀", "\u{301}", "\u{85}",
+            "\u{1c}",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let mut s = String::new();
+            for _ in 0..rng.below(16) {
+                s.push_str(fragments[rng.below(fragments.len())]);
+            }
+            assert_eq!(our_pieces(pre, &s), reference_pieces(&reference, &s), "{pre:?} on {s:?}");
+        }
+    }
 }

@@ -47,6 +47,27 @@ pub(super) struct Candidate {
 const _: () = assert!(core::mem::size_of::<Symbol>() == 12 && core::mem::size_of::<Candidate>() == 24);
 const _: () = assert!(SCRATCH_WORDS_PER_BYTE == 3 + 3 * 6);
 
+/// One remembered merge lookup of a [`PairCache`].
+#[derive(Clone, Copy)]
+pub(super) struct PairSlot {
+    left: u32,
+    right: u32,
+    key: MergeKey,
+    /// `NONE`: the pair does not merge.
+    result: u32,
+}
+
+/// A direct-mapped cache of merge lookups for one long `encode` call (SentencePiece
+/// lookups are binary searches over the whole vocabulary, and text repeats its pairs).
+pub(super) struct PairCache<'s> {
+    pub(super) slots: &'s mut [PairSlot],
+}
+
+impl PairSlot {
+    pub(super) const EMPTY: PairSlot =
+        PairSlot { left: NONE, right: NONE, key: MergeKey { rank: 0, split: 0 }, result: NONE };
+}
+
 impl Candidate {
     /// Heap order: lowest key first, then lowest result id (two merges can share a key
     /// only in a SentencePiece vocabulary with tied scores), then leftmost.
@@ -155,18 +176,37 @@ impl Tokenizer<'_> {
                 n += 1;
             }
         }
-        self.merge_symbols(symbols.get_mut(..n).unwrap_or_default(), heap_items, emit);
+        self.merge_symbols(symbols.get_mut(..n).unwrap_or_default(), heap_items, None, emit);
         Ok(())
     }
 
     /// The merge loop over `symbols` (their `id`s set, links not yet): Hugging Face's
-    /// `Word::merge_all`. `heap_items` holds at least `3 * symbols.len()` entries.
+    /// `Word::merge_all`. `heap_items` holds at least `3 * symbols.len()` entries;
+    /// `cache`, if any, remembers merge lookups (its length a power of two).
     pub(super) fn merge_symbols(
         &self,
         symbols: &mut [Symbol],
         heap_items: &mut [Candidate],
+        mut cache: Option<&mut PairCache<'_>>,
         emit: &mut impl FnMut(u32),
     ) {
+        let mut merge_key = |left: u32, right: u32| -> Option<(MergeKey, u32)> {
+            let Some(cache) = cache.as_deref_mut() else {
+                return self.merge_key(left, right);
+            };
+            let h = (u64::from(left) << 32 | u64::from(right)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mask = cache.slots.len().wrapping_sub(1);
+            let Some(slot) = cache.slots.get_mut((h >> 40) as usize & mask) else {
+                return self.merge_key(left, right);
+            };
+            if (slot.left, slot.right) == (left, right) {
+                return (slot.result != NONE).then_some((slot.key, slot.result));
+            }
+            let found = self.merge_key(left, right);
+            let (key, result) = found.unwrap_or((MergeKey { rank: 0, split: 0 }, NONE));
+            *slot = PairSlot { left, right, key, result };
+            found
+        };
         let n = symbols.len();
         for (i, s) in symbols.iter_mut().enumerate() {
             // `prev` of symbol 0 wraps to u32::MAX == NONE.
@@ -176,7 +216,7 @@ impl Tokenizer<'_> {
         let mut heap = Heap { items: heap_items, len: 0 };
         for pos in 0..n.saturating_sub(1) {
             let (left, right) = (symbols[pos].id, symbols[pos + 1].id);
-            if let Some((key, result)) = self.merge_key(left, right) {
+            if let Some((key, result)) = merge_key(left, right) {
                 heap.push(Candidate { rank: key.rank, split: key.split, pos: pos as u32, left, right, result });
             }
         }
@@ -194,7 +234,7 @@ impl Tokenizer<'_> {
             // A stale candidate: the pair has changed since it was queued. Like Hugging
             // Face, still merge if the new pair happens to give the same token.
             if (left.id, right.id) != (top.left, top.right) {
-                match self.merge_key(left.id, right.id) {
+                match merge_key(left.id, right.id) {
                     Some((_, result)) if result == top.result => {}
                     _ => continue,
                 }
@@ -206,13 +246,13 @@ impl Tokenizer<'_> {
                 after.prev = pos as u32;
             }
             if let Some(&before) = symbols.get(left.prev as usize) {
-                if let Some((key, result)) = self.merge_key(before.id, top.result) {
+                if let Some((key, result)) = merge_key(before.id, top.result) {
                     let (rank, split) = (key.rank, key.split);
                     heap.push(Candidate { rank, split, pos: left.prev, left: before.id, right: top.result, result });
                 }
             }
             if let Some(&after) = symbols.get(right.next as usize) {
-                if let Some((key, result)) = self.merge_key(top.result, after.id) {
+                if let Some((key, result)) = merge_key(top.result, after.id) {
                     let (rank, split) = (key.rank, key.split);
                     heap.push(Candidate { rank, split, pos: pos as u32, left: top.result, right: after.id, result });
                 }

@@ -251,7 +251,9 @@ pub fn build_spm_blob<T: AsRef<str>>(
             .filter(|&t| super::TokenType::from_u8(t).is_some())
             .ok_or(TokenizerError::BadTokenType { id, value: ty })?;
         let text = text.as_ref();
-        let space_run = opts.gemma && text.contains(' ') && text.chars().all(char::is_whitespace);
+        // Python's `not t.strip()`: `str.isspace` is White_Space plus U+001C..U+001F.
+        let py_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+        let space_run = opts.gemma && text.contains(' ') && text.chars().all(py_space);
         let hf: String = if space_run { text.chars().map(|_| '\u{2581}').collect() } else { text.into() };
         if ty == BYTE {
             pool.push(parse_byte_token(text).ok_or(TokenizerError::BadByteToken { id })?);
@@ -302,15 +304,14 @@ pub fn build_spm_blob<T: AsRef<str>>(
 
     let mut sorted: Vec<u32> = (0..n as u32).collect();
     sorted.sort_by(|&a, &b| bytes_of(a).cmp(bytes_of(b)).then(a.cmp(&b)));
-    let mut prev_piece: Option<u32> = None;
+    // Two pieces, or two byte tokens, with the same bytes.
+    let (mut prev_piece, mut prev_byte): (Option<u32>, Option<u32>) = (None, None);
     for &id in &sorted {
-        if types[id as usize] == BYTE {
-            continue;
-        }
-        if prev_piece.is_some_and(|p| bytes_of(p) == bytes_of(id)) {
+        let prev = if types[id as usize] == BYTE { &mut prev_byte } else { &mut prev_piece };
+        if prev.is_some_and(|p| bytes_of(p) == bytes_of(id)) {
             return Err(TokenizerError::AmbiguousPiece { id });
         }
-        prev_piece = Some(id);
+        *prev = Some(id);
     }
 
     // Merge priority of each piece as a result: its position (Gemma), or its score's

@@ -26,9 +26,12 @@
 //! then walks each table once (offsets, types, the byte table, the sorted index by
 //! comparing neighbours, merges, special tokens), O(N + M + P) in time. Gemma 3's
 //! 262,144 pieces make a 5.5 MB blob (5,473,530 bytes: 1 MB each for offsets, the
-//! sorted index and the ranks, 2.2 MB of text) that loads in about 16 ms on one core of
-//! the development machine (`converter/tests/tokenizer_spm.rs` prints both); the
-//! bytes stay where they are (mmap or flash).
+//! sorted index and the ranks, 2.2 MB of text) that loads in about 4.5 ms on one core
+//! of the (shared, 2-core x86) development machine, 16 ms while it was busy
+//! (`converter/tests/tokenizer_spm.rs` prints both numbers); the bytes stay where they
+//! are (mmap or flash). Encoding finds pieces by binary search instead of a hash table
+//! built at load (`encode` remembers merge lookups for long texts): about 0.7 MB/s of
+//! text for Gemma 3 on that machine.
 //!
 //! # Blob layout, versions 1 and 2
 //!
@@ -446,11 +449,19 @@ impl<'a> Tokenizer<'a> {
             }
         }
         let mut prev: Option<(&[u8], u32)> = None;
+        let sentencepiece = !self.rank.is_empty();
         for &id in self.sorted {
             let id = le32(id);
             let bytes = self.token_bytes(id).ok_or(Corrupt("sorted index id out of range"))?;
             if prev.is_some_and(|p| p >= (bytes, id)) {
                 return Err(Corrupt("sorted index not strictly increasing"));
+            }
+            // SentencePiece pieces are found by their bytes: at most one piece and one
+            // byte token may share them (which also keeps every lookup O(log N)).
+            if sentencepiece
+                && prev.is_some_and(|(pb, pid)| pb == bytes && self.is_byte_token(pid) == self.is_byte_token(id))
+            {
+                return Err(Corrupt("two pieces with the same bytes"));
             }
             prev = Some((bytes, id));
         }
@@ -648,7 +659,7 @@ impl<'a> Tokenizer<'a> {
                     Ok(())
                 }
                 TokenizerKind::SentencePiece { .. } => {
-                    self.spm_segment(t, core::ptr::eq(t.as_ptr(), text.as_ptr()), scratch, &mut emit)
+                    self.spm_segment(t, core::ptr::eq(t.as_ptr(), text.as_ptr()), scratch, None, &mut emit)
                 }
             },
         })
@@ -661,6 +672,12 @@ impl<'a> Tokenizer<'a> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
         let mut scratch = Vec::new();
         let mut cache = PieceCache::for_text_len(text.len());
+        // SentencePiece: remembered merge lookups, for texts long enough to repay them.
+        let n_pairs = match self.kind {
+            TokenizerKind::SentencePiece { .. } if text.len() >= 256 => 4096,
+            _ => 0,
+        };
+        let mut pair_slots = alloc::vec![bpe::PairSlot::EMPTY; n_pairs];
         let result = self.split_special(text, special, |segment| match segment {
             Segment::Special(id) => {
                 ids.push(id);
@@ -673,7 +690,8 @@ impl<'a> Tokenizer<'a> {
                         scratch.resize(need, 0);
                     }
                     let at_start = core::ptr::eq(t.as_ptr(), text.as_ptr());
-                    return self.spm_segment(t, at_start, &mut scratch, &mut |id| ids.push(id));
+                    let mut pairs = bpe::PairCache { slots: &mut pair_slots };
+                    return self.spm_segment(t, at_start, &mut scratch, Some(&mut pairs), &mut |id| ids.push(id));
                 };
                 for piece in pre.pieces(t) {
                     let piece = piece.as_bytes();
@@ -1073,6 +1091,12 @@ mod tests {
         let mut ids = Vec::new();
         tok.encode_with_scratch("ab\nabc", false, &mut scratch, |id| ids.push(id)).unwrap();
         assert_eq!(ids, tok.encode("ab\nabc", false));
+        // A long text goes through encode's cache of merge lookups.
+        let long = "abc a\u{2581}b  bca\n中x".repeat(40);
+        let mut big = vec![0u32; SCRATCH_WORDS_PER_BYTE * (long.len() + 1)];
+        let mut no_cache = Vec::new();
+        tok.encode_with_scratch(&long, true, &mut big, |id| no_cache.push(id)).unwrap();
+        assert_eq!(tok.encode(&long, true), no_cache);
         let mut small = [0u32; SCRATCH_WORDS_PER_BYTE * 3];
         assert!(tok.encode_with_scratch("abcabc", false, &mut small, |_| {}).is_err());
         // The space prefix goes before the input's first text only, unless it starts
@@ -1103,6 +1127,16 @@ mod tests {
         g[16] = "▁▁";
         let gemma = SpmOptions { gemma: true, ..opts };
         assert_eq!(build_spm_blob(&g, &gty, &gsc, gemma), Err(TokenizerError::AmbiguousPiece { id: 16 }));
+        // White space as Python's `str.isspace` sees it (U+001C counts): respelled too.
+        let (mut g, gty, gsc) = spm_vocab(true);
+        g[4] = " \u{1c}";
+        let blob = build_spm_blob(&g, &gty, &gsc, gemma).unwrap();
+        assert_eq!(Tokenizer::from_blob(&blob).unwrap().encode("  ", false), [4]);
+        let mut two_bytes = t.clone();
+        two_bytes[17] = "<0x41>";
+        let mut byte_types = ty.clone();
+        byte_types[17] = 6;
+        assert_eq!(build_spm_blob(&two_bytes, &byte_types, &sc, opts), Err(TokenizerError::AmbiguousPiece { id: 17 }));
         // A byte token's text split into two pieces would be a merge Hugging Face makes.
         bad[17] = "<0x";
         let mut more = bad.clone();
@@ -1136,6 +1170,14 @@ mod tests {
         let mut unk = spm_blob(true);
         unk[20..24].copy_from_slice(&100u32.to_le_bytes());
         assert!(Tokenizer::from_blob(&unk).is_err());
+        // Piece "A" (17) and byte token <0x41> (5) share bytes; two byte tokens may not.
+        let mut dup = spm_blob(true);
+        let types_at = dup.len() - 18 - {
+            let pool_len = u32::from_le_bytes(dup[28..32].try_into().unwrap());
+            pool_len as usize
+        };
+        dup[types_at + 17] = 6;
+        assert_eq!(Tokenizer::from_blob(&dup).unwrap_err(), TokenizerError::Corrupt("two pieces with the same bytes"));
     }
 
     #[test]

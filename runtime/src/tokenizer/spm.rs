@@ -21,7 +21,7 @@
 //! `<0xAB>`. (Hugging Face would merge a byte token whose text is half of another
 //! piece's text; Gemma 3's vocabulary has no such piece, which the converter checks.)
 
-use super::bpe::{carve, MergeKey};
+use super::bpe::{carve, MergeKey, PairCache};
 use super::{le32, Tokenizer, TokenizerError, BYTE, NONE};
 use core::cmp::Ordering;
 
@@ -86,6 +86,7 @@ impl Tokenizer<'_> {
         text: &str,
         at_start: bool,
         scratch: &mut [u32],
+        cache: Option<&mut PairCache<'_>>,
         emit: &mut impl FnMut(u32),
     ) -> Result<(), TokenizerError> {
         let prefix = self.add_space_prefix && at_start && !text.starts_with([' ', '\u{2581}']);
@@ -115,7 +116,7 @@ impl Tokenizer<'_> {
                 after_unk = true;
             }
         }
-        self.merge_symbols(symbols.get_mut(..n).unwrap_or_default(), heap_items, emit);
+        self.merge_symbols(symbols.get_mut(..n).unwrap_or_default(), heap_items, cache, emit);
         Ok(())
     }
 }
