@@ -9,6 +9,16 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+/// The text of a prompt given as `-f FILE` (`-`: standard input), at most
+/// [`MAX_TEXT_BYTES`], in UTF-8; the file's bytes as they are (a final newline stays).
+pub fn read_prompt(path: &Path) -> Result<String> {
+    let bytes = read_capped(path, MAX_TEXT_BYTES, "the prompt")?;
+    String::from_utf8(bytes).map_err(|e| {
+        let name = if path.as_os_str() == "-" { "standard input".into() } else { path.display().to_string() };
+        anyhow::anyhow!("{name}: the prompt is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to())
+    })
+}
+
 /// The most `arq score` reads of a text: 64 MiB, some 16 million tokens, hours of
 /// scoring on the models arq runs.
 pub const MAX_TEXT_BYTES: u64 = 64 << 20;
@@ -60,15 +70,20 @@ pub fn not_special(path: &Path) -> Result<()> {
     }
 }
 
-/// The bytes of `path` (a file or a stream), refused past `cap` bytes after reading at
-/// most `cap + 1`; `what` names the content in the refusal ("the text").
+/// The bytes of `path` (a file or a stream; `-` is standard input), refused past `cap`
+/// bytes after reading at most `cap + 1`; `what` names the content in the refusal ("the
+/// text").
 pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
-    if path.is_dir() {
-        bail!("{} is a directory", path.display());
-    }
-    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.as_os_str() == "-" {
+        std::io::stdin().take(cap + 1).read_to_end(&mut bytes).context("cannot read standard input")?;
+    } else {
+        if path.is_dir() {
+            bail!("{} is a directory", path.display());
+        }
+        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        file.take(cap + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    }
     if bytes.len() as u64 > cap {
         bail!("{}: {what} is larger than the cap of {cap} bytes ({} MiB)", path.display(), cap >> 20);
     }

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn arq(args: &[&str]) -> Output {
+fn arq<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_arq")).args(args).output().expect("run arq")
 }
 
@@ -200,4 +200,47 @@ fn smollm2_convert_report_score_and_next() {
     assert_eq!(v["tokens"], 9, "10 tokens, the first is the condition");
     let ppl = v["perplexity"].as_f64().unwrap();
     assert!(ppl > 1.0 && ppl < 100.0, "perplexity {ppl}");
+}
+
+/// `arq` with `input` on its standard input.
+fn arq_stdin<S: AsRef<std::ffi::OsStr>>(args: &[S], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arq"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run arq");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn prompts_and_texts_come_from_files_and_standard_input() {
+    let d = tmpdir("prompt-files");
+    let m = tiny_model(&d);
+    let text = "hello there\nsecond line";
+    let f = d.join("prompt.txt");
+    std::fs::write(&f, text).unwrap();
+    let gen = |src: &[&str]| -> Vec<String> {
+        ["generate", s(&m), "-n", "8", "--temp", "0"].iter().chain(src).map(|a| a.to_string()).collect()
+    };
+    let want = arq(&gen(&["-p", text]));
+    assert!(want.status.success(), "{}", String::from_utf8_lossy(&want.stderr));
+    assert_eq!(arq(&gen(&["-f", s(&f)])).stdout, want.stdout);
+    assert_eq!(arq_stdin(&gen(&["-f", "-"]), text.as_bytes()).stdout, want.stdout);
+    let next = arq(&["next", s(&m), "-p", text, "--json"]);
+    assert!(next.status.success());
+    assert_eq!(arq(&["next", s(&m), "--file", s(&f), "--json"]).stdout, next.stdout);
+    assert_eq!(arq_stdin(&["next", s(&m), "-f", "-", "--json"], text.as_bytes()).stdout, next.stdout);
+    let score = arq(&["score", s(&m), s(&f), "--json"]);
+    assert!(score.status.success());
+    assert_eq!(arq_stdin(&["score", s(&m), "-", "--json"], text.as_bytes()).stdout, score.stdout);
+    // Both sources at once, neither for `next`, a missing file, bytes that are not UTF-8.
+    assert_error(&arq(&["generate", s(&m), "-p", "x", "-f", s(&f)]), 2, "cannot be used with");
+    assert_error(&arq(&["next", s(&m)]), 2, "--prompt");
+    assert_error(&arq(&["next", s(&m), "-f", s(&d.join("absent.txt"))]), 1, "absent.txt");
+    assert_error(&arq_stdin(&["next", s(&m), "-f", "-"], b"ok \xff"), 1, "standard input: the prompt is not UTF-8");
 }

@@ -105,7 +105,13 @@ fn every_family_converts_to_q8_and_q4_close_to_f32() {
             let bytes = convert(family, quant);
             let (lps, _) = score(&Model::load(bytes.bytes()).unwrap(), &ids);
             let rel = nll(&lps) / nll(&want) - 1.0;
-            eprintln!("{family:<7} {}: mean NLL {:.4} vs f32 {:.4} ({:+.2}%)", quant.name(), nll(&lps), nll(&want), 100.0 * rel);
+            eprintln!(
+                "{family:<7} {}: mean NLL {:.4} vs f32 {:.4} ({:+.2}%)",
+                quant.name(),
+                nll(&lps),
+                nll(&want),
+                100.0 * rel
+            );
             assert!(rel.abs() < 0.05, "{family} {}: mean NLL off by {:.2}%", quant.name(), 100.0 * rel);
         }
     }

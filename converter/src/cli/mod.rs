@@ -70,6 +70,9 @@ enum Cmd {
         model: PathBuf,
         #[arg(short, long, default_value = "")]
         prompt: String,
+        /// Read the prompt from FILE (`-`: standard input) instead of `-p`.
+        #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
+        prompt_file: Option<PathBuf>,
         /// Tokens to generate (at most 2^24; generation also stops when the context is full).
         #[arg(short = 'n', long, default_value_t = 128, value_parser = capped(MAX_CTX))]
         n: usize,
@@ -91,8 +94,11 @@ enum Cmd {
     /// Print the next-token distribution p(x_i | x_<i) after a prompt.
     Next {
         model: PathBuf,
-        #[arg(short, long)]
-        prompt: String,
+        #[arg(short, long, required_unless_present = "prompt_file")]
+        prompt: Option<String>,
+        /// Read the prompt from FILE (`-`: standard input) instead of `-p`.
+        #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
+        prompt_file: Option<PathBuf>,
         /// How many of the most likely tokens to show.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         top: u64,
@@ -105,7 +111,8 @@ enum Cmd {
         #[command(flatten)]
         threads: ThreadsArg,
     },
-    /// Exact log-likelihood of a text file: NLL, perplexity, bits/token, bits/byte.
+    /// Exact log-likelihood of a text file (`-`: standard input): NLL, perplexity,
+    /// bits/token, bits/byte.
     Score {
         model: PathBuf,
         file: PathBuf,
@@ -326,11 +333,13 @@ pub fn run(cli: Cli) -> Result<()> {
             convert::run(&input, &output, &opts)
         }
         Cmd::Inspect { model, ctx, verify, json } => inspect::run(&model, ctx, verify, json),
-        Cmd::Generate { model, prompt, n, sampling, ctx, chat, kv, threads, backend } => {
+        Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, kv, threads, backend } => {
+            let prompt = prompt_text(Some(prompt), prompt_file)?;
             let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };
             text::generate(&model, &args, &threads, backend.backend)
         }
-        Cmd::Next { model, prompt, top, chat, json, kv, threads } => {
+        Cmd::Next { model, prompt, prompt_file, top, chat, json, kv, threads } => {
+            let prompt = prompt_text(prompt, prompt_file)?;
             text::next(&model, &prompt, top as usize, (chat, json), kv.kv, &threads)
         }
         Cmd::Score { model, file, ctx, json, per_token, per_image, kv, threads, backend } => {
@@ -373,6 +382,14 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Refuses the flags that only text models take, for a PixelCNN model.
+/// The prompt of `-p TEXT`, or of `-f FILE` (`-`: standard input) when given.
+fn prompt_text(prompt: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    match file {
+        Some(path) => arq_convert::input::read_prompt(&path),
+        None => Ok(prompt.unwrap_or_default()),
+    }
+}
+
 fn refuse_text_flags(backend: BackendArg, kv: KvArg) -> Result<()> {
     if backend != BackendArg::Cpu {
         bail!("--backend applies to text models; PixelCNN models run on the CPU");

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use super::read_json;
 use crate::import::vocab::{Vocab, VocabModel};
-use arq::tokenizer::PreTokenizer;
 use crate::message::name as shown;
+use arq::tokenizer::PreTokenizer;
 
 /// GPT-2's pattern with `use_regex` in a `ByteLevel` pre-tokenizer; these two are Llama
 /// 3's and Qwen2's `Split` patterns (GGUF `llama-bpe` and `qwen2`).
