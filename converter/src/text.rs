@@ -104,7 +104,7 @@ pub enum Stop {
     Length,
     /// The end-of-text token or another control token.
     EndOfText,
-    /// The session's context is full.
+    /// The session's context is full and too short to shift (fewer than 2 tokens).
     ContextFull,
 }
 
@@ -122,13 +122,21 @@ impl Stop {
 pub struct Generation {
     pub tokens: usize,
     pub stop: Stop,
+    /// How often a full context was shifted (see [`generate`]).
+    pub shifts: usize,
     pub prompt_s: f64,
     pub gen_s: f64,
 }
 
 /// Runs the prompt `ids`, then samples up to `n` tokens, handing the text to `emit` as
-/// soon as it forms whole UTF-8 characters. Stops at the end-of-text token, any control
-/// token, or a full context; an error of `emit` ends it, except at the final flush.
+/// soon as it forms whole UTF-8 characters. Stops at the end-of-text token or any control
+/// token; an error of `emit` ends it, except at the final flush.
+///
+/// A full context is shifted, as llama.cpp's context shift does: the session restarts
+/// from the last half of the context's tokens (after the BOS, which stays first when the
+/// text began with it), re-encoded at positions from 0 — what learned positions (GPT-2)
+/// need, and exact for rotary ones. Generation goes on past the trained context, each
+/// token conditioned on the last `ctx/2` to `ctx` tokens.
 pub fn generate(
     session: &mut Session<'_>,
     tok: &Tokenizer<'_>,
@@ -149,6 +157,7 @@ pub fn generate(
     let t1 = Instant::now();
     let mut stream = Utf8Stream::new();
     let mut generated = 0;
+    let mut shifts = 0;
     let mut stop = Stop::Length;
     while generated < n {
         let next = sampler.sample(&mut logits, &history, &mut scratch).map_err(|e| anyhow!("{e}"))?;
@@ -171,15 +180,48 @@ pub fn generate(
             break;
         }
         if session.pos() >= ctx {
-            stop = Stop::ContextFull;
-            break;
+            if ctx < 2 {
+                stop = Stop::ContextFull;
+                break;
+            }
+            // The kept tokens and the new one fill at most ctx/2 + 1 of the context.
+            let keep = shifted(&history, bos(model).1, ctx / 2);
+            session.reset();
+            logits.copy_from_slice(session.prefill(&keep)?);
+            shifts += 1;
+            continue;
         }
         logits.copy_from_slice(session.step(next)?);
     }
     stream.flush(|s| {
         let _ = emit(s);
     });
-    Ok(Generation { tokens: generated, stop, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
+    Ok(Generation { tokens: generated, stop, shifts, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
+}
+
+/// The tokens a shifted context restarts from: the last `keep` of `history` (which ends
+/// with the token to feed next), after `bos` when `history` starts with it.
+fn shifted(history: &[u32], bos: Option<u32>, keep: usize) -> Vec<u32> {
+    let lead = usize::from(bos.is_some() && history.first() == bos.as_ref());
+    let keep = keep.saturating_sub(lead).max(1);
+    let mut ids = history[..lead].to_vec();
+    ids.extend_from_slice(&history[history.len().saturating_sub(keep).max(lead)..]);
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shifted;
+
+    #[test]
+    fn a_shifted_context_keeps_bos_and_the_last_tokens() {
+        let h: Vec<u32> = (1..=10).collect();
+        assert_eq!(shifted(&h, None, 4), [7, 8, 9, 10]);
+        assert_eq!(shifted(&h, Some(1), 4), [1, 8, 9, 10]);
+        assert_eq!(shifted(&h, Some(2), 4), [7, 8, 9, 10]);
+        assert_eq!(shifted(&h, Some(1), 1), [1, 10]);
+        assert_eq!(shifted(&[1, 5], Some(1), 8), [1, 5]);
+    }
 }
 
 /// The `top` most likely next tokens after `logits` (`top` >= 1), most likely first

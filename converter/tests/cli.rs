@@ -244,3 +244,19 @@ fn prompts_and_texts_come_from_files_and_standard_input() {
     assert_error(&arq(&["next", s(&m), "-f", s(&d.join("absent.txt"))]), 1, "absent.txt");
     assert_error(&arq_stdin(&["next", s(&m), "-f", "-"], b"ok \xff"), 1, "standard input: the prompt is not UTF-8");
 }
+
+#[test]
+fn generation_goes_on_past_a_full_context() {
+    // tinygpt: GPT-2 with 64 learned positions; each shift re-encodes the last 32 tokens.
+    let m = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/tinygpt/tinygpt-q8.arq");
+    let out = arq(&["generate", m, "-p", "Once upon a time", "-n", "200", "--temp", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("generation: 200 tokens") && err.contains("(length, context shifted"), "{err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("Once upon a time") && text.trim_end().len() > 150, "{text}");
+    // Within the context nothing changes: the first 40 tokens are those of a short run.
+    let short = arq(&["generate", m, "-p", "Once upon a time", "-n", "40", "--temp", "0"]);
+    let short = String::from_utf8(short.stdout).unwrap();
+    assert!(text.starts_with(short.trim_end()), "{short:?} vs {text:?}");
+}

@@ -73,7 +73,7 @@ enum Cmd {
         /// Read the prompt from FILE (`-`: standard input) instead of `-p`.
         #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "prompt")]
         prompt_file: Option<PathBuf>,
-        /// Tokens to generate (at most 2^24; generation also stops when the context is full).
+        /// Tokens to generate (at most 2^24); a full context is shifted (its last half kept).
         #[arg(short = 'n', long, default_value_t = 128, value_parser = capped(MAX_CTX))]
         n: usize,
         #[command(flatten)]

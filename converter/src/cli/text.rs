@@ -67,12 +67,16 @@ pub fn generate(path: &Path, a: &GenerateArgs<'_>, threads: &ThreadsArg, backend
     })?;
     writeln!(out)?;
     eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({}) | kernels: {}, threads: {}, backend: {}",
+        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s ({}{}) | kernels: {}, threads: {}, backend: {}",
         ids.len(),
         ids.len() as f64 / g.prompt_s,
         g.tokens,
         if g.tokens > 0 { g.tokens as f64 / g.gen_s } else { 0.0 },
         g.stop.name(),
+        match g.shifts {
+            0 => String::new(),
+            k => format!(", context shifted {k}x"),
+        },
         model.kernels().name,
         pool.threads(),
         backend.describe()
