@@ -31,10 +31,11 @@ pub fn eos(model: &Model<'_>) -> Option<u32> {
     model.file().meta("tokenizer.eos_id").and_then(|v| v.as_u64()).map(|v| v as u32)
 }
 
-/// The text wrapped in the model's chat template as one user message, ready for the
-/// assistant's answer. The template sees `bos_token` and `eos_token` as transformers'
-/// `apply_chat_template` passes them, and may call `raise_exception`.
-fn chat_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str) -> Result<String> {
+/// The conversation `messages` (`(role, content)`: `user`, `assistant`, `system`) in the
+/// model's chat template, ready for the assistant's answer. The template sees
+/// `bos_token` and `eos_token` as transformers' `apply_chat_template` passes them, and may
+/// call `raise_exception`.
+fn chat_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[(&str, &str)]) -> Result<String> {
     let template = model
         .file()
         .meta("tokenizer.chat_template")
@@ -49,7 +50,10 @@ fn chat_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str) -> Result<S
     env.get_template("chat")
         .and_then(|t| {
             t.render(minijinja::context! {
-                messages => vec![minijinja::context! { role => "user", content => prompt }],
+                messages => messages
+                    .iter()
+                    .map(|(role, content)| minijinja::context! { role => role, content => content })
+                    .collect::<Vec<_>>(),
                 add_generation_prompt => true,
                 bos_token => special(bos(model).1),
                 eos_token => special(eos(model)),
@@ -58,13 +62,19 @@ fn chat_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str) -> Result<S
         .map_err(|e| anyhow!("chat template: {e}"))
 }
 
+/// The token ids of the conversation `messages` in the model's chat template (special
+/// tokens matched whole).
+pub fn chat_ids(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
+    Ok(tok.encode(&chat_prompt(model, tok, messages)?, true))
+}
+
 /// The prompt's token ids: the chat template (with special tokens) or plain text, with
 /// BOS when the model asks for it.
 pub fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, prompt: &str, chat: bool) -> Result<Vec<u32>> {
     let (add_bos, bos) = bos(model);
     let mut ids = Vec::new();
     if chat {
-        ids.extend(tok.encode(&chat_prompt(model, tok, prompt)?, true));
+        ids.extend(chat_ids(model, tok, &[("user", prompt)])?);
     } else {
         if add_bos {
             ids.extend(bos);
@@ -121,6 +131,8 @@ impl Stop {
 /// What [`generate`] did, with its timings.
 pub struct Generation {
     pub tokens: usize,
+    /// The generated tokens (the end-of-text token that stopped it is not among them).
+    pub ids: Vec<u32>,
     pub stop: Stop,
     /// How often a full context was shifted (see [`generate`]).
     pub shifts: usize,
@@ -196,7 +208,8 @@ pub fn generate(
     stream.flush(|s| {
         let _ = emit(s);
     });
-    Ok(Generation { tokens: generated, stop, shifts, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
+    let ids = history[ids.len()..].to_vec();
+    Ok(Generation { tokens: generated, ids, stop, shifts, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
 }
 
 /// The tokens a shifted context restarts from: the last `keep` of `history` (which ends

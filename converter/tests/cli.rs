@@ -260,3 +260,22 @@ fn generation_goes_on_past_a_full_context() {
     let short = String::from_utf8(short.stdout).unwrap();
     assert!(text.starts_with(short.trim_end()), "{short:?} vs {text:?}");
 }
+
+#[test]
+fn interactive_chat_keeps_the_cache_between_turns() {
+    let d = tmpdir("interactive");
+    let m = tiny_model(&d);
+    let args = ["generate", s(&m), "--interactive", "-n", "6", "--temp", "0"];
+    let out = arq_stdin(&args, b"hello\n\nhow are you\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let turns: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(turns.len(), 2, "{err}");
+    let reused = |t: &str| -> usize { t.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap() };
+    assert_eq!(reused(turns[0]), 0, "{err}");
+    assert!(reused(turns[1]) > 0, "the second turn fed the whole conversation again: {err}");
+    // The first reply is what a one-shot --chat generation answers.
+    let one = arq(&["generate", s(&m), "--chat", "-p", "hello", "-n", "6", "--temp", "0"]);
+    assert!(out.stdout.starts_with(&one.stdout), "{:?} vs {:?}", out.stdout, one.stdout);
+    assert_error(&arq(&["generate", s(&m), "--interactive", "--chat"]), 2, "cannot be used with");
+}

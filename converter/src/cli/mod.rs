@@ -84,6 +84,10 @@ enum Cmd {
         /// Wrap the prompt in the model's chat template (a user message).
         #[arg(long)]
         chat: bool,
+        /// Chat on standard input, a user message a line (`-p`: the first one); the KV
+        /// cache stays between turns.
+        #[arg(long, conflicts_with_all = ["prompt_file", "chat"])]
+        interactive: bool,
         #[command(flatten)]
         kv: KvOpt,
         #[command(flatten)]
@@ -333,9 +337,12 @@ pub fn run(cli: Cli) -> Result<()> {
             convert::run(&input, &output, &opts)
         }
         Cmd::Inspect { model, ctx, verify, json } => inspect::run(&model, ctx, verify, json),
-        Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, kv, threads, backend } => {
+        Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, interactive, kv, threads, backend } => {
             let prompt = prompt_text(Some(prompt), prompt_file)?;
             let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };
+            if interactive {
+                return text::interactive(&model, &args, &threads, backend.backend);
+            }
             text::generate(&model, &args, &threads, backend.backend)
         }
         Cmd::Next { model, prompt, prompt_file, top, chat, json, kv, threads } => {

@@ -39,6 +39,71 @@ fn sampler(s: &SamplingArgs) -> Result<Sampler> {
     Sampler::new(cfg).map_err(|e| anyhow!("{e}"))
 }
 
+/// `arq generate --interactive`: a chat on standard input, one user message a line (`-p`,
+/// when given, is the first), each reply streamed to stdout. The KV cache stays between
+/// turns: each turn's conversation, rendered whole by the chat template, reuses the
+/// cached tokens it begins with and feeds only the rest (a sliding-window cache that
+/// cannot rewind that far, or a shifted context, starts over).
+pub fn interactive(path: &Path, a: &GenerateArgs<'_>, threads: &ThreadsArg, backend: BackendArg) -> Result<()> {
+    let pool = threads.pool()?;
+    let mut sampler = sampler(a.sampling)?;
+    let file = ModelFile::open(path)?;
+    let model = text_model(&file)?;
+    let tok = tokenizer(&model)?;
+    let cfg = session_config(&model, a.ctx, a.kv.into(), pool.threads())?;
+    let backend = backend::open(backend, &model, &cfg, &pool)?;
+    let mut arena = new_arena(&model, &cfg)?;
+    let mut session = Session::new(&model, &mut arena, cfg)?;
+    session.set_parallel(&pool)?;
+    session.set_offload(backend.offload())?;
+
+    let mut out = std::io::stdout().lock();
+    let mut lines = std::io::stdin().lines();
+    let mut first = (!a.prompt.is_empty()).then(|| a.prompt.to_string());
+    let mut turns: Vec<(&str, String)> = Vec::new();
+    // The tokens in the session's KV cache, in order.
+    let mut cached: Vec<u32> = Vec::new();
+    loop {
+        let line = match first.take() {
+            Some(p) => p,
+            None => match lines.next() {
+                Some(line) => line.map_err(|e| anyhow!("cannot read standard input: {e}"))?,
+                None => break,
+            },
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        turns.push(("user", line));
+        let messages: Vec<(&str, &str)> = turns.iter().map(|(r, c)| (*r, c.as_str())).collect();
+        let ids = text::chat_ids(&model, &tok, &messages)?;
+        if ids.len() >= cfg.ctx {
+            bail!("the conversation is {} tokens, longer than the context ({}); raise --ctx", ids.len(), cfg.ctx);
+        }
+        // At least the last token is fed, for its logits.
+        let mut reused = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        if session.truncate(reused).is_err() {
+            session.reset();
+            reused = 0;
+        }
+        let g = text::generate(&mut session, &tok, &mut sampler, &ids[reused..], a.n, |s| {
+            out.write_all(s.as_bytes()).and_then(|_| out.flush())
+        })?;
+        writeln!(out)?;
+        eprintln!(
+            "[{} tokens of conversation, {reused} reused from the cache | {} generated, {:.1} tok/s ({})]",
+            ids.len(),
+            g.tokens,
+            if g.tokens > 0 { g.tokens as f64 / g.gen_s } else { 0.0 },
+            g.stop.name()
+        );
+        turns.push(("assistant", tok.decode(&g.ids)));
+        cached = if g.shifts == 0 { [&ids[..], &g.ids[..]].concat() } else { Vec::new() };
+        cached.truncate(session.pos());
+    }
+    Ok(())
+}
+
 pub fn generate(path: &Path, a: &GenerateArgs<'_>, threads: &ThreadsArg, backend: BackendArg) -> Result<()> {
     let pool = threads.pool()?;
     let mut sampler = sampler(a.sampling)?;
