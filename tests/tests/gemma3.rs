@@ -10,25 +10,17 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+mod common;
+
 use arq::{math, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::import::gguf::text::read_gguf;
 use arq_convert::quantize::Quant;
+use common::{floats, ids_of, teacher_forced};
 use serde_json::Value;
 
 fn gguf_path() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ARQ_GEMMA3_GGUF") {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "ARQ_GEMMA3_GGUF={} does not exist", p.display());
-        return Some(p);
-    }
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/gemma-3-270m-q4_k_m.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("note: Gemma 3 GGUF not found (run models/fetch_gemma3.sh); skipping");
-        None
-    }
+    common::fetched_gguf("ARQ_GEMMA3_GGUF", "gemma-3-270m-q4_k_m.gguf", "fetch_gemma3.sh")
 }
 
 struct Converted {
@@ -56,39 +48,13 @@ fn reference() -> &'static Value {
     })
 }
 
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
-
-/// Teacher-forced log-probs and argmaxes of `ids[1..]`, two threads.
-fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
-    let cfg = SessionConfig { ctx: ids.len(), batch: 32, threads: 2, ..Default::default() };
-    let pool = arq::parallel::ThreadPool::new(2).unwrap();
-    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
-    let mut s = Session::new(model, &mut arena, cfg).unwrap();
-    s.set_parallel(&pool).unwrap();
-    let (mut lps, mut top) = (Vec::new(), Vec::new());
-    s.forward_all(ids, |i, logits| {
-        if i + 1 < ids.len() {
-            lps.push(math::log_prob(logits, ids[i + 1] as usize));
-            top.push(math::argmax(logits) as u32);
-        }
-    })
-    .unwrap();
-    (lps, top)
-}
-
 /// Over all reference texts: (our perplexity, the reference's, top-1 agreement with the
 /// reference's argmax, the largest |log-prob difference|).
 fn compare_with_reference(model: &Model<'_>, label: &str) -> (f64, f64, f64, f64) {
     let (mut nll, mut nll_ref, mut n, mut agree, mut worst) = (0.0, 0.0, 0usize, 0usize, 0.0f64);
     for (name, t) in reference()["texts"].as_object().unwrap() {
         let ids = ids_of(&t["ids"]);
-        let (lps, top) = score(model, &ids);
+        let (lps, top) = teacher_forced(model, &ids, 32, 2);
         let ref_lps = floats(&t["logprobs"]);
         assert_eq!(lps.len(), ref_lps.len(), "{name}");
         let diff = lps.iter().zip(&ref_lps).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);

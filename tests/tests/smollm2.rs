@@ -9,25 +9,17 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+mod common;
+
 use arq::{math, Error, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::import::gguf::text::read_gguf;
 use arq_convert::quantize::Quant;
+use common::{ids_of, teacher_forced};
 use serde_json::Value;
 
 fn gguf_path() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ARQ_SMOLLM2_GGUF") {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "ARQ_SMOLLM2_GGUF={} does not exist", p.display());
-        return Some(p);
-    }
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("note: SmolLM2 GGUF not found (run models/fetch_smollm2.sh); skipping");
-        None
-    }
+    common::fetched_gguf("ARQ_SMOLLM2_GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf", "fetch_smollm2.sh")
 }
 
 struct Converted {
@@ -54,33 +46,13 @@ fn reference() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-/// Teacher-forced log-probs and argmaxes of `ids[1..]`.
-fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
-    let cfg = SessionConfig { ctx: ids.len(), batch: 32, threads: 1, ..Default::default() };
-    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
-    let mut s = Session::new(model, &mut arena, cfg).unwrap();
-    let (mut lps, mut top) = (Vec::new(), Vec::new());
-    s.forward_all(ids, |i, logits| {
-        if i + 1 < ids.len() {
-            lps.push(math::log_prob(logits, ids[i + 1] as usize));
-            top.push(math::argmax(logits) as u32);
-        }
-    })
-    .unwrap();
-    (lps, top)
-}
-
 /// (our perplexity, reference perplexity, top-1 agreement) over all reference texts.
 fn compare_with_reference(model: &Model<'_>) -> (f64, f64, f64) {
     let r = reference();
     let (mut nll, mut nll_ref, mut n, mut agree) = (0.0, 0.0, 0usize, 0usize);
     for (name, t) in r["texts"].as_object().unwrap() {
         let ids = ids_of(&t["ids"]);
-        let (lps, top) = score(model, &ids);
+        let (lps, top) = teacher_forced(model, &ids, 32, 1);
         let ref_lps: Vec<f64> = t["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         let ref_top = ids_of(&t["argmax"]);
         assert_eq!(lps.len(), ref_lps.len(), "{name}");

@@ -7,10 +7,13 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use arq::{math, Model, Session, SessionConfig};
 use arq_convert::aligned::ModelBytes;
 use arq_convert::import::gguf::text::read_gguf;
 use arq_convert::quantize::Quant;
+use common::{ids_of, teacher_forced};
 use serde_json::Value;
 
 const FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "gpt2"];
@@ -24,31 +27,10 @@ fn fixture(family: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
 /// The family's GGUF converted to `quant`.
 fn convert(family: &str, quant: Quant) -> ModelBytes {
     let src = read_gguf(&root().join(format!("models/tiny/{family}/{family}-f32.gguf")), false).unwrap();
     ModelBytes::copy_of(&src.to_arq(quant, false).unwrap().0)
-}
-
-/// Teacher-forced log-probs and argmaxes of `ids[1..]`, in batches of 7 (so passes
-/// straddle the sliding window).
-fn score(model: &Model<'_>, ids: &[u32]) -> (Vec<f64>, Vec<u32>) {
-    let cfg = SessionConfig { ctx: ids.len(), batch: 7, threads: 1, ..Default::default() };
-    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
-    let mut s = Session::new(model, &mut arena, cfg).unwrap();
-    let (mut lps, mut top) = (Vec::new(), Vec::new());
-    s.forward_all(ids, |i, logits| {
-        if i + 1 < ids.len() {
-            lps.push(math::log_prob(logits, ids[i + 1] as usize));
-            top.push(math::argmax(logits) as u32);
-        }
-    })
-    .unwrap();
-    (lps, top)
 }
 
 #[test]
@@ -67,7 +49,8 @@ fn every_family_from_llama_cpps_gguf_matches_transformers() {
             let mut ids: Vec<u32> = bos.map(|b| b as u32).into_iter().collect();
             ids.extend(tok.encode(t["text"].as_str().unwrap(), true));
             assert_eq!(ids, want, "{family} {name}: token ids");
-            let (lps, top) = score(&model, &want);
+            // Passes of 7 tokens straddle the tiny gemma3's sliding window of 8.
+            let (lps, top) = teacher_forced(&model, &want, 7, 1);
             let diff = lps
                 .iter()
                 .zip(t["logprobs"].as_array().unwrap())
@@ -99,11 +82,11 @@ fn every_family_converts_to_q8_and_q4_close_to_f32() {
         let r = fixture(family);
         let ids = ids_of(&r["texts"]["prose"]["ids"]);
         let f32 = convert(family, Quant::F32);
-        let (want, _) = score(&Model::load(f32.bytes()).unwrap(), &ids);
+        let (want, _) = teacher_forced(&Model::load(f32.bytes()).unwrap(), &ids, 7, 1);
         let nll = |lps: &[f64]| -lps.iter().sum::<f64>() / lps.len() as f64;
         for quant in [Quant::Q8, Quant::Q4] {
             let bytes = convert(family, quant);
-            let (lps, _) = score(&Model::load(bytes.bytes()).unwrap(), &ids);
+            let (lps, _) = teacher_forced(&Model::load(bytes.bytes()).unwrap(), &ids, 7, 1);
             let rel = nll(&lps) / nll(&want) - 1.0;
             eprintln!(
                 "{family:<7} {}: mean NLL {:.4} vs f32 {:.4} ({:+.2}%)",
