@@ -99,7 +99,7 @@ pub fn session_config(model: &Model<'_>, ctx: Option<usize>, kv: KvDtype, thread
     if ctx > train {
         bail!("--ctx {ctx} is longer than the model's training context ({train})");
     }
-    Ok(SessionConfig { ctx, batch: 32, threads, kv })
+    Ok(SessionConfig { ctx, batch: 32, threads, kv, seqs: 1 })
 }
 
 /// A zeroed arena of the size `cfg` needs.

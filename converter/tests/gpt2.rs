@@ -333,7 +333,7 @@ fn tract_matches_the_pytorch_reference() {
 /// Logits of every position of `ids` from the runtime, `(ids.len(), vocab)`: one
 /// `forward_all` pass, or one `step` per token (`stepwise`).
 fn arq_logits(model: &Model, ids: &[u32], stepwise: bool) -> Vec<f32> {
-    let cfg = SessionConfig { ctx: CTX, batch: 32, threads: 1, kv: KvDtype::F32 };
+    let cfg = SessionConfig { ctx: CTX, batch: 32, threads: 1, kv: KvDtype::F32, seqs: 1 };
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut session = Session::new(model, &mut arena, cfg).unwrap();
     let mut out = Vec::with_capacity(ids.len() * VOCAB);

@@ -27,7 +27,7 @@ fn main() {
     let model =
         Model::load(aligned.bytes()).unwrap_or_else(|e| panic!("{}: not a loadable model: {e}", model_path.display()));
     let c = model.config();
-    let cfg = SessionConfig { ctx: c.ctx_train, batch: 1, threads: 1, kv: KvDtype::Q8 };
+    let cfg = SessionConfig { ctx: c.ctx_train, batch: 1, threads: 1, kv: KvDtype::Q8, seqs: 1 };
     let plan = model.memory_plan(&cfg).expect("memory plan");
     fs::write(
         out.join("plan.rs"),

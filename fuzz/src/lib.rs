@@ -61,7 +61,7 @@ fn transformer_step(model: &Model<'_>) -> &'static str {
     if let Ok(tok) = model.tokenizer() {
         exercise_tokenizer(&tok, b"Hello, world! 123 <|im_end|>\n\xff\xfe");
     }
-    let cfg = SessionConfig { ctx: 8, batch: 2, threads: 1, kv: KvDtype::Q8 };
+    let cfg = SessionConfig { ctx: 8, batch: 2, threads: 1, kv: KvDtype::Q8, seqs: 1 };
     let Ok(need) = model.memory_plan(&cfg) else {
         return "transformer loaded, no plan";
     };

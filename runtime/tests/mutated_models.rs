@@ -200,7 +200,7 @@ fn exercise(bytes: &[u8], transformer: bool) -> Reached {
                 let _ = tok.token_bytes(id);
             });
         }
-        let cfg = SessionConfig { ctx: 8, batch: 2, threads: 1, kv: KvDtype::Q8 };
+        let cfg = SessionConfig { ctx: 8, batch: 2, threads: 1, kv: KvDtype::Q8, seqs: 1 };
         let Ok(need) = model.memory_plan(&cfg) else {
             return Reached::Loaded;
         };

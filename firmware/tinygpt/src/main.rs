@@ -108,7 +108,7 @@ fn run() -> Result<(), arq::Error> {
 }
 
 /// The session every run uses: the full context, one token per pass, q8 KV cache.
-const SESSION: SessionConfig = SessionConfig { ctx: CTX, batch: 1, threads: 1, kv: KvDtype::Q8 };
+const SESSION: SessionConfig = SessionConfig { ctx: CTX, batch: 1, threads: 1, kv: KvDtype::Q8, seqs: 1 };
 
 /// Continues [`PROMPT`] and ranks the next characters after each of [`PREFIXES`] on
 /// kernel tier `k`, logging the text, the ranks and (when `counting`) the guest

@@ -203,7 +203,7 @@ mod tests {
     }
 
     fn all_logits(model: &Model<'_>, tokens: &[u32], batch: usize, kv: KvDtype) -> Vec<Vec<f32>> {
-        let cfg = SessionConfig { ctx: CTX, batch, threads: 1, kv };
+        let cfg = SessionConfig { ctx: CTX, batch, threads: 1, kv, seqs: 1 };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         let mut s = Session::new(model, &mut arena, cfg).unwrap();
         let mut out = Vec::new();
@@ -257,7 +257,7 @@ mod tests {
         let w = weights(3);
         let bytes = file(&w);
         let model = Model::load(bytes.bytes()).unwrap();
-        let cfg = SessionConfig { ctx: CTX, batch: 2, threads: 1, kv: KvDtype::F32 };
+        let cfg = SessionConfig { ctx: CTX, batch: 2, threads: 1, kv: KvDtype::F32, seqs: 1 };
         // Two sliding layers of window + batch - 1 = 6 rows and one of 24, keys and values.
         assert_eq!(model.kv_cache_bytes(&cfg, true).unwrap(), 2 * (2 * 6 + CTX) * KV * HD * 4);
         assert_eq!(model.kv_cache_bytes(&cfg, false).unwrap(), 2 * 3 * CTX * KV * HD * 4);
@@ -271,5 +271,49 @@ mod tests {
         s.prefill(&TOKENS[13..20]).unwrap();
         assert_eq!(s.truncate(4), Err(Error::BadConfig("cannot rewind a sliding-window cache that far")));
         assert_eq!(s.pos(), 20);
+    }
+
+    #[test]
+    fn sequences_stepped_together_equal_each_run_alone() {
+        let w = weights(4);
+        let bytes = file(&w);
+        let model = Model::load(bytes.bytes()).unwrap();
+        // Three texts of different lengths, prefilled one after another into their own
+        // sequences, then decoded together: the ring caches of the sliding layers wrap
+        // at a different position in each.
+        let texts: [&[u32]; 3] = [&TOKENS[..3], &TOKENS[4..13], &TOKENS[1..8]];
+        let next: [u32; 6] = [7, 19, 44, 2, 2, 30];
+        for kv in [KvDtype::F32, KvDtype::Q8] {
+            let cfg = SessionConfig { ctx: CTX, batch: 4, threads: 1, kv, seqs: 3 };
+            let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+            let mut s = Session::new(&model, &mut arena, cfg).unwrap();
+            for (i, text) in texts.iter().enumerate() {
+                s.select(i).unwrap();
+                s.prefill(text).unwrap();
+            }
+            // Sequence 1 sits out the second step.
+            let mut together = vec![Vec::new(); 3];
+            for (step, &tok) in next.iter().enumerate() {
+                let seqs: &[usize] = if step == 1 { &[2, 0] } else { &[0, 1, 2] };
+                let toks: Vec<u32> = seqs.iter().map(|&q| tok + q as u32).collect();
+                let logits = s.step_seqs(seqs, &toks).unwrap().to_vec();
+                for (row, &q) in logits.chunks_exact(V).zip(seqs) {
+                    together[q].push(row.to_vec());
+                }
+            }
+            for (q, text) in texts.iter().enumerate() {
+                let one = SessionConfig { seqs: 1, ..cfg };
+                let mut arena1 = vec![0u8; model.memory_plan(&one).unwrap()];
+                let mut alone = Session::new(&model, &mut arena1, one).unwrap();
+                alone.prefill(text).unwrap();
+                let steps = next.iter().enumerate().filter(|&(step, _)| q != 1 || step != 1);
+                let want: Vec<Vec<f32>> = steps.map(|(_, &tok)| alone.step(tok + q as u32).unwrap().to_vec()).collect();
+                assert_eq!(together[q], want, "sequence {q}, {kv:?}");
+                assert_eq!(s.seq_pos(q), alone.pos());
+            }
+            assert_eq!(s.step_seqs(&[0, 0], &[1, 1]).err(), Some(Error::BadConfig("a sequence twice in one step")));
+            assert_eq!(s.step_seqs(&[3], &[1]).err(), Some(Error::BadConfig("no such sequence")));
+            assert!(s.select(3).is_err());
+        }
     }
 }

@@ -171,7 +171,7 @@ mod tests {
     }
 
     fn all_logits(model: &Model<'_>, tokens: &[u32], batch: usize, kv: KvDtype) -> Vec<Vec<f32>> {
-        let cfg = SessionConfig { ctx: CTX, batch, threads: 1, kv };
+        let cfg = SessionConfig { ctx: CTX, batch, threads: 1, kv, seqs: 1 };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         let mut s = Session::new(model, &mut arena, cfg).unwrap();
         let mut out = Vec::new();
@@ -224,10 +224,10 @@ mod tests {
         let w = weights(3);
         let bytes = file(&w, true, None);
         let model = Model::load(bytes.bytes()).unwrap();
-        let plan = |kv| model.memory_plan(&SessionConfig { ctx: CTX, batch: 1, threads: 1, kv }).unwrap();
+        let plan = |kv| model.memory_plan(&SessionConfig { ctx: CTX, batch: 1, threads: 1, kv, seqs: 1 }).unwrap();
         let cache_f32 = 2 * L * CTX * D * 4;
         assert_eq!(plan(KvDtype::F32) - plan(KvDtype::Q8), cache_f32 - 2 * L * CTX * D / QK8 * 34);
-        let cfg = SessionConfig { ctx: CTX + 1, batch: 1, threads: 1, kv: KvDtype::Q8 };
+        let cfg = SessionConfig { ctx: CTX + 1, batch: 1, threads: 1, kv: KvDtype::Q8, seqs: 1 };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         assert!(matches!(Session::new(&model, &mut arena, cfg), Err(Error::BadConfig(_))));
     }

@@ -409,11 +409,16 @@ pub struct SessionConfig {
     pub threads: usize,
     /// The KV cache's storage.
     pub kv: KvDtype,
+    /// Independent sequences (a server's slots), each with its own KV cache of `ctx`
+    /// positions, sharing the scratch: [`Session::select`] picks the one the
+    /// single-sequence calls run on, and [`Session::step_seqs`] advances several in one
+    /// pass over the weights.
+    pub seqs: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { ctx: 2048, batch: 32, threads: 1, kv: KvDtype::F32 }
+        SessionConfig { ctx: 2048, batch: 32, threads: 1, kv: KvDtype::F32, seqs: 1 }
     }
 }
 
@@ -513,10 +518,13 @@ impl<'a> Model<'a> {
     pub fn kv_cache_bytes(&self, cfg: &SessionConfig, windowed: bool) -> Result<usize, Error> {
         let c = &self.cfg;
         let rows = if windowed { kv_rows_total(c, cfg) } else { c.n_layers.checked_mul(cfg.ctx) };
-        let bytes = rows.and_then(|r| r.checked_mul(c.kv_dim())).and_then(|e| match cfg.kv {
-            KvDtype::F32 => e.checked_mul(core::mem::size_of::<f32>()),
-            KvDtype::Q8 => (e / QK8).checked_mul(core::mem::size_of::<BlockQ8>()),
-        });
+        let bytes =
+            rows.and_then(|r| r.checked_mul(cfg.seqs)).and_then(|r| r.checked_mul(c.kv_dim())).and_then(
+                |e| match cfg.kv {
+                    KvDtype::F32 => e.checked_mul(core::mem::size_of::<f32>()),
+                    KvDtype::Q8 => (e / QK8).checked_mul(core::mem::size_of::<BlockQ8>()),
+                },
+            );
         bytes.and_then(|b| b.checked_mul(2)).ok_or(Error::BadConfig("arena size overflows"))
     }
 
@@ -534,12 +542,13 @@ impl<'a> Model<'a> {
         let c = &self.cfg;
         let spec = c.family.spec();
         let b = s.batch;
-        let cache = kv_rows_total(c, s)?.checked_mul(c.kv_dim())?;
+        let cache = kv_rows_total(c, s)?.checked_mul(c.kv_dim())?.checked_mul(s.seqs)?;
         let l = match s.kv {
             KvDtype::F32 => Layout::new().then::<f32>(cache)?.then::<f32>(cache)?, // keys, values
             KvDtype::Q8 => Layout::new().then::<BlockQ8>(cache / QK8)?.then::<BlockQ8>(cache / QK8)?,
         };
-        l.then::<f32>(b.checked_mul(c.dim)?)? // x
+        l.then::<usize>(s.seqs)? // positions
+            .then::<f32>(b.checked_mul(c.dim)?)? // x
             .then::<f32>(b.checked_mul(c.dim)?)? // xb
             .then::<f32>(b.checked_mul(c.dim.max(c.q_dim()))?)? // xb2
             .then::<f32>(b.checked_mul(c.q_dim())?)? // q
@@ -636,21 +645,60 @@ pub struct Session<'a> {
     cfg: SessionConfig,
     pool: &'a dyn Parallel,
     offload: Option<&'a dyn Offload>,
-    pos: usize,
-    cache: KvCache<'a>,
-    x: &'a mut [f32],      // (batch, dim) the residual stream
-    xb: &'a mut [f32],     // (batch, dim) normed input of a sublayer
-    xb2: &'a mut [f32],    // (batch, max(dim, q_dim)) attention output / post-norm output
-    q: &'a mut [f32],      // (batch, q_dim)
-    k: &'a mut [f32],      // (batch, kv_dim)
-    v: &'a mut [f32],      // (batch, kv_dim)
-    hb: &'a mut [f32],     // (batch, ffn_dim) MLP hidden (SwiGLU: the gate, then the gated product)
-    hb2: &'a mut [f32],    // (batch, ffn_dim) a gated MLP's up projection (empty for GELU)
-    xq: &'a mut [BlockQ8], // (batch, width / 32) quantized activations
-    att: &'a mut [f32],    // (threads, ctx + head_dim) attention scores and a dequantized head row, per task
-    rope: &'a mut [f32],   // (tables, batch, head_dim) cos/sin per position (rotary positions)
-    logits: &'a mut [f32], // (batch, vocab)
-    split: &'a mut [f32],  // (batch, width) row-split products, threads > 1
+    positions: &'a mut [usize], // (seqs) tokens in each sequence's cache
+    seq: usize,                 // the sequence the single-sequence calls run on
+    seq_len: usize,             // elements of one sequence's keys (or values), all layers
+    cache: KvCache<'a>,         // (seqs, layers, rows, kv_dim) keys and values
+    x: &'a mut [f32],           // (batch, dim) the residual stream
+    xb: &'a mut [f32],          // (batch, dim) normed input of a sublayer
+    xb2: &'a mut [f32],         // (batch, max(dim, q_dim)) attention output / post-norm output
+    q: &'a mut [f32],           // (batch, q_dim)
+    k: &'a mut [f32],           // (batch, kv_dim)
+    v: &'a mut [f32],           // (batch, kv_dim)
+    hb: &'a mut [f32],          // (batch, ffn_dim) MLP hidden (SwiGLU: the gate, then the gated product)
+    hb2: &'a mut [f32],         // (batch, ffn_dim) a gated MLP's up projection (empty for GELU)
+    xq: &'a mut [BlockQ8],      // (batch, width / 32) quantized activations
+    att: &'a mut [f32],         // (threads, ctx + head_dim) attention scores and a dequantized head row, per task
+    rope: &'a mut [f32],        // (tables, batch, head_dim) cos/sin per position (rotary positions)
+    logits: &'a mut [f32],      // (batch, vocab)
+    split: &'a mut [f32],       // (batch, width) row-split products, threads > 1
+}
+
+/// Which sequence each token of a pass extends.
+#[derive(Clone, Copy)]
+enum Rows<'s> {
+    /// All of them extend this one, in order.
+    Seq(usize),
+    /// Token `t` extends sequence `seqs[t]`; each sequence at most once.
+    Each(&'s [usize]),
+}
+
+impl Rows<'_> {
+    fn seq(self, t: usize) -> usize {
+        match self {
+            Rows::Seq(s) => s,
+            Rows::Each(seqs) => seqs[t],
+        }
+    }
+
+    /// Token `t`'s position, with `positions` as they were before the pass.
+    fn pos(self, positions: &[usize], t: usize) -> usize {
+        match self {
+            Rows::Seq(s) => positions[s] + t,
+            Rows::Each(seqs) => positions[seqs[t]],
+        }
+    }
+}
+
+/// Layer rows `range` of the cache (one sequence's), for [`attend`].
+fn kv_view<'c>(cache: &'c KvCache<'_>, range: core::ops::Range<usize>) -> (KvRows<'c>, KvRows<'c>) {
+    match cache {
+        KvCache::F32 { keys, values } => (KvRows::F32(&keys[range.clone()]), KvRows::F32(&values[range])),
+        KvCache::Q8 { keys, values } => {
+            let blocks = range.start / QK8..range.end / QK8;
+            (KvRows::Q8(&keys[blocks.clone()]), KvRows::Q8(&values[blocks]))
+        }
+    }
 }
 
 /// Which tokens of a pass get logits.
@@ -712,8 +760,8 @@ impl<'a> Session<'a> {
     /// Carves the KV cache and scratch from `arena`, which must hold at least
     /// [`Model::memory_plan`] bytes.
     pub fn new(model: &'a Model<'a>, arena: &'a mut [u8], cfg: SessionConfig) -> Result<Self, Error> {
-        if cfg.ctx == 0 || cfg.batch == 0 || cfg.threads == 0 {
-            return Err(Error::BadConfig("ctx, batch and threads must be at least 1"));
+        if cfg.ctx == 0 || cfg.batch == 0 || cfg.threads == 0 || cfg.seqs == 0 {
+            return Err(Error::BadConfig("ctx, batch, threads and seqs must be at least 1"));
         }
         let c = model.cfg;
         let spec = c.family.spec();
@@ -723,7 +771,8 @@ impl<'a> Session<'a> {
         let need = model.memory_plan(&cfg)?;
         let b = cfg.batch;
         // `memory_plan` succeeded: these sizes do not overflow.
-        let cache = kv_rows_total(&c, &cfg).unwrap_or(0) * c.kv_dim();
+        let seq_len = kv_rows_total(&c, &cfg).unwrap_or(0) * c.kv_dim();
+        let cache = seq_len * cfg.seqs;
         crate::trace::debug!(
             "arq: session, arena {} of {} bytes (ctx {}, batch {}, threads {}, kv cache {})",
             need,
@@ -741,12 +790,16 @@ impl<'a> Session<'a> {
             KvDtype::F32 => KvCache::F32 { keys: a.take(cache)?, values: a.take(cache)? },
             KvDtype::Q8 => KvCache::Q8 { keys: a.take(cache / QK8)?, values: a.take(cache / QK8)? },
         };
+        let positions = a.take::<usize>(cfg.seqs)?;
+        positions.fill(0);
         Ok(Session {
             model,
             cfg,
             pool: &Serial,
             offload: None,
-            pos: 0,
+            positions,
+            seq: 0,
+            seq_len,
             cache,
             x: a.take(b * c.dim)?,
             xb: a.take(b * c.dim)?,
@@ -788,9 +841,30 @@ impl<'a> Session<'a> {
         self.model
     }
 
-    /// Tokens in the KV cache.
+    /// Tokens in the KV cache (of the selected sequence).
     pub fn pos(&self) -> usize {
-        self.pos
+        self.positions[self.seq]
+    }
+
+    /// Tokens in sequence `seq`'s cache (0 for a sequence the session does not have).
+    pub fn seq_pos(&self, seq: usize) -> usize {
+        self.positions.get(seq).copied().unwrap_or(0)
+    }
+
+    /// Makes `seq` (below [`SessionConfig::seqs`]) the sequence that [`Self::step`],
+    /// [`Self::prefill`], [`Self::forward_all`], [`Self::reset`] and [`Self::truncate`]
+    /// run on; the others keep their caches.
+    pub fn select(&mut self, seq: usize) -> Result<(), Error> {
+        if seq >= self.cfg.seqs {
+            return Err(Error::BadConfig("no such sequence"));
+        }
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// The selected sequence.
+    pub fn selected(&self) -> usize {
+        self.seq
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -799,7 +873,7 @@ impl<'a> Session<'a> {
 
     /// Forgets the sequence (the cache is overwritten as new tokens arrive).
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.positions[self.seq] = 0;
     }
 
     /// Rewinds to `pos` tokens (keeps the cached prefix). A sliding-window layer keeps
@@ -807,17 +881,18 @@ impl<'a> Session<'a> {
     /// those still hold the window of position `pos`: further back it fails with
     /// [`Error::BadConfig`] and changes nothing (then [`Self::reset`] and feed again).
     pub fn truncate(&mut self, pos: usize) -> Result<(), Error> {
-        let pos = self.pos.min(pos);
+        let now = self.pos();
+        let pos = now.min(pos);
         let c = &self.model.cfg;
         if let Some(l) = (0..c.n_layers).find(|&l| c.is_sliding(l)) {
-            // Position p is still cached iff no later position took its row: p + rows >= self.pos.
+            // Position p is still cached iff no later position took its row: p + rows >= now.
             let rows = kv_rows(c, &self.cfg, l);
             let needed = (pos + 1).saturating_sub(c.sliding_window);
-            if needed + rows < self.pos {
+            if needed + rows < now {
                 return Err(Error::BadConfig("cannot rewind a sliding-window cache that far"));
             }
         }
-        self.pos = pos;
+        self.positions[self.seq] = pos;
         Ok(())
     }
 
@@ -838,7 +913,7 @@ impl<'a> Session<'a> {
         for (i, chunk) in chunks.enumerate() {
             // Only the last pass's logits are returned: the head (the biggest matrix)
             // is skipped before it.
-            self.pass(chunk, if i == last { Logits::Last } else { Logits::None })?;
+            self.pass(Rows::Seq(self.seq), chunk, if i == last { Logits::Last } else { Logits::None })?;
         }
         Ok(&self.logits[..self.model.cfg.vocab])
     }
@@ -875,10 +950,34 @@ impl<'a> Session<'a> {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { id, vocab });
         }
-        if self.pos + tokens.len() > self.cfg.ctx {
+        if self.pos() + tokens.len() > self.cfg.ctx {
             return Err(Error::ContextFull { ctx: self.cfg.ctx });
         }
         Ok(())
+    }
+
+    /// One token for each of the sequences `seqs` (all different), in one pass over the
+    /// weights: the decode steps of a server's slots sharing each weight read. Returns
+    /// the logits after each, `(seqs.len(), vocab)`. Row for row the same logits as
+    /// [`Self::step`] on each sequence alone.
+    pub fn step_seqs(&mut self, seqs: &[usize], tokens: &[u32]) -> Result<&[f32], Error> {
+        let n = tokens.len();
+        if seqs.len() != n {
+            return Err(Error::BadConfig("one sequence per token"));
+        }
+        for (t, &s) in seqs.iter().enumerate() {
+            if s >= self.cfg.seqs {
+                return Err(Error::BadConfig("no such sequence"));
+            }
+            if seqs[..t].contains(&s) {
+                return Err(Error::BadConfig("a sequence twice in one step"));
+            }
+            if self.positions[s] >= self.cfg.ctx {
+                return Err(Error::ContextFull { ctx: self.cfg.ctx });
+            }
+        }
+        self.pass(Rows::Each(seqs), tokens, Logits::All)?;
+        Ok(&self.logits[..n * self.model.cfg.vocab])
     }
 
     /// The family's norm over each row of `x` into `out`.
@@ -895,13 +994,13 @@ impl<'a> Session<'a> {
     /// The embeddings of `tokens` into `x` (scaled, or plus their learned positions, as
     /// the family says), and for rotary positions their tables: `rope[t]` with the
     /// global base, `rope[batch + t]` with the sliding layers' base.
-    fn embed(&mut self, tokens: &[u32]) {
+    fn embed(&mut self, rows: Rows<'_>, tokens: &[u32]) {
         let model = self.model;
         let c = &model.cfg;
         let (dim, hd, b) = (c.dim, c.head_dim, self.cfg.batch);
         let scale = libm::sqrtf(dim as f32);
         for (t, &tok) in tokens.iter().enumerate() {
-            let (row, pos) = (t * dim..(t + 1) * dim, self.pos + t);
+            let (row, pos) = (t * dim..(t + 1) * dim, rows.pos(self.positions, t));
             model.g.embed.row_into(tok as usize, dim, &mut self.x[row.clone()]);
             if c.family.spec().embed_scale {
                 self.x[row.clone()].iter_mut().for_each(|v| *v *= scale);
@@ -941,16 +1040,21 @@ impl<'a> Session<'a> {
     /// One batched pass over `tokens` (at most `batch`) at positions `pos..`. Fills
     /// `logits` for every token when `all_logits`, else for the last one (row 0).
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<(), Error> {
-        self.pass(tokens, if all_logits { Logits::All } else { Logits::Last })
+        self.check_tokens(tokens)?;
+        self.pass(Rows::Seq(self.seq), tokens, if all_logits { Logits::All } else { Logits::Last })
     }
 
-    /// [`Self::forward`], with the head's rows chosen by `logits`.
-    fn pass(&mut self, tokens: &[u32], logits: Logits) -> Result<(), Error> {
+    /// [`Self::forward`] of the tokens of `rows`' sequences (checked by the caller), with
+    /// the head's rows chosen by `logits`.
+    fn pass(&mut self, rows_of: Rows<'_>, tokens: &[u32], logits: Logits) -> Result<(), Error> {
         let n = tokens.len();
         if n == 0 || n > self.cfg.batch {
             return Err(Error::BadConfig("forward takes 1..=batch tokens"));
         }
-        self.check_tokens(tokens)?;
+        let vocab = self.model.cfg.vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
         let model = self.model;
         let c = model.cfg;
         let spec = c.family.spec();
@@ -959,8 +1063,8 @@ impl<'a> Session<'a> {
         let off = self.offload;
         let (dim, qd, kv_dim, hd, ff) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim, c.ffn_dim);
         let group = c.n_heads / c.n_kv_heads;
-        let pos0 = self.pos;
-        self.embed(tokens);
+        let seq_len = self.seq_len;
+        self.embed(rows_of, tokens);
         let x = &mut self.x[..n * dim];
 
         let mut cache_l = 0;
@@ -1007,7 +1111,7 @@ impl<'a> Session<'a> {
                 }
             }
             for t in 0..n {
-                let at = cache_l + ((pos0 + t) % rows) * kv_dim;
+                let at = rows_of.seq(t) * seq_len + cache_l + (rows_of.pos(self.positions, t) % rows) * kv_dim;
                 let (kt, vt) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
                 match &mut self.cache {
                     KvCache::F32 { keys, values } => {
@@ -1024,24 +1128,22 @@ impl<'a> Session<'a> {
             // Causal attention of each token over the cache up to its own position (the
             // last `window` of them in a sliding layer): one token splits its heads
             // across tasks, several tokens split the tokens.
-            let layer_rows = cache_l..cache_l + rows * kv_dim;
-            cache_l = layer_rows.end;
-            let (keys, values) = match &self.cache {
-                KvCache::F32 { keys, values } => {
-                    (KvRows::F32(&keys[layer_rows.clone()]), KvRows::F32(&values[layer_rows]))
-                }
-                KvCache::Q8 { keys, values } => {
-                    let blocks = layer_rows.start / QK8..layer_rows.end / QK8;
-                    (KvRows::Q8(&keys[blocks.clone()]), KvRows::Q8(&values[blocks]))
-                }
+            let (layer_off, layer_len) = (cache_l, rows * kv_dim);
+            cache_l += layer_len;
+            let cache = &self.cache;
+            let layer_of = |t: usize| {
+                let at = rows_of.seq(t) * seq_len + layer_off;
+                kv_view(cache, at..at + layer_len)
             };
+            let positions = &*self.positions;
             let q = &self.q[..n * qd];
             let tasks = pool.threads();
             let att_len = self.cfg.ctx + hd;
             let scale = c.attn_scale;
             if n == 1 {
                 let heads_per_task = c.n_heads.div_ceil(tasks);
-                let span = Span::new(pos0 + 1, window, rows);
+                let span = Span::new(rows_of.pos(positions, 0) + 1, window, rows);
+                let (keys, values) = layer_of(0);
                 parallel::chunks2(pool, &mut self.xb2[..qd], heads_per_task * hd, self.att, att_len, |i, out, att| {
                     for (j, o) in out.chunks_exact_mut(hd).enumerate() {
                         let h = i * heads_per_task + j;
@@ -1054,7 +1156,8 @@ impl<'a> Session<'a> {
                 parallel::chunks2(pool, &mut self.xb2[..n * qd], per_task * qd, self.att, att_len, |i, out, att| {
                     for (j, o) in out.chunks_exact_mut(qd).enumerate() {
                         let t = i * per_task + j;
-                        let span = Span::new(pos0 + t + 1, window, rows);
+                        let span = Span::new(rows_of.pos(positions, t) + 1, window, rows);
+                        let (keys, values) = layer_of(t);
                         for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
                             let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
                             attend(kern, qh, keys, values, kv_dim, (h / group) * hd, span, scale, att, oh);
@@ -1099,7 +1202,7 @@ impl<'a> Session<'a> {
             Logits::All => 0..n,
             Logits::Last => n - 1..n,
             Logits::None => {
-                self.pos += n;
+                self.advance(rows_of, n);
                 return Ok(());
             }
         };
@@ -1113,7 +1216,15 @@ impl<'a> Session<'a> {
         );
         let logits = &mut self.logits[..m * c.vocab];
         linear(pool, kern, off, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.g.output, c.vocab, logits)])?;
-        self.pos += n;
+        self.advance(rows_of, n);
         Ok(())
+    }
+
+    /// Counts the `n` tokens of a pass into their sequences' positions.
+    fn advance(&mut self, rows_of: Rows<'_>, n: usize) {
+        match rows_of {
+            Rows::Seq(s) => self.positions[s] += n,
+            Rows::Each(seqs) => seqs.iter().for_each(|&s| self.positions[s] += 1),
+        }
     }
 }
