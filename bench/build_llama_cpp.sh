@@ -15,6 +15,8 @@
 #   LLAMA_CPP_PY_VER  llama-cpp-python version (default pinned below)
 #   LLAMA_CPP_JOBS    parallel compile jobs (default 2)
 #   LLAMA_CPP_CFLAGS  extra C/C++ flags (default: AMX off, see below)
+#   LLAMA_CPP_SERVER  1: build llama-server instead (the peer of `arq serve`), in
+#                     its own build dir so the benchmark tools' build stays
 #
 # AMX: with GGML_NATIVE=ON on a CPU that has AMX, ggml compiles its AMX matmul
 # path; GCC 12 (Debian 12) miscompiles it: it drops the stores that fill the
@@ -29,11 +31,14 @@ cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
 jobs="${LLAMA_CPP_JOBS:-2}"
 cflags="${LLAMA_CPP_CFLAGS--mno-amx-tile -mno-amx-int8 -mno-amx-bf16}"
 tools=(llama-bench llama-quantize llama-simple)
+server="${LLAMA_CPP_SERVER:-0}"
+[ "$server" = 1 ] && tools=(llama-server)
 
 log() { echo "[build_llama_cpp] $*" >&2; }
 
 src="$cache/llama_cpp_python-$ver"
 build="$cache/build-$ver"
+[ "$server" = 1 ] && build="$cache/build-$ver-server"
 bin="$build/bin"
 
 cmake_args=(
@@ -51,7 +56,7 @@ cmake_args=(
   -DLLAMA_BUILD_TESTS=OFF
   -DLLAMA_BUILD_EXAMPLES=ON
   -DLLAMA_BUILD_TOOLS=ON
-  -DLLAMA_BUILD_SERVER=OFF
+  "-DLLAMA_BUILD_SERVER=$([ "$server" = 1 ] && echo ON || echo OFF)"
 )
 stamp="$build/arq-build-config.txt"
 want_config=$(printf '%s\n' "${cmake_args[@]}")

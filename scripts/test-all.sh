@@ -44,6 +44,9 @@ cargo test --profile checked -p arq-convert --no-default-features --lib --test g
 echo "== the README's main command: scripts/run-smollm2.sh prints text, the same on every run"
 bash scripts/test-main-job.sh 2>&1 | tee -a "$log"
 
+echo "== arq serve: the openai Python client and curl (SmolLM2), headless Chromium on the web pages"
+bash scripts/test-serve.sh 2>&1 | tee -a "$log"
+
 echo "== no_std build of the engine for thumbv7em-none-eabihf (Debian's rustc-web)"
 RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   /usr/bin/cargo build --release -p arq --no-default-features \

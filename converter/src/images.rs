@@ -510,7 +510,12 @@ pub fn read_png_gray(path: &Path) -> anyhow::Result<(usize, usize, Vec<u8>)> {
     decode_png_gray(BufReader::new(file)).map_err(|message| error(path, ErrorKind::PngDecode(message)))
 }
 
-fn decode_png_gray(reader: BufReader<File>) -> Result<(usize, usize, Vec<u8>), String> {
+/// [`read_png_gray`] of a PNG in memory (a request body); the error is the decoder's.
+pub fn png_gray_from_bytes(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+    decode_png_gray(io::Cursor::new(bytes))
+}
+
+fn decode_png_gray<R: io::BufRead + io::Seek>(reader: R) -> Result<(usize, usize, Vec<u8>), String> {
     let mut decoder = png::Decoder::new(reader);
     // EXPAND: palette -> RGB(A), 1/2/4-bit grey -> 8-bit (scaled), tRNS -> alpha. 16-bit stays
     // 16-bit so that it can be rounded below rather than truncated.
@@ -610,14 +615,27 @@ pub fn write_png_gray(path: &Path, height: usize, width: usize, pixels: &[u8]) -
     if height.checked_mul(width) != Some(pixels.len()) {
         return Err(invalid(format!("a {height}x{width} image needs {} pixels, got {}", height * width, pixels.len())));
     }
-    write_atomically(path, |w_file| {
-        let mut encoder = png::Encoder::new(w_file, w, h);
-        encoder.set_color(png::ColorType::Grayscale);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(png_to_io)?;
-        writer.write_image_data(pixels).map_err(png_to_io)?;
-        writer.finish().map_err(png_to_io)
-    })
+    write_atomically(path, |w_file| encode_png_gray(w_file, (h, w), pixels))
+}
+
+/// An 8-bit grey PNG in memory (`pixels`: `height * width` values, both sizes 1 to 2^16).
+pub fn png_gray_to_bytes(height: usize, width: usize, pixels: &[u8]) -> Result<Vec<u8>, String> {
+    let fits = |v: usize| (1..=1 << 16).contains(&v);
+    if !fits(height) || !fits(width) || height * width != pixels.len() {
+        return Err(format!("cannot encode {} pixels as a {height}x{width} PNG", pixels.len()));
+    }
+    let mut out = Vec::new();
+    encode_png_gray(&mut out, (height as u32, width as u32), pixels).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn encode_png_gray(out: impl Write, (h, w): (u32, u32), pixels: &[u8]) -> io::Result<()> {
+    let mut encoder = png::Encoder::new(out, w, h);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(png_to_io)?;
+    writer.write_image_data(pixels).map_err(png_to_io)?;
+    writer.finish().map_err(png_to_io)
 }
 
 fn png_to_io(e: png::EncodingError) -> io::Error {

@@ -33,6 +33,8 @@ pub mod pixel;
 pub mod progress;
 pub mod quantize;
 pub mod report;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod text;
 
 use std::path::{Path, PathBuf};

@@ -276,6 +276,58 @@ pub struct Score {
     pub stride: usize,
 }
 
+/// The totals of a [`Score`].
+pub struct ScoreTotals {
+    pub tokens: usize,
+    pub nll_nats: f64,
+    /// Bytes of the scored tokens' text.
+    pub bytes: usize,
+    pub perplexity: f64,
+    pub bits_per_token: f64,
+    pub bits_per_byte: f64,
+}
+
+impl Score {
+    pub fn totals(&self, tok: &Tokenizer<'_>) -> ScoreTotals {
+        let n = self.scored.len();
+        let nll: f64 = -self.scored.iter().map(|s| s.logprob).sum::<f64>();
+        let bytes: usize = self.scored.iter().map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len())).sum();
+        let ln2 = std::f64::consts::LN_2;
+        ScoreTotals {
+            tokens: n,
+            nll_nats: nll,
+            bytes,
+            perplexity: (nll / n as f64).exp(),
+            bits_per_token: nll / n as f64 / ln2,
+            bits_per_byte: nll / ln2 / bytes.max(1) as f64,
+        }
+    }
+
+    /// The score as `arq score --json` prints it (and `/v1/score` answers): totals, the
+    /// windowing, and with `per_token` every scored position.
+    pub fn to_json(&self, tok: &Tokenizer<'_>, ctx: usize, bos_added: bool, per_token: bool) -> serde_json::Value {
+        let t = self.totals(tok);
+        let mut v = serde_json::json!({
+            "tokens": t.tokens,
+            "nll_nats": t.nll_nats,
+            "perplexity": t.perplexity,
+            "bits_per_token": t.bits_per_token,
+            "bits_per_byte": t.bits_per_byte,
+            "bytes": t.bytes,
+            "bos_added": bos_added,
+            "windows": {"count": self.windows, "ctx": ctx, "stride": self.stride},
+        });
+        if per_token {
+            v["per_token"] = self
+                .scored
+                .iter()
+                .map(|s| serde_json::json!({"pos": s.pos, "id": s.id, "logprob": s.logprob, "top_id": s.top_id, "top_logprob": s.top_logprob}))
+                .collect();
+        }
+        v
+    }
+}
+
 /// Scores `ids` (at least 2) in windows of the session's context advancing by half of
 /// it; each window scores only positions no earlier window scored, conditioned on up to
 /// ctx-1 preceding tokens.

@@ -53,6 +53,39 @@ enum Cmd {
         #[arg(long)]
         levels: Option<usize>,
     },
+    /// Serve a model over HTTP: the OpenAI API and arq's own calls for text models,
+    /// sampling and inpainting for PixelCNNs, and a web page at `/`.
+    #[cfg(feature = "serve")]
+    Serve {
+        model: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0: any free one; the server prints it).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Requests served at once, each with its own KV cache (1 to 64).
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+        /// Context per slot (default: 2048, or the model's if shorter).
+        #[arg(long, value_parser = capped(MAX_CTX))]
+        ctx: Option<usize>,
+        /// Requests that may wait for a slot; more are answered 503.
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+        /// Largest request body, in bytes.
+        #[arg(long, default_value_t = 8 << 20, value_parser = capped(1 << 30))]
+        max_body: usize,
+        /// Largest max_tokens a request may ask for.
+        #[arg(long, default_value_t = 4096, value_parser = capped(MAX_CTX))]
+        max_tokens: usize,
+        /// Seconds a request may run.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        timeout: u64,
+        #[command(flatten)]
+        kv: KvOpt,
+        #[command(flatten)]
+        threads: ThreadsArg,
+    },
     /// Show a model's hyperparameters, tensors, tokenizer and arena size.
     Inspect {
         model: PathBuf,
@@ -337,6 +370,22 @@ pub fn run(cli: Cli) -> Result<()> {
             convert::run(&input, &output, &opts)
         }
         Cmd::Inspect { model, ctx, verify, json } => inspect::run(&model, ctx, verify, json),
+        #[cfg(feature = "serve")]
+        Cmd::Serve { model, host, port, slots, ctx, queue, max_body, max_tokens, timeout, kv, threads } => {
+            let opts = arq_convert::serve::Options {
+                host,
+                port,
+                slots,
+                ctx,
+                kv: kv.kv.into(),
+                threads: threads.count(),
+                queue,
+                max_body,
+                max_tokens,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            arq_convert::serve::run(&model, &opts)
+        }
         Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, interactive, kv, threads, backend } => {
             let prompt = prompt_text(Some(prompt), prompt_file)?;
             let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };

@@ -216,44 +216,20 @@ pub fn score(file: &ModelFile, input: &Path, a: &ScoreArgs, threads: &ThreadsArg
 }
 
 fn print_score(s: &text::Score, tok: &Tokenizer<'_>, (ctx, bos_added): (usize, bool), a: &ScoreArgs) {
-    let scored = &s.scored;
-    let n = scored.len();
-    let nll: f64 = -scored.iter().map(|s| s.logprob).sum::<f64>();
-    let bytes: usize = scored.iter().map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len())).sum();
-    let ln2 = std::f64::consts::LN_2;
-    let ppl = (nll / n as f64).exp();
     if a.json {
-        let mut v = json!({
-            "tokens": n,
-            "nll_nats": nll,
-            "perplexity": ppl,
-            "bits_per_token": nll / n as f64 / ln2,
-            "bits_per_byte": nll / ln2 / bytes.max(1) as f64,
-            "bytes": bytes,
-            "bos_added": bos_added,
-            "windows": {"count": s.windows, "ctx": ctx, "stride": s.stride},
-        });
-        if a.per_token {
-            v["per_token"] = scored
-                .iter()
-                .map(|s| json!({"pos": s.pos, "id": s.id, "logprob": s.logprob, "top_id": s.top_id, "top_logprob": s.top_logprob}))
-                .collect();
-        }
-        println!("{v}");
-    } else {
-        if a.per_token {
-            for s in scored {
-                println!("{:>6} {:>6} {:>10.4} {:?}", s.pos, s.id, s.logprob, token_text(tok, s.id));
-            }
-        }
-        println!(
-            "{n} tokens scored ({} windows of {}): NLL {nll:.3} nats, perplexity {ppl:.4}, {:.4} bits/token, {:.4} bits/byte",
-            s.windows,
-            ctx,
-            nll / n as f64 / ln2,
-            nll / ln2 / bytes.max(1) as f64
-        );
+        println!("{}", s.to_json(tok, ctx, bos_added, a.per_token));
+        return;
     }
+    if a.per_token {
+        for s in &s.scored {
+            println!("{:>6} {:>6} {:>10.4} {:?}", s.pos, s.id, s.logprob, token_text(tok, s.id));
+        }
+    }
+    let t = s.totals(tok);
+    println!(
+        "{} tokens scored ({} windows of {}): NLL {:.3} nats, perplexity {:.4}, {:.4} bits/token, {:.4} bits/byte",
+        t.tokens, s.windows, ctx, t.nll_nats, t.perplexity, t.bits_per_token, t.bits_per_byte
+    );
 }
 
 pub struct BenchArgs {
