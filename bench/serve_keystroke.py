@@ -21,7 +21,10 @@ TEXT = (
     "children thought he was a ghost, because they only ever saw his lantern moving in the tower "
     "window. But the fishermen knew better: they owed their lives to him, and each spring they left "
     "baskets of bread and smoked fish at the door of his small stone cottage. One morning a letter "
-    "arrived, sealed with red wax, and the keeper read it twice before he sat down"
+    "arrived, sealed with red wax, and the keeper read it twice before he sat down. It came from a "
+    "lawyer in the capital, who wrote that the lighthouse would be replaced by an automatic beacon before "
+    "the end of the year, and that the keeper was free to retire with a small pension and the thanks of "
+    "the government. He folded the letter, put on his coat, and walked down to the harbour, where"
 )
 TYPED = " on the old wooden bench by the window and"
 

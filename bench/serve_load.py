@@ -28,9 +28,9 @@ PROMPTS = [
 
 def stream_one(host, port, prompt, max_tokens, seed):
     body = json.dumps({
-        "model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95,
+        "model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05,
         "seed": seed, "stream": True, "stream_options": {"include_usage": True},
-        # llama-server: stop only at max_tokens, as arq does when no EOS comes
+        # both: stop only at max_tokens (llama-server's extension, which arq accepts)
         "ignore_eos": True,
     })
     conn = http.client.HTTPConnection(host, port, timeout=600)

@@ -67,6 +67,10 @@ struct Common {
     stream_options: Option<StreamOptions>,
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
+    /// llama-server's extensions: keep the `top_k` most likely tokens (0: all), drop
+    /// those below `min_p` times the most likely one's probability (0: none).
+    top_k: Option<u64>,
+    min_p: Option<f32>,
     /// llama-server's extension: never sample the end-of-text token.
     #[serde(default)]
     ignore_eos: bool,
@@ -266,8 +270,12 @@ fn settings(st: &TextState, c: &Common, logprobs: Option<usize>, default_max: u6
     }
     let seed =
         c.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-    let sampler =
-        SamplerConfig { temperature, top_k: 0, top_p, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed };
+    let min_p = c.min_p.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::param("min_p", "min_p must be in [0, 1]"));
+    }
+    let top_k = c.top_k.unwrap_or(0).min(st.model.config().vocab as u64) as usize;
+    let sampler = SamplerConfig { temperature, top_k, top_p, min_p, repeat_penalty: 1.0, repeat_last_n: 0, seed };
     Ok(Settings {
         max_tokens: max as usize,
         sampler,
@@ -326,10 +334,13 @@ fn usage(f: &Finish) -> Value {
     })
 }
 
+/// A sampled token's text, its log-probability, and the most likely alternatives.
+type Scored = (String, f64, Vec<(String, f64)>);
+
 /// Token log-probabilities as one call or the other reports them.
 #[derive(Default)]
 struct Logprobs {
-    tokens: Vec<(String, f64, Vec<(String, f64)>)>,
+    tokens: Vec<Scored>,
 }
 
 impl Logprobs {
