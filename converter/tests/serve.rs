@@ -310,5 +310,17 @@ fn queueing_cancelling_and_chat_on_smollm2() {
     let t0 = Instant::now();
     server.ok("/v1/completions", &completion("Hello", 4));
     assert!(t0.elapsed() < Duration::from_secs(30), "the dropped streams kept their slots");
+
+    // A request past --timeout ends with 504 (whole) or an error event (streamed).
+    let quick = Server::start(&model, &["--timeout", "1"]);
+    let long = json!({"prompt": "Write a long story.", "max_tokens": 2000, "ignore_eos": true});
+    let (status, v) = quick.post("/v1/completions", &long);
+    assert_eq!(status, 504, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--timeout"));
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let events = quick.stream("/v1/completions", &streamed);
+    assert!(events[events.len() - 2].contains("--timeout") && events.last().unwrap() == "[DONE]");
+    drop(quick);
     let _ = std::fs::remove_file(&model);
 }
