@@ -47,6 +47,8 @@ pub enum SamplerError {
     RepeatPenaltyNotPositive,
     /// The scratch buffer is smaller than the vocabulary.
     ScratchTooSmall,
+    /// No logits to sample from.
+    Empty,
 }
 
 impl core::fmt::Display for SamplerError {
@@ -57,6 +59,7 @@ impl core::fmt::Display for SamplerError {
             SamplerError::MinPOutOfRange => "min-p must be in [0, 1]",
             SamplerError::RepeatPenaltyNotPositive => "repeat penalty must be > 0",
             SamplerError::ScratchTooSmall => "sampler scratch smaller than the vocabulary",
+            SamplerError::Empty => "no logits to sample from",
         })
     }
 }
@@ -102,9 +105,10 @@ impl Sampler {
         (self.rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32)
     }
 
-    /// Picks the next token. `logits` is modified by the repetition penalty; `recent` are
-    /// the tokens seen so far (only the last `repeat_last_n` count); `scratch` must hold at
-    /// least `logits.len()` candidates.
+    /// Picks the next token. `logits` is scratch too (the repetition penalty and, with
+    /// temperature, the weights are written over it); `recent` are the tokens seen so far
+    /// (only the last `repeat_last_n` count); `scratch` must hold at least `logits.len()`
+    /// candidates.
     pub fn sample(
         &mut self,
         logits: &mut [f32],
@@ -114,6 +118,9 @@ impl Sampler {
         let n = logits.len();
         if scratch.len() < n {
             return Err(SamplerError::ScratchTooSmall);
+        }
+        if n == 0 {
+            return Err(SamplerError::Empty);
         }
         if self.cfg.repeat_penalty != 1.0 {
             let start = recent.len().saturating_sub(self.cfg.repeat_last_n);
@@ -127,47 +134,91 @@ impl Sampler {
             return Ok(crate::math::argmax(logits) as u32);
         }
 
-        // Candidates sorted by logit, descending; ties by id for determinism.
-        let c = &mut scratch[..n];
-        for (i, (cand, &l)) in c.iter_mut().zip(logits.iter()).enumerate() {
-            *cand = Candidate { id: i as u32, p: l };
-        }
-        let k = if self.cfg.top_k == 0 { n } else { self.cfg.top_k.min(n) };
-        let by_logit = |a: &Candidate, b: &Candidate| b.p.total_cmp(&a.p).then(a.id.cmp(&b.id));
-        if k < n {
-            c.select_nth_unstable_by(k - 1, by_logit);
-        }
-        let c = &mut c[..k];
-        c.sort_unstable_by(by_logit);
+        // Weights at the temperature relative to the most likely token, w = exp((l - max)
+        // / T) in (0, 1], and their sum (p = w / sum), over the top-k candidates or, in
+        // place, over the whole vocabulary (a loop that vectorizes). Nothing is sorted
+        // here: sorting the vocabulary would cost more than the rest of a small model's step.
+        let by_value = |a: &Candidate, b: &Candidate| b.p.total_cmp(&a.p).then(a.id.cmp(&b.id));
+        let inv_t = 1.0 / self.cfg.temperature;
+        let exp = crate::math::exp;
+        let min_w = self.cfg.min_p;
+        let (c, mut len, sum) = if self.cfg.top_k > 0 && self.cfg.top_k < n {
+            for (i, (cand, &l)) in scratch.iter_mut().zip(logits.iter()).enumerate() {
+                *cand = Candidate { id: i as u32, p: l };
+            }
+            scratch[..n].select_nth_unstable_by(self.cfg.top_k - 1, by_value);
+            let c = &mut scratch[..self.cfg.top_k];
+            let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.p));
+            let mut sum = 0.0f32;
+            for cand in c.iter_mut() {
+                cand.p = exp((cand.p - max) * inv_t);
+                sum += cand.p;
+            }
+            let len = c.len();
+            (c, len, sum)
+        } else {
+            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            for l in logits.iter_mut() {
+                *l = exp((*l - max) * inv_t);
+            }
+            let mut sum = 0.0f32;
+            let mut len = 0;
+            for (i, &w) in logits.iter().enumerate() {
+                sum += w;
+                // min-p (below) is w >= min_p: only those become candidates.
+                if w >= min_w {
+                    scratch[len] = Candidate { id: i as u32, p: w };
+                    len += 1;
+                }
+            }
+            (&mut scratch[..n], len, sum)
+        };
 
-        // Softmax at the temperature over the kept candidates.
-        let max = c[0].p;
-        let mut sum = 0.0f32;
-        for cand in c.iter_mut() {
-            cand.p = libm::expf((cand.p - max) / self.cfg.temperature);
-            sum += cand.p;
+        // min-p: p >= min_p * p_max is w >= min_p (the survivors keep their order).
+        if min_w > 0.0 {
+            let mut kept = 0;
+            for i in 0..len {
+                if c[i].p >= min_w {
+                    c[kept] = c[i];
+                    kept += 1;
+                }
+            }
+            len = kept;
         }
-        for cand in c.iter_mut() {
-            cand.p /= sum;
+        if len == 0 {
+            // Only with NaN logits: no weight compares; take the first candidate.
+            len = 1;
         }
 
-        // min-p, then top-p (the sorted order makes both a prefix).
-        let mut keep = c.len();
-        if self.cfg.min_p > 0.0 {
-            let floor = c[0].p * self.cfg.min_p;
-            keep = c.iter().position(|x| x.p < floor).unwrap_or(keep).max(1);
-        }
+        // top-p: the most likely tokens until their probability reaches top_p. Only the
+        // smallest set of the largest weights that holds that mass is found and sorted,
+        // growing 4x until it does.
         if self.cfg.top_p < 1.0 {
+            let target = self.cfg.top_p * sum;
+            let mut k = len.min(64);
+            loop {
+                if k < len {
+                    c[..len].select_nth_unstable_by(k - 1, by_value);
+                }
+                if k == len || c[..k].iter().map(|x| x.p).sum::<f32>() >= target {
+                    break;
+                }
+                k = (k * 4).min(len);
+            }
+            c[..k].sort_unstable_by(by_value);
             let mut cum = 0.0;
-            for (i, cand) in c[..keep].iter().enumerate() {
+            len = k;
+            for (i, cand) in c[..k].iter().enumerate() {
                 cum += cand.p;
-                if cum >= self.cfg.top_p {
-                    keep = i + 1;
+                if cum >= target {
+                    len = i + 1;
                     break;
                 }
             }
         }
-        let c = &c[..keep];
+
+        // One draw from the kept weights, in their order.
+        let c = &c[..len];
         let total: f32 = c.iter().map(|x| x.p).sum();
         let r = self.uniform() * total;
         let mut cum = 0.0;
