@@ -5,7 +5,7 @@
 # 64 tokens, sampled, EOS ignored), the servers run alternately, arq first on odd rounds.
 # Prints one JSON line per run (bench/serve_load.py) and a markdown table.
 #
-# Env: ROUNDS (default 2), CLIENTS (default "1 2 4 8"), THREADS (default 2),
+# Env: ARQ_BIN (an arq binary to use instead of building one), ROUNDS (default 2), CLIENTS (default "1 2 4 8"), THREADS (default 2),
 #      LLAMA_CPP_CACHE (see build_llama_cpp.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,8 +16,11 @@ clients="${CLIENTS:-1 2 4 8}"
 threads="${THREADS:-2}"
 ctx=1024
 
-cargo build --release -p arq-convert --bin arq >&2
-arq="${CARGO_TARGET_DIR:-target}/release/arq"
+arq="${ARQ_BIN:-}"
+if [ -z "$arq" ]; then
+  cargo build --release -p arq-convert --bin arq >&2
+  arq="${CARGO_TARGET_DIR:-target}/release/arq"
+fi
 gguf=$(models/fetch_smollm2.sh)
 ours="$(dirname "$gguf")/smollm2-q8.arq"
 [ -s "$ours" ] || "$arq" convert "$gguf" -o "$ours" --quant q8 >&2
