@@ -217,19 +217,16 @@ pub fn score(file: &ModelFile, input: &Path, a: &ScoreArgs, threads: &ThreadsArg
 
 fn print_score(s: &text::Score, tok: &Tokenizer<'_>, (ctx, bos_added): (usize, bool), a: &ScoreArgs) {
     let scored = &s.scored;
-    let n = scored.len();
-    let nll: f64 = -scored.iter().map(|s| s.logprob).sum::<f64>();
-    let bytes: usize = scored.iter().map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len())).sum();
-    let ln2 = std::f64::consts::LN_2;
-    let ppl = (nll / n as f64).exp();
+    let t = s.summary(tok);
+    let (n, nll, ppl) = (t.tokens, t.nll_nats, t.perplexity);
     if a.json {
         let mut v = json!({
             "tokens": n,
             "nll_nats": nll,
             "perplexity": ppl,
-            "bits_per_token": nll / n as f64 / ln2,
-            "bits_per_byte": nll / ln2 / bytes.max(1) as f64,
-            "bytes": bytes,
+            "bits_per_token": t.bits_per_token,
+            "bits_per_byte": t.bits_per_byte,
+            "bytes": t.bytes,
             "bos_added": bos_added,
             "windows": {"count": s.windows, "ctx": ctx, "stride": s.stride},
         });
@@ -248,10 +245,7 @@ fn print_score(s: &text::Score, tok: &Tokenizer<'_>, (ctx, bos_added): (usize, b
         }
         println!(
             "{n} tokens scored ({} windows of {}): NLL {nll:.3} nats, perplexity {ppl:.4}, {:.4} bits/token, {:.4} bits/byte",
-            s.windows,
-            ctx,
-            nll / n as f64 / ln2,
-            nll / ln2 / bytes.max(1) as f64
+            s.windows, ctx, t.bits_per_token, t.bits_per_byte
         );
     }
 }
