@@ -69,9 +69,9 @@ fn with_session<R>(
 /// `images` (uint8, (N, H, W) or (N, H, W, 1)) as the library's image set, copied in C
 /// order (the library owns its images).
 fn images_of(x: &Bound<'_, PyAny>) -> PyResult<Images> {
-    let arr = x.cast::<PyArrayDyn<u8>>().map_err(|_| {
-        bad_argument("images must be a numpy uint8 array of shape (N, H, W) or (N, H, W, 1)")
-    })?;
+    let arr = x
+        .cast::<PyArrayDyn<u8>>()
+        .map_err(|_| bad_argument("images must be a numpy uint8 array of shape (N, H, W) or (N, H, W, 1)"))?;
     let ro = arr.readonly();
     let shape = ro.shape().to_vec();
     let (n, h, w) = match shape[..] {
@@ -82,7 +82,12 @@ fn images_of(x: &Bound<'_, PyAny>) -> PyResult<Images> {
 }
 
 /// One (H, W) uint8 or bool array as a flat vector, checked against the model's size.
-fn plane<T: numpy::Element + Copy>(x: &Bound<'_, PyAny>, what: &str, dtype: &str, (h, w): (usize, usize)) -> PyResult<Vec<T>> {
+fn plane<T: numpy::Element + Copy>(
+    x: &Bound<'_, PyAny>,
+    what: &str,
+    dtype: &str,
+    (h, w): (usize, usize),
+) -> PyResult<Vec<T>> {
     let arr = x
         .cast::<PyArrayDyn<T>>()
         .map_err(|_| bad_argument(format!("{what} must be a numpy {dtype} array of shape ({h}, {w})")))?;
@@ -168,9 +173,8 @@ impl Model {
     fn score_images<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let model = self.pixel()?;
         let imgs = images_of(x)?;
-        let nll = py
-            .detach(|| pixel::score_images(model, &imgs, self.threads))
-            .map_err(|e| to_py(e, Blame::Argument))?;
+        let nll =
+            py.detach(|| pixel::score_images(model, &imgs, self.threads)).map_err(|e| to_py(e, Blame::Argument))?;
         Ok(nll.into_pyarray(py))
     }
 }
@@ -237,7 +241,12 @@ impl Model {
     }
 
     fn __repr__(&self) -> String {
-        format!("arq.Model({:?}, kind={:?}, threads={})", self.owner.path().display().to_string(), self.kind(), self.threads)
+        format!(
+            "arq.Model({:?}, kind={:?}, threads={})",
+            self.owner.path().display().to_string(),
+            self.kind(),
+            self.threads
+        )
     }
 
     /// The token ids of `text` (no BOS); `special`: control tokens written in the text
@@ -393,9 +402,8 @@ impl Model {
         if !(temperature >= 0.0 && temperature.is_finite()) {
             return Err(bad_argument("temperature must be a finite number >= 0"));
         }
-        let imgs = py
-            .detach(|| pixel::sample_images(model, n, seed, temperature))
-            .map_err(|e| to_py(e, Blame::Argument))?;
+        let imgs =
+            py.detach(|| pixel::sample_images(model, n, seed, temperature)).map_err(|e| to_py(e, Blame::Argument))?;
         Ok(imgs.data.into_pyarray(py).reshape([imgs.n, imgs.height, imgs.width])?.into_any())
     }
 

@@ -103,7 +103,8 @@ impl OwnedSession {
         let Kind::Text { model, .. } = owner.kind() else {
             anyhow::bail!("{} is a PixelCNN image model, which has no text sessions", owner.path().display());
         };
-        let pool = Arc::new(ThreadPool::new(cfg.threads).map_err(|e| anyhow::anyhow!("cannot start worker threads: {e}"))?);
+        let pool =
+            Arc::new(ThreadPool::new(cfg.threads).map_err(|e| anyhow::anyhow!("cannot start worker threads: {e}"))?);
         let arena = NonNull::from(Box::leak(arq_convert::text::new_arena(model, &cfg)?.into_boxed_slice()));
         let free_arena = || {
             // SAFETY: `arena` came from `Box::leak` above and nothing borrows it any more.
