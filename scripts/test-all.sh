@@ -47,6 +47,9 @@ bash scripts/test-main-job.sh 2>&1 | tee -a "$log"
 echo "== arq serve: the openai Python client and curl (SmolLM2), headless Chromium on the web pages"
 bash scripts/test-serve.sh 2>&1 | tee -a "$log"
 
+echo "== the Python package (python/, import arq): pytest against the CLI's --json output"
+bash scripts/test-python.sh 2>&1 | tee -a "$log"
+
 echo "== no_std build of the engine for thumbv7em-none-eabihf (Debian's rustc-web)"
 RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/cross \
   /usr/bin/cargo build --release -p arq --no-default-features \
@@ -71,7 +74,7 @@ bash scripts/test-aarch64.sh 2>&1 | tee -a "$log"
 echo "== aarch64 end to end: the arq CLI under qemu (generate, next, sample, score) equals x86, both tiers"
 bash scripts/test-aarch64-cli.sh 2>&1 | tee -a "$log"
 
-# One closing line over all runs above (x86 workspace, the firmwares' checks, both
+# One closing line over all runs above (x86 workspace, the Python package, the firmwares' checks, both
 # aarch64 tiers, and the aarch64 CLI's end-to-end checks; the end-to-end scripts print
 # one cargo-style `test result:` line each).
 grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' |

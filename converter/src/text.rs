@@ -141,14 +141,8 @@ pub struct Generation {
 }
 
 /// Runs the prompt `ids`, then samples up to `n` tokens, handing the text to `emit` as
-/// soon as it forms whole UTF-8 characters. Stops at the end-of-text token or any control
-/// token; an error of `emit` ends it, except at the final flush.
-///
-/// A full context is shifted, as llama.cpp's context shift does: the session restarts
-/// from the last half of the context's tokens (after the BOS, which stays first when the
-/// text began with it), re-encoded at positions from 0 — what learned positions (GPT-2)
-/// need, and exact for rotary ones. Generation goes on past the trained context, each
-/// token conditioned on the last `ctx/2` to `ctx` tokens.
+/// soon as it forms whole UTF-8 characters (see [`Generator`]); an error of `emit` ends
+/// it, except at the final flush.
 pub fn generate(
     session: &mut Session<'_>,
     tok: &Tokenizer<'_>,
@@ -157,59 +151,134 @@ pub fn generate(
     n: usize,
     mut emit: impl FnMut(&str) -> std::io::Result<()>,
 ) -> Result<Generation> {
-    let model = session.model();
-    let eos = eos(model);
-    let ctx = session.config().ctx;
-    let mut scratch = vec![Candidate::default(); model.config().vocab];
-    let mut history = ids.to_vec();
-    let t0 = Instant::now();
-    let mut logits = session.prefill(ids)?.to_vec();
-    let prompt_s = t0.elapsed().as_secs_f64();
-
-    let t1 = Instant::now();
-    let mut stream = Utf8Stream::new();
-    let mut generated = 0;
-    let mut shifts = 0;
-    let mut stop = Stop::Length;
-    while generated < n {
-        let next = sampler.sample(&mut logits, &history, &mut scratch).map_err(|e| anyhow!("{e}"))?;
-        if Some(next) == eos || tok.is_control(next) {
-            stop = Stop::EndOfText;
-            break;
-        }
-        generated += 1;
-        history.push(next);
+    let mut g = Generator::start(session, ids, n)?;
+    loop {
         let mut io_err = None;
-        stream.push(tok.token_bytes(next).unwrap_or(b""), |s| {
-            if let Err(e) = emit(s) {
-                io_err = Some(e);
+        let more = g.step(session, tok, sampler, |s| {
+            if io_err.is_none() {
+                io_err = emit(s).err();
             }
-        });
+        })?;
         if let Some(e) = io_err {
             return Err(e.into());
         }
-        if generated == n {
+        if !more {
             break;
         }
+    }
+    Ok(g.finish(|s| {
+        let _ = emit(s);
+    }))
+}
+
+/// Generation one token at a time, for front ends that pull the text (an iterator)
+/// rather than receive it: [`Generator::start`] runs the prompt, each
+/// [`Generator::step`] samples one token, [`Generator::finish`] flushes what is left of
+/// a UTF-8 character and says what happened. [`generate`] is the loop over it.
+///
+/// Stops after `n` tokens, at the end-of-text token or any control token. A full
+/// context is shifted, as llama.cpp's context shift does: the session restarts from the
+/// last half of the context's tokens (after the BOS, which stays first when the text
+/// began with it), re-encoded at positions from 0 — what learned positions (GPT-2)
+/// need, and exact for rotary ones. Generation goes on past the trained context, each
+/// token conditioned on the last `ctx/2` to `ctx` tokens.
+pub struct Generator {
+    eos: Option<u32>,
+    bos: Option<u32>,
+    /// The prompt and the tokens generated so far.
+    history: Vec<u32>,
+    prompt_len: usize,
+    /// The next token's logits.
+    logits: Vec<f32>,
+    scratch: Vec<Candidate>,
+    stream: Utf8Stream,
+    n: usize,
+    generated: usize,
+    shifts: usize,
+    stop: Option<Stop>,
+    prompt_s: f64,
+    started: Instant,
+}
+
+impl Generator {
+    /// Runs the prompt `ids` in `session` (from its current position); up to `n` tokens
+    /// will follow.
+    pub fn start(session: &mut Session<'_>, ids: &[u32], n: usize) -> Result<Generator> {
+        let model = session.model();
+        let t0 = Instant::now();
+        let logits = session.prefill(ids)?.to_vec();
+        let prompt_s = t0.elapsed().as_secs_f64();
+        Ok(Generator {
+            eos: eos(model),
+            bos: bos(model).1,
+            history: ids.to_vec(),
+            prompt_len: ids.len(),
+            logits,
+            scratch: vec![Candidate::default(); model.config().vocab],
+            stream: Utf8Stream::new(),
+            n,
+            generated: 0,
+            shifts: 0,
+            stop: (n == 0).then_some(Stop::Length),
+            prompt_s,
+            started: Instant::now(),
+        })
+    }
+
+    /// Samples one token and hands the whole UTF-8 characters it completes to `emit`
+    /// (none while a character is incomplete). Returns whether another step may follow.
+    pub fn step(
+        &mut self,
+        session: &mut Session<'_>,
+        tok: &Tokenizer<'_>,
+        sampler: &mut Sampler,
+        emit: impl FnMut(&str),
+    ) -> Result<bool> {
+        if self.stop.is_some() {
+            return Ok(false);
+        }
+        let next = sampler.sample(&mut self.logits, &self.history, &mut self.scratch).map_err(|e| anyhow!("{e}"))?;
+        if Some(next) == self.eos || tok.is_control(next) {
+            self.stop = Some(Stop::EndOfText);
+            return Ok(false);
+        }
+        self.generated += 1;
+        self.history.push(next);
+        self.stream.push(tok.token_bytes(next).unwrap_or(b""), emit);
+        if self.generated == self.n {
+            self.stop = Some(Stop::Length);
+            return Ok(false);
+        }
+        let ctx = session.config().ctx;
         if session.pos() >= ctx {
             if ctx < 2 {
-                stop = Stop::ContextFull;
-                break;
+                self.stop = Some(Stop::ContextFull);
+                return Ok(false);
             }
             // The kept tokens and the new one fill at most ctx/2 + 1 of the context.
-            let keep = shifted(&history, bos(model).1, ctx / 2);
+            let keep = shifted(&self.history, self.bos, ctx / 2);
             session.reset();
-            logits.copy_from_slice(session.prefill(&keep)?);
-            shifts += 1;
-            continue;
+            self.logits.copy_from_slice(session.prefill(&keep)?);
+            self.shifts += 1;
+            return Ok(true);
         }
-        logits.copy_from_slice(session.step(next)?);
+        self.logits.copy_from_slice(session.step(next)?);
+        Ok(true)
     }
-    stream.flush(|s| {
-        let _ = emit(s);
-    });
-    let ids = history[ids.len()..].to_vec();
-    Ok(Generation { tokens: generated, ids, stop, shifts, prompt_s, gen_s: t1.elapsed().as_secs_f64() })
+
+    /// Hands the rest of an incomplete UTF-8 character (replaced) to `emit`, and says
+    /// what was generated.
+    pub fn finish(mut self, emit: impl FnMut(&str)) -> Generation {
+        self.stream.flush(emit);
+        Generation {
+            tokens: self.generated,
+            ids: self.history[self.prompt_len..].to_vec(),
+            stop: self.stop.unwrap_or(Stop::Length),
+            shifts: self.shifts,
+            prompt_s: self.prompt_s,
+            gen_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// The tokens a shifted context restarts from: the last `keep` of `history` (which ends
@@ -276,24 +345,26 @@ pub struct Score {
     pub stride: usize,
 }
 
-/// The totals of a [`Score`].
-pub struct ScoreTotals {
+/// The totals of a [`Score`], as `arq score` reports them.
+pub struct ScoreSummary {
+    /// Scored tokens (every token after the first).
     pub tokens: usize,
+    /// Their negative log-likelihood.
     pub nll_nats: f64,
-    /// Bytes of the scored tokens' text.
-    pub bytes: usize,
     pub perplexity: f64,
     pub bits_per_token: f64,
+    /// The NLL in bits over the scored tokens' bytes.
     pub bits_per_byte: f64,
+    pub bytes: usize,
 }
 
 impl Score {
-    pub fn totals(&self, tok: &Tokenizer<'_>) -> ScoreTotals {
+    pub fn summary(&self, tok: &Tokenizer<'_>) -> ScoreSummary {
         let n = self.scored.len();
         let nll: f64 = -self.scored.iter().map(|s| s.logprob).sum::<f64>();
         let bytes: usize = self.scored.iter().map(|s| tok.token_bytes(s.id).map_or(0, |b| b.len())).sum();
         let ln2 = std::f64::consts::LN_2;
-        ScoreTotals {
+        ScoreSummary {
             tokens: n,
             nll_nats: nll,
             bytes,
@@ -306,7 +377,7 @@ impl Score {
     /// The score as `arq score --json` prints it (and `/v1/score` answers): totals, the
     /// windowing, and with `per_token` every scored position.
     pub fn to_json(&self, tok: &Tokenizer<'_>, ctx: usize, bos_added: bool, per_token: bool) -> serde_json::Value {
-        let t = self.totals(tok);
+        let t = self.summary(tok);
         let mut v = serde_json::json!({
             "tokens": t.tokens,
             "nll_nats": t.nll_nats,

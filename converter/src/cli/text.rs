@@ -225,7 +225,7 @@ fn print_score(s: &text::Score, tok: &Tokenizer<'_>, (ctx, bos_added): (usize, b
             println!("{:>6} {:>6} {:>10.4} {:?}", s.pos, s.id, s.logprob, token_text(tok, s.id));
         }
     }
-    let t = s.totals(tok);
+    let t = s.summary(tok);
     println!(
         "{} tokens scored ({} windows of {}): NLL {:.3} nats, perplexity {:.4}, {:.4} bits/token, {:.4} bits/byte",
         t.tokens, s.windows, ctx, t.nll_nats, t.perplexity, t.bits_per_token, t.bits_per_byte
