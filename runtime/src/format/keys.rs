@@ -28,6 +28,8 @@ pub const ARCH_QWEN3: &str = "qwen3";
 pub const ARCH_GEMMA3: &str = "gemma3";
 /// The gated PixelCNN.
 pub const ARCH_PIXELCNN: &str = "pixelcnn";
+/// Recurrent language models: embedding, stacked LSTM/GRU/RNN layers, linear decoder.
+pub const ARCH_RNN: &str = "rnn";
 
 // --- Transformer hyperparameters ---
 
@@ -126,6 +128,30 @@ pub const PIXELCNN_LEVELS: &str = "pixelcnn.levels";
 pub const PIXELCNN_MIXTURES: &str = "pixelcnn.mixtures";
 /// The floor of the mixture heads' log-scales (f32).
 pub const PIXELCNN_MIN_LOG_SCALE: &str = "pixelcnn.min_log_scale";
+
+// --- Recurrent-model hyperparameters ---
+
+/// The cell, one of the `CELL_*` names (string).
+pub const RNN_CELL: &str = "rnn.cell";
+/// Vocabulary size (int).
+pub const RNN_VOCAB_SIZE: &str = "rnn.vocab_size";
+/// Embedding width, a multiple of 32 (int).
+pub const RNN_EMBEDDING_LENGTH: &str = "rnn.embedding_length";
+/// State width of every layer, a multiple of 32 (int).
+pub const RNN_HIDDEN_SIZE: &str = "rnn.hidden_size";
+/// Stacked layers (int).
+pub const RNN_BLOCK_COUNT: &str = "rnn.block_count";
+
+// --- Cell names (values of [`RNN_CELL`]) ---
+
+/// ONNX `LSTM` (gates i, o, f, c), no peepholes.
+pub const CELL_LSTM: &str = "lstm";
+/// ONNX `GRU` (gates z, r, h) with `linear_before_reset = 1`, as PyTorch's.
+pub const CELL_GRU: &str = "gru";
+/// ONNX `RNN` with tanh.
+pub const CELL_RNN_TANH: &str = "rnn_tanh";
+/// ONNX `RNN` with ReLU.
+pub const CELL_RNN_RELU: &str = "rnn_relu";
 
 // --- PixelCNN head names (values of [`PIXELCNN_HEAD`]) ---
 
