@@ -6,6 +6,7 @@ reference numbers arq's tests compare against.
     python models/rnn/train.py --model word-lstm   # 2-layer LSTM over words
     python models/rnn/train.py --model word-gru    # 1-layer GRU over words
     python models/rnn/train.py --model char-lstm   # 2-layer LSTM over characters
+    python models/rnn/train.py --model word-rnn-relu   # 2-layer ReLU RNN, widths 50 and 40
     python models/rnn/train.py --model word-lstm --export-only   # reload the .pt
 
 Each run writes models/rnn/<model>.onnx, <model>.vocab.json (the vocabulary the ONNX file
@@ -63,6 +64,9 @@ CONFIGS = {
     "word-lstm": dict(rnn="LSTM", level="word", emsize=64, nhid=64, nlayers=2, vocab=3000, minutes=6, bptt=35, batch=20),
     "word-gru": dict(rnn="GRU", level="word", emsize=64, nhid=64, nlayers=1, vocab=3000, minutes=4, bptt=35, batch=20),
     "char-lstm": dict(rnn="LSTM", level="char", emsize=32, nhid=128, nlayers=2, vocab=0, minutes=8, bptt=100, batch=32),
+    # Widths that are not multiples of 32 (arq pads them) and the ONNX RNN op.
+    "word-rnn-relu": dict(rnn="RNN_RELU", level="word", emsize=50, nhid=40, nlayers=2, vocab=1000, minutes=2, bptt=35, batch=20,
+                          test_file="test-words-1000.txt"),
 }
 
 
@@ -270,7 +274,8 @@ def main():
     with open(os.path.join(HERE, f"{args.model}.vocab.json"), "w", encoding="utf-8") as f:
         json.dump({"level": level, "tokens": corpus.dictionary.idx2word}, f, ensure_ascii=False, indent=0)
         f.write("\n")
-    test_name = f"test-{level}s.txt"
+    # The word models of one vocabulary size share their test text.
+    test_name = cfg.get("test_file", f"test-{level}s.txt")
     with open(os.path.join(HERE, test_name), "w", encoding="utf-8", newline="\n") as f:
         f.write(texts["test"])
 

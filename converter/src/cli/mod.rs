@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use arq::parallel::ThreadPool;
-use arq::{KvDtype, Model, PixelCnn};
+use arq::{KvDtype, Model, PixelCnn, Rnn};
 use arq_convert::model::{Kind, Loaded, ModelFile};
 use arq_convert::quantize::Quant;
 use backend::{BackendArg, BackendOpt};
@@ -17,6 +17,7 @@ mod backend;
 mod convert;
 mod inspect;
 mod pixel;
+mod rnn;
 mod text;
 
 #[derive(Parser)]
@@ -27,8 +28,8 @@ pub struct Cli {
 }
 #[derive(Subcommand)]
 enum Cmd {
-    /// Convert a GGUF model (LLaMA family) or an ONNX model (gated PixelCNN, GPT-2) to a
-    /// quantized .arq file.
+    /// Convert a GGUF model (LLaMA family) or an ONNX model (gated PixelCNN, GPT-2,
+    /// LSTM/GRU) to a quantized .arq file.
     Convert {
         input: PathBuf,
         #[arg(short, long)]
@@ -52,6 +53,10 @@ enum Cmd {
         /// ONNX PixelCNN: discrete levels per pixel, overriding the file's metadata.
         #[arg(long)]
         levels: Option<usize>,
+        /// ONNX LSTM/GRU: the vocabulary the graph lacks, a JSON file
+        /// {"level": "word"|"char", "tokens": [...]} with the tokens in id order.
+        #[arg(long)]
+        vocab: Option<PathBuf>,
     },
     /// Show a model's hyperparameters, tensors, tokenizer and arena size.
     Inspect {
@@ -324,7 +329,7 @@ pub struct SamplingArgs {
 /// Runs the command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels } => {
+        Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels, vocab } => {
             let opts = arq_convert::ConvertOptions {
                 quant: quant.into(),
                 force,
@@ -333,12 +338,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 progress: true,
                 head,
                 levels,
+                vocab,
             };
             convert::run(&input, &output, &opts)
         }
         Cmd::Inspect { model, ctx, verify, json } => inspect::run(&model, ctx, verify, json),
         Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, interactive, kv, threads, backend } => {
             let prompt = prompt_text(Some(prompt), prompt_file)?;
+            if let Some(m) = recurrent_file(&model)? {
+                rnn::refuse_flags(ctx, kv.kv, backend.backend, chat || interactive)?;
+                return rnn::generate(&recurrent_model(&m)?, &prompt, n, &sampling);
+            }
             let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };
             if interactive {
                 return text::interactive(&model, &args, &threads, backend.backend);
@@ -347,6 +357,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Next { model, prompt, prompt_file, top, chat, json, kv, threads } => {
             let prompt = prompt_text(prompt, prompt_file)?;
+            if let Some(m) = recurrent_file(&model)? {
+                rnn::refuse_flags(None, kv.kv, BackendArg::Cpu, chat)?;
+                return rnn::next(&recurrent_model(&m)?, &prompt, top as usize, json);
+            }
             text::next(&model, &prompt, top as usize, (chat, json), kv.kv, &threads)
         }
         Cmd::Score { model, file, ctx, json, per_token, per_image, kv, threads, backend } => {
@@ -354,6 +368,10 @@ pub fn run(cli: Cli) -> Result<()> {
             if m.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, kv.kv)?;
                 return pixel::score(&pixel_model(&m)?, &file, json, per_image, threads.count());
+            }
+            if m.kind() == Some(Kind::Recurrent) {
+                rnn::refuse_flags(ctx, kv.kv, backend.backend, false)?;
+                return rnn::score(&recurrent_model(&m)?, &file, json, per_token);
             }
             let args = text::ScoreArgs { ctx, kv: kv.kv, json, per_token };
             text::score(&m, &file, &args, &threads, backend.backend)
@@ -422,6 +440,24 @@ fn text_model(file: &ModelFile) -> Result<Model<'_>> {
     match file.load()? {
         Loaded::Text(m) => Ok(m),
         Loaded::Pixel(_) => Err(refuse()),
+        Loaded::Recurrent(_) => {
+            bail!("{} is a recurrent model; this command takes transformer text models", file.path().display())
+        }
+    }
+}
+
+/// The model file at `path` when it holds a recurrent model (`None`: another kind, which
+/// the command's own path opens again).
+fn recurrent_file(path: &std::path::Path) -> Result<Option<ModelFile>> {
+    let m = ModelFile::open(path)?;
+    Ok((m.kind() == Some(Kind::Recurrent)).then_some(m))
+}
+
+/// The recurrent model in `file` (whose kind says it is one).
+fn recurrent_model(file: &ModelFile) -> Result<Rnn<'_>> {
+    match file.load()? {
+        Loaded::Recurrent(m) => Ok(m),
+        _ => bail!("{} is not a recurrent model", file.path().display()),
     }
 }
 
@@ -430,12 +466,12 @@ fn text_model(file: &ModelFile) -> Result<Model<'_>> {
 fn pixel_model(file: &ModelFile) -> Result<PixelCnn<'_>> {
     let refuse =
         || anyhow!("{} is a text model; sample and impute take PixelCNN models (use generate)", file.path().display());
-    if file.kind() == Some(Kind::Text) {
+    if matches!(file.kind(), Some(Kind::Text | Kind::Recurrent)) {
         return Err(refuse());
     }
     match file.load()? {
         Loaded::Pixel(m) => Ok(m),
-        Loaded::Text(_) => Err(refuse()),
+        Loaded::Text(_) | Loaded::Recurrent(_) => Err(refuse()),
     }
 }
 
