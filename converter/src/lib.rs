@@ -34,6 +34,7 @@ pub mod progress;
 pub mod quantize;
 pub mod recurrent;
 pub mod report;
+pub mod series;
 pub mod text;
 
 use std::path::{Path, PathBuf};

@@ -18,6 +18,7 @@ mod convert;
 mod inspect;
 mod pixel;
 mod rnn;
+mod series;
 mod text;
 
 #[derive(Parser)]
@@ -131,8 +132,9 @@ enum Cmd {
         ctx: Option<usize>,
         #[arg(long)]
         json: bool,
-        /// Include every position's log-prob in the output.
-        #[arg(long)]
+        /// Include every position's log-prob in the output (series models: every step's
+        /// log density and anomaly flag).
+        #[arg(long, visible_alias = "per-step")]
         per_token: bool,
         /// PixelCNN models: include every image's NLL in the output.
         #[arg(long)]
@@ -143,6 +145,25 @@ enum Cmd {
         threads: ThreadsArg,
         #[command(flatten)]
         backend: BackendOpt,
+    },
+    /// Continue a real-valued series (CSV, its last column) with a series model: sample
+    /// paths, their quantile bands and a PNG fan chart.
+    Forecast {
+        model: PathBuf,
+        series: PathBuf,
+        /// Steps to forecast (at most 4096).
+        #[arg(short = 'n', long, default_value_t = 24, value_parser = capped(MAX_HORIZON))]
+        n: usize,
+        /// Sample paths (at most 65536).
+        #[arg(long, default_value_t = 200, value_parser = capped(MAX_PARTICLES))]
+        samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The PNG fan chart to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Sample images from a PixelCNN model into a PNG grid.
     Sample {
@@ -239,6 +260,8 @@ const MAX_SCALE: usize = 1024;
 const MAX_PARTICLES: usize = 1 << 16;
 /// Benchmark repetitions.
 const MAX_REPS: usize = 1000;
+/// Forecast steps.
+const MAX_HORIZON: usize = 4096;
 
 /// A clap parser for a count of at most `max` (0 is left to the commands, which name
 /// the flag in their own message).
@@ -344,11 +367,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Inspect { model, ctx, verify, json } => inspect::run(&model, ctx, verify, json),
         Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, interactive, kv, threads, backend } => {
-            let prompt = prompt_text(Some(prompt), prompt_file)?;
             if let Some(m) = recurrent_file(&model)? {
                 rnn::refuse_flags(ctx, kv.kv, backend.backend, chat || interactive)?;
-                return rnn::generate(&recurrent_model(&m)?, &prompt, n, &sampling);
+                let r = recurrent_model(&m)?;
+                if r.head().is_some() {
+                    bail!("{} is a series model; use forecast to continue a series", model.display());
+                }
+                return rnn::generate(&r, &prompt_text(Some(prompt), prompt_file)?, n, &sampling);
             }
+            let prompt = prompt_text(Some(prompt), prompt_file)?;
             let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };
             if interactive {
                 return text::interactive(&model, &args, &threads, backend.backend);
@@ -356,11 +383,16 @@ pub fn run(cli: Cli) -> Result<()> {
             text::generate(&model, &args, &threads, backend.backend)
         }
         Cmd::Next { model, prompt, prompt_file, top, chat, json, kv, threads } => {
-            let prompt = prompt_text(prompt, prompt_file)?;
             if let Some(m) = recurrent_file(&model)? {
                 rnn::refuse_flags(None, kv.kv, BackendArg::Cpu, chat)?;
-                return rnn::next(&recurrent_model(&m)?, &prompt, top as usize, json);
+                let r = recurrent_model(&m)?;
+                if r.head().is_some() {
+                    let Some(csv) = prompt_file else { bail!("a series model's next reads the series: -f SERIES.csv") };
+                    return series::next(&r, &csv, json);
+                }
+                return rnn::next(&r, &prompt_text(prompt, prompt_file)?, top as usize, json);
             }
+            let prompt = prompt_text(prompt, prompt_file)?;
             text::next(&model, &prompt, top as usize, (chat, json), kv.kv, &threads)
         }
         Cmd::Score { model, file, ctx, json, per_token, per_image, kv, threads, backend } => {
@@ -371,10 +403,22 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if m.kind() == Some(Kind::Recurrent) {
                 rnn::refuse_flags(ctx, kv.kv, backend.backend, false)?;
-                return rnn::score(&recurrent_model(&m)?, &file, json, per_token);
+                let r = recurrent_model(&m)?;
+                if r.head().is_some() {
+                    return series::score(&r, &file, json, per_token);
+                }
+                return rnn::score(&r, &file, json, per_token);
             }
             let args = text::ScoreArgs { ctx, kv: kv.kv, json, per_token };
             text::score(&m, &file, &args, &threads, backend.backend)
+        }
+        Cmd::Forecast { model, series: csv, n, samples, seed, output, json } => {
+            let m = ModelFile::open(&model)?;
+            if m.kind() != Some(Kind::Recurrent) {
+                bail!("{}: forecast takes a series model (an LSTM with a Gaussian-mixture head)", model.display());
+            }
+            let args = series::ForecastArgs { n, samples, seed, output: &output, json };
+            series::forecast(&recurrent_model(&m)?, &csv, &args)
         }
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => {
             let args = pixel::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };

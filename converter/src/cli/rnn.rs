@@ -143,6 +143,28 @@ pub fn score(model: &Rnn<'_>, input: &Path, json_out: bool, per_token: bool) -> 
 
 pub fn inspect(model: &Rnn<'_>, path: &Path, file_bytes: usize, json_out: bool) -> Result<()> {
     let c = model.config();
+    if let arq::RnnInput::Value { mean, std, k } = c.input {
+        let arena = model.memory_plan()?;
+        if json_out {
+            println!(
+                "{}",
+                json!({"path": path.display().to_string(), "architecture": arq::format::keys::ARCH_RNN,
+                       "cell": c.cell.name(), "layers": c.layers, "hidden_size": c.hidden, "input": "value",
+                       "mixtures": k, "norm_mean": mean, "norm_std": std, "params": c.n_params(),
+                       "file_bytes": file_bytes, "state_bytes": c.state_len() * 4, "arena_bytes": arena})
+            );
+        } else {
+            println!("{}: series model ({}), {} bytes", path.display(), c.cell.name(), file_bytes);
+            println!(
+                "  layers {} x hidden {}, a mixture of {k} Gaussians per step, {} parameters",
+                c.layers,
+                c.hidden,
+                c.n_params()
+            );
+            println!("  normalisation: mean {mean}, std {std}; arena {arena} bytes whatever the series' length");
+        }
+        return Ok(());
+    }
     let tok = tokenizer(model)?;
     let quant = model.file().meta(arq::format::keys::QUANT).and_then(|v| v.as_str()).unwrap_or("?").to_string();
     let arena = model.memory_plan()?;

@@ -142,6 +142,16 @@ pub const RNN_HIDDEN_SIZE: &str = "rnn.hidden_size";
 /// Stacked layers (int).
 pub const RNN_BLOCK_COUNT: &str = "rnn.block_count";
 
+/// What a step reads: `tokens` (default, with `token_embd`) or `value`, one real number
+/// normalised by [`RNN_NORM_MEAN`] and [`RNN_NORM_STD`] (string).
+pub const RNN_INPUT: &str = "rnn.input";
+/// Value models: the mixture components `K` of the Gaussian-mixture head (int); the
+/// output has `3K` rows (logits, means, log standard deviations of the normalised value).
+pub const RNN_MIXTURES: &str = "rnn.mixtures";
+/// Value models: the normalisation `z = (x - mean) / std` (f32 each).
+pub const RNN_NORM_MEAN: &str = "rnn.norm_mean";
+pub const RNN_NORM_STD: &str = "rnn.norm_std";
+
 // --- Cell names (values of [`RNN_CELL`]) ---
 
 /// ONNX `LSTM` (gates i, o, f, c), no peepholes.

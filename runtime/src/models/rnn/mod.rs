@@ -19,6 +19,11 @@
 //! logits = output · x + output.bias           (V)
 //! ```
 //!
+//! A value model (`rnn.input = value`) reads one real number per step instead of a
+//! token: `x = ((v - mean) / std, 0, ..., 0)` (the input width 1 padded to 32), and its
+//! `3K` outputs are a mixture of Gaussians over the next normalised value
+//! ([`Head::GaussianMixture`]); the density of the value itself divides by `std`.
+//!
 //! The matrices are q8, q4 or f32 [`Weight`]s and go through the shared kernels (the
 //! activations quantized per block of 32 for q8/q4, as everywhere in arq); the
 //! embedding row is dequantized. Widths are multiples of 32: the converter pads a
@@ -31,6 +36,7 @@ use crate::format::keys::{self, LayerNaming};
 use crate::format::{ArqFile, TensorView};
 use crate::kernels::{self, Kernels};
 use crate::linear::{matrix, vector, Weight};
+use crate::models::pixelcnn::heads::{Head, MAX_MIXTURES};
 use crate::quant::{BlockQ8, QK8};
 use crate::tokenizer::Tokenizer;
 
@@ -86,10 +92,21 @@ impl Cell {
     }
 }
 
+/// What one step reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RnnInput {
+    /// A token id, through `token_embd`.
+    Tokens,
+    /// A real value, normalised; the output is a `k`-component Gaussian mixture.
+    Value { mean: f32, std: f32, k: usize },
+}
+
 /// A recurrent model's hyperparameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RnnConfig {
     pub cell: Cell,
+    pub input: RnnInput,
+    /// The output rows: the vocabulary, or `3K` for a value model.
     pub vocab: usize,
     /// `E`.
     pub embed: usize,
@@ -117,7 +134,20 @@ impl RnnConfig {
         check(width_ok(embed), "rnn.embedding_length (a multiple of 32, at most 16384)")?;
         check(width_ok(hidden), "rnn.hidden_size (a multiple of 32, at most 16384)")?;
         check((1..=MAX_LAYERS).contains(&layers), "rnn.block_count (1..=16)")?;
-        Ok(RnnConfig { cell, vocab, embed, hidden, layers })
+        let input = match f.meta(keys::RNN_INPUT).and_then(|v| v.as_str()) {
+            None | Some("tokens") => RnnInput::Tokens,
+            Some("value") => {
+                let (mean, std, k) =
+                    (f.meta_f32(keys::RNN_NORM_MEAN)?, f.meta_f32(keys::RNN_NORM_STD)?, u(keys::RNN_MIXTURES)?);
+                check(mean.is_finite(), "rnn.norm_mean (finite)")?;
+                check(std.is_finite() && std > 0.0, "rnn.norm_std (positive)")?;
+                check((1..=MAX_MIXTURES).contains(&k) && vocab == 3 * k, "rnn.mixtures (1..=64, rnn.vocab_size = 3K)")?;
+                check(embed == QK8, "rnn.embedding_length (32 for a value model)")?;
+                RnnInput::Value { mean, std, k }
+            }
+            Some(_) => return Err(Error::BadHyperparameter("rnn.input (tokens or value)")),
+        };
+        Ok(RnnConfig { cell, input, vocab, embed, hidden, layers })
     }
 
     /// The input width of layer `l`.
@@ -138,7 +168,8 @@ impl RnnConfig {
     pub fn n_params(&self) -> usize {
         let gh = self.cell.gates() * self.hidden;
         let layers: usize = (0..self.layers).map(|l| gh * (self.input(l) + self.hidden + 2)).sum();
-        self.vocab * (self.embed + self.hidden + 1) + layers
+        let embedding = if self.input == RnnInput::Tokens { self.vocab * self.embed } else { 0 };
+        embedding + self.vocab * (self.hidden + 1) + layers
     }
 }
 
@@ -155,7 +186,8 @@ struct Layer<'a> {
 pub struct Rnn<'a> {
     file: ArqFile<'a>,
     cfg: RnnConfig,
-    embed: Weight<'a>,
+    /// Token models only.
+    embed: Option<Weight<'a>>,
     layers: [Option<Layer<'a>>; MAX_LAYERS],
     output: Weight<'a>,
     output_bias: &'a [f32],
@@ -179,7 +211,10 @@ impl<'a> Rnn<'a> {
         }
         let cfg = RnnConfig::from_file(&file)?;
         let global = |name: &'static str| file.find(name).map(|(_, t)| t).ok_or(bad(NAMING, name, None, "missing"));
-        let embed = matrix(&global("token_embd")?, NAMING, "token_embd", None, cfg.vocab, cfg.embed)?;
+        let embed = match cfg.input {
+            RnnInput::Tokens => Some(matrix(&global("token_embd")?, NAMING, "token_embd", None, cfg.vocab, cfg.embed)?),
+            RnnInput::Value { .. } => None,
+        };
         let output = matrix(&global("output")?, NAMING, "output", None, cfg.vocab, cfg.hidden)?;
         let output_bias = vector(&global("output.bias")?, NAMING, "output.bias", None, cfg.vocab)?;
         let gh = cfg.cell.gates() * cfg.hidden;
@@ -214,6 +249,14 @@ impl<'a> Rnn<'a> {
 
     pub fn file(&self) -> &ArqFile<'a> {
         &self.file
+    }
+
+    /// A value model's head: the mixture over the next normalised value.
+    pub fn head(&self) -> Option<Head> {
+        match self.cfg.input {
+            RnnInput::Tokens => None,
+            RnnInput::Value { k, .. } => Some(Head::GaussianMixture { k, min_log_scale: f32::MIN }),
+        }
     }
 
     /// The model's word or character vocabulary.
@@ -340,13 +383,56 @@ impl<'a> RnnSession<'a> {
     /// Feeds token `id` and returns the logits of the next token (`vocab` values; their
     /// log-softmax is the ONNX model's output).
     pub fn step(&mut self, id: u32) -> Result<&[f32], Error> {
-        let (m, c) = (self.model, self.model.cfg);
+        let c = self.model.cfg;
+        let Some(embed) = self.model.embed else {
+            return Err(Error::BadInput("this recurrent model reads values, not tokens"));
+        };
         if id as usize >= c.vocab {
             return Err(Error::TokenOutOfRange { id, vocab: c.vocab });
         }
+        embed.row_into(id as usize, c.embed, &mut self.x[..c.embed]);
+        Ok(self.advance())
+    }
+
+    /// Feeds the value `v` (in the data's units) and returns the parameters of the
+    /// mixture over the next normalised value ([`Rnn::head`]).
+    pub fn step_value(&mut self, v: f32) -> Result<&[f32], Error> {
+        let RnnInput::Value { mean, std, .. } = self.model.cfg.input else {
+            return Err(Error::BadInput("this recurrent model reads tokens, not values"));
+        };
+        if !v.is_finite() {
+            return Err(Error::BadInput("a value is not finite"));
+        }
+        let x = &mut self.x[..self.model.cfg.embed];
+        x.fill(0.0);
+        x[0] = (v - mean) / std;
+        Ok(self.advance())
+    }
+
+    /// The parameters after the zero state, before any value (a value model's first
+    /// step reads 0, the normalised mean): [`step_value`](Self::step_value) of `mean`.
+    pub fn start_value(&mut self) -> Result<&[f32], Error> {
+        let RnnInput::Value { mean, .. } = self.model.cfg.input else {
+            return Err(Error::BadInput("this recurrent model reads tokens, not values"));
+        };
+        self.step_value(mean)
+    }
+
+    /// Overwrites the recurrent state with `state` (from [`state`](Self::state) of a
+    /// session of the same model), to branch several continuations from one history.
+    pub fn set_state(&mut self, state: &[f32]) -> Result<(), Error> {
+        if state.len() != self.state.len() {
+            return Err(Error::BadInput("a state of another size"));
+        }
+        self.state.copy_from_slice(state);
+        Ok(())
+    }
+
+    /// Runs every layer on `x` (filled by the caller) and the output layer.
+    fn advance(&mut self) -> &[f32] {
+        let (m, c) = (self.model, self.model.cfg);
         let k = m.kernels;
         let (hd, per_layer) = (c.hidden, c.cell.states() * c.hidden);
-        m.embed.row_into(id as usize, c.embed, &mut self.x[..c.embed]);
         for l in 0..c.layers {
             let layer = m.layer(l);
             let st = &mut self.state[l * per_layer..(l + 1) * per_layer];
@@ -378,6 +464,6 @@ impl<'a> RnnSession<'a> {
         }
         affine(k, &m.output, m.output_bias, &self.x[..hd], self.xq, self.logits);
         self.pos += 1;
-        Ok(self.logits)
+        self.logits
     }
 }

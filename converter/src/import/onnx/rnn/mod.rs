@@ -77,6 +77,9 @@ pub struct RnnSource {
     pub name: String,
     pub source: PathBuf,
     pub cell: Cell,
+    /// A series model: the normalisation and the mixture components, from the ONNX
+    /// metadata `arq.norm_mean`, `arq.norm_std` and `arq.head = gaussian_mixture:K`.
+    pub series: Option<Series>,
     /// Character (`true`) or word vocabulary.
     pub chars: bool,
     pub tokens: Vec<String>,
@@ -85,10 +88,45 @@ pub struct RnnSource {
     pub hidden: usize,
     pub embed_padded: usize,
     pub hidden_padded: usize,
-    token_embd: Vec<f32>,
+    token_embd: Option<Vec<f32>>,
     layers: Vec<Layer>,
     output: Vec<f32>,
     output_bias: Vec<f32>,
+}
+
+/// What a value model's file adds.
+#[derive(Clone, Copy, Debug)]
+pub struct Series {
+    pub mean: f32,
+    pub std: f32,
+    pub k: usize,
+}
+
+impl Series {
+    /// From the ONNX metadata (see [`RnnSource::series`]).
+    fn from_proto(proto: &pb::ModelProto, outputs: usize) -> std::result::Result<Series, String> {
+        let meta = |key: &str| proto.metadata_props.iter().find(|e| e.key == key).map(|e| e.value.trim().to_string());
+        let num = |key: &str| -> std::result::Result<f32, String> {
+            let v = meta(key).ok_or_else(|| format!("a series model needs the model metadata {key}"))?;
+            v.parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("model metadata {key} = '{v}' is not a number"))
+        };
+        let (mean, std) = (num("arq.norm_mean")?, num("arq.norm_std")?);
+        if std <= 0.0 {
+            return Err(format!("model metadata arq.norm_std = {std} is not positive"));
+        }
+        let head = meta("arq.head").ok_or("a series model needs the model metadata arq.head = gaussian_mixture:K")?;
+        let k = head
+            .strip_prefix("gaussian_mixture:")
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|&k| (1..=64).contains(&k) && 3 * k == outputs)
+            .ok_or_else(|| {
+                format!("model metadata arq.head = '{head}' is not gaussian_mixture:K with 3K = {outputs} outputs")
+            })?;
+        Ok(Series { mean, std, k })
+    }
 }
 
 /// `m` as `blocks` blocks of `rows` rows of `cols`, each block padded with zero rows
@@ -110,6 +148,13 @@ impl RnnSource {
         let at = |e: String| anyhow!("{}: {e}", path.display());
         let graph = proto.graph.as_ref().ok_or_else(|| at("no graph".into()))?;
         let p = walker::parse(graph).map_err(at)?;
+        if p.token_embd.is_none() {
+            if vocab.is_some() {
+                bail!("{}: --vocab applies to text models; this recurrent model reads values", path.display());
+            }
+            let series = Series::from_proto(proto, p.vocab).map_err(at)?;
+            return Self::new(path, p, Some(series), false, Vec::new());
+        }
         let Some(vocab) = vocab else {
             bail!(
                 "{}: a recurrent model's ONNX file holds no vocabulary; give it with --vocab FILE.json \
@@ -121,6 +166,11 @@ impl RnnSource {
         if tokens.len() != p.vocab {
             bail!("{}: {} tokens, but the model's embedding has {} rows", vocab.display(), tokens.len(), p.vocab);
         }
+        Self::new(path, p, None, chars, tokens)
+    }
+
+    fn new(path: &Path, p: walker::Parsed, series: Option<Series>, chars: bool, tokens: Vec<String>) -> Result<Self> {
+        let at = |e: String| anyhow!("{}: {e}", path.display());
         if p.vocab > MAX_VOCAB || p.layers.len() > MAX_LAYERS || p.embed > MAX_WIDTH || p.hidden > MAX_WIDTH {
             return Err(at(format!(
                 "{} layers of {} (embedding {}, vocabulary {}) exceed arq's caps ({MAX_LAYERS} layers, widths {MAX_WIDTH}, \
@@ -150,13 +200,14 @@ impl RnnSource {
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             source: path.to_path_buf(),
             cell: p.cell,
+            series,
             chars,
             tokens,
             embed: e,
             hidden: h,
             embed_padded: ep,
             hidden_padded: hp,
-            token_embd: pad(&p.token_embd, 1, p.vocab, e, p.vocab, ep),
+            token_embd: p.token_embd.as_ref().map(|t| pad(t, 1, p.vocab, e, p.vocab, ep)),
             layers,
             output: pad(&p.output, 1, p.vocab, h, p.vocab, hp),
             output_bias: p.output_bias,
@@ -165,6 +216,18 @@ impl RnnSource {
 
     /// One line: cell, sizes, vocabulary.
     pub fn describe(&self) -> String {
+        if let Some(s) = self.series {
+            return format!(
+                "{} series model, {} layer{} of {}, a mixture of {} Gaussians per step, normalised by mean {} and std {}",
+                self.cell.name().to_uppercase(),
+                self.layers.len(),
+                if self.layers.len() == 1 { "" } else { "s" },
+                self.hidden,
+                s.k,
+                s.mean,
+                s.std
+            );
+        }
         let padded = if (self.embed, self.hidden) != (self.embed_padded, self.hidden_padded) {
             format!(" (stored padded to {} and {})", self.embed_padded, self.hidden_padded)
         } else {
@@ -187,7 +250,7 @@ impl RnnSource {
     pub fn to_arq(&self, quant: Quant) -> Result<(Vec<u8>, Vec<TensorError>)> {
         let mut w = ArqWriter::new();
         let file_name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let v = self.tokens.len();
+        let v = self.output_bias.len();
         for (k, val) in [
             (keys::ARCHITECTURE, Meta::Str(keys::ARCH_RNN.into())),
             (keys::QUANT, Meta::Str(quant.name().into())),
@@ -198,9 +261,22 @@ impl RnnSource {
             (keys::RNN_EMBEDDING_LENGTH, Meta::U64(self.embed_padded as u64)),
             (keys::RNN_HIDDEN_SIZE, Meta::U64(self.hidden_padded as u64)),
             (keys::RNN_BLOCK_COUNT, Meta::U64(self.layers.len() as u64)),
-            (keys::TOKENIZER_MODEL, Meta::Str(if self.chars { "chars" } else { "words" }.into())),
-            (keys::TOKENIZER_ADD_BOS, Meta::Bool(false)),
         ] {
+            w.meta(k, val);
+        }
+        let extra = match self.series {
+            Some(s) => vec![
+                (keys::RNN_INPUT, Meta::Str("value".into())),
+                (keys::RNN_MIXTURES, Meta::U64(s.k as u64)),
+                (keys::RNN_NORM_MEAN, Meta::F32(s.mean)),
+                (keys::RNN_NORM_STD, Meta::F32(s.std)),
+            ],
+            None => vec![
+                (keys::TOKENIZER_MODEL, Meta::Str(if self.chars { "chars" } else { "words" }.into())),
+                (keys::TOKENIZER_ADD_BOS, Meta::Bool(false)),
+            ],
+        };
+        for (k, val) in extra {
             w.meta(k, val);
         }
         let mut errors = Vec::new();
@@ -220,7 +296,9 @@ impl RnnSource {
             Ok(())
         };
         let (ep, hp, gh) = (self.embed_padded, self.hidden_padded, self.cell.gates() * self.hidden_padded);
-        matrix(&mut w, "token_embd", v, ep, &self.token_embd)?;
+        if let Some(t) = &self.token_embd {
+            matrix(&mut w, "token_embd", v, ep, t)?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             let cols = if l == 0 { ep } else { hp };
             matrix(&mut w, &format!("blk.{l}.rnn_w"), gh, cols, &layer.w)?;
@@ -230,6 +308,11 @@ impl RnnSource {
         }
         matrix(&mut w, "output", v, hp, &self.output)?;
         vector(&mut w, "output.bias", &self.output_bias)?;
+        if self.series.is_some() {
+            let mut out = Vec::new();
+            w.write(&mut out)?;
+            return Ok((out, errors));
+        }
         let blob = arq::tokenizer::build_vocab_blob(self.chars, &self.tokens)
             .map_err(|e| anyhow!("{}: vocabulary: {e}", self.source.display()))?;
         w.tensor(keys::TENSOR_TOKENIZER, Dtype::U8, &[blob.len() as u64], blob)?;

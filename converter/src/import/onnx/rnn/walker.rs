@@ -30,11 +30,13 @@ pub struct OnnxLayer {
 /// What the walk found.
 pub struct Parsed {
     pub cell: Cell,
+    /// The decoder's outputs: the vocabulary, or a value model's `3K` mixture parameters.
     pub vocab: usize,
+    /// `E`: the embedding width, 1 for a value model.
     pub embed: usize,
     pub hidden: usize,
-    /// `(V, E)`.
-    pub token_embd: Vec<f32>,
+    /// `(V, E)`; `None`: the first layer reads the graph's value input (a series model).
+    pub token_embd: Option<Vec<f32>>,
     pub layers: Vec<OnnxLayer>,
     /// `(V, H)`: the transpose of the decoder MatMul's `B`.
     pub output: Vec<f32>,
@@ -65,6 +67,8 @@ struct Walk {
     roles: HashMap<String, Role>,
     cell: Option<Cell>,
     embedding: Option<Rc<Tensor>>,
+    /// The first layer reads a graph input directly: one real value per step.
+    value_input: bool,
     layers: Vec<OnnxLayer>,
     hidden: usize,
     /// A layer read its initial state from a graph input directly (no per-layer Slice):
@@ -251,8 +255,10 @@ impl Walk {
         }
         self.cell = Some(cell);
         let l = self.layers.len();
-        if self.role(n, 0)? != Role::Seq(l) {
-            return Err(format!("the input of recurrent layer {l} is not the output of layer {}", l as i64 - 1));
+        match self.role(n, 0)? {
+            Role::Seq(s) if s == l => {}
+            Role::Input if l == 0 && self.embedding.is_none() => self.value_input = true,
+            _ => return Err(format!("the input of recurrent layer {l} is not the output of layer {}", l as i64 - 1)),
         }
         let direction = attr_str(n, "direction").unwrap_or_else(|| "forward".into());
         if direction != "forward" {
@@ -356,6 +362,7 @@ pub fn parse(graph: &pb::GraphProto) -> R<Parsed> {
         roles,
         cell: None,
         embedding: None,
+        value_input: false,
         layers: Vec::new(),
         hidden: 0,
         direct_state: false,
@@ -363,9 +370,12 @@ pub fn parse(graph: &pb::GraphProto) -> R<Parsed> {
         output_bias: None,
     };
     walk_nodes(graph, |_, n| w.visit(n))?;
-    let (Some(cell), Some(emb)) = (w.cell, w.embedding.as_ref()) else {
-        return Err("the graph has no token embedding (Gather) and recurrent layer (LSTM, GRU or RNN)".into());
+    let Some(cell) = w.cell else {
+        return Err("the graph has no recurrent layer (LSTM, GRU or RNN)".into());
     };
+    if w.embedding.is_none() && !w.value_input {
+        return Err("the graph has no token embedding (Gather) before its first recurrent layer".into());
+    }
     if w.direct_state && w.layers.len() > 1 {
         return Err("a layer of a stacked model reads a whole state input instead of its slice".into());
     }
@@ -380,7 +390,7 @@ pub fn parse(graph: &pb::GraphProto) -> R<Parsed> {
     if logits != 1 {
         return Err(format!("{logits} graph outputs are the decoder's; expected one"));
     }
-    let (v, e) = (emb.dims[0], emb.dims[1]);
+    let (v, e) = w.embedding.as_ref().map_or((vocab, 1), |emb| (emb.dims[0], emb.dims[1]));
     if v != vocab || w.layers[0].input != e {
         return Err(format!(
             "the embedding is ({v}, {e}), the first layer takes {} inputs and the decoder gives {vocab}",
@@ -392,7 +402,7 @@ pub fn parse(graph: &pb::GraphProto) -> R<Parsed> {
         vocab,
         embed: e,
         hidden: w.hidden,
-        token_embd: emb.floats().map(<[f32]>::to_vec).unwrap_or_default(),
+        token_embd: w.embedding.as_ref().map(|emb| emb.floats().map(<[f32]>::to_vec).unwrap_or_default()),
         layers: w.layers,
         output,
         output_bias: w.output_bias.unwrap_or_else(|| vec![0.0; vocab]),
