@@ -18,7 +18,9 @@
 //! inputs, returning values, printing nothing: [`model`] (a file opened once into the
 //! model it holds), [`text`] (prompt encoding with the chat template, the generation
 //! loop, next-token distributions, windowed scoring), [`pixel`] (scoring, sampling,
-//! imputation of images), [`recurrent`] (the same text jobs on LSTM/GRU models) and [`images`] (PNG and `.npy` in and out). The binary's `cli/`
+//! imputation of images), [`recurrent`] (the text jobs on LSTM/GRU models), [`series`]
+//! (scoring and forecasting real-valued series) and [`images`] (PNG and `.npy` in and
+//! out). The binary's `cli/`
 //! holds argument parsing and printing only, one module per command family; what it
 //! keeps beyond that are the measurements of `bench` and the choice of `--backend`, which
 //! report as they time.
