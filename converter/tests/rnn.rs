@@ -41,8 +41,14 @@ fn opts(quant: Quant, vocab: Option<PathBuf>) -> OnnxConvertOptions {
 
 /// `models/rnn/<model>.onnx` converted with its vocabulary, as 64-byte aligned bytes.
 fn convert(model: &str, quant: Quant, dir: &TempDir) -> ModelBytes {
-    let out = dir.path(&format!("{model}-{}.arq", quant.name()));
-    let (input, vocab) = (models_dir().join(format!("{model}.onnx")), models_dir().join(format!("{model}.vocab.json")));
+    convert_export(model, "onnx", quant, dir)
+}
+
+/// `models/rnn/<model>.<ext>` (`onnx`, or `dynamo.onnx` for the dynamo exporter's file).
+fn convert_export(model: &str, ext: &str, quant: Quant, dir: &TempDir) -> ModelBytes {
+    let out = dir.path(&format!("{model}-{ext}-{}.arq", quant.name()));
+    let (input, vocab) =
+        (models_dir().join(format!("{model}.{ext}")), models_dir().join(format!("{model}.vocab.json")));
     convert_onnx(&input, &out, &opts(quant, Some(vocab))).unwrap_or_else(|e| panic!("{model}: {e:#}"));
     ModelBytes::map(&out).unwrap()
 }
@@ -87,6 +93,22 @@ fn check_against_pytorch(model: &str, cell: &str, layers: usize) {
     let rel = (ppl_q8 - ppl_ref) / ppl_ref;
     eprintln!("{model}: perplexity PyTorch {ppl_ref:.4}, arq f32 {ppl:.4}, q8 {ppl_q8:.4} ({:+.3} %)", 100.0 * rel);
     assert!(rel.abs() < 0.01, "{model}: q8 perplexity {ppl_q8} is {:.2} % off PyTorch's {ppl_ref}", 100.0 * rel);
+}
+
+/// The same character LSTM as PyTorch's dynamo exporter writes it: W and R assembled from
+/// PyTorch's weights by Slice/Concat/Unsqueeze (folded at import), Y transposed and
+/// reshaped instead of squeezed.
+#[test]
+fn char_lstm_from_the_dynamo_exporter_matches_pytorch() {
+    let r = reference("char-lstm");
+    let dir = TempDir::new("rnn-dynamo");
+    let text = std::fs::read_to_string(models_dir().join(r["test_file"].as_str().unwrap())).unwrap();
+    let (_, lp) = run(&convert_export("char-lstm", "dynamo.onnx", Quant::F32, &dir), &text);
+    let want: Vec<f64> = r["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let worst = lp.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-4, "dynamo export: f32 log-probs differ from PyTorch by up to {worst:e}");
+    let (ppl, ppl_ref) = (perplexity(&lp), r["perplexity"].as_f64().unwrap());
+    assert!(((ppl - ppl_ref) / ppl_ref).abs() < 1e-5, "dynamo export: perplexity {ppl} vs PyTorch {ppl_ref}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ reference numbers arq's tests compare against.
     python models/rnn/train.py --model char-lstm   # 2-layer LSTM over characters
     python models/rnn/train.py --model word-rnn-relu   # 2-layer ReLU RNN, widths 50 and 40
     python models/rnn/train.py --model word-lstm --export-only   # reload the .pt
+    python models/rnn/train.py --model char-lstm --export-only --dynamo   # + <model>.dynamo.onnx
 
 Each run writes models/rnn/<model>.onnx, <model>.vocab.json (the vocabulary the ONNX file
 lacks, for `arq convert --vocab`), the test text, and that model's entry in
@@ -248,6 +249,7 @@ def main():
     ap.add_argument("--model", choices=sorted(CONFIGS), required=True)
     ap.add_argument("--export-only", action="store_true")
     ap.add_argument("--minutes", type=float, help="override the training time budget")
+    ap.add_argument("--dynamo", action="store_true", help="also export with the dynamo exporter (<model>.dynamo.onnx)")
     args = ap.parse_args()
     cfg = dict(CONFIGS[args.model])
     if args.minutes is not None:
@@ -271,6 +273,9 @@ def main():
     onnx_path = os.path.join(HERE, f"{args.model}.onnx")
     dummy = torch.zeros(cfg["bptt"], 1, dtype=torch.int64)
     torch.onnx.export(model, (dummy, model.init_hidden(1)), onnx_path, dynamo=False, opset_version=17)
+    if args.dynamo:  # needs the onnxscript package; weights kept inside the file
+        dyn = os.path.join(HERE, f"{args.model}.dynamo.onnx")
+        torch.onnx.export(model, (dummy, model.init_hidden(1)), dyn, dynamo=True, external_data=False)
     with open(os.path.join(HERE, f"{args.model}.vocab.json"), "w", encoding="utf-8") as f:
         json.dump({"level": level, "tokens": corpus.dictionary.idx2word}, f, ensure_ascii=False, indent=0)
         f.write("\n")

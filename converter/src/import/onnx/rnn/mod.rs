@@ -11,7 +11,10 @@
 //! `MatMul` by a `(H, V)` constant and `Add` of a bias; optionally `Reshape` (the
 //! vocabulary kept last) and `LogSoftmax` over the vocabulary; `Dropout`/`Identity`
 //! anywhere. The final states (`Y_h`, `Y_c`, their `Concat`) may be outputs; arq keeps
-//! them in the session.
+//! them in the session. The dynamo exporter's variant works too: its `Slice`/`Concat`/
+//! `Unsqueeze` of constants (PyTorch's gate blocks reordered into ONNX's) are folded, and
+//! `Transpose(perm 0,2,1,3)` + `Reshape` to `(seq, batch, H)` stands for the Squeeze
+//! (export with `external_data=False`: weights in an external file are refused).
 //!
 //! The graph holds no vocabulary: it comes from a side file (`arq convert --vocab
 //! FILE.json`), `{"level": "word" | "char", "tokens": [...]}` with the tokens in id

@@ -10,7 +10,7 @@ use arq::models::rnn::Cell;
 use tract_onnx::pb;
 
 use super::super::proto::{
-    attr, attr_int, attr_ints, attr_str, constant_node, input_name, walk_nodes, Bools, Constants, Tensor, R,
+    attr, attr_int, attr_ints, attr_str, constant_node, input_name, walk_nodes, Bools, Constants, Data, Tensor, R,
 };
 use crate::message::name as shown;
 
@@ -54,6 +54,9 @@ enum Role {
     Seq(usize),
     /// Layer `l - 1`'s `Y`, `(T, 1, B, H)`, before its direction axis is squeezed.
     Y(usize),
+    /// `Y` transposed to `(T, B, 1, H)` (the dynamo exporter), before a Reshape to
+    /// `(T, B, H)`.
+    YT(usize),
     /// Final states (`Y_h`, `Y_c`) and their Concat: outputs arq keeps internally.
     Final,
     /// The decoder output, with its bias added or not, and its rank.
@@ -149,7 +152,15 @@ impl Walk {
                 Ok(())
             }
             "Gather" => self.gather(n),
+            "Slice" | "Concat" | "Unsqueeze" if self.all_constant(n) => self.fold(n),
             "Slice" => self.slice(n),
+            "Transpose" => match self.role(n, 0)? {
+                Role::Y(l) if attr_ints(n, "perm").as_deref() == Some(&[0, 2, 1, 3]) => {
+                    self.set(n, Role::YT(l));
+                    Ok(())
+                }
+                r => Err(format!("Transpose of {r:?} is not part of the pattern")),
+            },
             "LSTM" | "GRU" | "RNN" => self.recurrent(op, n),
             "Squeeze" => match self.role(n, 0)? {
                 Role::Y(l) => {
@@ -185,6 +196,18 @@ impl Walk {
                 self.set(n, Role::Decoded { bias: true, rank });
                 Ok(())
             }
+            "Reshape" if self.role(n, 0).is_ok_and(|r| matches!(r, Role::YT(_))) => {
+                let Ok(Role::YT(l)) = self.role(n, 0) else { unreachable!("matched above") };
+                let shape = self.ints(n, 1)?;
+                if shape.len() != 3 || shape[2] != self.hidden as i64 {
+                    return Err(format!(
+                        "Reshape of an RNN output to {shape:?}; expected (seq, batch, {})",
+                        self.hidden
+                    ));
+                }
+                self.set(n, Role::Seq(l));
+                Ok(())
+            }
             "Reshape" => {
                 let r = self.role(n, 0)?;
                 let Role::Decoded { bias, .. } = r else {
@@ -214,6 +237,93 @@ impl Walk {
                 shown(op)
             )),
         }
+    }
+
+    /// Whether every input of `n` is a constant (no computed tensor or graph input).
+    fn all_constant(&self, n: &pb::NodeProto) -> bool {
+        n.input.iter().filter(|i| !i.is_empty()).all(|i| !self.roles.contains_key(i) && self.consts.contains(i))
+    }
+
+    /// Folds a Slice (one axis, step 1), Concat or Unsqueeze of float constants: how the
+    /// dynamo exporter reorders PyTorch's gate blocks into ONNX's.
+    fn fold(&mut self, n: &pb::NodeProto) -> R<()> {
+        let x = self.constant(n, 0)?;
+        let rank = x.dims.len() as i64;
+        let axis_of = |a: i64, rank: i64| -> R<usize> {
+            let a = if a < 0 { a + rank } else { a };
+            usize::try_from(a).ok().filter(|&a| (a as i64) < rank).ok_or_else(|| format!("axis {a} out of range"))
+        };
+        // (outer, axis length, inner) of a shape around `axis`.
+        let split = |dims: &[usize], axis: usize| {
+            (dims[..axis].iter().product::<usize>(), dims[axis], dims[axis + 1..].iter().product::<usize>())
+        };
+        let floats = |t: &Tensor| t.floats().map(<[f32]>::to_vec).ok_or("a folded constant is not float".to_string());
+        let (dims, data) = match n.op_type.as_str() {
+            "Unsqueeze" => {
+                let mut dims = x.dims.clone();
+                let mut axes =
+                    if n.input.len() > 1 { self.ints(n, 1)? } else { attr_ints(n, "axes").unwrap_or_default() };
+                let out_rank = rank + axes.len() as i64;
+                for a in axes.iter_mut() {
+                    *a = axis_of(*a, out_rank)? as i64;
+                }
+                axes.sort_unstable();
+                for &a in &axes {
+                    dims.insert(a as usize, 1);
+                }
+                (dims, floats(&x)?)
+            }
+            "Concat" => {
+                let axis = axis_of(attr_int(n, "axis").unwrap_or(0), rank)?;
+                let parts: Vec<Rc<Tensor>> = (0..n.input.len()).map(|i| self.constant(n, i)).collect::<R<_>>()?;
+                let (outer, _, inner) = split(&x.dims, axis);
+                let mut dims = x.dims.clone();
+                dims[axis] = 0;
+                for p in &parts {
+                    if p.dims.len() != x.dims.len()
+                        || split(&p.dims, axis).0 != outer
+                        || split(&p.dims, axis).2 != inner
+                    {
+                        return Err("Concat of constants of different shapes".into());
+                    }
+                    dims[axis] += p.dims[axis];
+                }
+                let mut out = Vec::with_capacity(dims.iter().product());
+                let parts: Vec<Vec<f32>> = parts.iter().map(|p| floats(p)).collect::<R<_>>()?;
+                for o in 0..outer {
+                    for p in &parts {
+                        let len = p.len() / outer;
+                        out.extend_from_slice(&p[o * len..(o + 1) * len]);
+                    }
+                }
+                (dims, out)
+            }
+            _ => {
+                let (starts, ends) = (self.ints(n, 1)?, self.ints(n, 2)?);
+                let axes = if n.input.len() > 3 { self.ints(n, 3)? } else { vec![0] };
+                let steps = if n.input.len() > 4 { self.ints(n, 4)? } else { vec![1] };
+                let ([st], [en], [ax], [1]) = (&starts[..], &ends[..], &axes[..], &steps[..]) else {
+                    return Err("Slice of a constant on more than one axis or with a step".into());
+                };
+                let axis = axis_of(*ax, rank)?;
+                let (outer, len, inner) = split(&x.dims, axis);
+                let clamp = |i: i64| super::super::proto::clamp_index(i, len as i64) as usize;
+                let (a, b) = (clamp(*st), clamp(*en).max(clamp(*st)));
+                let v = floats(&x)?;
+                let mut out = Vec::with_capacity(outer * (b - a) * inner);
+                for o in 0..outer {
+                    out.extend_from_slice(&v[(o * len + a) * inner..(o * len + b) * inner]);
+                }
+                let mut dims = x.dims.clone();
+                dims[axis] = b - a;
+                (dims, out)
+            }
+        };
+        let t = Rc::new(Tensor { dims, data: Data::F32(data) });
+        for o in &n.output {
+            self.consts.insert(o.clone(), Ok(t.clone()));
+        }
+        Ok(())
     }
 
     fn gather(&mut self, n: &pb::NodeProto) -> R<()> {
