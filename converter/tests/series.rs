@@ -206,6 +206,12 @@ fn bad_series_are_refused_in_one_line() {
         }
     }
     assert!(!png.exists(), "no fan chart from a refused series");
+    // Steps x paths are capped before anything is sampled.
+    let train = dir().join("sunspots-train.csv");
+    let o = arq(&["forecast", s(&model), s(&train), "-n", "4096", "--samples", "65536", "-o", s(&png)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!((o.status.code(), err.trim().lines().count()), (Some(1), 1), "{err}");
+    assert!(err.contains("sampled values"), "{err}");
     // A text model cannot forecast; a series model does not generate text.
     let text_model = tmp.path("words.arq");
     let rnn = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/rnn");
@@ -218,7 +224,6 @@ fn bad_series_are_refused_in_one_line() {
         s(&text_model),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let train = dir().join("sunspots-train.csv");
     let o = arq(&["forecast", s(&text_model), s(&train), "-o", s(&png)]);
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     let o = arq(&["generate", s(&model), "-p", "x"]);

@@ -90,6 +90,9 @@ pub fn next(model: &Rnn<'_>, input: &Path, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// The most values `forecast` samples (steps x paths).
+const MAX_PATH_VALUES: usize = 1 << 24;
+
 pub struct ForecastArgs<'a> {
     pub n: usize,
     pub samples: usize,
@@ -102,6 +105,10 @@ pub fn forecast(model: &Rnn<'_>, input: &Path, a: &ForecastArgs<'_>) -> Result<(
     series::head(model)?;
     if a.n == 0 || a.samples == 0 {
         bail!("-n and --samples must be at least 1");
+    }
+    // The paths are kept for the quantiles: 8 bytes a value, at most 128 MiB.
+    if a.n * a.samples > MAX_PATH_VALUES {
+        bail!("-n {} x --samples {} is more than {MAX_PATH_VALUES} sampled values; ask for fewer", a.n, a.samples);
     }
     let s = read_csv(input)?;
     let mut arena = Vec::new();
