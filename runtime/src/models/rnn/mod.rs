@@ -130,7 +130,7 @@ impl RnnConfig {
             u(keys::RNN_BLOCK_COUNT)?,
         );
         check((1..=MAX_VOCAB).contains(&vocab), "rnn.vocab_size (1..=2^24)")?;
-        let width_ok = |w: usize| (QK8..=MAX_WIDTH).contains(&w) && w % QK8 == 0;
+        let width_ok = |w: usize| (QK8..=MAX_WIDTH).contains(&w) && w.is_multiple_of(QK8);
         check(width_ok(embed), "rnn.embedding_length (a multiple of 32, at most 16384)")?;
         check(width_ok(hidden), "rnn.hidden_size (a multiple of 32, at most 16384)")?;
         check((1..=MAX_LAYERS).contains(&layers), "rnn.block_count (1..=16)")?;
