@@ -38,7 +38,8 @@ impl Kind {
 pub enum Loaded<'a> {
     Text(Model<'a>),
     Pixel(PixelCnn<'a>),
-    Recurrent(Rnn<'a>),
+    /// Boxed: the model keeps a fixed table of its layers' views.
+    Recurrent(Box<Rnn<'a>>),
 }
 
 impl<'a> Loaded<'a> {
@@ -47,7 +48,7 @@ impl<'a> Loaded<'a> {
     pub fn from_file(file: ArqFile<'a>) -> Result<Self, arq::Error> {
         match Kind::of(&file) {
             Some(Kind::Pixel) => PixelCnn::from_file(file).map(Loaded::Pixel),
-            Some(Kind::Recurrent) => Rnn::from_file(file).map(Loaded::Recurrent),
+            Some(Kind::Recurrent) => Rnn::from_file(file).map(|m| Loaded::Recurrent(Box::new(m))),
             _ => Model::from_file(file).map(Loaded::Text),
         }
     }

@@ -500,7 +500,7 @@ fn recurrent_file(path: &std::path::Path) -> Result<Option<ModelFile>> {
 /// The recurrent model in `file` (whose kind says it is one).
 fn recurrent_model(file: &ModelFile) -> Result<Rnn<'_>> {
     match file.load()? {
-        Loaded::Recurrent(m) => Ok(m),
+        Loaded::Recurrent(m) => Ok(*m),
         _ => bail!("{} is not a recurrent model", file.path().display()),
     }
 }
