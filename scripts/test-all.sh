@@ -65,6 +65,9 @@ bash scripts/test-firmware.sh 2>&1 | tee -a "$log"
 echo "== Cortex-M4F firmware under qemu: tinygpt's text and next-character ranks equal the host's"
 bash scripts/test-firmware-tinygpt.sh 2>&1 | tee -a "$log"
 
+echo "== Cortex-M4F firmware under qemu: the character LSTM's text and next-character ranks equal the host's"
+bash scripts/test-firmware-charlstm.sh 2>&1 | tee -a "$log"
+
 echo "== Cortex-M4F kernel tiers under qemu: every dsp (SMLAD) kernel equals the scalar contract bit for bit"
 bash scripts/test-firmware-kernels.sh 2>&1 | tee -a "$log"
 

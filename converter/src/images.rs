@@ -638,6 +638,30 @@ fn encode_png_gray(out: impl Write, (h, w): (u32, u32), pixels: &[u8]) -> io::Re
     writer.finish().map_err(png_to_io)
 }
 
+/// Writes an 8-bit RGB PNG atomically, as [`write_png_gray`] does; `rgb` holds
+/// `height * width * 3` values, row-major.
+pub fn write_png_rgb(path: &Path, height: usize, width: usize, rgb: &[u8]) -> anyhow::Result<()> {
+    let invalid = |message: String| error(path, ErrorKind::Invalid(message));
+    let (Ok(h), Ok(w)) = (u32::try_from(height), u32::try_from(width)) else {
+        return Err(invalid(format!("{height}x{width} is too large for PNG")));
+    };
+    if height == 0 || width == 0 || height.checked_mul(width).and_then(|n| n.checked_mul(3)) != Some(rgb.len()) {
+        return Err(invalid(format!(
+            "a {height}x{width} RGB image needs {} values, got {}",
+            height * width * 3,
+            rgb.len()
+        )));
+    }
+    write_atomically(path, |w_file| {
+        let mut encoder = png::Encoder::new(w_file, w, h);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(png_to_io)?;
+        writer.write_image_data(rgb).map_err(png_to_io)?;
+        writer.finish().map_err(png_to_io)
+    })
+}
+
 fn png_to_io(e: png::EncodingError) -> io::Error {
     match e {
         png::EncodingError::IoError(e) => e,

@@ -4,7 +4,7 @@
 //! Converting:
 //! - [`import`]: one module per source format ([`import::gguf`]: GGUF reader and the
 //!   text importer; [`import::hf`]: Hugging Face directories; `import::onnx`: shared protobuf helpers and one module per
-//!   graph pattern, gated PixelCNN and GPT-2). Importers do
+//!   graph pattern: gated PixelCNN, GPT-2, recurrent LSTM/GRU). Importers do
 //!   not import each other; what they share lives below them:
 //! - [`quantize`]: the output weight types and the encoding of a matrix in one;
 //! - [`output`]: the path checks and the atomic, re-validated write;
@@ -18,7 +18,9 @@
 //! inputs, returning values, printing nothing: [`model`] (a file opened once into the
 //! model it holds), [`text`] (prompt encoding with the chat template, the generation
 //! loop, next-token distributions, windowed scoring), [`pixel`] (scoring, sampling,
-//! imputation of images) and [`images`] (PNG and `.npy` in and out). The binary's `cli/`
+//! imputation of images), [`recurrent`] (the text jobs on LSTM/GRU models), [`series`]
+//! (scoring and forecasting real-valued series) and [`images`] (PNG and `.npy` in and
+//! out). The binary's `cli/`
 //! holds argument parsing and printing only, one module per command family; what it
 //! keeps beyond that are the measurements of `bench` and the choice of `--backend`, which
 //! report as they time.
@@ -32,7 +34,9 @@ pub mod output;
 pub mod pixel;
 pub mod progress;
 pub mod quantize;
+pub mod recurrent;
 pub mod report;
+pub mod series;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod text;
@@ -86,6 +90,8 @@ pub struct ConvertOptions {
     pub head: Option<String>,
     /// ONNX PixelCNN: discrete levels per pixel, overriding the file's metadata (with `head`).
     pub levels: Option<usize>,
+    /// ONNX recurrent model: the vocabulary file the graph lacks.
+    pub vocab: Option<PathBuf>,
 }
 
 /// What [`convert`] wrote.
@@ -107,6 +113,9 @@ pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conver
         InputFormat::Onnx => convert_onnx(input, out, opts),
         InputFormat::Gguf | InputFormat::HuggingFace if opts.head.is_some() || opts.levels.is_some() => {
             bail!("--head and --levels apply to ONNX PixelCNN models only")
+        }
+        InputFormat::Gguf | InputFormat::HuggingFace if opts.vocab.is_some() => {
+            bail!("--vocab applies to ONNX recurrent models only")
         }
         InputFormat::Gguf => import::gguf::text::convert(input, out, opts),
         InputFormat::HuggingFace => import::hf::convert(input, out, opts),
@@ -132,7 +141,8 @@ fn convert_onnx(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Conve
         (None, Some(_)) => bail!("--levels needs --head"),
         (None, None) => None,
     };
-    let s = import::onnx::convert_onnx(input, out, &OnnxConvertOptions { quant: opts.quant, force: opts.force, head })?;
+    let onnx_opts = OnnxConvertOptions { quant: opts.quant, force: opts.force, head, vocab: opts.vocab.clone() };
+    let s = import::onnx::convert_onnx(input, out, &onnx_opts)?;
     Ok(ConvertSummary {
         format: InputFormat::Onnx,
         bytes: s.bytes,

@@ -1,4 +1,5 @@
-//! An `.arq` file opened once into the model it holds: a text model or a PixelCNN, told
+//! An `.arq` file opened once into the model it holds: a text model, a recurrent one or a
+//! PixelCNN, told
 //! apart by `arq.architecture` in this one place.
 
 use arq::format::keys;
@@ -6,17 +7,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 use arq::format::ArqFile;
-use arq::{Model, PixelCnn};
+use arq::{Model, PixelCnn, Rnn};
 
 use crate::aligned::ModelBytes;
 
-/// The two kinds of model an `.arq` file can hold.
+/// The kinds of model an `.arq` file can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A transformer with its tokenizer (LLaMA, GPT-2).
     Text,
     /// A gated PixelCNN over images.
     Pixel,
+    /// A recurrent language model (LSTM, GRU) with a word or character vocabulary.
+    Recurrent,
 }
 
 impl Kind {
@@ -25,6 +28,7 @@ impl Kind {
         match file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) {
             Some(keys::ARCH_LLAMA | keys::ARCH_GPT2) => Some(Kind::Text),
             Some(keys::ARCH_PIXELCNN) => Some(Kind::Pixel),
+            Some(keys::ARCH_RNN) => Some(Kind::Recurrent),
             _ => None,
         }
     }
@@ -34,6 +38,8 @@ impl Kind {
 pub enum Loaded<'a> {
     Text(Model<'a>),
     Pixel(PixelCnn<'a>),
+    /// Boxed: the model keeps a fixed table of its layers' views.
+    Recurrent(Box<Rnn<'a>>),
 }
 
 impl<'a> Loaded<'a> {
@@ -42,6 +48,7 @@ impl<'a> Loaded<'a> {
     pub fn from_file(file: ArqFile<'a>) -> Result<Self, arq::Error> {
         match Kind::of(&file) {
             Some(Kind::Pixel) => PixelCnn::from_file(file).map(Loaded::Pixel),
+            Some(Kind::Recurrent) => Rnn::from_file(file).map(|m| Loaded::Recurrent(Box::new(m))),
             _ => Model::from_file(file).map(Loaded::Text),
         }
     }

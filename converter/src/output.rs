@@ -109,6 +109,8 @@ pub fn check_loads(file: ArqFile<'_>) -> Result<(), arq::Error> {
     match Loaded::from_file(file)? {
         Loaded::Text(m) => m.tokenizer().map(|_| ()),
         Loaded::Pixel(_) => Ok(()),
+        Loaded::Recurrent(m) if m.head().is_some() => Ok(()),
+        Loaded::Recurrent(m) => m.tokenizer().map(|_| ()),
     }
 }
 

@@ -41,7 +41,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn opts(quant: Quant) -> OnnxConvertOptions {
-    OnnxConvertOptions { quant, force: false, head: None }
+    OnnxConvertOptions { quant, force: false, head: None, vocab: None }
 }
 
 fn reference() -> serde_json::Value {

@@ -286,6 +286,7 @@ fn opts(quant: Quant) -> ConvertOptions {
         progress: false,
         head: None,
         levels: None,
+        vocab: None,
     }
 }
 

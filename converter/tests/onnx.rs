@@ -113,7 +113,7 @@ fn arq_bytes(path: &Path, quant: Quant) -> ModelBytes {
 }
 
 fn opts(quant: Quant) -> OnnxConvertOptions {
-    OnnxConvertOptions { quant, force: false, head: None }
+    OnnxConvertOptions { quant, force: false, head: None, vocab: None }
 }
 
 #[test]
@@ -581,7 +581,7 @@ fn refused_file(dir: &TempDir, input: &Path, head: Option<HeadSpec>, want: &[&st
     let before = std::fs::read(input).unwrap();
     let listing = dir.listing();
     let out = dir.path("out.arq");
-    let o = OnnxConvertOptions { quant: Quant::Q8, force: false, head };
+    let o = OnnxConvertOptions { quant: Quant::Q8, force: false, head, vocab: None };
     let err = format!("{:#}", convert_onnx(input, &out, &o).expect_err("conversion should fail"));
     println!("refused: {err}");
     assert!(!err.contains('\n'), "not one line: {err}");
@@ -746,7 +746,8 @@ fn heads_from_metadata_or_override() {
     save_proto(&bare("digits-dlm"), &input);
     let out = dir.path("dlm.arq");
     let spec = HeadSpec { levels: Some(17), ..lm };
-    convert_onnx(&input, &out, &OnnxConvertOptions { quant: Quant::F32, force: false, head: Some(spec) }).unwrap();
+    convert_onnx(&input, &out, &OnnxConvertOptions { quant: Quant::F32, force: false, head: Some(spec), vocab: None })
+        .unwrap();
     let want = arq_bytes(&model_path("digits-dlm"), Quant::F32);
     assert!(std::fs::read(&out).unwrap() == want.bytes(), "override gives other bytes than the metadata");
     // A categorical override of the same 15 channels is accepted (the graph cannot tell).

@@ -45,6 +45,9 @@ impl Owned {
                 Kind::Text { model, tok }
             }
             Loaded::Pixel(model) => Kind::Pixel(model),
+            Loaded::Recurrent(_) => {
+                anyhow::bail!("{}: recurrent models are not supported by the Python package yet", path.display())
+            }
         };
         // SAFETY: `kind` borrows only the bytes of `file`'s read-only mapping (or its
         // aligned heap copy), which `ModelFile` owns behind a pointer: their address

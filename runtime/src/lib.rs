@@ -38,4 +38,5 @@ mod trace;
 
 pub use error::Error;
 pub use models::pixelcnn::{PixelCnn, PixelConfig, PixelSession, PixelSessionConfig};
+pub use models::rnn::{Rnn, RnnConfig, RnnInput, RnnSession};
 pub use models::transformer::{Family, KvDtype, Model, Session, SessionConfig, TransformerConfig};

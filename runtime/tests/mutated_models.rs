@@ -9,7 +9,7 @@
 //! same seed replays it.
 
 use arq::format::ArqFile;
-use arq::{KvDtype, Model, PixelCnn, PixelSession, PixelSessionConfig, Session, SessionConfig};
+use arq::{KvDtype, Model, PixelCnn, PixelSession, PixelSessionConfig, Rnn, RnnSession, Session, SessionConfig};
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 
@@ -18,12 +18,22 @@ use std::panic::{self, AssertUnwindSafe};
 /// part 3, not here).
 const MAX_ARENA: usize = 64 << 20;
 
-/// The committed files: (name, bytes, is a transformer).
-const MODELS: [(&str, &[u8], bool); 4] = [
-    ("pixelcnn/digits17-q8.arq", include_bytes!("../../models/pixelcnn/digits17-q8.arq"), false),
-    ("pixelcnn/digits-dlm-q8.arq", include_bytes!("../../models/pixelcnn/digits-dlm-q8.arq"), false),
-    ("pixelcnn/digits-binary-q8.arq", include_bytes!("../../models/pixelcnn/digits-binary-q8.arq"), false),
-    ("tinygpt/tinygpt-q8.arq", include_bytes!("../../models/tinygpt/tinygpt-q8.arq"), true),
+/// Which loader a committed file is for.
+#[derive(Clone, Copy)]
+enum Family {
+    Transformer,
+    Pixel,
+    Recurrent,
+}
+
+/// The committed files: (name, bytes, family).
+const MODELS: [(&str, &[u8], Family); 6] = [
+    ("pixelcnn/digits17-q8.arq", include_bytes!("../../models/pixelcnn/digits17-q8.arq"), Family::Pixel),
+    ("pixelcnn/digits-dlm-q8.arq", include_bytes!("../../models/pixelcnn/digits-dlm-q8.arq"), Family::Pixel),
+    ("pixelcnn/digits-binary-q8.arq", include_bytes!("../../models/pixelcnn/digits-binary-q8.arq"), Family::Pixel),
+    ("tinygpt/tinygpt-q8.arq", include_bytes!("../../models/tinygpt/tinygpt-q8.arq"), Family::Transformer),
+    ("rnn/char-lstm-q8.arq", include_bytes!("../../models/rnn/char-lstm-q8.arq"), Family::Recurrent),
+    ("series/sunspots-q8.arq", include_bytes!("../../models/series/sunspots-q8.arq"), Family::Recurrent),
 ];
 
 /// xorshift64: a seeded, dependency-free stream of mutations.
@@ -182,7 +192,7 @@ enum Reached {
 }
 
 /// Everything a user of a loaded file may call once: no call may panic.
-fn exercise(bytes: &[u8], transformer: bool) -> Reached {
+fn exercise(bytes: &[u8], family: Family) -> Reached {
     let Ok(file) = ArqFile::parse(bytes) else {
         return Reached::ParseError;
     };
@@ -190,7 +200,34 @@ fn exercise(bytes: &[u8], transformer: bool) -> Reached {
         let _ = (t.as_f32(), t.as_q8(), t.as_q4(), t.shape.n_elements());
     }
     let _ = file.meta_iter().count();
-    if transformer {
+    if let Family::Recurrent = family {
+        let Ok(model) = Rnn::load(bytes) else {
+            return Reached::Parsed;
+        };
+        if let Ok(tok) = model.tokenizer() {
+            let ids = tok.encode("To be, or not to be\n", false);
+            let _ = (tok.decode(&ids), tok.first_unknown("snow ☃"));
+        }
+        let Ok(need) = model.memory_plan() else {
+            return Reached::Loaded;
+        };
+        if need > MAX_ARENA {
+            return Reached::Loaded;
+        }
+        let mut arena = vec![0u8; need];
+        let Ok(mut s) = RnnSession::new(&model, &mut arena) else {
+            return Reached::Loaded;
+        };
+        let _ = s.step(1);
+        let _ = s.step(2);
+        let _ = s.start_value();
+        let _ = s.step_value(3.5);
+        if let (Some(head), Ok(p)) = (model.head(), s.step_value(1.0)) {
+            let _ = head.log_density(p, 0.5);
+        }
+        return Reached::Stepped;
+    }
+    if let Family::Transformer = family {
         let Ok(model) = Model::load(bytes) else {
             return Reached::Parsed;
         };
@@ -263,7 +300,7 @@ fn mutated_models_give_errors_never_panics() {
     }));
     let mut failures = Vec::new();
     let mut reached = [0usize; 4];
-    for (m, &(name, original, transformer)) in MODELS.iter().enumerate() {
+    for (m, &(name, original, family)) in MODELS.iter().enumerate() {
         let t = targets(Aligned::new(original).bytes());
         let mut buf = Aligned::new(original);
         for case in 0..cases {
@@ -272,7 +309,7 @@ fn mutated_models_give_errors_never_panics() {
             buf.len = original.len();
             buf.bytes_mut().copy_from_slice(original);
             buf.len = mutate(&mut rng, buf.bytes_mut(), &t);
-            match panic::catch_unwind(AssertUnwindSafe(|| exercise(buf.bytes(), transformer))) {
+            match panic::catch_unwind(AssertUnwindSafe(|| exercise(buf.bytes(), family))) {
                 Ok(r) => reached[r as usize] += 1,
                 Err(_) => {
                     let what = LAST_PANIC.with(|p| p.take());

@@ -22,6 +22,7 @@ pub fn run(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<()> 
     match file.load_parsed(parsed)? {
         Loaded::Pixel(model) => pixel(&model, path, file.bytes().len(), verify, json_out),
         Loaded::Text(model) => text(&model, path, file.bytes().len(), (ctx, verify), json_out),
+        Loaded::Recurrent(model) => super::rnn::inspect(&model, path, file.bytes().len(), json_out),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use arq::parallel::ThreadPool;
-use arq::{KvDtype, Model, PixelCnn};
+use arq::{KvDtype, Model, PixelCnn, Rnn};
 use arq_convert::model::{Kind, Loaded, ModelFile};
 use arq_convert::quantize::Quant;
 use backend::{BackendArg, BackendOpt};
@@ -17,6 +17,8 @@ mod backend;
 mod convert;
 mod inspect;
 mod pixel;
+mod rnn;
+mod series;
 mod text;
 
 #[derive(Parser)]
@@ -27,8 +29,8 @@ pub struct Cli {
 }
 #[derive(Subcommand)]
 enum Cmd {
-    /// Convert a GGUF model (LLaMA family) or an ONNX model (gated PixelCNN, GPT-2) to a
-    /// quantized .arq file.
+    /// Convert a GGUF model (LLaMA family) or an ONNX model (gated PixelCNN, GPT-2,
+    /// LSTM/GRU) to a quantized .arq file.
     Convert {
         input: PathBuf,
         #[arg(short, long)]
@@ -52,6 +54,10 @@ enum Cmd {
         /// ONNX PixelCNN: discrete levels per pixel, overriding the file's metadata.
         #[arg(long)]
         levels: Option<usize>,
+        /// ONNX LSTM/GRU: the vocabulary the graph lacks, a JSON file
+        /// {"level": "word"|"char", "tokens": [...]} with the tokens in id order.
+        #[arg(long)]
+        vocab: Option<PathBuf>,
     },
     /// Serve a model over HTTP: the OpenAI API and arq's own calls for text models,
     /// sampling and inpainting for PixelCNNs, and a web page at `/`.
@@ -159,8 +165,9 @@ enum Cmd {
         ctx: Option<usize>,
         #[arg(long)]
         json: bool,
-        /// Include every position's log-prob in the output.
-        #[arg(long)]
+        /// Include every position's log-prob in the output (series models: every step's
+        /// log density and anomaly flag).
+        #[arg(long, visible_alias = "per-step")]
         per_token: bool,
         /// PixelCNN models: include every image's NLL in the output.
         #[arg(long)]
@@ -171,6 +178,25 @@ enum Cmd {
         threads: ThreadsArg,
         #[command(flatten)]
         backend: BackendOpt,
+    },
+    /// Continue a real-valued series (CSV, its last column) with a series model: sample
+    /// paths, their quantile bands and a PNG fan chart.
+    Forecast {
+        model: PathBuf,
+        series: PathBuf,
+        /// Steps to forecast (at most 4096).
+        #[arg(short = 'n', long, default_value_t = 24, value_parser = capped(MAX_HORIZON))]
+        n: usize,
+        /// Sample paths (at most 65536).
+        #[arg(long, default_value_t = 200, value_parser = capped(MAX_PARTICLES))]
+        samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The PNG fan chart to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Sample images from a PixelCNN model into a PNG grid.
     Sample {
@@ -267,6 +293,8 @@ const MAX_SCALE: usize = 1024;
 const MAX_PARTICLES: usize = 1 << 16;
 /// Benchmark repetitions.
 const MAX_REPS: usize = 1000;
+/// Forecast steps.
+const MAX_HORIZON: usize = 4096;
 
 /// A clap parser for a count of at most `max` (0 is left to the commands, which name
 /// the flag in their own message).
@@ -357,7 +385,7 @@ pub struct SamplingArgs {
 /// Runs the command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels } => {
+        Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels, vocab } => {
             let opts = arq_convert::ConvertOptions {
                 quant: quant.into(),
                 force,
@@ -366,6 +394,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 progress: true,
                 head,
                 levels,
+                vocab,
             };
             convert::run(&input, &output, &opts)
         }
@@ -387,6 +416,14 @@ pub fn run(cli: Cli) -> Result<()> {
             arq_convert::serve::run(&model, &opts)
         }
         Cmd::Generate { model, prompt, prompt_file, n, sampling, ctx, chat, interactive, kv, threads, backend } => {
+            if let Some(m) = recurrent_file(&model)? {
+                rnn::refuse_flags(ctx, kv.kv, backend.backend, chat || interactive)?;
+                let r = recurrent_model(&m)?;
+                if r.head().is_some() {
+                    bail!("{} is a series model; use forecast to continue a series", model.display());
+                }
+                return rnn::generate(&r, &prompt_text(Some(prompt), prompt_file)?, n, &sampling);
+            }
             let prompt = prompt_text(Some(prompt), prompt_file)?;
             let args = text::GenerateArgs { prompt: &prompt, n, sampling: &sampling, ctx, chat, kv: kv.kv };
             if interactive {
@@ -395,6 +432,15 @@ pub fn run(cli: Cli) -> Result<()> {
             text::generate(&model, &args, &threads, backend.backend)
         }
         Cmd::Next { model, prompt, prompt_file, top, chat, json, kv, threads } => {
+            if let Some(m) = recurrent_file(&model)? {
+                rnn::refuse_flags(None, kv.kv, BackendArg::Cpu, chat)?;
+                let r = recurrent_model(&m)?;
+                if r.head().is_some() {
+                    let Some(csv) = prompt_file else { bail!("a series model's next reads the series: -f SERIES.csv") };
+                    return series::next(&r, &csv, json);
+                }
+                return rnn::next(&r, &prompt_text(prompt, prompt_file)?, top as usize, json);
+            }
             let prompt = prompt_text(prompt, prompt_file)?;
             text::next(&model, &prompt, top as usize, (chat, json), kv.kv, &threads)
         }
@@ -404,8 +450,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 refuse_text_flags(backend.backend, kv.kv)?;
                 return pixel::score(&pixel_model(&m)?, &file, json, per_image, threads.count());
             }
+            if m.kind() == Some(Kind::Recurrent) {
+                rnn::refuse_flags(ctx, kv.kv, backend.backend, false)?;
+                let r = recurrent_model(&m)?;
+                if r.head().is_some() {
+                    return series::score(&r, &file, json, per_token);
+                }
+                return rnn::score(&r, &file, json, per_token);
+            }
             let args = text::ScoreArgs { ctx, kv: kv.kv, json, per_token };
             text::score(&m, &file, &args, &threads, backend.backend)
+        }
+        Cmd::Forecast { model, series: csv, n, samples, seed, output, json } => {
+            let m = ModelFile::open(&model)?;
+            if m.kind() != Some(Kind::Recurrent) {
+                bail!("{}: forecast takes a series model (an LSTM with a Gaussian-mixture head)", model.display());
+            }
+            let args = series::ForecastArgs { n, samples, seed, output: &output, json };
+            series::forecast(&recurrent_model(&m)?, &csv, &args)
         }
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => {
             let args = pixel::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };
@@ -471,6 +533,24 @@ fn text_model(file: &ModelFile) -> Result<Model<'_>> {
     match file.load()? {
         Loaded::Text(m) => Ok(m),
         Loaded::Pixel(_) => Err(refuse()),
+        Loaded::Recurrent(_) => {
+            bail!("{} is a recurrent model; this command takes transformer text models", file.path().display())
+        }
+    }
+}
+
+/// The model file at `path` when it holds a recurrent model (`None`: another kind, which
+/// the command's own path opens again).
+fn recurrent_file(path: &std::path::Path) -> Result<Option<ModelFile>> {
+    let m = ModelFile::open(path)?;
+    Ok((m.kind() == Some(Kind::Recurrent)).then_some(m))
+}
+
+/// The recurrent model in `file` (whose kind says it is one).
+fn recurrent_model(file: &ModelFile) -> Result<Rnn<'_>> {
+    match file.load()? {
+        Loaded::Recurrent(m) => Ok(*m),
+        _ => bail!("{} is not a recurrent model", file.path().display()),
     }
 }
 
@@ -479,12 +559,12 @@ fn text_model(file: &ModelFile) -> Result<Model<'_>> {
 fn pixel_model(file: &ModelFile) -> Result<PixelCnn<'_>> {
     let refuse =
         || anyhow!("{} is a text model; sample and impute take PixelCNN models (use generate)", file.path().display());
-    if file.kind() == Some(Kind::Text) {
+    if matches!(file.kind(), Some(Kind::Text | Kind::Recurrent)) {
         return Err(refuse());
     }
     match file.load()? {
         Loaded::Pixel(m) => Ok(m),
-        Loaded::Text(_) => Err(refuse()),
+        Loaded::Text(_) | Loaded::Recurrent(_) => Err(refuse()),
     }
 }
 

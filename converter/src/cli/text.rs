@@ -26,7 +26,7 @@ pub struct GenerateArgs<'a> {
     pub kv: KvArg,
 }
 
-fn sampler(s: &SamplingArgs) -> Result<Sampler> {
+pub(super) fn sampler(s: &SamplingArgs) -> Result<Sampler> {
     let cfg = SamplerConfig {
         temperature: s.temp,
         top_k: s.top_k.unwrap_or(0) as usize,

@@ -28,6 +28,8 @@ pub const ARCH_QWEN3: &str = "qwen3";
 pub const ARCH_GEMMA3: &str = "gemma3";
 /// The gated PixelCNN.
 pub const ARCH_PIXELCNN: &str = "pixelcnn";
+/// Recurrent language models: embedding, stacked LSTM/GRU/RNN layers, linear decoder.
+pub const ARCH_RNN: &str = "rnn";
 
 // --- Transformer hyperparameters ---
 
@@ -126,6 +128,40 @@ pub const PIXELCNN_LEVELS: &str = "pixelcnn.levels";
 pub const PIXELCNN_MIXTURES: &str = "pixelcnn.mixtures";
 /// The floor of the mixture heads' log-scales (f32).
 pub const PIXELCNN_MIN_LOG_SCALE: &str = "pixelcnn.min_log_scale";
+
+// --- Recurrent-model hyperparameters ---
+
+/// The cell, one of the `CELL_*` names (string).
+pub const RNN_CELL: &str = "rnn.cell";
+/// Vocabulary size (int).
+pub const RNN_VOCAB_SIZE: &str = "rnn.vocab_size";
+/// Embedding width, a multiple of 32 (int).
+pub const RNN_EMBEDDING_LENGTH: &str = "rnn.embedding_length";
+/// State width of every layer, a multiple of 32 (int).
+pub const RNN_HIDDEN_SIZE: &str = "rnn.hidden_size";
+/// Stacked layers (int).
+pub const RNN_BLOCK_COUNT: &str = "rnn.block_count";
+
+/// What a step reads: `tokens` (default, with `token_embd`) or `value`, one real number
+/// normalised by [`RNN_NORM_MEAN`] and [`RNN_NORM_STD`] (string).
+pub const RNN_INPUT: &str = "rnn.input";
+/// Value models: the mixture components `K` of the Gaussian-mixture head (int); the
+/// output has `3K` rows (logits, means, log standard deviations of the normalised value).
+pub const RNN_MIXTURES: &str = "rnn.mixtures";
+/// Value models: the normalisation `z = (x - mean) / std` (f32 each).
+pub const RNN_NORM_MEAN: &str = "rnn.norm_mean";
+pub const RNN_NORM_STD: &str = "rnn.norm_std";
+
+// --- Cell names (values of [`RNN_CELL`]) ---
+
+/// ONNX `LSTM` (gates i, o, f, c), no peepholes.
+pub const CELL_LSTM: &str = "lstm";
+/// ONNX `GRU` (gates z, r, h) with `linear_before_reset = 1`, as PyTorch's.
+pub const CELL_GRU: &str = "gru";
+/// ONNX `RNN` with tanh.
+pub const CELL_RNN_TANH: &str = "rnn_tanh";
+/// ONNX `RNN` with ReLU.
+pub const CELL_RNN_RELU: &str = "rnn_relu";
 
 // --- PixelCNN head names (values of [`PIXELCNN_HEAD`]) ---
 

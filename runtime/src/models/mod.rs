@@ -1,6 +1,7 @@
 //! The model families: [`transformer`], the decoder-only engine with one thin file per
 //! family and a family table, and [`pixelcnn`], a causal-convolution graph executor with
-//! its output heads.
+//! its output heads; [`rnn`], recurrent networks (LSTM, GRU) with a fixed-size state.
 
 pub mod pixelcnn;
+pub mod rnn;
 pub mod transformer;

@@ -2,6 +2,7 @@
 
 use super::{Layout, PreTokenizer, Tokenizer, TokenizerError, BLOB_MAGIC, BLOB_VERSION, MAX_MERGES, MAX_TOKENS};
 use super::{BYTE, CONTROL, MODEL_BYTE_LEVEL_BPE, MODEL_SENTENCEPIECE, NONE, SPM_ADD_SPACE_PREFIX, USER_DEFINED};
+use super::{MODEL_CHARS, MODEL_WORDS};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec;
@@ -357,6 +358,66 @@ pub fn build_spm_blob<T: AsRef<str>>(
     blob.extend_from_slice(&pool);
     debug_assert_eq!(blob.len(), layout.end);
 
+    Tokenizer::from_blob(&blob)?;
+    Ok(blob)
+}
+
+/// Lays out the blob of a word vocabulary (`chars = false`: the end-of-line token is
+/// `<eos>`) or a character one, from the tokens in id order (`<unk>`, where present, is
+/// the unknown token), and checks it with [`Tokenizer::from_blob`]. A word must be
+/// non-empty without white space, a character token one character; no token twice.
+pub fn build_vocab_blob<T: AsRef<str>>(chars: bool, tokens: &[T]) -> Result<Vec<u8>, TokenizerError> {
+    let n = tokens.len();
+    if n == 0 {
+        return Err(TokenizerError::CountMismatch { tokens: 0, types: 0 });
+    }
+    if n > MAX_TOKENS as usize {
+        return Err(TokenizerError::TooLarge("token count"));
+    }
+    let mut pool = Vec::new();
+    let mut offsets = Vec::with_capacity(n + 1);
+    offsets.push(0u32);
+    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+    let (mut eos, mut unk, mut byte_token) = (NONE, NONE, [NONE; 256]);
+    for (id, t) in tokens.iter().enumerate() {
+        let (id, t) = (id as u32, t.as_ref());
+        let ok = if chars {
+            t.chars().count() == 1 || t == "<unk>"
+        } else {
+            !t.is_empty() && !t.chars().any(char::is_whitespace)
+        };
+        if !ok || seen.insert(t, id).is_some() {
+            return Err(TokenizerError::BadVocabToken { id });
+        }
+        match t {
+            "<eos>" if !chars => eos = id,
+            "<unk>" => unk = id,
+            _ => {}
+        }
+        if let [b] = t.as_bytes() {
+            byte_token[usize::from(*b)] = id;
+        }
+        pool.extend_from_slice(t.as_bytes());
+        offsets.push(u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?);
+    }
+    let bytes_of = |id: u32| &pool[offsets[id as usize] as usize..offsets[id as usize + 1] as usize];
+    let mut sorted: Vec<u32> = (0..n as u32).collect();
+    sorted.sort_by(|&a, &b| bytes_of(a).cmp(bytes_of(b)).then(a.cmp(&b)));
+    let pool_len = u32::try_from(pool.len()).map_err(|_| TokenizerError::TooLarge("token text"))?;
+    let layout = Layout::new(n as u32, 0, 0, pool_len, false).ok_or(TokenizerError::TooLarge("tables"))?;
+    let mut blob = Vec::with_capacity(layout.end);
+    let put = |blob: &mut Vec<u8>, w: u32| blob.extend_from_slice(&w.to_le_bytes());
+    blob.extend_from_slice(&BLOB_MAGIC);
+    let (model, word3) = if chars { (MODEL_CHARS, 0) } else { (MODEL_WORDS, eos) };
+    for w in [2, model, word3, n as u32, unk, 0, pool_len] {
+        put(&mut blob, w);
+    }
+    byte_token.iter().for_each(|&id| put(&mut blob, id));
+    offsets.iter().for_each(|&o| put(&mut blob, o));
+    sorted.iter().for_each(|&id| put(&mut blob, id));
+    blob.extend(core::iter::repeat_n(super::TokenType::Normal.to_u8(), n));
+    blob.extend_from_slice(&pool);
+    debug_assert_eq!(blob.len(), layout.end);
     Tokenizer::from_blob(&blob)?;
     Ok(blob)
 }

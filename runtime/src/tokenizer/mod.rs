@@ -47,10 +47,10 @@
 //! |---|---|---|
 //! | 0 | 4 | magic `b"ARQT"` |
 //! | 4 | 4 | `u32` version: 1, or 2 |
-//! | 8 | 4 | `u32` model: 1 = byte-level BPE, 2 = SentencePiece pieces (version 2) |
-//! | 12 | 4 | model 1: `u32` pre-tokenizer: 1 = `gpt2`, 2 = `smollm`, 3 = `llama3` (Llama 3 pattern, merges skipped for a piece that is a token), 4 = `dbrx` (Llama 3 pattern), 5 = `qwen2`; see [`PreTokenizer`]. Model 2: `u32` flags, bit 0 = add a space prefix, other bits 0 |
+//! | 8 | 4 | `u32` model: 1 = byte-level BPE, 2 = SentencePiece pieces, 3 = words, 4 = characters (2..=4: version 2) |
+//! | 12 | 4 | model 1: `u32` pre-tokenizer: 1 = `gpt2`, 2 = `smollm`, 3 = `llama3` (Llama 3 pattern, merges skipped for a piece that is a token), 4 = `dbrx` (Llama 3 pattern), 5 = `qwen2`; see [`PreTokenizer`]. Model 2: `u32` flags, bit 0 = add a space prefix, other bits 0. Model 3: `u32` id of the end-of-line token (`<eos>`, < `N`) or `0xFFFF_FFFF`. Model 4: 0 |
 //! | 16 | 4 | `u32` `N`, 1 ..= 2^24 |
-//! | 20 | 4 | model 1: `u32` `M`, 0 ..= 2^24. Model 2: `u32` id of the unknown token (< `N`) or `0xFFFF_FFFF` for none; `M` = 0 |
+//! | 20 | 4 | model 1: `u32` `M`, 0 ..= 2^24. Models 2..=4: `u32` id of the unknown token (< `N`) or `0xFFFF_FFFF` for none; `M` = 0 |
 //! | 24 | 4 | `u32` `S`, 0 ..= `N` |
 //! | 28 | 4 | `u32` `P`: byte length of the token byte pool |
 //! | 32 | 256 × 4 | `byte_token[b]`: `u32` id of the token whose bytes are exactly `[b]` (model 2: a byte token, type 6), or `0xFFFF_FFFF` if none |
@@ -67,6 +67,14 @@
 //! literal UTF-8 (so `<|im_start|>` is the 12 bytes of its text). Model 2: a byte
 //! token (`<0xAB>`) is its byte, every other piece its text with `▁` as a space (Gemma's
 //! user-defined runs of spaces are spaces either way). Ids are `u32` everywhere.
+//!
+//! Models 3 and 4 are the vocabularies of PyTorch's `word_language_model` example
+//! (recurrent models): a word is its UTF-8 text, a character its one char. Words split
+//! on white space, every line end (`\n`) is the end-of-line token, as the example's
+//! `Corpus.tokenize` reads a file; characters are taken one by one (`\n` is one). An
+//! unknown word or character is the unknown token, or left out when there is none
+//! ([`Tokenizer::first_unknown`] finds it first). Decoding joins words with spaces and
+//! ends a line at the end-of-line token.
 
 mod bpe;
 #[cfg(feature = "alloc")]
@@ -78,7 +86,7 @@ mod utf8;
 
 pub use bpe::SCRATCH_WORDS_PER_BYTE;
 #[cfg(feature = "alloc")]
-pub use build::{build_blob, build_blob_with, build_spm_blob, SpmOptions};
+pub use build::{build_blob, build_blob_with, build_spm_blob, build_vocab_blob, SpmOptions};
 pub use pretokenize::{Pieces, PreTokenizer};
 pub use utf8::Utf8Stream;
 
@@ -94,6 +102,10 @@ pub const BLOB_VERSION: u32 = 2;
 pub const MODEL_BYTE_LEVEL_BPE: u32 = 1;
 /// Header `model` value of SentencePiece-style pieces with byte fallback (version 2).
 pub const MODEL_SENTENCEPIECE: u32 = 2;
+/// Header `model` value of a word vocabulary (version 2).
+pub const MODEL_WORDS: u32 = 3;
+/// Header `model` value of a character vocabulary (version 2).
+pub const MODEL_CHARS: u32 = 4;
 /// Version-2 SentencePiece header flag: prepend a space to the input's first text.
 pub const SPM_ADD_SPACE_PREFIX: u32 = 1;
 pub const HEADER_LEN: usize = 32;
@@ -208,6 +220,11 @@ pub enum TokenizerError {
     BadScore {
         id: u32,
     },
+    /// Build: a word that is empty or holds white space, a character token that is not
+    /// one character, or a token that repeats an earlier one.
+    BadVocabToken {
+        id: u32,
+    },
     /// [`Tokenizer::encode_with_scratch`]: a piece needs more scratch words.
     ScratchTooSmall {
         need: usize,
@@ -226,7 +243,7 @@ impl fmt::Display for TokenizerError {
             }
             UnsupportedModel(m) => write!(
                 f,
-                "unsupported tokenizer model {m} (this build runs 1 = byte-level BPE, 2 = SentencePiece pieces)"
+                "unsupported tokenizer model {m} (this build runs 1 = byte-level BPE, 2 = SentencePiece pieces, 3 = words, 4 = characters)"
             ),
             UnknownPreTokenizer(p) => write!(f, "unknown pre-tokenizer {p} in tokenizer blob"),
             TooLarge(what) => write!(f, "corrupt tokenizer blob: {what} too large"),
@@ -246,6 +263,9 @@ impl fmt::Display for TokenizerError {
                 write!(f, "piece {id} repeats an earlier piece or mixes a literal space with other text")
             }
             BadScore { id } => write!(f, "token {id} has no score or a score that is not a number"),
+            BadVocabToken { id } => {
+                write!(f, "token {id} is empty, holds white space, is not one character or repeats an earlier token")
+            }
             ScratchTooSmall { need, have } => {
                 write!(f, "tokenizer scratch too small: need {need} words, have {have}")
             }
@@ -302,6 +322,10 @@ pub enum TokenizerKind {
     ByteLevelBpe(PreTokenizer),
     /// SentencePiece-style pieces with byte fallback, merges implied by the vocabulary.
     SentencePiece { add_space_prefix: bool },
+    /// Words split on white space, each line end a token (`word_language_model`).
+    Words,
+    /// One token per character.
+    Chars,
 }
 
 /// A tokenizer borrowing its tables from a blob (see the module doc): byte-level BPE or
@@ -311,8 +335,10 @@ pub struct Tokenizer<'a> {
     kind: TokenizerKind,
     /// SentencePiece: prepend a space to the input's first text.
     add_space_prefix: bool,
-    /// SentencePiece: the unknown token, or `NONE`.
+    /// SentencePiece, words, characters: the unknown token, or `NONE`.
     unk: u32,
+    /// Words: the end-of-line token, or `NONE`.
+    eos: u32,
     n_tokens: u32,
     byte_token: &'a [[u8; 4]],
     offsets: &'a [[u8; 4]],
@@ -376,6 +402,13 @@ impl<'a> Tokenizer<'a> {
                 }
                 (TokenizerKind::SentencePiece { add_space_prefix: word(3) & SPM_ADD_SPACE_PREFIX != 0 }, 0, word(5))
             }
+            m @ (MODEL_WORDS | MODEL_CHARS) if version >= 2 => {
+                let id_ok = |id: u32| id == NONE || id < n_tokens;
+                if !id_ok(word(3)) || !id_ok(word(5)) || (m == MODEL_CHARS && word(3) != 0) {
+                    return Err(Corrupt("end-of-line or unknown token id out of range"));
+                }
+                (if m == MODEL_WORDS { TokenizerKind::Words } else { TokenizerKind::Chars }, 0, word(5))
+            }
             m => return Err(UnsupportedModel(m)),
         };
         let ranked = matches!(kind, TokenizerKind::SentencePiece { .. });
@@ -400,6 +433,7 @@ impl<'a> Tokenizer<'a> {
             kind,
             add_space_prefix: matches!(kind, TokenizerKind::SentencePiece { add_space_prefix: true }),
             unk,
+            eos: if kind == TokenizerKind::Words { word(3) } else { NONE },
             n_tokens,
             byte_token: words(l.byte_token, l.offsets)?,
             offsets: words(l.offsets, l.sorted)?,
@@ -504,7 +538,7 @@ impl<'a> Tokenizer<'a> {
     pub fn pre_tokenizer(&self) -> Option<PreTokenizer> {
         match self.kind {
             TokenizerKind::ByteLevelBpe(pre) => Some(pre),
-            TokenizerKind::SentencePiece { .. } => None,
+            _ => None,
         }
     }
 
@@ -558,6 +592,7 @@ impl<'a> Tokenizer<'a> {
                 self.merge(left, right).map(|(rank, result)| (bpe::MergeKey { rank, split: 0 }, result))
             }
             TokenizerKind::SentencePiece { .. } => self.spm_merge(left, right),
+            TokenizerKind::Words | TokenizerKind::Chars => None,
         }
     }
 
@@ -661,6 +696,10 @@ impl<'a> Tokenizer<'a> {
                 TokenizerKind::SentencePiece { .. } => {
                     self.spm_segment(t, core::ptr::eq(t.as_ptr(), text.as_ptr()), scratch, None, &mut emit)
                 }
+                TokenizerKind::Words | TokenizerKind::Chars => {
+                    self.vocab_segment(t, &mut emit);
+                    Ok(())
+                }
             },
         })
     }
@@ -681,6 +720,10 @@ impl<'a> Tokenizer<'a> {
         let result = self.split_special(text, special, |segment| match segment {
             Segment::Special(id) => {
                 ids.push(id);
+                Ok(())
+            }
+            Segment::Text(t) if matches!(self.kind, TokenizerKind::Words | TokenizerKind::Chars) => {
+                self.vocab_segment(t, &mut |id| ids.push(id));
                 Ok(())
             }
             Segment::Text(t) => {
@@ -728,8 +771,16 @@ impl<'a> Tokenizer<'a> {
     #[cfg(feature = "alloc")]
     fn decode_impl(&self, ids: &[u32], skip_control: bool) -> String {
         let mut bytes = Vec::new();
+        let mut line_start = true;
         for &id in ids {
             if skip_control && self.is_control(id) {
+                continue;
+            }
+            if self.kind == TokenizerKind::Words {
+                let (sep, text) = self.word_text(id, line_start);
+                bytes.extend_from_slice(sep);
+                bytes.extend_from_slice(text);
+                line_start = id == self.eos;
                 continue;
             }
             bytes.extend_from_slice(self.token_bytes(id).unwrap_or_default());
@@ -737,6 +788,67 @@ impl<'a> Tokenizer<'a> {
         match String::from_utf8(bytes) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+}
+
+/// Word and character vocabularies (models 3 and 4).
+impl<'a> Tokenizer<'a> {
+    /// The token of a word or character's bytes, else the unknown token (`None`: none).
+    fn vocab_id(&self, bytes: &[u8]) -> Option<u32> {
+        self.find_token(bytes, &[], false).or((self.unk != NONE).then_some(self.unk))
+    }
+
+    /// Encodes a text segment of a word or character vocabulary (see the module doc).
+    fn vocab_segment(&self, text: &str, emit: &mut dyn FnMut(u32)) {
+        if self.kind == TokenizerKind::Chars {
+            let mut buf = [0u8; 4];
+            for c in text.chars() {
+                if let Some(id) = self.vocab_id(c.encode_utf8(&mut buf).as_bytes()) {
+                    emit(id);
+                }
+            }
+            return;
+        }
+        for line in text.split_inclusive('\n') {
+            for word in line.split_whitespace() {
+                if let Some(id) = self.vocab_id(word.as_bytes()) {
+                    emit(id);
+                }
+            }
+            if line.ends_with('\n') && self.eos != NONE {
+                emit(self.eos);
+            }
+        }
+    }
+
+    /// The first word or character of `text` that is not in the vocabulary, when the
+    /// vocabulary has no unknown token to stand for it (other kinds: `None`).
+    pub fn first_unknown<'t>(&self, text: &'t str) -> Option<&'t str> {
+        if self.unk != NONE {
+            return None;
+        }
+        let unknown = |s: &&str| self.find_token(s.as_bytes(), &[], false).is_none();
+        match self.kind {
+            TokenizerKind::Words => text.split_whitespace().find(unknown),
+            TokenizerKind::Chars => text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).find(unknown),
+            _ => None,
+        }
+    }
+
+    /// The end-of-line token of a word vocabulary.
+    pub fn eos(&self) -> Option<u32> {
+        (self.eos != NONE).then_some(self.eos)
+    }
+
+    /// How token `id` of a word vocabulary reads after what came before: a separator (a
+    /// space, unless at a line start) and its text; the end-of-line token is a line end.
+    /// Other kinds: no separator and the token's bytes.
+    pub fn word_text(&self, id: u32, line_start: bool) -> (&'static [u8], &'a [u8]) {
+        match self.kind {
+            TokenizerKind::Words if id == self.eos => (b"", b"\n"),
+            TokenizerKind::Words => (if line_start { b"" } else { b" " }, self.token_bytes(id).unwrap_or_default()),
+            _ => (b"", self.token_bytes(id).unwrap_or_default()),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! ONNX → `.arq`: gated PixelCNNs ([`pixelcnn`]) and GPT-2 text models ([`gpt2`]), with
+//! ONNX → `.arq`: gated PixelCNNs ([`pixelcnn`]), GPT-2 text models ([`gpt2`]) and
+//! recurrent language models ([`rnn`]), with
 //! tract-onnx as an independent f32 reference for each ([`tract_forward`],
 //! [`tract_logits`]).
 //!
@@ -7,15 +8,17 @@
 //! tensor gets a role in the model's pattern from its operator and the roles of its
 //! inputs. Node names are never used. The first node that fits no role stops the import
 //! with one line naming it (`node 13 (Relu "name"): ...`, nodes counted from 0 in file
-//! order). The model metadata `arq.architecture = gpt2` selects the GPT-2 pattern; any
+//! order). A graph with an `LSTM`, `GRU` or `RNN` node selects the recurrent pattern;
+//! otherwise the model metadata `arq.architecture = gpt2` selects the GPT-2 pattern, any
 //! other value, or none, the PixelCNN one.
 
 pub mod gpt2;
 pub mod pixelcnn;
 mod proto;
+pub mod rnn;
 
 use arq::format::keys;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
@@ -34,6 +37,8 @@ pub struct OnnxConvertOptions {
     pub force: bool,
     /// Overrides a PixelCNN's head metadata (refused for a GPT-2).
     pub head: Option<HeadSpec>,
+    /// A recurrent model's vocabulary file (refused for the others).
+    pub vocab: Option<PathBuf>,
 }
 
 /// What [`convert_onnx`] wrote.
@@ -51,14 +56,25 @@ pub fn onnx_architecture(path: &Path) -> Result<Option<String>> {
     Ok(proto::architecture(&proto::read_proto(path)?))
 }
 
-/// `arq convert` for an ONNX model: a GPT-2 when its metadata says
-/// `arq.architecture = gpt2`, else a gated PixelCNN. Reads, checks, writes atomically
+/// `arq convert` for an ONNX model: a recurrent model when the graph has an LSTM, GRU
+/// or RNN node, a GPT-2 when its metadata says `arq.architecture = gpt2`, else a gated
+/// PixelCNN. Reads, checks, writes atomically
 /// and re-validates with the runtime's loader. Never leaves a partial output, never
 /// touches the input; an existing output needs `force`.
 pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<OnnxConvertSummary> {
     crate::output::check_paths(input, out, opts.force)?;
     let proto = proto::read_proto(input)?;
-    let ((bytes, tensor_errors), description) = if proto::architecture(&proto).as_deref() == Some(keys::ARCH_GPT2) {
+    let recurrent = rnn::is_recurrent(&proto);
+    if opts.vocab.is_some() && !recurrent {
+        bail!("{}: --vocab applies to recurrent models (LSTM, GRU, RNN); this graph has none", input.display());
+    }
+    let ((bytes, tensor_errors), description) = if recurrent {
+        if opts.head.is_some() {
+            bail!("{}: --head and --levels apply to PixelCNN models; this is a recurrent text model", input.display());
+        }
+        let src = rnn::RnnSource::from_proto(input, &proto, opts.vocab.as_deref())?;
+        (src.to_arq(opts.quant)?, src.describe())
+    } else if proto::architecture(&proto).as_deref() == Some(keys::ARCH_GPT2) {
         if opts.head.is_some() {
             bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
         }
