@@ -31,13 +31,15 @@ def convert(
     progress: bool = True,
     head: Optional[str] = None,
     levels: Optional[int] = None,
+    vocab: Optional[_Path] = None,
 ) -> Dict[str, Any]:
     """Converts a GGUF file, an ONNX graph (PixelCNN, GPT-2) or a Hugging Face directory
     to the .arq file `output` (`quant`: "q8", "q4" or "f32"), as `arq convert` does.
     Progress goes to stderr. Returns the report: `format`, `output`, `bytes`, `quant`,
     `tensor_errors` (name -> relative error), `accuracy` (text models: `tokens`,
     `kl_mean`, `top1_agreement`, `ppl_reference`, `ppl_quantized`; None when not run),
-    `description` (ONNX)."""
+    `description` (ONNX). `vocab`: the vocabulary file of an ONNX recurrent model
+    (`arq convert --vocab`)."""
 
 class Model:
     """An .arq file: a text model with its tokenizer, or a PixelCNN over images."""

@@ -76,7 +76,7 @@ fn parse_quant(quant: &str) -> PyResult<Quant> {
 /// Converts a GGUF file, an ONNX graph (PixelCNN, GPT-2) or a Hugging Face directory
 /// to the `.arq` file `output`, as `arq convert` does; returns its report as a dict.
 #[pyfunction]
-#[pyo3(signature = (input, output, quant = "q8", *, force = false, calib = None, calibrate = true, progress = true, head = None, levels = None))]
+#[pyo3(signature = (input, output, quant = "q8", *, force = false, calib = None, calibrate = true, progress = true, head = None, levels = None, vocab = None))]
 #[allow(clippy::too_many_arguments)]
 fn convert<'py>(
     py: Python<'py>,
@@ -89,6 +89,7 @@ fn convert<'py>(
     progress: bool,
     head: Option<String>,
     levels: Option<usize>,
+    vocab: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let opts = ConvertOptions {
         quant: parse_quant(quant)?,
@@ -98,6 +99,7 @@ fn convert<'py>(
         progress,
         head,
         levels,
+        vocab,
     };
     let s = py.detach(|| arq_convert::convert(&input, &output, &opts)).map_err(|e| to_py(e, Blame::File))?;
     let d = PyDict::new(py);
