@@ -46,6 +46,16 @@ fn kv_dtype(kv: &str) -> PyResult<KvDtype> {
     }
 }
 
+/// Refuses a text longer than the CLI reads from a file (64 MiB): the token ids and
+/// per-token results it would produce grow with it.
+fn check_text(text: &str, what: &str) -> PyResult<()> {
+    let cap = arq_convert::input::MAX_TEXT_BYTES;
+    if text.len() as u64 > cap {
+        return Err(bad_argument(format!("{what} is {} bytes, over the cap of {cap}", text.len())));
+    }
+    Ok(())
+}
+
 fn check_ctx(ctx: Option<usize>) -> PyResult<()> {
     match ctx {
         Some(c) if c > MAX_CTX => Err(bad_argument(format!("ctx {c} is over the cap of {MAX_CTX}"))),
@@ -128,6 +138,7 @@ impl Model {
         kv: KvDtype,
     ) -> PyResult<Bound<'py, PyDict>> {
         let (model, tok) = self.text()?;
+        check_text(content, "the text")?;
         check_ctx(ctx)?;
         let (s, cfg, bos_added) = py
             .detach(|| -> Result<_> {
@@ -254,6 +265,7 @@ impl Model {
     #[pyo3(signature = (text, special = false))]
     fn tokenize(&self, py: Python<'_>, text: &str, special: bool) -> PyResult<Vec<u32>> {
         let (_, tok) = self.text()?;
+        check_text(text, "the text")?;
         Ok(py.detach(|| tok.encode(text, special)))
     }
 
@@ -262,6 +274,7 @@ impl Model {
     #[pyo3(signature = (prompt, chat = false))]
     fn prompt_ids(&self, py: Python<'_>, prompt: &str, chat: bool) -> PyResult<Vec<u32>> {
         let (model, tok) = self.text()?;
+        check_text(prompt, "the prompt")?;
         py.detach(|| encode_prompt(model, tok, prompt, chat)).map_err(|e| to_py(e, Blame::Argument))
     }
 
@@ -286,6 +299,7 @@ impl Model {
         kv: &str,
     ) -> PyResult<Vec<(String, u32, f64)>> {
         let (model, tok) = self.text()?;
+        check_text(prompt, "the prompt")?;
         let kv = kv_dtype(kv)?;
         if top == 0 {
             return Err(bad_argument("top must be at least 1"));
@@ -346,6 +360,7 @@ impl Model {
         kv: &str,
     ) -> PyResult<Generation> {
         let (model, tok) = self.text()?;
+        check_text(prompt, "the prompt")?;
         let kv = kv_dtype(kv)?;
         check_ctx(ctx)?;
         if max_tokens > MAX_CTX {

@@ -128,6 +128,8 @@ impl OwnedSession {
                 return Err(e.into());
             }
         };
+        // SAFETY: the pool's `Arc` becomes a field of the value returned below, dropped
+        // after `session` (see above); `Arc::as_ptr` points at its shared allocation.
         let pool_ref: &'static ThreadPool = unsafe { &*Arc::as_ptr(&pool) };
         if let Err(e) = session.set_parallel(pool_ref) {
             // `session` (no destructor) is not used again before its arena goes.

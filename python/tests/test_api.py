@@ -65,6 +65,11 @@ def test_bad_arguments_raise_bad_argument_error(gpt):
         arq.convert(TINY_LLAMA_GGUF, "x.arq", quant="q5")
     with pytest.raises(OverflowError):
         gpt.generate("x", seed=-1)
+    huge = "a" * ((64 << 20) + 1)  # the CLI's cap on a text file
+    with pytest.raises(arq.BadArgumentError, match="over the cap"):
+        gpt.score(huge)
+    with pytest.raises(arq.BadArgumentError, match="over the cap"):
+        gpt.generate(huge)
 
 
 def test_session_errors_leave_it_usable(gpt):

@@ -49,7 +49,7 @@ def gray_png(path, levels_img, levels):
     """Writes levels as an 8-bit grey PNG the way the CLI maps them (levels -> grey)."""
     top = levels - 1
     gray = ((2 * levels_img.astype(np.uint32) * 255 + top) // (2 * top)).astype(np.uint8)
-    Image.fromarray(gray, mode="L").save(path)
+    Image.fromarray(gray).save(path)
 
 
 @pytest.mark.parametrize("rows, particles, method", [
@@ -65,7 +65,7 @@ def test_impute_equals_the_cli(digits, tmp_path, rows, particles, method):
     assert info["method"] == method and info["missing_pixels"] == 32
     assert np.array_equal(filled[~mask], image[~mask])
     gray_png(tmp_path / "image.png", image, 17)
-    Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(tmp_path / "mask.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
     out = json.loads(cli("impute", DIGITS_Q8, "--image", tmp_path / "image.png", "--mask", tmp_path / "mask.png",
                          "-o", tmp_path / "out.png", "--particles", particles, "--seed", 1, "--json").stdout)
     assert out["method"] == method
