@@ -60,6 +60,34 @@ pub fn check_finite(name: &str, values: &[f32]) -> anyhow::Result<()> {
     }
 }
 
+/// Writes the f32 matrix `name` (`rows` x `cols`) into `w` in the type `quant` gives it,
+/// after [`check_finite`], recording its quantization error in `errors`: what the ONNX
+/// importers do for each weight matrix.
+pub fn write_matrix(
+    w: &mut arq::format::writer::ArqWriter,
+    (quant, errors): (Quant, &mut Vec<TensorError>),
+    name: &str,
+    (rows, cols): (usize, usize),
+    values: &[f32],
+) -> anyhow::Result<()> {
+    check_finite(name, values)?;
+    let dtype = quant.dtype_of(name);
+    let (data, err) = encode_matrix(values, dtype);
+    if let Some(e) = err {
+        errors.push((name.to_string(), e));
+    }
+    w.tensor(name, dtype, &[rows as u64, cols as u64], data)?;
+    Ok(())
+}
+
+/// Writes the f32 vector `name` (norms, biases: never quantized) into `w`, after
+/// [`check_finite`].
+pub fn write_vector(w: &mut arq::format::writer::ArqWriter, name: &str, values: &[f32]) -> anyhow::Result<()> {
+    check_finite(name, values)?;
+    w.tensor(name, Dtype::F32, &[values.len() as u64], bytemuck::cast_slice(values).to_vec())?;
+    Ok(())
+}
+
 /// A matrix's bytes in `dtype` (`Q8`, `Q4` or `F32`; the quantized types need rows of a
 /// multiple of 32 values, which the caller checks) and, when quantized, its relative
 /// quantization error.

@@ -65,7 +65,7 @@ pub use vocab::byte_level_char;
 use vocab::parse_vocab;
 
 use super::proto::read_proto;
-use crate::quantize::{check_finite, encode_matrix, Quant, TensorError};
+use crate::quantize::{write_matrix, write_vector, Quant, TensorError};
 
 // ---------------------------------------------------------------------------------------
 // The model
@@ -271,21 +271,10 @@ impl Gpt2Source {
             w.meta(k, val);
         }
         let mut errors = Vec::new();
-        let mut matrix = |w: &mut ArqWriter, name: &str, rows: usize, cols: usize, values: &[f32]| -> Result<()> {
-            check_finite(name, values)?;
-            let dtype = quant.dtype_of(name);
-            let (data, err) = encode_matrix(values, dtype);
-            if let Some(e) = err {
-                errors.push((name.to_string(), e));
-            }
-            w.tensor(name, dtype, &[rows as u64, cols as u64], data)?;
-            Ok(())
+        let mut matrix = |w: &mut ArqWriter, name: &str, rows: usize, cols: usize, values: &[f32]| {
+            write_matrix(w, (quant, &mut errors), name, (rows, cols), values)
         };
-        let vector = |w: &mut ArqWriter, name: &str, values: &[f32]| -> Result<()> {
-            check_finite(name, values)?;
-            w.tensor(name, Dtype::F32, &[values.len() as u64], bytemuck::cast_slice(values).to_vec())?;
-            Ok(())
-        };
+        let vector = write_vector;
         let (d, v, ctx) = (self.dim, self.vocab.len(), self.context_length);
         matrix(&mut w, "token_embd", v, d, &self.token_embd)?;
         matrix(&mut w, "position_embd", ctx, d, &self.position_embd)?;

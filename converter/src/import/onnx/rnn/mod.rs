@@ -36,7 +36,7 @@ use arq::format::Dtype;
 use arq::models::rnn::{Cell, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use tract_onnx::pb;
 
-use crate::quantize::{check_finite, encode_matrix, Quant, TensorError};
+use crate::quantize::{write_matrix, write_vector, Quant, TensorError};
 
 /// Whether the graph has a recurrent node: the pattern [`RnnSource`] reads.
 pub fn is_recurrent(proto: &pb::ModelProto) -> bool {
@@ -283,21 +283,10 @@ impl RnnSource {
             w.meta(k, val);
         }
         let mut errors = Vec::new();
-        let mut matrix = |w: &mut ArqWriter, name: &str, rows: usize, cols: usize, values: &[f32]| -> Result<()> {
-            check_finite(name, values)?;
-            let dtype = quant.dtype_of(name);
-            let (data, err) = encode_matrix(values, dtype);
-            if let Some(e) = err {
-                errors.push((name.to_string(), e));
-            }
-            w.tensor(name, dtype, &[rows as u64, cols as u64], data)?;
-            Ok(())
+        let mut matrix = |w: &mut ArqWriter, name: &str, rows: usize, cols: usize, values: &[f32]| {
+            write_matrix(w, (quant, &mut errors), name, (rows, cols), values)
         };
-        let vector = |w: &mut ArqWriter, name: &str, values: &[f32]| -> Result<()> {
-            check_finite(name, values)?;
-            w.tensor(name, Dtype::F32, &[values.len() as u64], bytemuck::cast_slice(values).to_vec())?;
-            Ok(())
-        };
+        let vector = write_vector;
         let (ep, hp, gh) = (self.embed_padded, self.hidden_padded, self.cell.gates() * self.hidden_padded);
         if let Some(t) = &self.token_embd {
             matrix(&mut w, "token_embd", v, ep, t)?;
