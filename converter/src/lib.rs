@@ -40,6 +40,7 @@ pub mod series;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod text;
+pub mod tune;
 
 use std::path::{Path, PathBuf};
 

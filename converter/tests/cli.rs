@@ -279,3 +279,70 @@ fn interactive_chat_keeps_the_cache_between_turns() {
     assert!(out.stdout.starts_with(&one.stdout), "{:?} vs {:?}", out.stdout, one.stdout);
     assert_error(&arq(&["generate", s(&m), "--interactive", "--chat"]), 2, "cannot be used with");
 }
+
+/// `arq tune` times every candidate, caches the chosen setting for this CPU model, and
+/// every command then reports where its setting came from; the environment overrides
+/// the cache, a bad value is a one-line error, another CPU's cache is ignored.
+#[test]
+fn tune_caches_a_setting_per_cpu_that_commands_report() {
+    let d = tmpdir("tune");
+    let m = tiny_model(&d);
+    let cache = d.join("tune.json");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_arq"))
+            .args(args)
+            .env("ARQ_TUNE_FILE", &cache)
+            .env_remove("ARQ_PREFETCH")
+            .env_remove("ARQ_DECODE_TIER")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run arq")
+    };
+    let json = |out: &Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let bench = ["bench", s(&m), "--prompt-tokens", "4", "--gen-tokens", "4", "--reps", "1", "--threads", "1", "--json"];
+
+    let v = json(&run(&bench, &[]));
+    assert_eq!(v["tuning"]["source"], "default");
+    assert_eq!(v["tuning"]["prefetch_bytes"], 8192);
+
+    let dry = json(&run(&["tune", s(&m), "--rounds", "1", "--threads", "1", "--json", "--no-save"], &[]));
+    assert!(dry["saved"].is_null() && !cache.exists(), "--no-save wrote the cache");
+    let v = json(&run(&["tune", s(&m), "--rounds", "2", "--threads", "1", "--json"], &[]));
+    let candidates = v["candidates"].as_array().unwrap();
+    assert!(candidates.len() >= 6, "{v}");
+    assert!(candidates.iter().all(|c| c["ms_per_token"].as_f64().is_some_and(|ms| ms > 0.0)), "{v}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(saved["cpu"], v["cpu"]);
+    assert_eq!(saved["prefetch_bytes"], v["chosen"]["prefetch_bytes"]);
+
+    let b = json(&run(&bench, &[]));
+    assert_eq!(b["tuning"]["source"], "arq tune");
+    assert_eq!(b["tuning"]["prefetch_bytes"], v["chosen"]["prefetch_bytes"]);
+    assert_eq!(b["tuning"]["decode_tier"], v["chosen"]["decode_tier"]);
+
+    let b = json(&run(&bench, &[("ARQ_PREFETCH", "0"), ("ARQ_DECODE_TIER", "avx2")]));
+    assert_eq!((&b["tuning"]["source"], &b["tuning"]["prefetch_bytes"]), (&"env".into(), &0.into()));
+    assert_eq!(b["tuning"]["decode_tier"], "avx2");
+    assert_error(&run(&bench, &[("ARQ_PREFETCH", "lots")]), 1, "ARQ_PREFETCH");
+    assert_error(&run(&bench, &[("ARQ_PREFETCH", "99999999")]), 1, "ARQ_PREFETCH");
+    assert_error(&run(&bench, &[("ARQ_DECODE_TIER", "avx1024")]), 1, "ARQ_DECODE_TIER");
+
+    // Another CPU's measurements, or a file that is not JSON, are ignored.
+    std::fs::write(&cache, r#"{"cpu":"another CPU","prefetch_bytes":0,"decode_tier":"own"}"#).unwrap();
+    assert_eq!(json(&run(&bench, &[]))["tuning"]["source"], "default");
+    std::fs::write(&cache, "not json").unwrap();
+    assert_eq!(json(&run(&bench, &[]))["tuning"]["source"], "default");
+}
+
+#[test]
+fn bench_bandwidth_reports_the_read_ceiling() {
+    let out = arq(&["bench", "--bandwidth", "--threads", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["threads"], 2);
+    assert!(v["read_gb_per_s"].as_f64().is_some_and(|g| g > 0.1), "{v}");
+    assert_error(&arq(&["bench", "--bandwidth", "m.arq"]), 2, "cannot be used with");
+}

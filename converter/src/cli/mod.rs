@@ -14,12 +14,14 @@ use backend::{BackendArg, BackendOpt};
 use clap::{Parser, Subcommand};
 
 mod backend;
+mod bandwidth;
 mod convert;
 mod inspect;
 mod pixel;
 mod rnn;
 mod series;
 mod text;
+mod tune;
 
 #[derive(Parser)]
 #[command(name = "arq", version, about = "Run quantized autoregressive models on small devices")]
@@ -248,11 +250,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the decode step of a text model under each kernel setting this CPU runs
+    /// (prefetch distance, the tier of one-token products) and cache the fastest for
+    /// this CPU model; every arq command then uses it (results are bit-identical).
+    Tune {
+        model: PathBuf,
+        /// Rounds over all candidates (after one warm-up; at most 1000); medians decide.
+        #[arg(long, default_value_t = 5, value_parser = capped(MAX_REPS))]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
+        /// Measure and print, but do not write the cache.
+        #[arg(long)]
+        no_save: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
+    },
     /// Measure load time, prompt and generation tokens/s and peak RSS (text models), or
     /// cached vs naive sampling time per image (PixelCNN models).
     Bench {
-        #[arg(required_unless_present = "synthetic")]
+        #[arg(required_unless_present_any = ["synthetic", "bandwidth"])]
         model: Option<PathBuf>,
+        /// Measure the memory read bandwidth (1 GiB streamed by --threads threads), the
+        /// ceiling of decode speed, instead of a model.
+        #[arg(long, conflicts_with_all = ["model", "synthetic"])]
+        bandwidth: bool,
         /// PixelCNN: benchmark a random-weight model of the digits models' shape at HxW
         /// (e.g. 28x28) instead of a file.
         #[arg(long, conflicts_with = "model")]
@@ -384,6 +406,7 @@ pub struct SamplingArgs {
 
 /// Runs the command.
 pub fn run(cli: Cli) -> Result<()> {
+    arq_convert::tune::apply()?;
     match cli.cmd {
         Cmd::Convert { input, output, quant, calib, no_calib, force, head, levels, vocab } => {
             let opts = arq_convert::ConvertOptions {
@@ -477,7 +500,16 @@ pub fn run(cli: Cli) -> Result<()> {
             let args = pixel::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
             pixel::impute(&pixel_model(&ModelFile::open(&model)?)?, &args)
         }
-        Cmd::Bench { model, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads, backend } => {
+        Cmd::Tune { model, rounds, json, no_save, threads } => {
+            let file = ModelFile::open(&model)?;
+            let pool = threads.pool()?;
+            let args = tune::TuneArgs { rounds, json, save: !no_save };
+            tune::run(&text_model(&file)?, &model.display().to_string(), &pool, &args)
+        }
+        Cmd::Bench { model, bandwidth, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads, backend } => {
+            if bandwidth {
+                return self::bandwidth::run(threads.count(), json);
+            }
             let pixel = pixel::BenchArgs { reps, naive_reps, json };
             if let Some(size) = synthetic {
                 refuse_text_flags(backend.backend, KvArg::F32)?;

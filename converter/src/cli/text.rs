@@ -352,6 +352,7 @@ fn print_bench(
 ) {
     let (pp, tg, backend) = (s.prompt_per_s, s.gen_per_s, rig.backend);
     let rss = peak_rss_bytes();
+    let tuning = arq_convert::tune::applied();
     if args.json {
         println!(
             "{}",
@@ -359,6 +360,7 @@ fn print_bench(
                 "model": path.display().to_string(),
                 "threads": rig.pool.threads(),
                 "kernels": rig.model.kernels().name,
+                "tuning": arq_convert::tune::to_json(&tuning.0, &tuning.1),
                 "load_ms": load_ms,
                 "first_token_ms": first_token_ms,
                 "prompt_tokens": args.prompt_tokens,
@@ -383,6 +385,8 @@ fn print_bench(
         backend.describe(),
         args.reps
     );
+    let (t, source) = &tuning;
+    println!("  tuning           prefetch {} B, decode tier {} ({})", t.prefetch, t.decode_tier.name(), source.describe());
     println!("  load             {load_ms:.1} ms (first token at {first_token_ms:.1} ms)");
     println!("  prompt ({:>4})    {pp:.1} tok/s", args.prompt_tokens);
     println!("  generation ({:>3}) {tg:.1} tok/s", args.gen_tokens);

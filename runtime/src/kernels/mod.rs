@@ -61,6 +61,7 @@ macro_rules! simd_table {
 }
 
 pub mod scalar;
+pub mod tune;
 // The driver of the SIMD tiers' matmuls; the Cortex-M tier takes only its `Shape` (its
 // own loop runs 2 rows against one token, sharing each extended activation word).
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"), arq_arm_dsp))]

@@ -647,3 +647,46 @@ fn detected_tiers_match_arq_expect_tiers() {
         assert_eq!(detected, expect, "ARQ_EXPECT_TIERS");
     }
 }
+
+/// Every run-time setting of `tune` keeps every tier bit-exact on one-token products:
+/// prefetch distances (none, small, the cap) and the AVX2 decode path under AVX-512,
+/// with activations of the full i8 range on AVX-512 (a -128 must keep its own path).
+#[test]
+fn tune_settings_keep_one_token_products_bit_exact() {
+    use tune::{DecodeTier, Tuning};
+    let mut rng = Rng(23);
+    let settings = [0, 64, 1024, tune::MAX_PREFETCH]
+        .into_iter()
+        .flat_map(|prefetch| [DecodeTier::Own, DecodeTier::Avx2].map(|decode_tier| Tuning { prefetch, decode_tier }));
+    for t in settings {
+        tune::set(t);
+        for k in simd_tiers() {
+            for &kb in &[1, 8, 9, 18, 33] {
+                for &rows in &[1, 4, 5, 13] {
+                    // Only the AVX-512 tier promises exact products for -128 activations.
+                    let full = k.name == "avx512vnni" && rng.below(2) == 0;
+                    let fx = if full { QFill::FullRange } else { QFill::Random };
+                    let w = q8_row(&mut rng, QFill::Random, rows * kb);
+                    let w4 = q4_row(&mut rng, QFill::Random, rows * kb);
+                    let x = q8_row(&mut rng, fx, kb);
+                    let (mut got, mut want) = (vec![7.0f32; rows + 1], vec![7.0f32; rows + 1]);
+                    (k.matmul_q8)(&w, rows, &x, &mut got);
+                    scalar::matmul_q8(&w, rows, &x, &mut want);
+                    let (mut got4, mut want4) = (vec![7.0f32; rows + 1], vec![7.0f32; rows + 1]);
+                    (k.matmul_q4_q8)(&w4, rows, &x, &mut got4);
+                    scalar::matmul_q4_q8(&w4, rows, &x, &mut want4);
+                    for i in 0..=rows {
+                        let what = format!("{t:?} kb={kb} rows={rows} {fx:?} out[{i}]");
+                        assert_same(k.name, &format!("matmul_q8 {what}"), got[i], want[i]);
+                        assert_same(k.name, &format!("matmul_q4_q8 {what}"), got4[i], want4[i]);
+                    }
+                }
+            }
+        }
+    }
+    tune::set(Tuning::default());
+    assert_eq!(tune::get(), Tuning::default());
+    tune::set(Tuning { prefetch: usize::MAX, decode_tier: DecodeTier::Own });
+    assert_eq!(tune::prefetch_distance(), tune::MAX_PREFETCH, "distances are capped");
+    tune::set(Tuning::default());
+}

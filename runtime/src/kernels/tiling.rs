@@ -7,8 +7,8 @@
 //! still runs the contract's dot product in the contract's order. What a tier writes is
 //! a [`MicroKernel`] per matmul: how it prepares a group, how one group pair adds to an
 //! output's lanes, and how the lanes fold; the walk over rows and tokens and its edges
-//! are here. Tile sizes and the prefetch distance are the driver's const parameters,
-//! chosen by each tier.
+//! are here. Tile sizes and whether one-token tiles prefetch are the driver's const parameters,
+//! chosen by each tier; the prefetch distance is a run-time setting (`tune`).
 //!
 //! Every function here is `#[inline(always)]`: a tier's `#[target_feature]` entry point
 //! calls [`matmul`], and the whole walk, with the microkernel's methods (also
@@ -77,7 +77,7 @@ pub(in crate::kernels) trait Tier {
     ///
     /// # Safety
     /// The CPU must support the features of this tier, which must include `K`'s.
-    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
         w: &[K::W],
         x: &[K::X],
         out: &mut [f32],
@@ -95,7 +95,7 @@ pub(in crate::kernels) struct Inline;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 impl Tier for Inline {
     #[inline(always)]
-    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
         w: &[K::W],
         x: &[K::X],
         out: &mut [f32],
@@ -209,7 +209,7 @@ type Matmul<W, X> = fn(&[W], usize, &[X], &mut [f32]);
 /// `contract(w, rows, x, out)`, bit for bit, by tiles of `R` weight rows x `T` tokens
 /// (`T` in 1..=4) of `K`, each panel of rows compiled as `C` says. Rows left over after the whole panels go 4 at a time, then as
 /// one panel of 1, 2 or 3; tokens left over go as one tile of 1, 2 or 3. `PREFETCH`:
-/// how many bytes ahead of a one-token tile's weights to prefetch (0: none). Shapes
+/// whether a one-token tile prefetches its weights (how far ahead: [`super::tune`]). Shapes
 /// outside the tiled path (empty, ragged, short `out`) go to `contract`, so they behave
 /// as the contract does, whatever it does.
 ///
@@ -221,7 +221,7 @@ pub(in crate::kernels) unsafe fn matmul<
     K: MicroKernel,
     const R: usize,
     const T: usize,
-    const PREFETCH: usize,
+    const PREFETCH: bool,
 >(
     w: &[K::W],
     rows: usize,
@@ -246,7 +246,7 @@ pub(in crate::kernels) unsafe fn walk<
     K: MicroKernel,
     const R: usize,
     const T: usize,
-    const PREFETCH: usize,
+    const PREFETCH: bool,
 >(
     w: &[K::W],
     x: &[K::X],
@@ -281,7 +281,7 @@ pub(in crate::kernels) unsafe fn walk<
 /// # Safety
 /// The CPU must support the features of `K`'s tier.
 #[inline(always)]
-pub(in crate::kernels) unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+pub(in crate::kernels) unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
     w: &[K::W],
     x: &[K::X],
     out: &mut [f32],
@@ -307,7 +307,7 @@ pub(in crate::kernels) unsafe fn panel<K: MicroKernel, const R: usize, const T: 
 /// # Safety
 /// The CPU must support the features of `K`'s tier.
 #[inline(always)]
-pub(in crate::kernels) unsafe fn tile<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+pub(in crate::kernels) unsafe fn tile<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
     w: &[K::W],
     x: &[K::X],
     out: &mut [f32],
@@ -328,11 +328,12 @@ pub(in crate::kernels) unsafe fn tile<K: MicroKernel, const R: usize, const T: u
     }
 
     // One token is bound by memory, not by the math: prefetch the tile's weights
-    // `PREFETCH` bytes ahead, the tile's bytes spread evenly over its groups.
-    let prefetching = PREFETCH > 0 && T == 1;
+    // the tuned distance ahead (`tune`), the tile's bytes spread evenly over its groups.
+    let distance = if PREFETCH && T == 1 { super::tune::prefetch_distance() } else { 0 };
+    let prefetching = distance > 0;
     let weights = &w[r0 * kb..(r0 + R) * kb];
     let step = if prefetching { size_of_val(weights).div_ceil(kb.div_ceil(8)) } else { 0 };
-    let ahead = weights.as_ptr().cast::<u8>().wrapping_add(PREFETCH);
+    let ahead = weights.as_ptr().cast::<u8>().wrapping_add(distance);
     // SAFETY: the caller guarantees the features of `K`'s tier, all `K`'s methods need.
     unsafe {
         let mut acc = [[K::Acc::zero(); T]; R];

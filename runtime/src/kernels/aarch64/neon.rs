@@ -118,7 +118,7 @@ pub unsafe fn dot_q8_dotprod(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "neon")]
 pub unsafe fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q8<Mull>` needs neon, which the caller guarantees.
-    unsafe { tiling::matmul::<Inline, Q8<Mull>, TILE_ROWS, TILE_TOKENS_Q8, 0>(w, rows, x, out, scalar::matmul_q8) }
+    unsafe { tiling::matmul::<Inline, Q8<Mull>, TILE_ROWS, TILE_TOKENS_Q8, false>(w, rows, x, out, scalar::matmul_q8) }
 }
 
 /// [`scalar::matmul_q8`], bit for bit, for any i8 quants on both sides: tiles of
@@ -130,7 +130,7 @@ pub unsafe fn matmul_q8_neon(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mu
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn matmul_q8_dotprod(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q8<Sdot>` needs neon and dotprod, which the caller guarantees.
-    unsafe { tiling::matmul::<Inline, Q8<Sdot>, TILE_ROWS, TILE_TOKENS_Q8, 0>(w, rows, x, out, scalar::matmul_q8) }
+    unsafe { tiling::matmul::<Inline, Q8<Sdot>, TILE_ROWS, TILE_TOKENS_Q8, false>(w, rows, x, out, scalar::matmul_q8) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -163,7 +163,7 @@ pub unsafe fn dot_q4_q8_dotprod(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 pub unsafe fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q4<Mull>` needs neon, which the caller guarantees.
     unsafe {
-        tiling::matmul::<Inline, Q4<Mull>, TILE_ROWS, TILE_TOKENS_Q4_NEON, 0>(w, rows, x, out, scalar::matmul_q4_q8)
+        tiling::matmul::<Inline, Q4<Mull>, TILE_ROWS, TILE_TOKENS_Q4_NEON, false>(w, rows, x, out, scalar::matmul_q4_q8)
     }
 }
 
@@ -177,7 +177,7 @@ pub unsafe fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: 
 pub unsafe fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q4<Sdot>` needs neon and dotprod, which the caller guarantees.
     unsafe {
-        tiling::matmul::<Inline, Q4<Sdot>, TILE_ROWS, TILE_TOKENS_Q4_DOTPROD, 0>(w, rows, x, out, scalar::matmul_q4_q8)
+        tiling::matmul::<Inline, Q4<Sdot>, TILE_ROWS, TILE_TOKENS_Q4_DOTPROD, false>(w, rows, x, out, scalar::matmul_q4_q8)
     }
 }
 
@@ -198,7 +198,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "neon")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
     // SAFETY: `F32` needs neon, which the caller guarantees.
-    unsafe { tiling::matmul::<Inline, F32, TILE_ROWS, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
+    unsafe { tiling::matmul::<Inline, F32, TILE_ROWS, TILE_TOKENS_F32, false>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (quiet NaN inputs included).

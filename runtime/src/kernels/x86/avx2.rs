@@ -19,10 +19,6 @@ use crate::kernels::tiling::{self, MicroKernel, Shape};
 use crate::kernels::{scalar, Kernels};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
-/// How far ahead of the weights being read the one-token matmuls prefetch, in bytes:
-/// without it the hardware prefetchers leave a core well short of its streaming
-/// bandwidth, as each cache line waits for the math on the previous ones.
-const PREFETCH_AHEAD: usize = 8192;
 /// Weight rows per matmul tile.
 const TILE_ROWS: usize = 4;
 /// Activation rows (tokens) per q8 matmul tile.
@@ -74,7 +70,7 @@ pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q8`'s methods need avx2 and f16c, which the caller guarantees.
-    unsafe { tiling::matmul::<Avx2, Q8, TILE_ROWS, TILE_TOKENS_Q8, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q8) }
+    unsafe { tiling::matmul::<Avx2, Q8, TILE_ROWS, TILE_TOKENS_Q8, true>(w, rows, x, out, scalar::matmul_q8) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -96,7 +92,7 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q4`'s methods need avx2 and f16c, which the caller guarantees.
     unsafe {
-        tiling::matmul::<Avx2, Q4, TILE_ROWS, TILE_TOKENS_Q4, PREFETCH_AHEAD>(w, rows, x, out, scalar::matmul_q4_q8)
+        tiling::matmul::<Avx2, Q4, TILE_ROWS, TILE_TOKENS_Q4, true>(w, rows, x, out, scalar::matmul_q4_q8)
     }
 }
 
@@ -118,7 +114,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
     // SAFETY: `F32`'s methods need avx2 and f16c, which the caller guarantees.
-    unsafe { tiling::matmul::<Avx2, F32, TILE_ROWS, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
+    unsafe { tiling::matmul::<Avx2, F32, TILE_ROWS, TILE_TOKENS_F32, false>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (NaN inputs included).
@@ -176,7 +172,7 @@ struct Avx2;
 
 impl tiling::Tier for Avx2 {
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
         w: &[K::W],
         x: &[K::X],
         out: &mut [f32],

@@ -7,7 +7,7 @@
 //! register with block `j` in lane `j`. The float part is the scalar one done 8 lanes at
 //! a time (see the [`super`] docs); f32 kernels use the 32 ymm registers for wider
 //! tiles. With one token (decode) the q8 matmul is bound by DRAM: it prefetches the
-//! weights `PREFETCH_AHEAD` bytes ahead and folds two rows into one zmm register, so
+//! weights ahead of the math (how far: [`crate::kernels::tune`]) and folds two rows into one zmm register, so
 //! the last fold step and the float part run 16 lanes wide. With 4 tokens or more (prefill)
 //! it packs 16-row panels into a transposed layout on the stack instead (`PanelBlock`),
 //! which needs no folds at all.
@@ -24,17 +24,13 @@ use half::f16;
 
 use super::{accumulate, accumulate_q4, load_qs, prefetch, reduce8, scales8, scales_tail, F32};
 use crate::kernels::tiling::{self, MicroKernel, Shape};
-use crate::kernels::{scalar, Kernels};
+use crate::kernels::{scalar, tune, Kernels};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per q8 matmul tile.
 const TILE_ROWS_Q8: usize = 8;
 /// Weight row pairs per tile of the one-token (matrix-vector) q8 path.
 const GEMV_PAIRS_Q8: usize = 2;
-/// How far ahead of the weights being read the one-token paths prefetch, in bytes. The
-/// hardware prefetchers alone leave the core at about 60% of its streaming bandwidth
-/// here, as each cache line waits for the math of the previous ones.
-const PREFETCH_AHEAD: usize = 8192;
 /// Weight rows of a packed panel of the many-token q8 path: one i32 (or f32) lane each
 /// of a zmm register.
 const PANEL_ROWS: usize = 16;
@@ -116,13 +112,19 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
         return scalar::matmul_q8(w, rows, x, out);
     };
     if shape.n == 1 {
+        // The AVX2 path is exact for activation quants in [-127, 127] (what the
+        // quantizer makes); a -128 keeps this tier's own path, exact for any i8.
+        if tune::decode_tier() == tune::DecodeTier::Avx2 && !x.iter().any(|b| b.qs.contains(&i8::MIN)) {
+            // SAFETY: this tier's features include avx2 and f16c, all the AVX2 tier needs.
+            return unsafe { super::avx2::matmul_q8(w, rows, x, out) };
+        }
         return q8_gemv(w, x, out, shape);
     }
     if shape.n >= PACKED_MIN_TOKENS && shape.kb <= PANEL_MAX_KB {
         return q8_packed(w, x, out, shape);
     }
     // SAFETY: `Q8`'s methods need the features the caller guarantees.
-    unsafe { tiling::walk::<Avx512, Q8, TILE_ROWS_Q8, TILE_TOKENS_Q8, 0>(w, x, out, shape) }
+    unsafe { tiling::walk::<Avx512, Q8, TILE_ROWS_Q8, TILE_TOKENS_Q8, false>(w, x, out, shape) }
 }
 
 /// [`scalar::dot_q4_q8`], bit for bit, for any i8 activation quants.
@@ -142,9 +144,14 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    if tune::decode_tier() == tune::DecodeTier::Avx2 && x.len() == w.len().checked_div(rows).unwrap_or(0) {
+        // One token, and the AVX2 path is tuned for it (exact for any i8 activations).
+        // SAFETY: this tier's features include avx2 and f16c, all the AVX2 tier needs.
+        return unsafe { super::avx2::matmul_q4_q8(w, rows, x, out) };
+    }
     // SAFETY: `Q4`'s methods need the features the caller guarantees.
     unsafe {
-        tiling::matmul::<Avx512, Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, PREFETCH_AHEAD>(
+        tiling::matmul::<Avx512, Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, true>(
             w,
             rows,
             x,
@@ -172,7 +179,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
     // SAFETY: `F32`'s methods need the features the caller guarantees.
-    unsafe { tiling::matmul::<Avx512, F32, TILE_ROWS_F32, TILE_TOKENS_F32, 0>(w, rows, x, out, scalar::matmul_f32) }
+    unsafe { tiling::matmul::<Avx512, F32, TILE_ROWS_F32, TILE_TOKENS_F32, false>(w, rows, x, out, scalar::matmul_f32) }
 }
 
 /// [`crate::quant::quantize_row_q8`], bit for bit (NaN inputs included).
@@ -223,7 +230,7 @@ struct Avx512;
 
 impl tiling::Tier for Avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: usize>(
+    unsafe fn panel<K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
         w: &[K::W],
         x: &[K::X],
         out: &mut [f32],
@@ -396,7 +403,7 @@ fn q8_gemv(w: &[BlockQ8], x: &[BlockQ8], out: &mut [f32], s: Shape) {
     }
     if r0 < s.rows {
         // SAFETY: `Q8`'s methods need this fn's features.
-        unsafe { tiling::tile::<Q8, 1, 1, 0>(w, x, out, s, r0, 0) };
+        unsafe { tiling::tile::<Q8, 1, 1, false>(w, x, out, s, r0, 0) };
     }
 }
 
@@ -414,8 +421,10 @@ struct GemvAct<'a> {
 fn q8_gemv_tile<const P: usize>(w: &[BlockQ8], xs: &GemvAct, out: &mut [f32], kb: usize, r0: usize) {
     let tile = &w[r0 * kb..(r0 + 2 * P) * kb];
     let steps = xs.groups.len() + usize::from(xs.tail_len > 0);
-    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(PREFETCH_AHEAD);
-    let step = size_of_val(tile).div_ceil(steps);
+    let distance = tune::prefetch_distance();
+    let ahead = tile.as_ptr().cast::<u8>().wrapping_add(distance);
+    // A distance of 0 turns prefetching off: every `prefetch` of 0 bytes does nothing.
+    let step = if distance > 0 { size_of_val(tile).div_ceil(steps) } else { 0 };
     let mut acc = [_mm512_setzero_ps(); P];
     for (g, xg) in xs.groups.iter().enumerate() {
         prefetch(ahead.wrapping_add(g * step), step);

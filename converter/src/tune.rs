@@ -1,0 +1,156 @@
+//! The machine's kernel settings ([`arq::kernels::tune`]): where they come from and the
+//! cache `arq tune` writes.
+//!
+//! Every tier is bit-exact with the scalar contract, so these settings change speed
+//! only. In order of precedence: the environment (`ARQ_PREFETCH` in bytes,
+//! `ARQ_DECODE_TIER` = `own` | `avx2`), then the cache file written by `arq tune` when
+//! it was measured on a CPU of the same model, then the kernels' defaults.
+//!
+//! The cache is `$ARQ_TUNE_FILE`, else `$XDG_CACHE_HOME/arq/tune.json`, else
+//! `$HOME/.cache/arq/tune.json`. A cache that cannot be read, is malformed or belongs
+//! to another CPU is ignored (the defaults apply): it only ever makes things faster.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use arq::kernels::tune::{self, DecodeTier, Tuning, MAX_PREFETCH};
+use serde_json::json;
+
+/// Where the settings in force came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    /// The cache file at this path.
+    Cache(PathBuf),
+    Env,
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Default => "defaults".into(),
+            Source::Cache(p) => format!("measured by arq tune ({})", p.display()),
+            Source::Env => "ARQ_PREFETCH / ARQ_DECODE_TIER".into(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Cache(_) => "arq tune",
+            Source::Env => "env",
+        }
+    }
+}
+
+/// The largest cache file read (it holds a few hundred bytes).
+const MAX_CACHE_BYTES: u64 = 64 * 1024;
+
+/// The CPU this process runs on, as the cache keys it: `/proc/cpuinfo`'s model name,
+/// family, model and stepping (Linux), else the architecture.
+pub fn cpu_id() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    match field("model name") {
+        Some(model) => {
+            let extra: Vec<String> = ["cpu family", "model", "stepping"].iter().filter_map(|f| field(f)).collect();
+            format!("{model} ({})", extra.join("/"))
+        }
+        None => std::env::consts::ARCH.to_string(),
+    }
+}
+
+/// The cache file's path, if a home or cache directory is known.
+pub fn cache_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ARQ_TUNE_FILE") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("arq").join("tune.json"))
+}
+
+/// The settings in force after [`apply`], and their source.
+static APPLIED: std::sync::Mutex<Option<(Tuning, Source)>> = std::sync::Mutex::new(None);
+
+/// Sets the kernels' settings from the environment, else this CPU's cache entry, else
+/// the defaults. A malformed environment value is an error; a bad cache is ignored.
+pub fn apply() -> Result<(Tuning, Source)> {
+    let (t, source) = match from_env()? {
+        Some(t) => (t, Source::Env),
+        None => match cache_path().and_then(|p| read_cache(&p).map(|t| (t, p))) {
+            Some((t, p)) => (t, Source::Cache(p)),
+            None => (Tuning::default(), Source::Default),
+        },
+    };
+    tune::set(t);
+    *APPLIED.lock().unwrap_or_else(|e| e.into_inner()) = Some((t, source.clone()));
+    Ok((t, source))
+}
+
+/// What [`apply`] set (the defaults if it has not run).
+pub fn applied() -> (Tuning, Source) {
+    APPLIED.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or((tune::get(), Source::Default))
+}
+
+/// The settings as JSON (for `bench --json` and `tune --json`).
+pub fn to_json(t: &Tuning, source: &Source) -> serde_json::Value {
+    json!({ "prefetch_bytes": t.prefetch, "decode_tier": t.decode_tier.name(), "source": source.name() })
+}
+
+fn from_env() -> Result<Option<Tuning>> {
+    let prefetch = std::env::var("ARQ_PREFETCH").ok();
+    let tier = std::env::var("ARQ_DECODE_TIER").ok();
+    if prefetch.is_none() && tier.is_none() {
+        return Ok(None);
+    }
+    let mut t = Tuning::default();
+    if let Some(p) = prefetch {
+        t.prefetch = match p.trim().parse::<usize>() {
+            Ok(n) if n <= MAX_PREFETCH => n,
+            _ => bail!("ARQ_PREFETCH must be a byte count in 0..={MAX_PREFETCH}, not {:?}", p),
+        };
+    }
+    if let Some(d) = tier {
+        t.decode_tier = DecodeTier::parse(&d)
+            .with_context(|| format!("ARQ_DECODE_TIER must be own or avx2, not {:?}", d))?;
+    }
+    Ok(Some(t))
+}
+
+/// This CPU's entry of the cache at `path`, if the file holds one that is valid.
+fn read_cache(path: &std::path::Path) -> Option<Tuning> {
+    let text = crate::input::read_capped(path, MAX_CACHE_BYTES, "tune cache").ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    if v.get("cpu")?.as_str()? != cpu_id() {
+        return None;
+    }
+    let prefetch = usize::try_from(v.get("prefetch_bytes")?.as_u64()?).ok().filter(|&p| p <= MAX_PREFETCH)?;
+    let decode_tier = DecodeTier::parse(v.get("decode_tier")?.as_str()?)?;
+    Some(Tuning { prefetch, decode_tier })
+}
+
+/// Writes `t` as this CPU's settings to the cache (replacing the file atomically), with
+/// `measured` (what `arq tune` timed) for the record. Returns the path.
+pub fn write_cache(t: &Tuning, measured: serde_json::Value) -> Result<PathBuf> {
+    let path = cache_path().context("no cache directory: set ARQ_TUNE_FILE, XDG_CACHE_HOME or HOME")?;
+    let dir = path.parent().context("the tune cache path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let body = json!({
+        "cpu": cpu_id(),
+        "arq": env!("CARGO_PKG_VERSION"),
+        "prefetch_bytes": t.prefetch,
+        "decode_tier": t.decode_tier.name(),
+        "measured": measured,
+    });
+    let tmp = dir.join(format!(".tune.json.{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(path)
+}
