@@ -338,11 +338,28 @@ pub struct Scored {
     pub top_logprob: f64,
 }
 
-/// The log-probability of every token of `ids` after the first, with how it was windowed.
+/// The log-probability of every token of `ids` after the first (or after
+/// `min_context`), with how it was windowed.
 pub struct Score {
     pub scored: Vec<Scored>,
     pub windows: usize,
     pub stride: usize,
+    pub min_context: usize,
+    /// Tokens the windows evaluated (each window's length, summed).
+    pub evaluated: usize,
+}
+
+/// How [`score_windows`] cuts a text longer than the context into windows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Windows {
+    /// How far each window starts after the previous one (1..=ctx); `None`: half the
+    /// context, the default.
+    pub stride: Option<usize>,
+    /// A position is scored only in a window where it has at least this many tokens of
+    /// context before it (0..ctx). With `stride = ctx` and `min_context = ctx / 2 + 1`
+    /// the positions and contexts are llama-perplexity's: non-overlapping chunks of
+    /// `ctx`, each scoring its second half.
+    pub min_context: usize,
 }
 
 /// The totals of a [`Score`], as `arq score` reports them.
@@ -386,7 +403,7 @@ impl Score {
             "bits_per_byte": t.bits_per_byte,
             "bytes": t.bytes,
             "bos_added": bos_added,
-            "windows": {"count": self.windows, "ctx": ctx, "stride": self.stride},
+            "windows": {"count": self.windows, "ctx": ctx, "stride": self.stride, "min_context": self.min_context, "evaluated_tokens": self.evaluated},
         });
         if per_token {
             v["per_token"] = self
@@ -403,19 +420,35 @@ impl Score {
 /// it; each window scores only positions no earlier window scored, conditioned on up to
 /// ctx-1 preceding tokens.
 pub fn score(session: &mut Session<'_>, ids: &[u32]) -> Result<Score> {
+    score_windows(session, ids, Windows::default())
+}
+
+/// [`score`] with the windows `w` asks for: each window starts `stride` after the
+/// previous one and scores the positions no earlier window scored that have at least
+/// `min_context` tokens before them in it (the first window scores from position
+/// `max(1, min_context)`).
+pub fn score_windows(session: &mut Session<'_>, ids: &[u32], w: Windows) -> Result<Score> {
     let ctx = session.config().ctx;
-    let stride = (ctx / 2).max(1);
+    let stride = w.stride.unwrap_or(ctx / 2).max(1);
+    if stride > ctx {
+        bail!("--stride {stride} is longer than the context ({ctx}): tokens between windows would be skipped");
+    }
+    if w.min_context >= ctx {
+        bail!("--min-context {} leaves nothing to score in a context of {ctx}", w.min_context);
+    }
+    let min_context = w.min_context;
     let mut scored: Vec<Scored> = Vec::with_capacity(ids.len());
-    let mut next_unscored = 1; // position 0 is the condition
-    let mut start = 0;
-    let mut windows = 0;
+    let (mut start, mut windows, mut evaluated) = (0, 0, 0);
     loop {
         let end = (start + ctx).min(ids.len());
         let window = &ids[start..end];
         session.reset();
         session.forward_all(window, |i, logits| {
             let target = start + i + 1;
-            if target < end && target >= next_unscored {
+            // Position 0 is only ever a condition. A position skipped for want of
+            // context is never scored later: later windows start later still.
+            let fresh = scored.last().is_none_or(|s| target > s.pos);
+            if target < end && fresh && i + 1 >= min_context {
                 let lse = math::log_sum_exp(logits);
                 let id = ids[target];
                 let top = math::argmax(logits);
@@ -429,11 +462,11 @@ pub fn score(session: &mut Session<'_>, ids: &[u32]) -> Result<Score> {
             }
         })?;
         windows += 1;
-        next_unscored = end;
+        evaluated += window.len();
         if end == ids.len() {
             break;
         }
         start += stride;
     }
-    Ok(Score { scored, windows, stride })
+    Ok(Score { scored, windows, stride, min_context, evaluated })
 }

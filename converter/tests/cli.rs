@@ -346,3 +346,53 @@ fn bench_bandwidth_reports_the_read_ceiling() {
     assert!(v["read_gb_per_s"].as_f64().is_some_and(|g| g > 0.1), "{v}");
     assert_error(&arq(&["bench", "--bandwidth", "m.arq"]), 2, "cannot be used with");
 }
+
+/// `score --stride/--min-context`: the default is a stride of half the context; a stride
+/// of the whole context scores every position once from one evaluation each;
+/// `--min-context` leaves out positions with too little context, as llama-perplexity
+/// scores only the second half of each chunk.
+#[test]
+fn score_windows_follow_stride_and_min_context() {
+    let d = tmpdir("stride");
+    let m = tiny_model(&d);
+    let text = d.join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(3)).unwrap();
+    let score = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["score", s(&m), s(&text), "--ctx", "16", "--json", "--per-token", "--threads", "1"];
+        args.extend_from_slice(extra);
+        let out = arq(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let default = score(&[]);
+    let n = default["tokens"].as_u64().unwrap() as usize + 1;
+    assert!(n > 64, "{n} tokens");
+    assert_eq!(default, score(&["--stride", "8"]), "the default stride is ctx/2");
+    assert_eq!(default["windows"]["stride"], 8);
+    let count = |v: &serde_json::Value| v["windows"]["count"].as_u64().unwrap() as usize;
+    let evaluated = |v: &serde_json::Value| v["windows"]["evaluated_tokens"].as_u64().unwrap() as usize;
+    // Every window is 16 tokens but the last, which ends the text.
+    assert_eq!(evaluated(&default), 16 * (count(&default) - 1) + n - 8 * (count(&default) - 1));
+
+    // A stride one short of the context: every position once, each token evaluated
+    // once but the one each window repeats as its first condition.
+    let chunks = score(&["--stride", "15"]);
+    assert_eq!(chunks["tokens"].as_u64().unwrap() as usize, n - 1, "every position once");
+    assert_eq!(evaluated(&chunks), n + count(&chunks) - 1);
+    let pos = |v: &serde_json::Value| -> Vec<u64> { v["per_token"].as_array().unwrap().iter().map(|t| t["pos"].as_u64().unwrap()).collect() };
+    assert_eq!(pos(&chunks), (1..n as u64).collect::<Vec<_>>());
+    // A stride of the whole context: each window's first token is a condition only.
+    let disjoint = score(&["--stride", "16"]);
+    assert_eq!(pos(&disjoint), (1..n as u64).filter(|p| p % 16 != 0).collect::<Vec<_>>());
+    assert_eq!(evaluated(&disjoint), n);
+    // The first window is the same in both: the same contexts, the same log-probs.
+    assert_eq!(chunks["per_token"].as_array().unwrap()[..15], default["per_token"].as_array().unwrap()[..15]);
+
+    let halves = score(&["--stride", "16", "--min-context", "9"]);
+    let want: Vec<u64> = (0..n as u64).filter(|p| p % 16 >= 9).collect();
+    assert_eq!(pos(&halves), want, "only the second half of each chunk");
+    assert_eq!(halves["windows"]["min_context"], 9);
+
+    assert_error(&arq(&["score", s(&m), s(&text), "--ctx", "16", "--stride", "17"]), 1, "longer than the context");
+    assert_error(&arq(&["score", s(&m), s(&text), "--ctx", "16", "--min-context", "16"]), 1, "nothing to score");
+}

@@ -165,6 +165,16 @@ enum Cmd {
         /// texts are scored in overlapping windows.
         #[arg(long, value_parser = capped(MAX_CTX))]
         ctx: Option<usize>,
+        /// Text models: each window starts this many tokens after the previous one
+        /// (1..=ctx; default ctx/2). Every position is scored once, in the first window
+        /// that holds it with --min-context tokens before it.
+        #[arg(long, value_parser = capped(MAX_CTX))]
+        stride: Option<usize>,
+        /// Text models: score a position only with at least this many tokens before it
+        /// in its window (default 0). `--stride C --min-context C/2+1` scores the
+        /// positions llama-perplexity scores at -c C.
+        #[arg(long, default_value_t = 0, value_parser = capped(MAX_CTX))]
+        min_context: usize,
         #[arg(long)]
         json: bool,
         /// Include every position's log-prob in the output (series models: every step's
@@ -467,8 +477,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let prompt = prompt_text(prompt, prompt_file)?;
             text::next(&model, &prompt, top as usize, (chat, json), kv.kv, &threads)
         }
-        Cmd::Score { model, file, ctx, json, per_token, per_image, kv, threads, backend } => {
+        Cmd::Score { model, file, ctx, stride, min_context, json, per_token, per_image, kv, threads, backend } => {
+            let windowed = stride.is_some() || min_context > 0;
             let m = ModelFile::open(&model)?;
+            if windowed && m.kind() != Some(Kind::Text) {
+                bail!("--stride and --min-context apply to text models only");
+            }
             if m.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, kv.kv)?;
                 return pixel::score(&pixel_model(&m)?, &file, json, per_image, threads.count());
@@ -481,7 +495,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 return rnn::score(&r, &file, json, per_token);
             }
-            let args = text::ScoreArgs { ctx, kv: kv.kv, json, per_token };
+            let windows = arq_convert::text::Windows { stride, min_context };
+            let args = text::ScoreArgs { ctx, windows, kv: kv.kv, json, per_token };
             text::score(&m, &file, &args, &threads, backend.backend)
         }
         Cmd::Forecast { model, series: csv, n, samples, seed, output, json } => {

@@ -186,6 +186,7 @@ pub fn next(
 
 pub struct ScoreArgs {
     pub ctx: Option<usize>,
+    pub windows: text::Windows,
     pub kv: KvArg,
     pub json: bool,
     pub per_token: bool,
@@ -210,7 +211,7 @@ pub fn score(file: &ModelFile, input: &Path, a: &ScoreArgs, threads: &ThreadsArg
     let mut session = Session::new(&model, &mut arena, cfg)?;
     session.set_parallel(&pool)?;
     session.set_offload(backend.offload())?;
-    let s = text::score(&mut session, &ids)?;
+    let s = text::score_windows(&mut session, &ids, a.windows)?;
     print_score(&s, &tok, (cfg.ctx, bos_added), a);
     Ok(())
 }
@@ -227,8 +228,8 @@ fn print_score(s: &text::Score, tok: &Tokenizer<'_>, (ctx, bos_added): (usize, b
     }
     let t = s.summary(tok);
     println!(
-        "{} tokens scored ({} windows of {}): NLL {:.3} nats, perplexity {:.4}, {:.4} bits/token, {:.4} bits/byte",
-        t.tokens, s.windows, ctx, t.nll_nats, t.perplexity, t.bits_per_token, t.bits_per_byte
+        "{} tokens scored ({} windows of {}, stride {}): NLL {:.3} nats, perplexity {:.4}, {:.4} bits/token, {:.4} bits/byte",
+        t.tokens, s.windows, ctx, s.stride, t.nll_nats, t.perplexity, t.bits_per_token, t.bits_per_byte
     );
 }
 
