@@ -30,7 +30,7 @@ ver="${LLAMA_CPP_PY_VER:-0.3.36}"
 cache="${LLAMA_CPP_CACHE:-/work/cache/llama.cpp}"
 jobs="${LLAMA_CPP_JOBS:-2}"
 cflags="${LLAMA_CPP_CFLAGS--mno-amx-tile -mno-amx-int8 -mno-amx-bf16}"
-tools=(llama-bench llama-quantize llama-simple)
+tools=(llama-bench llama-quantize llama-simple llama-perplexity)
 server="${LLAMA_CPP_SERVER:-0}"
 [ "$server" = 1 ] && tools=(llama-server)
 

@@ -322,16 +322,20 @@ fn tune_caches_a_setting_per_cpu_that_commands_report() {
     assert_eq!(b["tuning"]["source"], "arq tune");
     assert_eq!(b["tuning"]["prefetch_bytes"], v["chosen"]["prefetch_bytes"]);
     assert_eq!(b["tuning"]["decode_tier"], v["chosen"]["decode_tier"]);
+    assert_eq!(b["tuning"]["decode_rows"], v["chosen"]["decode_rows"]);
 
     let b = json(&run(&bench, &[("ARQ_PREFETCH", "0"), ("ARQ_DECODE_TIER", "avx2")]));
     assert_eq!((&b["tuning"]["source"], &b["tuning"]["prefetch_bytes"]), (&"env".into(), &0.into()));
     assert_eq!(b["tuning"]["decode_tier"], "avx2");
+    let b = json(&run(&bench, &[("ARQ_DECODE_ROWS", "one")]));
+    assert_eq!((&b["tuning"]["decode_rows"], &b["tuning"]["source"]), (&"one".into(), &"env".into()));
+    assert_error(&run(&bench, &[("ARQ_DECODE_ROWS", "two")]), 1, "ARQ_DECODE_ROWS");
     assert_error(&run(&bench, &[("ARQ_PREFETCH", "lots")]), 1, "ARQ_PREFETCH");
     assert_error(&run(&bench, &[("ARQ_PREFETCH", "99999999")]), 1, "ARQ_PREFETCH");
     assert_error(&run(&bench, &[("ARQ_DECODE_TIER", "avx1024")]), 1, "ARQ_DECODE_TIER");
 
     // Another CPU's measurements, or a file that is not JSON, are ignored.
-    std::fs::write(&cache, r#"{"cpu":"another CPU","prefetch_bytes":0,"decode_tier":"own"}"#).unwrap();
+    std::fs::write(&cache, r#"{"cpu":"another CPU","prefetch_bytes":0,"decode_tier":"own","decode_rows":"one"}"#).unwrap();
     assert_eq!(json(&run(&bench, &[]))["tuning"]["source"], "default");
     std::fs::write(&cache, "not json").unwrap();
     assert_eq!(json(&run(&bench, &[]))["tuning"]["source"], "default");

@@ -387,7 +387,13 @@ fn print_bench(
         args.reps
     );
     let (t, source) = &tuning;
-    println!("  tuning           prefetch {} B, decode tier {} ({})", t.prefetch, t.decode_tier.name(), source.describe());
+    println!(
+        "  tuning           prefetch {} B, decode tier {}, rows {} ({})",
+        t.prefetch,
+        t.decode_tier.name(),
+        t.decode_rows.name(),
+        source.describe()
+    );
     println!("  load             {load_ms:.1} ms (first token at {first_token_ms:.1} ms)");
     println!("  prompt ({:>4})    {pp:.1} tok/s", args.prompt_tokens);
     println!("  generation ({:>3}) {tg:.1} tok/s", args.gen_tokens);

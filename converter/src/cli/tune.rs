@@ -4,12 +4,13 @@
 //! The settings change speed only (every tier is bit-exact), so the search is free to
 //! pick any. Candidates alternate round after round, so drifting load on a shared
 //! machine hits them all alike; the winner is the lowest median ms per token, kept only
-//! if it beats the defaults' median by more than 2 % (noise otherwise decides).
+//! if it beats the median of this CPU's defaults by more than 2 % (noise otherwise
+//! decides).
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use arq::kernels::tune::{self, DecodeTier, Tuning};
+use arq::kernels::tune::{self, DecodeRows, DecodeTier, Tuning};
 use arq::parallel::{Parallel, ThreadPool};
 use arq::{math, Model, Session, SessionConfig};
 use arq_convert::tune as cache;
@@ -18,7 +19,7 @@ use serde_json::json;
 use super::median;
 
 /// Prefetch distances tried, in bytes (0: none).
-const DISTANCES: [usize; 6] = [0, 1024, 2048, 4096, 8192, 16384];
+const DISTANCES: [usize; 5] = [0, 1024, 4096, 8192, 16384];
 /// Decode steps per timed run.
 const STEPS: usize = 16;
 /// A candidate must beat the defaults' median by this share to be chosen.
@@ -58,12 +59,12 @@ pub fn run(model: &Model<'_>, path: &str, pool: &ThreadPool, args: &TuneArgs) ->
         .enumerate()
         .min_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, &ms)| (candidates[i], ms))
-        .unwrap_or((Tuning::default(), default_ms));
-    let chosen = if best_ms < default_ms * (1.0 - MARGIN) { best } else { Tuning::default() };
+        .unwrap_or((candidates[0], default_ms));
+    let chosen = if best_ms < default_ms * (1.0 - MARGIN) { best } else { candidates[0] };
     let measured: Vec<_> = candidates
         .iter()
         .zip(&medians)
-        .map(|(c, ms)| json!({ "prefetch_bytes": c.prefetch, "decode_tier": c.decode_tier.name(), "ms_per_token": ms }))
+        .map(|(c, ms)| json!({ "prefetch_bytes": c.prefetch, "decode_tier": c.decode_tier.name(), "decode_rows": c.decode_rows.name(), "ms_per_token": ms }))
         .collect();
     let record = json!({
         "model": path, "threads": pool.threads(), "kernels": model.kernels().name,
@@ -74,16 +75,19 @@ pub fn run(model: &Model<'_>, path: &str, pool: &ThreadPool, args: &TuneArgs) ->
     Ok(())
 }
 
-/// The settings tried: the defaults first, then every distance on the tier's own
-/// path, then (on AVX-512) every distance on the AVX2 path.
+/// The settings tried: this CPU's defaults first, then every distance with rows in
+/// tiles and one at a time, on the tier's own path and (on AVX-512) the AVX2 path.
 fn candidates(tier: &str) -> Vec<Tuning> {
-    let mut c = vec![Tuning::default()];
+    let first = cache::vendor_default();
+    let mut c = vec![first];
     let tiers: &[DecodeTier] = if tier == "avx512vnni" { &[DecodeTier::Own, DecodeTier::Avx2] } else { &[DecodeTier::Own] };
     for &decode_tier in tiers {
-        for &prefetch in &DISTANCES {
-            let t = Tuning { prefetch, decode_tier };
-            if t != Tuning::default() {
-                c.push(t);
+        for decode_rows in [DecodeRows::Tile, DecodeRows::One] {
+            for &prefetch in &DISTANCES {
+                let t = Tuning { prefetch, decode_tier, decode_rows };
+                if t != first {
+                    c.push(t);
+                }
             }
         }
     }
@@ -117,7 +121,12 @@ fn print(
 ) {
     if args.json {
         let mut v = record.clone();
-        v["chosen"] = json!({ "prefetch_bytes": chosen.prefetch, "decode_tier": chosen.decode_tier.name(), "ms_per_token": chosen_ms });
+        v["chosen"] = json!({
+            "prefetch_bytes": chosen.prefetch,
+            "decode_tier": chosen.decode_tier.name(),
+            "decode_rows": chosen.decode_rows.name(),
+            "ms_per_token": chosen_ms,
+        });
         v["default_ms_per_token"] = json!(default_ms);
         v["cpu"] = json!(cache::cpu_id());
         v["saved"] = json!(saved.map(|p| p.display().to_string()));
@@ -127,16 +136,18 @@ fn print(
     println!("cpu: {}", cache::cpu_id());
     for c in record["candidates"].as_array().into_iter().flatten() {
         println!(
-            "  prefetch {:>5} B, decode tier {:<4}  {:.3} ms/token",
+            "  prefetch {:>5} B, decode tier {:<4}, rows {:<4}  {:.3} ms/token",
             c["prefetch_bytes"].as_u64().unwrap_or(0),
             c["decode_tier"].as_str().unwrap_or(""),
+            c["decode_rows"].as_str().unwrap_or(""),
             c["ms_per_token"].as_f64().unwrap_or(f64::NAN)
         );
     }
     println!(
-        "chosen: prefetch {} B, decode tier {}: {:.3} ms/token (defaults {:.3}, {:.2}x)",
+        "chosen: prefetch {} B, decode tier {}, rows {}: {:.3} ms/token (defaults {:.3}, {:.2}x)",
         chosen.prefetch,
         chosen.decode_tier.name(),
+        chosen.decode_rows.name(),
         chosen_ms,
         default_ms,
         default_ms / chosen_ms

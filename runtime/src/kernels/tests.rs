@@ -649,15 +649,18 @@ fn detected_tiers_match_arq_expect_tiers() {
 }
 
 /// Every run-time setting of `tune` keeps every tier bit-exact on one-token products:
-/// prefetch distances (none, small, the cap) and the AVX2 decode path under AVX-512,
+/// prefetch distances (none, small, the cap), the AVX2 decode path under AVX-512 and
+/// rows one at a time or in tiles,
 /// with activations of the full i8 range on AVX-512 (a -128 must keep its own path).
 #[test]
 fn tune_settings_keep_one_token_products_bit_exact() {
-    use tune::{DecodeTier, Tuning};
+    use tune::{DecodeRows, DecodeTier, Tuning};
     let mut rng = Rng(23);
-    let settings = [0, 64, 1024, tune::MAX_PREFETCH]
-        .into_iter()
-        .flat_map(|prefetch| [DecodeTier::Own, DecodeTier::Avx2].map(|decode_tier| Tuning { prefetch, decode_tier }));
+    let settings = [0, 64, 1024, tune::MAX_PREFETCH].into_iter().flat_map(|prefetch| {
+        [DecodeTier::Own, DecodeTier::Avx2].into_iter().flat_map(move |decode_tier| {
+            [DecodeRows::Tile, DecodeRows::One].map(|decode_rows| Tuning { prefetch, decode_tier, decode_rows })
+        })
+    });
     for t in settings {
         tune::set(t);
         for k in simd_tiers() {
@@ -686,7 +689,7 @@ fn tune_settings_keep_one_token_products_bit_exact() {
     }
     tune::set(Tuning::default());
     assert_eq!(tune::get(), Tuning::default());
-    tune::set(Tuning { prefetch: usize::MAX, decode_tier: DecodeTier::Own });
+    tune::set(Tuning { prefetch: usize::MAX, ..Tuning::default() });
     assert_eq!(tune::prefetch_distance(), tune::MAX_PREFETCH, "distances are capped");
     tune::set(Tuning::default());
 }

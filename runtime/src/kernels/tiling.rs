@@ -35,6 +35,13 @@ impl Shape {
     }
 }
 
+/// The shape of a one-token matmul that [`super::tune`] says to walk one row at a time
+/// (`walk::<_, _, 1, 1, true>`); `None` for any other shape or setting.
+pub(in crate::kernels) fn one_token_by_rows(w_len: usize, rows: usize, x_len: usize, out_len: usize) -> Option<Shape> {
+    let by_rows = super::tune::decode_rows() == super::tune::DecodeRows::One;
+    Shape::of(w_len, rows, x_len, out_len).filter(|s| by_rows && s.n == 1)
+}
+
 /// Up to 8 floats followed by +0.0. Their products add +0.0 to their lanes, which
 /// leaves every lane unchanged: lanes start at +0.0, and a sum that starts at +0.0 is
 /// never -0.0 in round-to-nearest.

@@ -8,7 +8,10 @@
 //!   8 KiB suited a Sapphire Rapids core; an AMD EPYC preferred less;
 //! - which tier runs the one-token matmuls: on that EPYC, whose AVX-512 units are 256
 //!   bits wide, the AVX2 path decoded faster than the AVX-512 one, which still wins
-//!   prompts.
+//!   prompts;
+//! - how many weight rows a one-token matmul reads at once: the tiers' tiles of 4 rows
+//!   suited Sapphire Rapids; on the EPYC, one row at a time (one sequential stream, as
+//!   llama.cpp reads) decoded a third faster.
 //!
 //! The defaults are the values the kernels shipped with. The CLI sets them from what
 //! `arq tune` measured on this machine (cached per CPU model) or from `ARQ_PREFETCH` and
@@ -49,6 +52,32 @@ impl DecodeTier {
     }
 }
 
+/// How many weight rows a one-token matmul reads at once (x86 tiers, q8 and q4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeRows {
+    /// The tier's tile: AVX-512 q8 two row pairs (16-lane folds), otherwise 4 or 8 rows.
+    Tile,
+    /// One row after the other.
+    One,
+}
+
+impl DecodeRows {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeRows::Tile => "tile",
+            DecodeRows::One => "one",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DecodeRows> {
+        match s.trim() {
+            "tile" => Some(DecodeRows::Tile),
+            "one" => Some(DecodeRows::One),
+            _ => None,
+        }
+    }
+}
+
 /// The settings of [`set`] and [`get`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -56,27 +85,40 @@ pub struct Tuning {
     /// at most [`MAX_PREFETCH`].
     pub prefetch: usize,
     pub decode_tier: DecodeTier,
+    pub decode_rows: DecodeRows,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { prefetch: DEFAULT_PREFETCH, decode_tier: DecodeTier::Own }
+        Tuning { prefetch: DEFAULT_PREFETCH, decode_tier: DecodeTier::Own, decode_rows: DecodeRows::Tile }
     }
 }
 
 static PREFETCH: AtomicUsize = AtomicUsize::new(DEFAULT_PREFETCH);
 static DECODE_TIER: AtomicU8 = AtomicU8::new(0);
+static DECODE_ROWS: AtomicU8 = AtomicU8::new(0);
 
 /// Applies `t` to every matmul that starts afterwards (a prefetch distance over
 /// [`MAX_PREFETCH`] is capped to it).
 pub fn set(t: Tuning) {
     PREFETCH.store(t.prefetch.min(MAX_PREFETCH), Ordering::Relaxed);
     DECODE_TIER.store(matches!(t.decode_tier, DecodeTier::Avx2) as u8, Ordering::Relaxed);
+    DECODE_ROWS.store(matches!(t.decode_rows, DecodeRows::One) as u8, Ordering::Relaxed);
 }
 
 /// The settings in force.
 pub fn get() -> Tuning {
-    Tuning { prefetch: prefetch_distance(), decode_tier: decode_tier() }
+    Tuning { prefetch: prefetch_distance(), decode_tier: decode_tier(), decode_rows: decode_rows() }
+}
+
+/// How many rows one-token matmuls read at once.
+#[inline]
+pub fn decode_rows() -> DecodeRows {
+    if DECODE_ROWS.load(Ordering::Relaxed) == 1 {
+        DecodeRows::One
+    } else {
+        DecodeRows::Tile
+    }
 }
 
 /// The prefetch distance of one-token matmuls, in bytes (0: none).

@@ -69,6 +69,10 @@ pub unsafe fn dot_q8(a: &[BlockQ8], b: &[BlockQ8]) -> f32 {
 /// The CPU must support avx2 and f16c.
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    if let Some(s) = tiling::one_token_by_rows(w.len(), rows, x.len(), out.len()) {
+        // SAFETY: `Q8`'s methods need avx2 and f16c, which the caller guarantees.
+        return unsafe { tiling::walk::<Avx2, Q8, 1, 1, true>(w, x, out, s) };
+    }
     // SAFETY: `Q8`'s methods need avx2 and f16c, which the caller guarantees.
     unsafe { tiling::matmul::<Avx2, Q8, TILE_ROWS, TILE_TOKENS_Q8, true>(w, rows, x, out, scalar::matmul_q8) }
 }
@@ -90,6 +94,10 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 /// The CPU must support avx2 and f16c.
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
+    if let Some(s) = tiling::one_token_by_rows(w.len(), rows, x.len(), out.len()) {
+        // SAFETY: `Q4`'s methods need avx2 and f16c, which the caller guarantees.
+        return unsafe { tiling::walk::<Avx2, Q4, 1, 1, true>(w, x, out, s) };
+    }
     // SAFETY: `Q4`'s methods need avx2 and f16c, which the caller guarantees.
     unsafe {
         tiling::matmul::<Avx2, Q4, TILE_ROWS, TILE_TOKENS_Q4, true>(w, rows, x, out, scalar::matmul_q4_q8)

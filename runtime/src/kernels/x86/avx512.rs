@@ -118,6 +118,11 @@ pub unsafe fn matmul_q8(w: &[BlockQ8], rows: usize, x: &[BlockQ8], out: &mut [f3
             // SAFETY: this tier's features include avx2 and f16c, all the AVX2 tier needs.
             return unsafe { super::avx2::matmul_q8(w, rows, x, out) };
         }
+        if tune::decode_rows() == tune::DecodeRows::One {
+            // One sequential stream of weights (see `tune`).
+            // SAFETY: `Q8`'s methods need the features the caller guarantees.
+            return unsafe { tiling::walk::<Avx512, Q8, 1, 1, true>(w, x, out, shape) };
+        }
         return q8_gemv(w, x, out, shape);
     }
     if shape.n >= PACKED_MIN_TOKENS && shape.kb <= PANEL_MAX_KB {
@@ -144,10 +149,15 @@ pub unsafe fn dot_q4_q8(w: &[BlockQ4], x: &[BlockQ8]) -> f32 {
 /// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
-    if tune::decode_tier() == tune::DecodeTier::Avx2 && x.len() == w.len().checked_div(rows).unwrap_or(0) {
-        // One token, and the AVX2 path is tuned for it (exact for any i8 activations).
+    let one_token = Shape::of(w.len(), rows, x.len(), out.len()).is_some_and(|s| s.n == 1);
+    if one_token && tune::decode_tier() == tune::DecodeTier::Avx2 {
+        // The AVX2 path is exact for any i8 activations.
         // SAFETY: this tier's features include avx2 and f16c, all the AVX2 tier needs.
         return unsafe { super::avx2::matmul_q4_q8(w, rows, x, out) };
+    }
+    if let Some(s) = tiling::one_token_by_rows(w.len(), rows, x.len(), out.len()) {
+        // SAFETY: `Q4`'s methods need the features the caller guarantees.
+        return unsafe { tiling::walk::<Avx512, Q4, 1, 1, true>(w, x, out, s) };
     }
     // SAFETY: `Q4`'s methods need the features the caller guarantees.
     unsafe {
