@@ -557,7 +557,7 @@ impl<'a> Model<'a> {
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
             .then::<f32>(if spec.mlp.gated() { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
             .then::<BlockQ8>(b.checked_mul(width(c) / QK8)?)? // xq
-            .then::<f32>(s.ctx.checked_add(c.head_dim)?.checked_mul(s.threads)?)? // att
+            .then::<f32>(att_len(c, s.ctx)?.checked_mul(s.threads)?)? // att
             .then::<f32>(rope_len(c, b)?)? // rope
             .then::<f32>(b.checked_mul(c.vocab)?)? // logits
             .then::<f32>(Self::split_len(c, s)?) // split
@@ -709,6 +709,12 @@ enum Logits {
     All,
 }
 
+/// One task's attention scratch: the scores of every query head, and a dequantized
+/// slice of a row ([`attend`]).
+fn att_len(c: &TransformerConfig, ctx: usize) -> Option<usize> {
+    c.n_heads.checked_mul(ctx)?.checked_add(c.head_dim)
+}
+
 /// The cached positions one query sees: `first..end`, position `p` in row `p % ring`.
 #[derive(Clone, Copy)]
 struct Span {
@@ -725,33 +731,64 @@ impl Span {
     }
 }
 
-/// Causal attention of one query head over the cached positions of `span`: `out =
-/// softmax(q·Kᵀ * scale) · V`, reading head `kv_off..kv_off + hd` of each cached row.
-/// `att` holds the scores and, at its end, `hd` values of scratch for a dequantized row.
+/// Causal attention of query heads `h0..h0 + m` (`q` and `out` hold them one after the
+/// other, `hd` each) over the cached positions of `span`: for each head `h`, `out_h =
+/// softmax(q_h·Kᵀ * scale) · V`, where `h` reads KV head `h / group` (grouped-query
+/// attention), elements `(h / group) * hd..` of each cached row. The walk goes position
+/// by position, each visit reading (or dequantizing) a KV head's slice of the row once
+/// for all the query heads that share it: at long contexts the cache is read from
+/// memory, and one pass in row order keeps it one stream, where a pass per head would
+/// read every row again with gaps. Each head's result is exactly that of attending
+/// alone (the same dot products, softmax and accumulation order). `att` holds `m` rows
+/// of scores and, at its end, `hd` values of scratch for a dequantized slice.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     k: &Kernels,
     q: &[f32],
     keys: KvRows<'_>,
     values: KvRows<'_>,
-    kv_dim: usize,
-    kv_off: usize,
+    (kv_dim, hd, group): (usize, usize, usize),
+    h0: usize,
     span: Span,
     scale: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    let (att, tmp) = att.split_at_mut(att.len() - hd);
-    let att = &mut att[..span.end - span.first];
-    for (a, p) in att.iter_mut().zip(span.first..span.end) {
-        *a = (k.dot_f32)(q, keys.head(p % span.ring, kv_dim, kv_off, tmp)) * scale;
+    let (m, n) = (q.len() / hd, span.end - span.first);
+    let (scores, tmp) = att.split_at_mut(att.len() - hd);
+    let scores = &mut scores[..m * n];
+    // Runs of these heads that share a KV head: (first, end, the KV head's offset).
+    let runs = || {
+        let mut h = 0;
+        core::iter::from_fn(move || {
+            (h < m).then(|| {
+                let kv = (h0 + h) / group;
+                let end = ((kv + 1) * group - h0).min(m);
+                let run = (h, end, kv * hd);
+                h = end;
+                run
+            })
+        })
+    };
+    for (i, p) in (span.first..span.end).enumerate() {
+        for (a, b, off) in runs() {
+            let key = keys.head(p % span.ring, kv_dim, off, tmp);
+            for h in a..b {
+                scores[h * n + i] = (k.dot_f32)(&q[h * hd..(h + 1) * hd], key) * scale;
+            }
+        }
     }
-    math::softmax(att);
+    scores.chunks_exact_mut(n).for_each(math::softmax);
     out.fill(0.0);
-    for (&a, p) in att.iter().zip(span.first..span.end) {
-        for (o, &v) in out.iter_mut().zip(values.head(p % span.ring, kv_dim, kv_off, tmp)) {
-            *o += a * v;
+    for (i, p) in (span.first..span.end).enumerate() {
+        for (a, b, off) in runs() {
+            let value = values.head(p % span.ring, kv_dim, off, tmp);
+            for h in a..b {
+                let w = scores[h * n + i];
+                for (o, &v) in out[h * hd..(h + 1) * hd].iter_mut().zip(value) {
+                    *o += w * v;
+                }
+            }
         }
     }
 }
@@ -810,7 +847,7 @@ impl<'a> Session<'a> {
             hb: a.take(b * c.ffn_dim)?,
             hb2: a.take(if spec.mlp.gated() { b * c.ffn_dim } else { 0 })?,
             xq: a.take(b * width(&c) / QK8)?,
-            att: a.take((cfg.ctx + c.head_dim) * cfg.threads)?,
+            att: a.take(att_len(&c, cfg.ctx).unwrap_or(0) * cfg.threads)?,
             rope: a.take(rope_len(&c, b).unwrap_or(0))?,
             logits: a.take(b * c.vocab)?,
             split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
@@ -1138,18 +1175,16 @@ impl<'a> Session<'a> {
             let positions = &*self.positions;
             let q = &self.q[..n * qd];
             let tasks = pool.threads();
-            let att_len = self.cfg.ctx + hd;
+            let att_len = att_len(&c, self.cfg.ctx).unwrap_or(0);
             let scale = c.attn_scale;
             if n == 1 {
                 let heads_per_task = c.n_heads.div_ceil(tasks);
                 let span = Span::new(rows_of.pos(positions, 0) + 1, window, rows);
                 let (keys, values) = layer_of(0);
                 parallel::chunks2(pool, &mut self.xb2[..qd], heads_per_task * hd, self.att, att_len, |i, out, att| {
-                    for (j, o) in out.chunks_exact_mut(hd).enumerate() {
-                        let h = i * heads_per_task + j;
-                        let qh = &q[h * hd..(h + 1) * hd];
-                        attend(kern, qh, keys, values, kv_dim, (h / group) * hd, span, scale, att, o);
-                    }
+                    let h0 = i * heads_per_task;
+                    let qs = &q[h0 * hd..h0 * hd + out.len()];
+                    attend(kern, qs, keys, values, (kv_dim, hd, group), h0, span, scale, att, out);
                 });
             } else {
                 let per_task = n.div_ceil(tasks);
@@ -1158,10 +1193,8 @@ impl<'a> Session<'a> {
                         let t = i * per_task + j;
                         let span = Span::new(rows_of.pos(positions, t) + 1, window, rows);
                         let (keys, values) = layer_of(t);
-                        for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-                            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                            attend(kern, qh, keys, values, kv_dim, (h / group) * hd, span, scale, att, oh);
-                        }
+                        let qt = &q[t * qd..(t + 1) * qd];
+                        attend(kern, qt, keys, values, (kv_dim, hd, group), 0, span, scale, att, o);
                     }
                 });
             }
