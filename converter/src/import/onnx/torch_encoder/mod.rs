@@ -193,7 +193,7 @@ impl TorchEncoderSource {
         };
         let mut best = f64::INFINITY;
         for h in candidates {
-            if self.dim % h != 0 {
+            if h == 0 || self.dim % h != 0 {
                 bail!("{}: arq.head_count = {h} does not divide d = {}", self.source.display(), self.dim);
             }
             let got = self.arq_logprobs(h, &probe)?;
