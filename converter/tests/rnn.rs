@@ -311,7 +311,10 @@ fn bench_times_a_recurrent_step() {
     let o = arq(&["bench", s(&model), "--prompt-tokens", "16", "--gen-tokens", "8", "--reps", "2", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["architecture"].as_str(), v["prompt_tokens"].as_u64(), v["gen_tokens"].as_u64()), (Some("rnn"), Some(16), Some(8)));
+    assert_eq!(
+        (v["architecture"].as_str(), v["prompt_tokens"].as_u64(), v["gen_tokens"].as_u64()),
+        (Some("rnn"), Some(16), Some(8))
+    );
     for key in ["prompt_tokens_per_s", "gen_tokens_per_s", "prompt_us_per_step", "gen_us_per_step"] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
     }

@@ -38,6 +38,8 @@ mod tests {
     const CTX: usize = 12;
 
     type Weights = Vec<(String, Vec<u64>, Vec<f32>)>;
+    /// `rand(rows, cols, live, scale, offset)`: a random matrix, zero where not `live`.
+    type Rand<'r> = dyn FnMut(usize, usize, &dyn Fn(usize, usize) -> bool, f32, f32) -> Vec<f32> + 'r;
 
     /// Random weights, zero wherever FORMAT.md says the padding is: columns and rows
     /// past `N` of the width, entries past `HD_REAL` of each head.
@@ -90,7 +92,7 @@ mod tests {
         l: usize,
         role: &str,
         (rows, cols): (usize, usize),
-        rand: &mut dyn FnMut(usize, usize, &dyn Fn(usize, usize) -> bool, f32, f32) -> Vec<f32>,
+        rand: &mut Rand<'_>,
         live: &dyn Fn(usize, usize) -> bool,
         bias: &dyn Fn(usize) -> bool,
     ) {
@@ -141,8 +143,11 @@ mod tests {
             (0..D).map(|i| if i < N { (x[i] - mean) / (var + 1e-5).sqrt() * g[i] + b[i] } else { 0.0 }).collect()
         };
         let (emb, pos) = (get("token_embd"), get("position_embd"));
-        let mut xs: Vec<Vec<f64>> =
-            tokens.iter().enumerate().map(|(p, &t)| (0..D).map(|i| emb[t as usize * D + i] + pos[p * D + i]).collect()).collect();
+        let mut xs: Vec<Vec<f64>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(p, &t)| (0..D).map(|i| emb[t as usize * D + i] + pos[p * D + i]).collect())
+            .collect();
         let qd = H * HD;
         // Each block's q, k, v are of every position's input before any is updated.
         for l in 0..L {
@@ -191,12 +196,8 @@ mod tests {
             let mut s = Session::new(&model, &mut arena, cfg).unwrap();
             let mut got = Vec::new();
             s.forward_all(&TOKENS, |_, l| got.push(l.to_vec())).unwrap();
-            let diff = got
-                .iter()
-                .flatten()
-                .zip(want.iter().flatten())
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0.0, f64::max);
+            let diff =
+                got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
             assert!(diff < 1e-4, "{}: max |logit diff| {diff}", kernels.name);
         }
         // The position table bounds the context.

@@ -145,7 +145,12 @@ impl TorchEncoderSource {
         let (chars, tokens) = super::rnn::read_vocab(vocab)?;
         let v = p.token_embd.len() / p.dim;
         if tokens.len() != v {
-            bail!("{}: {} has {} tokens, but the embedding has {v} rows", path.display(), vocab.display(), tokens.len());
+            bail!(
+                "{}: {} has {} tokens, but the embedding has {v} rows",
+                path.display(),
+                vocab.display(),
+                tokens.len()
+            );
         }
         let pe_rows = p.position_embd.len() / p.dim;
         let table = sinusoid(pe_rows, p.dim);
@@ -158,7 +163,9 @@ impl TorchEncoderSource {
             .metadata_props
             .iter()
             .find(|e| e.key == "arq.head_count")
-            .map(|e| e.value.trim().parse::<usize>().map_err(|_| at(format!("arq.head_count '{}' is not a count", e.value))))
+            .map(|e| {
+                e.value.trim().parse::<usize>().map_err(|_| at(format!("arq.head_count '{}' is not a count", e.value)))
+            })
             .transpose()?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut src = TorchEncoderSource {
@@ -189,11 +196,11 @@ impl TorchEncoderSource {
         let want = tract_logprobs(&self.source, proto, &probe)?;
         let candidates: Vec<usize> = match heads {
             Some(h) => vec![h],
-            None => (1..=self.dim).filter(|h| self.dim % h == 0).collect(),
+            None => (1..=self.dim).filter(|&h| self.dim.is_multiple_of(h)).collect(),
         };
         let mut best = f64::INFINITY;
         for h in candidates {
-            if h == 0 || self.dim % h != 0 {
+            if h == 0 || !self.dim.is_multiple_of(h) {
                 bail!("{}: arq.head_count = {h} does not divide d = {}", self.source.display(), self.dim);
             }
             let got = self.arq_logprobs(h, &probe)?;
@@ -239,7 +246,7 @@ impl TorchEncoderSource {
             "PyTorch TransformerEncoder (post-LN, ReLU), d = {}{}, {} layers, {} heads, ffn {}, vocab {} ({}), {} \
              positions ({}), LayerNorm eps {:e}",
             self.dim,
-            if self.dim % 32 != 0 { format!(" (padded to {})", pad32(self.dim)) } else { String::new() },
+            if !self.dim.is_multiple_of(32) { format!(" (padded to {})", pad32(self.dim)) } else { String::new() },
             self.blocks.len(),
             self.heads,
             self.ffn,

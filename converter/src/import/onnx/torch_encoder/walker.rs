@@ -17,7 +17,9 @@ enum Role {
     /// Derived from constants and shapes only (the mask, reshape targets).
     Glue,
     /// The gathered token embeddings times `scale`.
-    Embed { scale: f32 },
+    Embed {
+        scale: f32,
+    },
     /// The input of block `l` (the embedding plus positions for block 0).
     Stream(usize),
     /// The in-projection and everything the attention computes from it.
@@ -163,7 +165,8 @@ impl Walk {
             return Err(format!("the weight has {inp} inputs; expected {cols}"));
         }
         // Stored (out, in).
-        let weight = if trans { f.to_vec() } else { (0..out).flat_map(|o| (0..inp).map(move |i| f[i * out + o])).collect() };
+        let weight =
+            if trans { f.to_vec() } else { (0..out).flat_map(|o| (0..inp).map(move |i| f[i * out + o])).collect() };
         let bias = match input_name(n, 2) {
             Some(b) => self.floats(b, &[out], "the Gemm bias")?,
             None => vec![0.0; out],
