@@ -48,6 +48,9 @@ use crate::quantize::{write_matrix, write_vector, Quant, TensorError};
 /// The rows of the example's `PositionalEncoding` table (its `max_len`).
 pub const SINUSOID_ROWS: usize = 5000;
 
+/// The longest exported sequence the attention check runs (the example exports 35).
+const MAX_PROBE: usize = 4096;
+
 /// A linear layer: `(out, in)` row-major weight and `out` biases, unpadded.
 #[derive(Clone, Debug, Default)]
 pub struct Linear {
@@ -192,8 +195,28 @@ impl TorchEncoderSource {
     /// on a probe sequence (the graph's own length), trying `heads` only where given.
     fn verified_heads(&self, proto: &pb::ModelProto, seq: usize, heads: Option<usize>) -> Result<usize> {
         let v = self.tokens.len();
+        if v == 0 {
+            bail!("{}: the embedding has no rows", self.source.display());
+        }
+        if seq > MAX_PROBE {
+            bail!(
+                "{}: the graph was exported for sequences of {seq} tokens; the check runs it once at that length \
+                 and takes at most {MAX_PROBE}",
+                self.source.display()
+            );
+        }
         let probe: Vec<u32> = (0..seq).map(|i| ((i * 7919 + 13) % v) as u32).collect();
-        let want = tract_logprobs(&self.source, proto, &probe)?;
+        // tract on a hostile graph: an error, or a panic caught here, is one line (the
+        // default hook, which would print the panic's own lines, is silenced meanwhile).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let run =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tract_logprobs(&self.source, proto, &probe)));
+        std::panic::set_hook(hook);
+        let want = match run {
+            Ok(r) => r.map_err(|e| anyhow!("{}", e.to_string().replace('\n', " ")))?,
+            Err(_) => bail!("{}: tract failed on the graph (it panicked)", self.source.display()),
+        };
         let candidates: Vec<usize> = match heads {
             Some(h) => vec![h],
             None => (1..=self.dim).filter(|&h| self.dim.is_multiple_of(h)).collect(),

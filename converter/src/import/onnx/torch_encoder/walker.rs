@@ -214,6 +214,15 @@ impl Walk {
             self.consts.insert(out, constant_node(n, Bools::Accept).map(std::rc::Rc::new));
             return Ok(());
         }
+        // The exporter shares equal initializers (an untrained model's zero biases)
+        // through Identity nodes: the output is that constant.
+        let from = input_name(n, 0).unwrap_or("");
+        if op == "Identity" && !self.roles.contains_key(from) {
+            if let Some(c) = self.consts.get(from).cloned() {
+                self.consts.insert(out, c);
+                return Ok(());
+            }
+        }
         let ins: Vec<Option<Role>> = n.input.iter().filter(|s| !s.is_empty()).map(|s| self.role(s)).collect();
         if let Some(i) = ins.iter().position(Option::is_none) {
             return Err(format!("input '{}' is not defined", n.input[i]));
