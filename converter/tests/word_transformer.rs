@@ -186,3 +186,43 @@ fn a_transformer_graph_needs_its_vocabulary() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("--vocab"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// PyTorch's own exports of variants (`models/rnn/variants.py`, untrained, d = 32)
+
+fn variant(name: &str) -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    (dir.join(format!("wlm-transformer-{name}.onnx")), dir.join("wlm-transformer-variants.vocab.json"))
+}
+
+fn convert_variant(name: &str) -> Output {
+    let dir = TempDir::new(&format!("wlm-variant-{name}"));
+    let (onnx, vocab) = variant(name);
+    let out = dir.path("v.arq");
+    let o = arq(&["convert", s(&onnx), "--vocab", s(&vocab), "-o", s(&out), "--quant", "f32"]);
+    assert_eq!(out.exists(), o.status.success(), "{name}: an output only on success");
+    o
+}
+
+#[test]
+fn an_untrained_export_with_shared_zero_biases_converts() {
+    // Its equal biases are one initializer behind Identity nodes; the import's own check
+    // against tract's run of the graph passes.
+    let o = convert_variant("untrained");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("d = 32, 2 layers, 2 heads"), "{err}");
+}
+
+#[test]
+fn pytorch_norm_first_and_gelu_exports_are_refused_naming_the_node() {
+    for (name, want) in
+        [("norm-first", &["(LayerNormalization ", "norm_first=True"][..]), ("gelu", &["(Div ", "must be Relu"][..])]
+    {
+        let o = convert_variant(name);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+        assert!(want.iter().all(|w| err.contains(w)), "{name}: {err}");
+    }
+}
