@@ -9,6 +9,7 @@ reference numbers arq's tests compare against.
     python models/rnn/train.py --model word-rnn-relu   # 2-layer ReLU RNN, widths 50 and 40
     python models/rnn/train.py --model word-lstm --export-only   # reload the .pt
     python models/rnn/train.py --model char-lstm --export-only --dynamo   # + <model>.dynamo.onnx
+    python models/rnn/train.py --model word-transformer   # the example's TransformerModel
 
 Each run writes models/rnn/<model>.onnx, <model>.vocab.json (the vocabulary the ONNX file
 lacks, for `arq convert --vocab`), the test text, and that model's entry in
@@ -32,6 +33,14 @@ gradient clipping 0.25, lr / 4 whenever the validation loss does not improve, dr
 0.2, bptt 35, batch 20; small sizes and a time budget so it trains in minutes on 2 cores.
 Export: `torch.onnx.export(model, (input, hidden), path)` with the legacy exporter
 (dynamo=False), opset 17, batch 1, as the example's `export_onnx` does.
+
+The transformer: the example's TransformerModel (an nn.Transformer's post-LN encoder with
+a ReLU MLP and a final LayerNorm, the causal mask log(tril(1)), sinusoidal positions,
+embedding times sqrt(ninp)), trained with the example's --use-optimizer path (AdamW, lr
+1e-3; SGD at lr 20 diverges here), exported with the input alone (the example's
+export_onnx passes init_hidden's result, which a TransformerModel lacks). torch.export
+(--dynamo) fails on it with torch 2.15; the failure is printed and the legacy file kept.
+Its reference is scored in the windows `arq score --ctx 256` uses (score_ctx).
 
 Reference (batch 1, the whole test text as one stream from a zero state, exactly as arq
 scores it): the NLL of every token after the first given the ones before it; the JSON
