@@ -26,7 +26,7 @@ impl Kind {
     /// The kind `file` declares; `None` for an architecture neither loader knows.
     pub fn of(file: &ArqFile<'_>) -> Option<Kind> {
         match file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) {
-            Some(keys::ARCH_LLAMA | keys::ARCH_GPT2) => Some(Kind::Text),
+            Some(keys::ARCH_LLAMA | keys::ARCH_GPT2 | keys::ARCH_TORCH_ENCODER) => Some(Kind::Text),
             Some(keys::ARCH_PIXELCNN) => Some(Kind::Pixel),
             Some(keys::ARCH_RNN) => Some(Kind::Recurrent),
             _ => None,

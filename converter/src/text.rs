@@ -192,6 +192,9 @@ pub struct Generator {
     logits: Vec<f32>,
     scratch: Vec<Candidate>,
     stream: Utf8Stream,
+    /// Whether the text so far ends a line (a word vocabulary's separator); `None`
+    /// before the first token, when the prompt's last token says.
+    line_start: Option<bool>,
     n: usize,
     generated: usize,
     shifts: usize,
@@ -216,6 +219,7 @@ impl Generator {
             logits,
             scratch: vec![Candidate::default(); model.config().vocab],
             stream: Utf8Stream::new(),
+            line_start: None,
             n,
             generated: 0,
             shifts: 0,
@@ -232,7 +236,7 @@ impl Generator {
         session: &mut Session<'_>,
         tok: &Tokenizer<'_>,
         sampler: &mut Sampler,
-        emit: impl FnMut(&str),
+        mut emit: impl FnMut(&str),
     ) -> Result<bool> {
         if self.stop.is_some() {
             return Ok(false);
@@ -243,8 +247,15 @@ impl Generator {
             return Ok(false);
         }
         self.generated += 1;
+        // A word vocabulary (word_language_model) joins words with spaces and turns
+        // `<eos>` into a line end, as the example's generate.py writes them; other
+        // vocabularies' tokens are their bytes (no separator).
+        let line_start = self.line_start.unwrap_or(tok.eos().is_some() && self.history.last().copied() == tok.eos());
+        let (sep, text) = tok.word_text(next, line_start);
+        self.line_start = Some(Some(next) == tok.eos() || text.ends_with(b"\n"));
         self.history.push(next);
-        self.stream.push(tok.token_bytes(next).unwrap_or(b""), emit);
+        self.stream.push(sep, &mut emit);
+        self.stream.push(text, emit);
         if self.generated == self.n {
             self.stop = Some(Stop::Length);
             return Ok(false);

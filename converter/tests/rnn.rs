@@ -304,3 +304,29 @@ fn a_recurrent_graph_needs_its_vocabulary() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("2 tokens, but the model's embedding has 3000 rows"), "{err}");
 }
+
+#[test]
+fn bench_times_a_recurrent_step() {
+    let model = models_dir().join("char-lstm-q8.arq");
+    let o = arq(&["bench", s(&model), "--prompt-tokens", "16", "--gen-tokens", "8", "--reps", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["architecture"].as_str(), v["prompt_tokens"].as_u64(), v["gen_tokens"].as_u64()),
+        (Some("rnn"), Some(16), Some(8))
+    );
+    for key in ["prompt_tokens_per_s", "gen_tokens_per_s", "prompt_us_per_step", "gen_us_per_step"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{key}: {v}");
+    }
+    // The state of a 2-layer LSTM of 128 (h and c, f32) and the pinned arena.
+    assert_eq!((v["state_bytes"].as_u64(), v["arena_bytes"].as_u64()), (Some(2048), Some(7295)));
+    let o = arq(&["bench", s(&model)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("µs/step"));
+    for args in [vec!["bench", s(&model), "--backend", "gpu"], vec!["bench", s(&model), "--prompt-tokens", "1"]] {
+        let o = arq(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}

@@ -55,6 +55,9 @@ impl<'a> TextFacts<'a> {
             }
             (_, p) if !p.is_empty() => (format!("byte-level BPE ({p})"), p),
             (TokenizerKind::ByteLevelBpe(pre), _) => (format!("byte-level BPE ({})", pre.name()), pre.name().into()),
+            // The word_language_model transformer's vocabulary (`--vocab`).
+            (TokenizerKind::Words, _) => ("words (<eos> at line ends)".into(), String::new()),
+            (TokenizerKind::Chars, _) => ("characters".into(), String::new()),
             _ => ("?".into(), "?".into()),
         };
         Ok(TextFacts { tok, arena, kv, kv_full, batch: plan_cfg.batch, kind, pre })
@@ -65,6 +68,8 @@ impl<'a> TextFacts<'a> {
 fn tok_kind_name(tok: &Tokenizer<'_>) -> &'static str {
     match tok.kind() {
         TokenizerKind::SentencePiece { .. } => "llama",
+        TokenizerKind::Words => "words",
+        TokenizerKind::Chars => "chars",
         _ => "gpt2",
     }
 }

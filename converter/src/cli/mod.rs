@@ -539,6 +539,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 refuse_text_flags(backend.backend, KvArg::F32)?;
                 return pixel::bench(&pixel_model(&file)?, &path.display().to_string(), &pixel);
             }
+            if file.kind() == Some(Kind::Recurrent) {
+                rnn::refuse_flags(None, KvArg::F32, backend.backend, false)?;
+                let model = recurrent_model(&file)?;
+                let args = rnn::BenchArgs { prompt_tokens, gen_tokens, reps, json };
+                return rnn::bench(&model, &path, t0.elapsed(), &args);
+            }
             let pool = threads.pool()?;
             let args = text::BenchArgs { prompt_tokens, gen_tokens, reps, json, backend: backend.backend };
             text::bench(&file, map, &args, &pool)

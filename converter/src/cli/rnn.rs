@@ -1,4 +1,4 @@
-//! `arq generate`, `next`, `score` and `inspect` on recurrent models (LSTM, GRU):
+//! `arq generate`, `next`, `score`, `inspect` and `bench` on recurrent models (LSTM, GRU):
 //! arguments in, the library's results ([`arq_convert::recurrent`]) printed.
 
 use std::io::Write;
@@ -195,6 +195,107 @@ pub fn inspect(model: &Rnn<'_>, path: &Path, file_bytes: usize, json_out: bool) 
             "  arena: {arena} bytes whatever the text's length (state {} bytes; --ctx does not apply)",
             c.state_len() * 4
         );
+    }
+    Ok(())
+}
+
+/// What `arq bench` measures on a recurrent model.
+pub struct BenchArgs {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub reps: usize,
+    pub json: bool,
+}
+
+/// Medians of the measured repetitions: seconds to score the prompt (every step's
+/// logits, as `score` needs them) and to generate greedily.
+struct StepTimes {
+    prompt_s: f64,
+    gen_s: f64,
+}
+
+/// Prompt ids: the calibration text's tokens repeated to `n`, or, where the vocabulary
+/// lacks one of its characters, ids spread over the vocabulary (a step costs the same
+/// for every token).
+fn bench_ids(model: &Rnn<'_>, n: usize) -> Result<Vec<u32>> {
+    let tok = tokenizer(model)?;
+    let base = match encode(&tok, arq_convert::report::CALIBRATION_TEXT) {
+        Ok(ids) if !ids.is_empty() => ids,
+        _ => {
+            let v = model.config().vocab;
+            (0..v.min(997)).map(|i| ((i * 7919 + 13) % v) as u32).collect()
+        }
+    };
+    Ok(base.iter().copied().cycle().take(n).collect())
+}
+
+fn measure(model: &Rnn<'_>, arena: &mut [u8], ids: &[u32], args: &BenchArgs) -> Result<StepTimes> {
+    let (mut prompt, mut gen) = (Vec::new(), Vec::new());
+    for rep in 0..=args.reps {
+        let mut session = RnnSession::new(model, arena)?;
+        let t = std::time::Instant::now();
+        let scored = recurrent::score(&mut session, ids)?;
+        std::hint::black_box(&scored);
+        let prompt_s = t.elapsed().as_secs_f64();
+        let mut next = arq::math::argmax(session.step(ids[ids.len() - 1])?) as u32;
+        let t = std::time::Instant::now();
+        for _ in 0..args.gen_tokens {
+            next = arq::math::argmax(session.step(next)?) as u32;
+        }
+        let gen_s = t.elapsed().as_secs_f64();
+        // Repetition 0 is the warm-up.
+        if rep > 0 {
+            prompt.push(prompt_s);
+            gen.push(gen_s);
+        }
+    }
+    Ok(StepTimes { prompt_s: super::median(prompt), gen_s: super::median(gen) })
+}
+
+/// `arq bench` on a recurrent model: time per step when scoring a prompt (teacher-forced,
+/// every step's log-probs) and when generating (greedy), tokens/s, the fixed state and
+/// arena, peak RSS; medians over repetitions after a warm-up. One thread: a step's
+/// matrices are too small to split.
+pub fn bench(model: &Rnn<'_>, path: &Path, load: std::time::Duration, args: &BenchArgs) -> Result<()> {
+    if args.prompt_tokens < 2 || args.gen_tokens == 0 || args.reps == 0 {
+        bail!("--prompt-tokens must be at least 2, --gen-tokens and --reps at least 1");
+    }
+    let mut arena = arena(model)?;
+    let ids = bench_ids(model, args.prompt_tokens)?;
+    let t = measure(model, &mut arena, &ids, args)?;
+    // Scoring n tokens takes n - 1 steps (the first token is the condition).
+    let prompt_steps = (ids.len() - 1) as f64;
+    let (prompt_per_s, gen_per_s) = (prompt_steps / t.prompt_s, args.gen_tokens as f64 / t.gen_s);
+    let (state, rss) = (model.config().state_len() * 4, super::text::peak_rss_bytes());
+    let load_ms = load.as_secs_f64() * 1e3;
+    if args.json {
+        let v = json!({
+            "model": path.display().to_string(),
+            "architecture": "rnn",
+            "threads": 1,
+            "kernels": model.kernels().name,
+            "load_ms": load_ms,
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+            "reps": args.reps,
+            "prompt_tokens_per_s": prompt_per_s,
+            "gen_tokens_per_s": gen_per_s,
+            "prompt_us_per_step": 1e6 / prompt_per_s,
+            "gen_us_per_step": 1e6 / gen_per_s,
+            "state_bytes": state,
+            "arena_bytes": arena.len(),
+            "peak_rss_bytes": rss,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{}: recurrent, 1 thread, {} kernels, {} reps (medians)", path.display(), model.kernels().name, args.reps);
+    println!("  load             {load_ms:.1} ms");
+    println!("  score ({:>4})     {prompt_per_s:.1} tok/s, {:.1} µs/step", args.prompt_tokens, 1e6 / prompt_per_s);
+    println!("  generation ({:>3}) {gen_per_s:.1} tok/s, {:.1} µs/step", args.gen_tokens, 1e6 / gen_per_s);
+    println!("  state            {state} bytes (arena {} bytes, the same at any length)", arena.len());
+    if let Some(r) = rss {
+        println!("  peak RSS         {:.1} MiB", r as f64 / 1048576.0);
     }
     Ok(())
 }

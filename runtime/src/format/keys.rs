@@ -26,6 +26,10 @@ pub const ARCH_QWEN2: &str = "qwen2";
 pub const ARCH_QWEN3: &str = "qwen3";
 /// Gemma 3 (text).
 pub const ARCH_GEMMA3: &str = "gemma3";
+/// PyTorch's `nn.TransformerEncoder` as the `word_language_model` example's
+/// `TransformerModel` uses it: post-LayerNorm, ReLU MLP, biases, a sinusoidal position
+/// table stored as `position_embd`, a head with a bias.
+pub const ARCH_TORCH_ENCODER: &str = "torch_encoder";
 /// The gated PixelCNN.
 pub const ARCH_PIXELCNN: &str = "pixelcnn";
 /// Recurrent language models: embedding, stacked LSTM/GRU/RNN layers, linear decoder.
@@ -71,6 +75,10 @@ pub struct HParamKeys {
     pub sliding_window_pattern: &'static str,
     /// The factor of q·k; default `1/sqrt(key_length)` (f32).
     pub attention_scale: &'static str,
+    /// How many leading entries of a row the norms normalize, where the model's own
+    /// width is not a multiple of 32 and the file pads it with zeros to
+    /// `embedding_length`; default `embedding_length` (int).
+    pub norm_length: &'static str,
 }
 
 macro_rules! hparam_keys {
@@ -91,6 +99,7 @@ macro_rules! hparam_keys {
             sliding_window: concat!($arch, ".attention.sliding_window"),
             sliding_window_pattern: concat!($arch, ".attention.sliding_window_pattern"),
             attention_scale: concat!($arch, ".attention.scale"),
+            norm_length: concat!($arch, ".norm_length"),
         }
     };
 }
@@ -105,6 +114,8 @@ pub const QWEN2: HParamKeys = hparam_keys!("qwen2");
 pub const QWEN3: HParamKeys = hparam_keys!("qwen3");
 /// `gemma3.*`.
 pub const GEMMA3: HParamKeys = hparam_keys!("gemma3");
+/// `torch_encoder.*`.
+pub const TORCH_ENCODER: HParamKeys = hparam_keys!("torch_encoder");
 
 // --- PixelCNN hyperparameters ---
 

@@ -157,6 +157,9 @@ pub fn hparams(config: &Value) -> Result<(HParams, bool)> {
     let family = family(config)?;
     let c = Config(config);
     let hp = match family {
+        // No Hugging Face architecture maps to it (`family` never returns it); its
+        // importer is the ONNX one.
+        Family::TorchEncoder => bail!("config.json: torch_encoder models are imported from ONNX only"),
         Family::Gpt2 => {
             let act = c.str("activation_function").unwrap_or("gelu_new");
             if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {

@@ -28,6 +28,7 @@ pub enum Layout {
 pub fn source(family: Family, name: &str, n_heads: u64, n_kv_heads: u64) -> Option<(String, Layout)> {
     match family {
         Family::Gpt2 => gpt2(name),
+        Family::TorchEncoder => None,
         Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
             let (hf, mut layout) = decoder(family, name)?;
             if family == Family::Llama {

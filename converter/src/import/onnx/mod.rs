@@ -16,6 +16,7 @@ pub mod gpt2;
 pub mod pixelcnn;
 mod proto;
 pub mod rnn;
+pub mod torch_encoder;
 
 use arq::format::keys;
 use std::path::{Path, PathBuf};
@@ -65,8 +66,14 @@ pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Resu
     crate::output::check_paths(input, out, opts.force)?;
     let proto = proto::read_proto(input)?;
     let recurrent = rnn::is_recurrent(&proto);
-    if opts.vocab.is_some() && !recurrent {
-        bail!("{}: --vocab applies to recurrent models (LSTM, GRU, RNN); this graph has none", input.display());
+    let gpt2 = proto::architecture(&proto).as_deref() == Some(keys::ARCH_GPT2);
+    // Token ids in, no recurrent node, no GPT-2 metadata: PyTorch's TransformerEncoder.
+    let encoder = !recurrent && !gpt2 && torch_encoder::has_token_input(&proto);
+    if opts.vocab.is_some() && !recurrent && !encoder {
+        bail!(
+            "{}: --vocab applies to recurrent models (LSTM, GRU, RNN) and transformer language models with token              ids as input; this graph is neither",
+            input.display()
+        );
     }
     let ((bytes, tensor_errors), description) = if recurrent {
         if opts.head.is_some() {
@@ -74,7 +81,13 @@ pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Resu
         }
         let src = rnn::RnnSource::from_proto(input, &proto, opts.vocab.as_deref())?;
         (src.to_arq(opts.quant)?, src.describe())
-    } else if proto::architecture(&proto).as_deref() == Some(keys::ARCH_GPT2) {
+    } else if encoder {
+        if opts.head.is_some() {
+            bail!("{}: --head and --levels apply to PixelCNN models; this is a text model", input.display());
+        }
+        let src = torch_encoder::TorchEncoderSource::from_proto(input, &proto, opts.vocab.as_deref())?;
+        (src.to_arq(opts.quant)?, src.describe())
+    } else if gpt2 {
         if opts.head.is_some() {
             bail!("{}: --head and --levels apply to PixelCNN models; this is a gpt2 text model", input.display());
         }

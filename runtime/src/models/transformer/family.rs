@@ -5,7 +5,7 @@
 //! (after llama.cpp, whose `src/models/<arch>.cpp` files call shared builders). Rows are
 //! indexed by [`Family`].
 
-use super::{gemma3, gpt2, llama, qwen2, qwen3, Family};
+use super::{gemma3, gpt2, llama, qwen2, qwen3, torch_encoder, Family};
 use crate::format::keys::{self, HParamKeys};
 
 /// The norm before each sublayer and before the head.
@@ -36,12 +36,14 @@ pub enum Mlp {
     GeGlu,
     /// `gelu_tanh(x Wupᵀ) Wdownᵀ`: two matrices (`up`, `down`).
     Gelu,
+    /// `relu(x Wupᵀ) Wdownᵀ`: two matrices (PyTorch's `nn.TransformerEncoderLayer`).
+    Relu,
 }
 
 impl Mlp {
     /// Whether the MLP has a gate matrix.
     pub const fn gated(self) -> bool {
-        !matches!(self, Mlp::Gelu)
+        !matches!(self, Mlp::Gelu | Mlp::Relu)
     }
 }
 
@@ -86,6 +88,14 @@ pub struct FamilySpec {
     pub sliding_window: bool,
     /// Embeddings scaled by `sqrt(dim)` (Gemma).
     pub embed_scale: bool,
+    /// Where the two norms of a block sit. `false` (pre-LN, GPT-2 and later): each
+    /// sublayer reads `norm(x)` and adds to `x`. `true` (post-LN, the original
+    /// Transformer and PyTorch's `norm_first=False`): each sublayer reads `x` itself and
+    /// the norm follows the residual add, `x = norm(x + sublayer(x))`; `attn_norm` is
+    /// then the norm after attention, `ffn_norm` the one after the MLP.
+    pub post_ln: bool,
+    /// The head has a bias (`output.bias`, `vocab` values).
+    pub head_bias: bool,
     /// Each layer's tensors (`blk.{l}.{role}`), in file order: the attention norm, q,
     /// k, v, (the q and k norms), the attention output, (its post-norm), the MLP norm,
     /// the MLP's matrices (gate, up, down), (its post-norm); each norm followed by its
@@ -94,7 +104,7 @@ pub struct FamilySpec {
 }
 
 /// Every family the engine runs, indexed by [`Family`].
-pub const FAMILIES: [FamilySpec; 5] = [
+pub const FAMILIES: [FamilySpec; 6] = [
     FamilySpec {
         family: Family::Llama,
         name: keys::ARCH_LLAMA,
@@ -108,6 +118,8 @@ pub const FAMILIES: [FamilySpec; 5] = [
         post_norms: false,
         sliding_window: false,
         embed_scale: false,
+        post_ln: false,
+        head_bias: false,
         layer_roles: &llama::LAYER_ROLES,
     },
     FamilySpec {
@@ -123,6 +135,8 @@ pub const FAMILIES: [FamilySpec; 5] = [
         post_norms: false,
         sliding_window: false,
         embed_scale: false,
+        post_ln: false,
+        head_bias: false,
         layer_roles: &gpt2::LAYER_ROLES,
     },
     FamilySpec {
@@ -138,6 +152,8 @@ pub const FAMILIES: [FamilySpec; 5] = [
         post_norms: false,
         sliding_window: false,
         embed_scale: false,
+        post_ln: false,
+        head_bias: false,
         layer_roles: &qwen2::LAYER_ROLES,
     },
     FamilySpec {
@@ -153,6 +169,8 @@ pub const FAMILIES: [FamilySpec; 5] = [
         post_norms: false,
         sliding_window: false,
         embed_scale: false,
+        post_ln: false,
+        head_bias: false,
         layer_roles: &qwen3::LAYER_ROLES,
     },
     FamilySpec {
@@ -168,7 +186,26 @@ pub const FAMILIES: [FamilySpec; 5] = [
         post_norms: true,
         sliding_window: true,
         embed_scale: true,
+        post_ln: false,
+        head_bias: false,
         layer_roles: &gemma3::LAYER_ROLES,
+    },
+    FamilySpec {
+        family: Family::TorchEncoder,
+        name: keys::ARCH_TORCH_ENCODER,
+        keys: &keys::TORCH_ENCODER,
+        norm: NormKind::Layer,
+        biases: Biases::All,
+        mlp: Mlp::Relu,
+        positions: Positions::Learned,
+        rope: RopeStyle::Adjacent,
+        qk_norm: false,
+        post_norms: false,
+        sliding_window: false,
+        embed_scale: false,
+        post_ln: true,
+        head_bias: true,
+        layer_roles: &torch_encoder::LAYER_ROLES,
     },
 ];
 
@@ -207,6 +244,7 @@ const _: () = {
         assert!(f.layer_roles.len() == f.roles_implied(), "layer_roles vs the row");
         assert!(!(f.qk_norm || f.post_norms) || matches!(f.norm, NormKind::Rms), "extra norms are RMSNorms");
         assert!(!f.sliding_window || matches!(f.positions, Positions::Rotary), "sliding windows are rotary");
+        assert!(!f.post_ln || !f.post_norms, "post-LN blocks have no extra norms");
         i += 1;
     }
 };

@@ -18,6 +18,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod qwen2;
 pub mod qwen3;
+pub mod torch_encoder;
 
 use crate::arena::{Arena, Layout};
 use crate::error::{bad, Error};
@@ -56,6 +57,9 @@ pub enum Family {
     Qwen3,
     /// Gemma 3: extra norms, GeGLU, scaled embeddings, local attention in 5 of 6 layers.
     Gemma3,
+    /// PyTorch's `nn.TransformerEncoder` (`word_language_model`): post-LN, ReLU MLP,
+    /// biases everywhere and on the head, a stored sinusoidal position table.
+    TorchEncoder,
 }
 
 impl Family {
@@ -92,6 +96,9 @@ pub struct TransformerConfig {
     pub sliding_window_pattern: usize,
     /// The factor of q·k (`1/sqrt(head_dim)` unless the file says).
     pub attn_scale: f32,
+    /// The leading entries of a row the norms normalize (`dim` unless the file pads the
+    /// model's width with zeros).
+    pub norm_dim: usize,
 }
 
 impl TransformerConfig {
@@ -138,7 +145,9 @@ impl TransformerConfig {
         check(c.sliding_window <= 1 << 24 && c.sliding_window_pattern <= MAX_LAYERS, "sliding_window")?;
         let attn_scale = if c.attn_scale == 0.0 { 1.0 / libm::sqrtf(head_dim as f32) } else { c.attn_scale };
         check(attn_scale.is_finite() && attn_scale > 0.0, "attention.scale")?;
-        Ok(TransformerConfig { head_dim, attn_scale, ..c })
+        let norm_dim = if c.norm_dim == 0 { c.dim } else { c.norm_dim };
+        check(norm_dim <= c.dim, "norm_length (at most embedding_length)")?;
+        Ok(TransformerConfig { head_dim, attn_scale, norm_dim, ..c })
     }
 
     /// The checks of the family's positions, after [`Self::validated`].
@@ -215,6 +224,7 @@ fn read_config(f: &ArqFile<'_>, spec: &FamilySpec) -> Result<TransformerConfig, 
         sliding_window: window,
         sliding_window_pattern: pattern,
         attn_scale: meta_f32_or(f, k.attention_scale, 0.0)?,
+        norm_dim: meta_usize_or(f, k.norm_length, 0)?,
     }
     .validated()
 }
@@ -254,6 +264,8 @@ pub(crate) struct Globals<'a> {
     pub pos_embed: Option<Weight<'a>>,
     pub output_norm: Norm<'a>,
     pub output: Weight<'a>,
+    /// The head's bias (`vocab` values), where the row has one.
+    pub output_bias: Option<&'a [f32]>,
     /// Directory index of layer 0's first tensor; layer `l`'s follow at `l * roles`.
     pub layer_base: usize,
 }
@@ -340,11 +352,15 @@ fn read_globals<'a>(file: &ArqFile<'a>, spec: &FamilySpec) -> Result<(Transforme
         Some((_, o)) => matrix(&o, NAMING, "output", None, v, d)?,
         None => embed,
     };
+    let output_bias = match spec.head_bias {
+        true => Some(vector(&t.global("output.bias")?, NAMING, "output.bias", None, v)?),
+        false => None,
+    };
     let first = spec.layer_roles[0];
     let layer_base = (0..file.n_tensors())
         .find(|&i| file.tensor(i).is_some_and(|t| NAMING.is_layer_tensor(t.name, 0, first)))
         .ok_or(bad(NAMING, first, Some(0), "missing"))?;
-    Ok((cfg, Globals { embed, pos_embed, output_norm: Norm { w, b }, output, layer_base }))
+    Ok((cfg, Globals { embed, pos_embed, output_norm: Norm { w, b }, output, output_bias, layer_base }))
 }
 
 /// Layer `l`'s tensors, checked against the hyperparameters, in the order of
@@ -1017,14 +1033,39 @@ impl<'a> Session<'a> {
         Ok(&self.logits[..n * self.model.cfg.vocab])
     }
 
-    /// The family's norm over each row of `x` into `out`.
-    fn norm(kind: NormKind, eps: f32, n: &Norm<'_>, x: &[f32], out: &mut [f32]) {
+    /// The family's norm over the first `width` entries of each row of `x` into `out`;
+    /// the rest of each row (the zero padding of a width that is not a multiple of 32)
+    /// stays zero, so that padded entries never enter a mean.
+    fn norm(kind: NormKind, eps: f32, n: &Norm<'_>, width: usize, x: &[f32], out: &mut [f32]) {
         let dim = n.w.len();
+        let (w, b) = (&n.w[..width], n.b.map(|b| &b[..width]).unwrap_or(&[]));
         for (o, i) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+            let (o, pad) = o.split_at_mut(width);
             match kind {
-                NormKind::Rms => math::rmsnorm(o, i, n.w, eps),
-                NormKind::Layer => math::layernorm(o, i, n.w, n.b.unwrap_or(&[]), eps),
+                NormKind::Rms => math::rmsnorm(o, &i[..width], w, eps),
+                NormKind::Layer => math::layernorm(o, &i[..width], w, b, eps),
             }
+            pad.fill(0.0);
+        }
+    }
+
+    /// The input of a sublayer: `norm(x)` before it (pre-LN), or `x` itself where the
+    /// norm follows the residual add (post-LN).
+    fn sublayer_input(c: &TransformerConfig, norm: &Norm<'_>, x: &[f32], out: &mut [f32]) {
+        let spec = c.family.spec();
+        match spec.post_ln {
+            true => out.copy_from_slice(x),
+            false => Self::norm(spec.norm, c.norm_eps, norm, c.norm_dim, x, out),
+        }
+    }
+
+    /// Post-LN: `x = norm(x)` after a residual add (`scratch` holds the norm); pre-LN:
+    /// nothing.
+    fn norm_after_add(c: &TransformerConfig, norm: &Norm<'_>, x: &mut [f32], scratch: &mut [f32]) {
+        let spec = c.family.spec();
+        if spec.post_ln {
+            Self::norm(spec.norm, c.norm_eps, norm, c.norm_dim, x, scratch);
+            x.copy_from_slice(scratch);
         }
     }
 
@@ -1064,7 +1105,7 @@ impl<'a> Session<'a> {
     fn add_residual(eps: f32, post_norm: Option<Norm<'_>>, x: &mut [f32], out: &[f32], scratch: &mut [f32]) {
         let out = match post_norm {
             Some(pn) => {
-                Self::norm(NormKind::Rms, eps, &pn, out, scratch);
+                Self::norm(NormKind::Rms, eps, &pn, pn.w.len(), out, scratch);
                 &*scratch
             }
             None => out,
@@ -1110,9 +1151,9 @@ impl<'a> Session<'a> {
             let rows = kv_rows(&c, &self.cfg, l);
             let window = if c.is_sliding(l) { c.sliding_window } else { 0 };
 
-            // Attention: xb = norm(x); q, k, v = xb·Wqᵀ + bq, ...; then the q and k
-            // norms and the rotary embedding per head.
-            Self::norm(spec.norm, c.norm_eps, &w.attn_norm, x, &mut self.xb[..n * dim]);
+            // Attention: xb = norm(x) (x for post-LN); q, k, v = xb·Wqᵀ + bq, ...; then
+            // the q and k norms and the rotary embedding per head.
+            Self::sublayer_input(&c, &w.attn_norm, x, &mut self.xb[..n * dim]);
             linear(
                 pool,
                 kern,
@@ -1202,10 +1243,12 @@ impl<'a> Session<'a> {
             linear(pool, kern, off, &self.xb2[..n * qd], self.xq, self.split, wo)?;
             add_bias(&mut self.xb[..n * dim], w.o.b);
             Self::add_residual(c.norm_eps, w.post_attn_norm, x, &self.xb[..n * dim], &mut self.xb2[..n * dim]);
+            Self::norm_after_add(&c, &w.attn_norm, x, &mut self.xb2[..n * dim]);
 
-            // MLP, with xb = norm(x): SwiGLU x += (silu(xb·Wgateᵀ) * xb·Wupᵀ)·Wdownᵀ,
-            // GeGLU the same with gelu_tanh, GELU x += gelu(xb·Wupᵀ + bup)·Wdownᵀ + bdown.
-            Self::norm(spec.norm, c.norm_eps, &w.ffn_norm, x, &mut self.xb[..n * dim]);
+            // MLP, with xb = norm(x) (x for post-LN): SwiGLU x += (silu(xb·Wgateᵀ) *
+            // xb·Wupᵀ)·Wdownᵀ, GeGLU the same with gelu_tanh, GELU x += gelu(xb·Wupᵀ +
+            // bup)·Wdownᵀ + bdown, ReLU the same with relu.
+            Self::sublayer_input(&c, &w.ffn_norm, x, &mut self.xb[..n * dim]);
             let xb = &self.xb[..n * dim];
             match w.gate {
                 Some(gate) => {
@@ -1221,13 +1264,17 @@ impl<'a> Session<'a> {
                 None => {
                     linear(pool, kern, off, xb, self.xq, self.split, &mut [(&w.up.w, ff, &mut self.hb[..n * ff])])?;
                     add_bias(&mut self.hb[..n * ff], w.up.b);
-                    math::gelu_tanh(&mut self.hb[..n * ff]);
+                    match spec.mlp {
+                        Mlp::Relu => self.hb[..n * ff].iter_mut().for_each(|v| *v = v.max(0.0)),
+                        _ => math::gelu_tanh(&mut self.hb[..n * ff]),
+                    }
                 }
             }
             let down = &mut [(&w.down.w, dim, &mut self.xb[..n * dim])];
             linear(pool, kern, off, &self.hb[..n * ff], self.xq, self.split, down)?;
             add_bias(&mut self.xb[..n * dim], w.down.b);
             Self::add_residual(c.norm_eps, w.post_ffn_norm, x, &self.xb[..n * dim], &mut self.xb2[..n * dim]);
+            Self::norm_after_add(&c, &w.ffn_norm, x, &mut self.xb2[..n * dim]);
         }
 
         // Head: logits = norm(x)·Wᵀ for every row, or only the last, or none.
@@ -1244,11 +1291,13 @@ impl<'a> Session<'a> {
             spec.norm,
             c.norm_eps,
             &model.g.output_norm,
+            c.norm_dim,
             &x[rows.start * dim..rows.end * dim],
             &mut self.xb[..m * dim],
         );
         let logits = &mut self.logits[..m * c.vocab];
         linear(pool, kern, off, &self.xb[..m * dim], self.xq, self.split, &mut [(&model.g.output, c.vocab, logits)])?;
+        add_bias(logits, model.g.output_bias);
         self.advance(rows_of, n);
         Ok(())
     }
