@@ -143,6 +143,9 @@ fn _live_sessions() -> usize {
 #[pymodule]
 fn _arq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    // The kernel settings the CLI uses on this machine (`arq tune`'s cache, the
+    // environment, or this CPU's defaults): speed only, results are identical.
+    arq_convert::tune::apply().map_err(|e| BadArgumentError::new_err(format!("{e:#}")))?;
     m.add("ArqError", py.get_type::<ArqError>())?;
     m.add("BadFileError", py.get_type::<BadFileError>())?;
     m.add("BadArgumentError", py.get_type::<BadArgumentError>())?;
