@@ -66,7 +66,7 @@ impl FromStr for HeadSpec {
 
 /// The head and levels from `--head` or the model's `arq.*` metadata, checked against
 /// out2's `p` channels.
-pub(super) fn resolve_head(meta: &HashMap<String, String>, spec: Option<&HeadSpec>, p: usize) -> Result<(Head, usize)> {
+pub(crate) fn resolve_head(meta: &HashMap<String, String>, spec: Option<&HeadSpec>, p: usize) -> Result<(Head, usize)> {
     let meta_levels = meta_count(meta, "arq.levels")?;
     let (head, levels) = match spec {
         Some(s) => {

@@ -47,7 +47,7 @@ use arq::models::pixelcnn::heads::Head;
 use arq::quant::QK8;
 use tract_onnx::pb;
 
-use head::resolve_head;
+pub(crate) use head::resolve_head;
 pub use head::{HeadSpec, DEFAULT_MIN_LOG_SCALE};
 
 use super::proto::read_proto;
