@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use arq::parallel::ThreadPool;
-use arq::{KvDtype, Model, PixelCnn, Rnn};
+use arq::{KvDtype, Model, PixelCnn, PixelGraph, Rnn};
 use arq_convert::model::{Kind, Loaded, ModelFile};
 use arq_convert::quantize::Quant;
 use backend::{BackendArg, BackendOpt};
@@ -448,7 +448,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let m = ModelFile::open(&model)?;
             if m.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, kv.kv)?;
-                return pixel::score(&pixel_model(&m)?, &file, json, per_image, threads.count());
+                return match pixel_model(&m)? {
+                    PixelModel::Cnn(p) => pixel::score(&p, &file, json, per_image, threads.count()),
+                    PixelModel::Graph(g) => pixel::score(&*g, &file, json, per_image, threads.count()),
+                };
             }
             if m.kind() == Some(Kind::Recurrent) {
                 rnn::refuse_flags(ctx, kv.kv, backend.backend, false)?;
@@ -471,11 +474,17 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => {
             let args = pixel::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };
-            pixel::sample(&pixel_model(&ModelFile::open(&model)?)?, &args)
+            match pixel_model(&ModelFile::open(&model)?)? {
+                PixelModel::Cnn(p) => pixel::sample(&p, &args),
+                PixelModel::Graph(g) => pixel::sample(&*g, &args),
+            }
         }
         Cmd::Impute { model, image, mask, output, particles, seed, temp, json } => {
             let args = pixel::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
-            pixel::impute(&pixel_model(&ModelFile::open(&model)?)?, &args)
+            match pixel_model(&ModelFile::open(&model)?)? {
+                PixelModel::Cnn(p) => pixel::impute(&p, &args),
+                PixelModel::Graph(g) => pixel::impute(&*g, &args),
+            }
         }
         Cmd::Bench { model, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads, backend } => {
             let pixel = pixel::BenchArgs { reps, naive_reps, json };
@@ -490,7 +499,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let map = t0.elapsed();
             if file.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, KvArg::F32)?;
-                return pixel::bench(&pixel_model(&file)?, &path.display().to_string(), &pixel);
+                let label = path.display().to_string();
+                return match pixel_model(&file)? {
+                    PixelModel::Cnn(p) => pixel::bench(&p, &label, &pixel),
+                    PixelModel::Graph(g) => pixel::bench(&*g, &label, &pixel),
+                };
             }
             let pool = threads.pool()?;
             let args = text::BenchArgs { prompt_tokens, gen_tokens, reps, json, backend: backend.backend };
@@ -532,7 +545,7 @@ fn text_model(file: &ModelFile) -> Result<Model<'_>> {
     }
     match file.load()? {
         Loaded::Text(m) => Ok(m),
-        Loaded::Pixel(_) => Err(refuse()),
+        Loaded::Pixel(_) | Loaded::Graph(_) => Err(refuse()),
         Loaded::Recurrent(_) => {
             bail!("{} is a recurrent model; this command takes transformer text models", file.path().display())
         }
@@ -554,16 +567,23 @@ fn recurrent_model(file: &ModelFile) -> Result<Rnn<'_>> {
     }
 }
 
+/// A pixel model of either runtime.
+enum PixelModel<'a> {
+    Cnn(PixelCnn<'a>),
+    Graph(Box<PixelGraph<'a>>),
+}
+
 /// The PixelCNN in `file`, for the commands that take only PixelCNN models. A text
 /// model's file is refused by its architecture, before loading (a broken one too).
-fn pixel_model(file: &ModelFile) -> Result<PixelCnn<'_>> {
+fn pixel_model(file: &ModelFile) -> Result<PixelModel<'_>> {
     let refuse =
         || anyhow!("{} is a text model; sample and impute take PixelCNN models (use generate)", file.path().display());
     if matches!(file.kind(), Some(Kind::Text | Kind::Recurrent)) {
         return Err(refuse());
     }
     match file.load()? {
-        Loaded::Pixel(m) => Ok(m),
+        Loaded::Pixel(m) => Ok(PixelModel::Cnn(m)),
+        Loaded::Graph(g) => Ok(PixelModel::Graph(g)),
         Loaded::Text(_) | Loaded::Recurrent(_) => Err(refuse()),
     }
 }

@@ -1,0 +1,222 @@
+//! Users' PixelCNNs (`models/pixelcnn/users.py`: pytorch-generative's PixelCNN and
+//! Tutorial 12's) through the pixel-graph importer: test-split NLL against onnxruntime's
+//! (`users.json`), q8 against f32, cached generation against the full forward, leaking
+//! taps and unsupported operators refused by name, and the CLI on the converted files.
+
+mod common;
+use common::TempDir;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arq::{GraphSession, GraphSessionConfig, PixelGraph};
+use arq_convert::aligned::ModelBytes;
+use arq_convert::images;
+use arq_convert::import::onnx::{convert_onnx, GraphSource, OnnxConvertOptions};
+use arq_convert::quantize::Quant;
+use prost::Message;
+use tract_onnx::pb;
+
+const MODELS: [&str; 2] = ["pg-pixelcnn", "t12-pixelcnn"];
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pixelcnn")
+}
+
+fn onnx_path(name: &str) -> PathBuf {
+    models_dir().join(format!("{name}.onnx"))
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(models_dir().join("users.json")).unwrap()).unwrap();
+    v[name].clone()
+}
+
+/// The test split as each model sees it: binarized (x > 7) or scaled to 0..255.
+fn test_images(name: &str) -> Vec<Vec<u8>> {
+    let imgs = images::read_npy_u8(&models_dir().join("digits_test.npy")).unwrap();
+    (0..imgs.n)
+        .map(|i| {
+            imgs.image(i)
+                .iter()
+                .map(|&x| match name {
+                    "pg-pixelcnn" => u8::from(x > 7),
+                    _ => (x as f64 * 255.0 / 16.0).round() as u8,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn arq_bytes(name: &str, quant: Quant) -> ModelBytes {
+    let src = GraphSource::from_onnx(&onnx_path(name), None).unwrap();
+    ModelBytes::copy_of(&src.to_arq(quant).unwrap().0)
+}
+
+fn nlls(model: &PixelGraph<'_>, imgs: &[Vec<u8>]) -> Vec<f64> {
+    let mut arena = vec![0u8; model.memory_plan(&GraphSessionConfig::default()).unwrap()];
+    let mut s = GraphSession::new(model, &mut arena, GraphSessionConfig::default()).unwrap();
+    imgs.iter().map(|im| s.nll(im).unwrap()).collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn f32_nll_matches_onnxruntime_and_q8_stays_close() {
+    for name in MODELS {
+        let imgs = test_images(name);
+        let r = reference(name);
+        let f32b = arq_bytes(name, Quant::F32);
+        let model = PixelGraph::load(f32b.bytes()).unwrap();
+        let got = nlls(&model, &imgs);
+        let want = r["test_nll_onnxruntime"].as_f64().unwrap();
+        println!("{name}: arq f32 {:.6} vs onnxruntime {want:.6} nats/image", mean(&got));
+        assert!((mean(&got) - want).abs() < 1e-4, "{name}: {} vs {want}", mean(&got));
+        for (i, w) in r["test_nll_onnxruntime_first3"].as_array().unwrap().iter().enumerate() {
+            let w = w.as_f64().unwrap();
+            assert!((got[i] - w).abs() < 1e-4, "{name} image {i}: {} vs {w}", got[i]);
+        }
+        let q8b = arq_bytes(name, Quant::Q8);
+        let q8 = PixelGraph::load(q8b.bytes()).unwrap();
+        let bpd = |nats: f64| nats / 64.0 / std::f64::consts::LN_2;
+        let (f, q) = (bpd(mean(&got)), bpd(mean(&nlls(&q8, &imgs))));
+        println!("{name}: q8 {q:.5} vs f32 {f:.5} bits/dim");
+        assert!((q - f).abs() < 0.01, "{name}: q8 {q} vs f32 {f} bits/dim");
+    }
+}
+
+#[test]
+fn cached_generation_equals_the_full_forward_on_users_models() {
+    for name in MODELS {
+        let imgs = test_images(name);
+        for quant in [Quant::F32, Quant::Q8] {
+            let bytes = arq_bytes(name, quant);
+            let model = PixelGraph::load(bytes.bytes()).unwrap();
+            let cfg = GraphSessionConfig { full_forward: true };
+            let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+            let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
+            for im in &imgs[..3] {
+                s.reset();
+                let mut cached = Vec::new();
+                for &v in im {
+                    cached.extend_from_slice(s.params().unwrap());
+                    s.push_level(v as usize).unwrap();
+                }
+                let full = s.forward_full(im).unwrap();
+                assert!(cached.iter().zip(full).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} {quant:?}");
+                assert_eq!(cached.len(), full.len());
+            }
+        }
+    }
+}
+
+fn load_proto(path: &Path) -> pb::ModelProto {
+    pb::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
+    m.graph.as_mut().unwrap()
+}
+
+/// Converting `m` fails with one line containing every `want`; nothing is written.
+fn refused(tag: &str, m: &pb::ModelProto, want: &[&str]) {
+    let dir = TempDir::new(tag);
+    let input = dir.path("model.onnx");
+    std::fs::write(&input, m.encode_to_vec()).unwrap();
+    let out = dir.path("out.arq");
+    let o = OnnxConvertOptions { quant: Quant::Q8, force: false, head: None, vocab: None };
+    let err = format!("{:#}", convert_onnx(&input, &out, &o).expect_err("conversion should fail"));
+    println!("refused: {err}");
+    assert!(!err.contains('\n'), "not one line: {err}");
+    for w in want {
+        assert!(err.contains(w), "'{err}' does not contain '{w}'");
+    }
+    assert!(!out.exists(), "output left behind");
+}
+
+/// Sets the centre tap of the first convolution's weights to a non-zero value: the
+/// 7x7 mask A becomes a mask B.
+fn unmask_centre(m: &mut pb::ModelProto, weight: &str, k: usize) {
+    let t = graph(m).initializer.iter_mut().find(|t| t.name == weight).unwrap();
+    let (co, ci) = (t.dims[0] as usize, t.dims[1] as usize);
+    let mut w: Vec<f32> = t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let centre = (k / 2) * k + k / 2;
+    for oc in 0..co * ci {
+        w[oc * k * k + centre] = 0.5;
+    }
+    t.raw_data = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+}
+
+fn set_ints(n: &mut pb::NodeProto, name: &str, v: &[i64]) {
+    let a = n.attribute.iter_mut().find(|a| a.name == name).unwrap();
+    a.ints = v.to_vec();
+}
+
+#[test]
+fn leaking_taps_and_unsupported_operators_are_refused_by_name() {
+    let pg = load_proto(&onnx_path("pg-pixelcnn"));
+    // Mask B where mask A is needed.
+    let mut m = pg.clone();
+    let w = graph(&mut m).node[0].input[1].clone();
+    unmask_centre(&mut m, &w, 7);
+    refused("mask-b", &m, &["node 0 (Conv", "tap (3, 3) of its 7x7 kernel", "current pixel of the image", "mask A"]);
+    // The first layer's pads one row too low: row 2 of the mask becomes the current row.
+    let mut m = pg.clone();
+    set_ints(&mut graph(&mut m).node[0], "pads", &[2, 3, 4, 3]);
+    refused("pad-low", &m, &["node 0 (Conv", "tap (2, 3) of its 7x7 kernel, at offset (0, 0)"]);
+    // A pad that changes the image size.
+    let mut m = pg.clone();
+    set_ints(&mut graph(&mut m).node[0], "pads", &[3, 3, 2, 3]);
+    refused("pad-size", &m, &["node 0 (Conv", "pads [3, 3, 2, 3]", "change the image size"]);
+    // An operator a pixel graph has no node for.
+    let mut m = pg.clone();
+    let i = graph(&mut m).node.iter().position(|n| n.op_type == "Relu").unwrap();
+    graph(&mut m).node[i].op_type = "Softplus".into();
+    refused("softplus", &m, &[&format!("node {i} (Softplus"), "unsupported operator Softplus"]);
+    // Tutorial 12: the vertical stack's first conv one row too low sees its own row.
+    let mut m = load_proto(&onnx_path("t12-pixelcnn"));
+    let i = graph(&mut m).node.iter().position(|n| n.op_type == "Conv").unwrap();
+    set_ints(&mut graph(&mut m).node[i], "pads", &[0, 1, 2, 1]);
+    refused("t12-low", &m, &[&format!("node {i} (Conv"), "at offset (0, 0)", "current pixel of the image"]);
+}
+
+fn arq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arq")).args(args).output().expect("run arq")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "arq failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn cli_converts_scores_samples_and_benches_users_models() {
+    let dir = TempDir::new("graph-cli");
+    for name in MODELS {
+        let arq_path = dir.path(&format!("{name}.arq"));
+        let (a, o) = (arq_path.to_str().unwrap(), onnx_path(name));
+        let conv = arq(&["convert", o.to_str().unwrap(), "-o", a, "--quant", "f32"]);
+        ok(&conv);
+        let info = ok(&arq(&["inspect", a]));
+        assert!(info.contains("pixelgraph"), "{info}");
+        // Score the test split as the model sees it.
+        let imgs = test_images(name);
+        let data: Vec<u8> = imgs.concat();
+        let npy = dir.path(&format!("{name}-test.npy"));
+        let set = images::Images { n: imgs.len(), height: 8, width: 8, data };
+        images::write_npy_u8(&npy, &set).unwrap();
+        let score = ok(&arq(&["score", a, npy.to_str().unwrap(), "--json"]));
+        let v: serde_json::Value = serde_json::from_str(score.trim()).unwrap();
+        let want = reference(name)["test_nll_onnxruntime"].as_f64().unwrap();
+        let got = v["nats_per_image"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "{name}: arq score {got} vs {want}");
+        let png = dir.path(&format!("{name}.png"));
+        ok(&arq(&["sample", a, "-n", "4", "--seed", "3", "-o", png.to_str().unwrap()]));
+        assert!(png.exists());
+        let bench = ok(&arq(&["bench", a, "--reps", "2", "--naive-reps", "1", "--json"]));
+        let b: serde_json::Value = serde_json::from_str(bench.trim()).unwrap();
+        assert!(b["cached_ms_per_image"].as_f64().unwrap() > 0.0, "{bench}");
+    }
+}
