@@ -1,5 +1,5 @@
 //! Users' PixelCNNs (`models/pixelcnn/users.py`: pytorch-generative's PixelCNN and
-//! Tutorial 12's) through the pixel-graph importer: test-split NLL against onnxruntime's
+//! Tutorial 12's, from both of PyTorch's exporters) through the pixel-graph importer: test-split NLL against onnxruntime's
 //! (`users.json`), q8 against f32, cached generation against the full forward, leaking
 //! taps and unsupported operators refused by name, and the CLI on the converted files.
 
@@ -16,7 +16,9 @@ use arq_convert::quantize::Quant;
 use prost::Message;
 use tract_onnx::pb;
 
-const MODELS: [&str; 2] = ["pg-pixelcnn", "t12-pixelcnn"];
+/// Each exported twice: `dynamo=False` (opset 17, shape arithmetic around chunk and
+/// reshape) and dynamo (opset 18, masks pre-multiplied).
+const MODELS: [&str; 4] = ["pg-pixelcnn", "t12-pixelcnn", "pg-pixelcnn-dynamo", "t12-pixelcnn-dynamo"];
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pixelcnn")
@@ -39,10 +41,7 @@ fn test_images(name: &str) -> Vec<Vec<u8>> {
         .map(|i| {
             imgs.image(i)
                 .iter()
-                .map(|&x| match name {
-                    "pg-pixelcnn" => u8::from(x > 7),
-                    _ => (x as f64 * 255.0 / 16.0).round() as u8,
-                })
+                .map(|&x| if name.starts_with("pg-") { u8::from(x > 7) } else { (x as f64 * 255.0 / 16.0).round() as u8 })
                 .collect()
         })
         .collect()

@@ -26,6 +26,13 @@ Data and split as train.py: load_digits() (1797, 8, 8) in 0..16, test = [1350, 1
 
 Both tutorials multiply the mask into `weight.data` inside forward; the exporter sees
 the already-masked weights (zero taps in full kernels with symmetric pads).
+
+    python models/pixelcnn/users.py --model t12-pixelcnn --dynamo
+
+loads the weights of the committed <model>.onnx (masks already multiplied in) and exports
+the same network with PyTorch's default exporter (dynamo=True, opset 18) to
+<model>-dynamo.onnx: with the masks pre-multiplied, forward is a plain convolution, which
+is what lets dynamo trace it.
 """
 import argparse
 import json
@@ -51,6 +58,11 @@ def load_splits():
 # pytorch-generative PixelCNN
 
 
+# Set by --dynamo: the weights are already masked, so forward skips the in-place multiply
+# (which dynamo cannot trace).
+MASKS_PREMULTIPLIED = False
+
+
 class CausalConv2d(nn.Conv2d):
     def __init__(self, mask_center, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -61,7 +73,8 @@ class CausalConv2d(nn.Conv2d):
         self.register_buffer("mask", mask)
 
     def forward(self, x):
-        self.weight.data *= self.mask
+        if not MASKS_PREMULTIPLIED:
+            self.weight.data *= self.mask
         return super().forward(x)
 
 
@@ -107,7 +120,8 @@ class MaskedConvolution(nn.Module):
         self.register_buffer("mask", mask[None, None])
 
     def forward(self, x):
-        self.conv.weight.data *= self.mask
+        if not MASKS_PREMULTIPLIED:
+            self.conv.weight.data *= self.mask
         return self.conv(x)
 
 
@@ -224,7 +238,11 @@ def main():
     ap.add_argument("--model", choices=sorted(MODELS), required=True)
     ap.add_argument("--reference-only", action="store_true",
                     help="recompute the onnxruntime NLL of the committed ONNX file, without training")
+    ap.add_argument("--dynamo", action="store_true",
+                    help="export the committed model's weights again with dynamo=True, opset 18")
     args = ap.parse_args()
+    if args.dynamo:
+        return export_dynamo(args.model)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = MODELS[args.model]
@@ -272,6 +290,59 @@ def main():
         metadata=cfg["meta"], test_nll_torch=round(torch_nll, 6), test_nll_onnxruntime=round(ort_nll.mean().item(), 6),
         test_nll_onnxruntime_first3=[round(v, 6) for v in ort_nll[:3].tolist()],
         torch_version=torch.__version__)
+    with open(ref_path, "w") as f:
+        json.dump(ref, f, indent=1)
+        f.write("\n")
+
+
+def export_dynamo(name):
+    """<name>-dynamo.onnx: the weights of <name>.onnx, exported by dynamo at opset 18."""
+    global MASKS_PREMULTIPLIED
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    MASKS_PREMULTIPLIED = True
+    cfg = MODELS[name]
+    model = cfg["make"]()
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in onnx.load(os.path.join(HERE, f"{name}.onnx")).graph.initializer}
+    state = model.state_dict()
+    for k in state:
+        if k in weights:
+            state[k] = weights[k]
+        elif not k.endswith("mask"):
+            raise SystemExit(f"{k} is not in {name}.onnx")
+    model.load_state_dict(state)
+    model.eval()
+    _, _, te = load_splits()
+    xte, tte = cfg["data"](te)
+    path = os.path.join(HERE, f"{name}-dynamo.onnx")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(model, (xte[:2],), path, input_names=["x"], output_names=["out"], opset_version=18,
+                      dynamo=True, external_data=False, dynamic_shapes={"x": {0: batch}})
+    m = onnx.load(path)
+    del m.metadata_props[:]
+    for k, v in cfg["meta"].items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    for n in m.graph.node:  # the exporter's per-node stack traces hold absolute paths
+        del n.metadata_props[:]
+    onnx.save(m, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(sess.run(None, {"x": xte.numpy()})[0]).double()
+    tgt = tte.double() if tte.dtype.is_floating_point else tte
+    ort_nll = cfg["nll"](out, tgt)
+    ops = sorted({n.op_type for n in m.graph.node})
+    print(f"{name}-dynamo: test NLL onnxruntime {ort_nll.mean().item():.6f} nats/image; ops {ops}")
+    ref_path = os.path.join(HERE, "users.json")
+    ref = json.load(open(ref_path))
+    ref[f"{name}-dynamo"] = dict(
+        onnx=f"{name}-dynamo.onnx", onnx_bytes=os.path.getsize(path), ops=ops,
+        export="torch.onnx.export(dynamo=True, opset_version=18), masks pre-multiplied, weights of " + f"{name}.onnx",
+        head=cfg["head"], input=cfg["input"], metadata=cfg["meta"],
+        test_nll_onnxruntime=round(ort_nll.mean().item(), 6),
+        test_nll_onnxruntime_first3=[round(v, 6) for v in ort_nll[:3].tolist()], torch_version=torch.__version__)
     with open(ref_path, "w") as f:
         json.dump(ref, f, indent=1)
         f.write("\n")
