@@ -49,7 +49,9 @@ impl<'a> Loaded<'a> {
     /// text loader, which names the problem ([`arq::Error::UnsupportedArchitecture`]).
     pub fn from_file(file: ArqFile<'a>) -> Result<Self, arq::Error> {
         match Kind::of(&file) {
-            Some(Kind::Pixel) if file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) == Some(keys::ARCH_PIXELGRAPH) => {
+            Some(Kind::Pixel)
+                if file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) == Some(keys::ARCH_PIXELGRAPH) =>
+            {
                 PixelGraph::from_file(file).map(|m| Loaded::Graph(Box::new(m)))
             }
             Some(Kind::Pixel) => PixelCnn::from_file(file).map(Loaded::Pixel),

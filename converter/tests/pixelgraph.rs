@@ -41,7 +41,15 @@ fn test_images(name: &str) -> Vec<Vec<u8>> {
         .map(|i| {
             imgs.image(i)
                 .iter()
-                .map(|&x| if name.starts_with("pg-") { u8::from(x > 7) } else { (x as f64 * 255.0 / 16.0).round() as u8 })
+                .map(
+                    |&x| {
+                        if name.starts_with("pg-") {
+                            u8::from(x > 7)
+                        } else {
+                            (x as f64 * 255.0 / 16.0).round() as u8
+                        }
+                    },
+                )
                 .collect()
         })
         .collect()

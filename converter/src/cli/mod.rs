@@ -449,7 +449,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if m.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, kv.kv)?;
                 return match pixel_model(&m)? {
-                    PixelModel::Cnn(p) => pixel::score(&p, &file, json, per_image, threads.count()),
+                    PixelModel::Cnn(p) => pixel::score(&*p, &file, json, per_image, threads.count()),
                     PixelModel::Graph(g) => pixel::score(&*g, &file, json, per_image, threads.count()),
                 };
             }
@@ -475,14 +475,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => {
             let args = pixel::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };
             match pixel_model(&ModelFile::open(&model)?)? {
-                PixelModel::Cnn(p) => pixel::sample(&p, &args),
+                PixelModel::Cnn(p) => pixel::sample(&*p, &args),
                 PixelModel::Graph(g) => pixel::sample(&*g, &args),
             }
         }
         Cmd::Impute { model, image, mask, output, particles, seed, temp, json } => {
             let args = pixel::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
             match pixel_model(&ModelFile::open(&model)?)? {
-                PixelModel::Cnn(p) => pixel::impute(&p, &args),
+                PixelModel::Cnn(p) => pixel::impute(&*p, &args),
                 PixelModel::Graph(g) => pixel::impute(&*g, &args),
             }
         }
@@ -501,7 +501,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 refuse_text_flags(backend.backend, KvArg::F32)?;
                 let label = path.display().to_string();
                 return match pixel_model(&file)? {
-                    PixelModel::Cnn(p) => pixel::bench(&p, &label, &pixel),
+                    PixelModel::Cnn(p) => pixel::bench(&*p, &label, &pixel),
                     PixelModel::Graph(g) => pixel::bench(&*g, &label, &pixel),
                 };
             }
@@ -569,7 +569,7 @@ fn recurrent_model(file: &ModelFile) -> Result<Rnn<'_>> {
 
 /// A pixel model of either runtime.
 enum PixelModel<'a> {
-    Cnn(PixelCnn<'a>),
+    Cnn(Box<PixelCnn<'a>>),
     Graph(Box<PixelGraph<'a>>),
 }
 
@@ -582,7 +582,7 @@ fn pixel_model(file: &ModelFile) -> Result<PixelModel<'_>> {
         return Err(refuse());
     }
     match file.load()? {
-        Loaded::Pixel(m) => Ok(PixelModel::Cnn(m)),
+        Loaded::Pixel(m) => Ok(PixelModel::Cnn(Box::new(m))),
         Loaded::Graph(g) => Ok(PixelModel::Graph(g)),
         Loaded::Text(_) | Loaded::Recurrent(_) => Err(refuse()),
     }

@@ -18,10 +18,10 @@
 //! A node's description is fixed size, so the model keeps it in arrays: no allocation.
 
 pub mod session;
-#[cfg(feature = "std")]
-pub mod writer;
 #[cfg(all(test, feature = "std"))]
 mod tests;
+#[cfg(feature = "std")]
+pub mod writer;
 
 use crate::error::{bad, Error};
 use crate::format::keys::{self, LayerNaming};
@@ -65,11 +65,18 @@ pub enum Op {
     Sigmoid,
     Relu,
     /// `x > 0 ? x : alpha (e^x - 1)`.
-    Elu { alpha: f32 },
+    Elu {
+        alpha: f32,
+    },
     /// `x * scale + shift`.
-    Affine { scale: f32, shift: f32 },
+    Affine {
+        scale: f32,
+        shift: f32,
+    },
     /// Channels `start .. start + channels` of `a`.
-    Slice { start: usize },
+    Slice {
+        start: usize,
+    },
     /// `a`'s channels, then `b`'s.
     Concat,
     /// `elu(concat(a, -a))` (PixelCNN++).
@@ -315,7 +322,10 @@ impl<'a> PixelGraph<'a> {
                 ia.channels
             }
             Op::Slice { start } => {
-                check(start.checked_add(channels).is_some_and(|e| e <= ia.channels), "graph.nodes: slice out of range")?;
+                check(
+                    start.checked_add(channels).is_some_and(|e| e <= ia.channels),
+                    "graph.nodes: slice out of range",
+                )?;
                 channels
             }
             Op::Concat => ia.channels + ib.channels,

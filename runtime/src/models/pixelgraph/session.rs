@@ -347,7 +347,15 @@ impl<'a> GraphSession<'a> {
 
 /// One position's patch: tap `k`'s `cin` values of tensor `a` (zeros outside the
 /// image), then zeros to the end of `row`.
-fn gather(m: &PixelGraph<'_>, store: &[f32], plan: &Store, a: usize, p: usize, conv: &super::Conv<'_>, row: &mut [f32]) {
+fn gather(
+    m: &PixelGraph<'_>,
+    store: &[f32],
+    plan: &Store,
+    a: usize,
+    p: usize,
+    conv: &super::Conv<'_>,
+    row: &mut [f32],
+) {
     let c = m.config();
     let cin = m.tensor(a).channels;
     let (r, col) = (p / c.width, p % c.width);

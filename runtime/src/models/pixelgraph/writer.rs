@@ -51,6 +51,9 @@ pub struct NodeSpec {
     pub conv: Option<ConvSpec>,
 }
 
+/// A weight's name and its relative q8 error.
+pub type WeightError = (String, f64);
+
 /// A whole graph with its head.
 #[derive(Clone, Debug)]
 pub struct GraphSpec {
@@ -68,7 +71,7 @@ pub struct GraphSpec {
 impl GraphSpec {
     /// The `.arq` bytes with q8 (`q8`) or f32 convolution weights, and each q8 weight's
     /// relative quantization error `|w - q(w)| / |w|`.
-    pub fn to_arq(&self, q8: bool) -> std::io::Result<(Vec<u8>, Vec<(String, f64)>)> {
+    pub fn to_arq(&self, q8: bool) -> std::io::Result<(Vec<u8>, Vec<WeightError>)> {
         let mut w = ArqWriter::new();
         let quant = if q8 { "q8" } else { "f32" };
         let meta = [
@@ -97,7 +100,8 @@ impl GraphSpec {
         let mut errors = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(conv) = &node.conv else { continue };
-            let taps: Vec<u8> = conv.taps.iter().flat_map(|&(dy, dx)| [dy.to_le_bytes(), dx.to_le_bytes()]).flatten().collect();
+            let taps: Vec<u8> =
+                conv.taps.iter().flat_map(|&(dy, dx)| [dy.to_le_bytes(), dx.to_le_bytes()]).flatten().collect();
             w.tensor(&format!("n{i}.taps"), Dtype::U8, &[taps.len() as u64], taps)?;
             let (rows, cols, m) = conv.matrix();
             let dims = [rows as u64, cols as u64];

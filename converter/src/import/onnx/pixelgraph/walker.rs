@@ -110,7 +110,10 @@ pub(super) fn parse(graph: &pb::GraphProto) -> R<Parsed> {
     wk.vals.insert(name, Val::Image { steps: Vec::new(), int: int_input });
     walk_nodes(graph, |_, n| wk.node(n))?;
     let [out] = graph.output.as_slice() else {
-        return Err(format!("the graph has {} outputs; a pixel graph has one, the head's parameters", graph.output.len()));
+        return Err(format!(
+            "the graph has {} outputs; a pixel graph has one, the head's parameters",
+            graph.output.len()
+        ));
     };
     let t = match wk.val(&out.name)? {
         Val::Map(0) | Val::Image { .. } => return Err("the graph output is the image itself".into()),
@@ -305,7 +308,8 @@ impl Walker {
     }
 
     fn gather(&mut self, n: &pb::NodeProto) -> R<()> {
-        let (Val::Ints { scalar: false, v: data }, Val::Ints { scalar, v: idx }) = (self.input(n, 0)?, self.input(n, 1)?)
+        let (Val::Ints { scalar: false, v: data }, Val::Ints { scalar, v: idx }) =
+            (self.input(n, 0)?, self.input(n, 1)?)
         else {
             return Err("Gather is supported on shape integers only".into());
         };
@@ -363,8 +367,12 @@ impl Walker {
         let op = n.op_type.as_str();
         let v = match (a, b) {
             (Val::Ints { scalar: sa, v: va }, Val::Ints { scalar: sb, v: vb }) => int_arith(op, sa && sb, &va, &vb)?,
-            (Val::Image { steps, int }, c) => Val::Image { steps: image_step(op, steps, int, scalar_of(&c), true)?, int },
-            (c, Val::Image { steps, int }) => Val::Image { steps: image_step(op, steps, int, scalar_of(&c), false)?, int },
+            (Val::Image { steps, int }, c) => {
+                Val::Image { steps: image_step(op, steps, int, scalar_of(&c), true)?, int }
+            }
+            (c, Val::Image { steps, int }) => {
+                Val::Image { steps: image_step(op, steps, int, scalar_of(&c), false)?, int }
+            }
             (Val::Map(x), Val::Map(y)) => {
                 let (cx, cy) = (self.info[x].channels, self.info[y].channels);
                 if cx != cy {
@@ -444,7 +452,7 @@ impl Walker {
                             return Err(format!(
                                 "Slice [{}..{}] on axis {axis} (step {}): only whole-image channel slices are supported",
                                 starts[k], ends[k], steps[k]
-                            ))
+                            ));
                         }
                     }
                 }
@@ -481,7 +489,7 @@ impl Walker {
             (None, Some(s)) => s,
             (None, None) => {
                 let k = n.output.len();
-                if k == 0 || ch % k != 0 {
+                if k == 0 || !ch.is_multiple_of(k) {
                     return Err(format!("Split of {ch} channels into {k} equal parts"));
                 }
                 vec![(ch / k) as i64; k]
@@ -510,7 +518,8 @@ impl Walker {
         let ch = self.info[t].channels as i64;
         let batch_first = matches!(shape.first(), Some(None | Some(0) | Some(-1)));
         let tail_hw = shape.len() >= 3 && shape[shape.len() - 2..] == [Some(self.h), Some(self.w)];
-        let middle: Option<i64> = if shape.len() >= 3 { shape[1..shape.len() - 2].iter().copied().product() } else { None };
+        let middle: Option<i64> =
+            if shape.len() >= 3 { shape[1..shape.len() - 2].iter().copied().product() } else { None };
         if !(batch_first && tail_hw && middle == Some(ch)) {
             let show: Vec<String> = shape.iter().map(|d| d.map_or("N".into(), |d| d.to_string())).collect();
             return Err(format!(
@@ -532,7 +541,7 @@ impl Walker {
                 }
                 match &self.steps {
                     Some(s) if *s != steps => {
-                        return Err("the image reaches two convolutions with different scalings".into())
+                        return Err("the image reaches two convolutions with different scalings".into());
                     }
                     _ => self.steps = Some(steps),
                 }
@@ -550,7 +559,11 @@ impl Walker {
         let w = self.consts.lookup(wname, self.vals.contains_key(wname))?;
         let Data::F32(weight) = &w.data else { return Err(format!("weight '{}' is not floating point", shown(wname))) };
         let [co, ci, kh, kw] = w.dims[..] else {
-            return Err(format!("weight '{}' has shape {:?}; only 2-D convolutions are supported", shown(wname), w.dims));
+            return Err(format!(
+                "weight '{}' has shape {:?}; only 2-D convolutions are supported",
+                shown(wname),
+                w.dims
+            ));
         };
         let cin = self.info[a].channels;
         if co == 0 || kh == 0 || kw == 0 || ci != cin {
@@ -714,4 +727,3 @@ fn int_arith(op: &str, scalar: bool, a: &[Option<i64>], b: &[Option<i64>]) -> R<
         .collect();
     Ok(Val::Ints { scalar, v })
 }
-
