@@ -222,6 +222,20 @@ fn cli_converts_scores_samples_and_benches_users_models() {
         let png = dir.path(&format!("{name}.png"));
         ok(&arq(&["sample", a, "-n", "4", "--seed", "3", "-o", png.to_str().unwrap()]));
         assert!(png.exists());
+        // Imputation: the bottom half missing (exact), then a hole in the middle (SMC).
+        let grey: Vec<u8> =
+            imgs[0].iter().map(|&v| images::level_to_gray(v, if name.starts_with("pg-") { 2 } else { 256 })).collect();
+        let (img_png, out_png) = (dir.path(&format!("{name}-in.png")), dir.path(&format!("{name}-out.png")));
+        images::write_png_gray(&img_png, 8, 8, &grey).unwrap();
+        for (tag, missing) in [("exact", (32..64).collect::<Vec<usize>>()), ("smc", vec![27, 28, 35, 36])] {
+            let mask: Vec<u8> = (0..64).map(|i| if missing.contains(&i) { 255 } else { 0 }).collect();
+            let mask_png = dir.path(&format!("{name}-{tag}-mask.png"));
+            images::write_png_gray(&mask_png, 8, 8, &mask).unwrap();
+            let (i, m, o) = (img_png.to_str().unwrap(), mask_png.to_str().unwrap(), out_png.to_str().unwrap());
+            let out = ok(&arq(&["impute", a, "--image", i, "--mask", m, "-o", o, "--particles", "8", "--json"]));
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(v["method"], tag, "{out}");
+        }
         let bench = ok(&arq(&["bench", a, "--reps", "2", "--naive-reps", "1", "--json"]));
         let b: serde_json::Value = serde_json::from_str(bench.trim()).unwrap();
         assert!(b["cached_ms_per_image"].as_f64().unwrap() > 0.0, "{bench}");
