@@ -187,6 +187,9 @@ fn leaking_taps_and_unsupported_operators_are_refused_by_name() {
     let i = graph(&mut m).node.iter().position(|n| n.op_type == "Conv").unwrap();
     set_ints(&mut graph(&mut m).node[i], "pads", &[0, 1, 2, 1]);
     refused("t12-low", &m, &[&format!("node {i} (Conv"), "at offset (0, 0)", "current pixel of the image"]);
+    // A head that does not fit the output's channels.
+    let err = GraphSource::from_onnx(&onnx_path("t12-pixelcnn"), Some("bernoulli".parse().unwrap())).unwrap_err();
+    assert!(format!("{err:#}").contains("bernoulli head, but the graph output has 256 output channels"), "{err:#}");
 }
 
 fn arq(args: &[&str]) -> Output {

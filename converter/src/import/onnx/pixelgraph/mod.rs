@@ -70,7 +70,8 @@ impl GraphSource {
         let meta: HashMap<String, String> =
             proto.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
         let p = parsed.nodes.last().map(|n| n.channels).unwrap_or(0);
-        let (head, levels) = resolve_head(&meta, head.as_ref(), p).map_err(|e| at(format!("{e:#}")))?;
+        let (head, levels) =
+            resolve_head(&meta, head.as_ref(), p, "the graph output").map_err(|e| at(format!("{e:#}")))?;
         if let Head::GaussianMixture { .. } = head {
             return Err(at("the gaussian_mixture head is not supported in pixel graphs yet".into()));
         }
