@@ -244,3 +244,20 @@ fn cli_converts_scores_samples_and_benches_users_models() {
         assert!(b["cached_ms_per_image"].as_f64().unwrap() > 0.0, "{bench}");
     }
 }
+
+/// The arena each users' model needs, pinned (cached generation; with the full forward):
+/// a change in the plan shows here first. Both exporters give the same graph.
+#[test]
+fn arena_sizes_are_pinned() {
+    for (name, cached, full) in [
+        ("pg-pixelcnn", 11647, 95807),
+        ("t12-pixelcnn", 46015, 376575),
+        ("pg-pixelcnn-dynamo", 11647, 95807),
+        ("t12-pixelcnn-dynamo", 46015, 376575),
+    ] {
+        let bytes = arq_bytes(name, Quant::Q8);
+        let model = PixelGraph::load(bytes.bytes()).unwrap();
+        assert_eq!(model.memory_plan(&GraphSessionConfig::default()).unwrap(), cached, "{name}");
+        assert_eq!(model.memory_plan(&GraphSessionConfig { full_forward: true }).unwrap(), full, "{name}");
+    }
+}
