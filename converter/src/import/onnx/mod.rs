@@ -93,7 +93,12 @@ pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Resu
         (src.to_arq(opts.quant)?, src.describe())
     } else if is_gated_pattern(&proto) {
         pixelcnn::refuse_q4(opts.quant)?;
-        let src = PixelCnnSource::from_proto(input, &proto, opts.head)?;
+        let src = PixelCnnSource::from_proto(input, &proto, opts.head).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#} (a graph with Pad nodes is read as the gated PixelCNN pattern; pixel graphs do not take \
+                 spatial shifts by Pad yet)"
+            )
+        })?;
         (src.to_arq(opts.quant)?, src.describe())
     } else {
         pixelcnn::refuse_q4(opts.quant)?;
