@@ -261,3 +261,136 @@ fn arena_sizes_are_pinned() {
         assert_eq!(model.memory_plan(&GraphSessionConfig { full_forward: true }).unwrap(), full, "{name}");
     }
 }
+
+fn f32_init(name: &str, dims: &[i64], v: Vec<f32>) -> pb::TensorProto {
+    let raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: 1, raw_data, ..Default::default() }
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: format!("{op}_{}", outputs[0]),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: 7, ints: v.to_vec(), ..Default::default() }
+}
+
+/// Random `[co, ci, k, k]` weights under a PixelCNN mask (A: without the centre).
+fn masked_weights(seed: &mut u64, co: usize, ci: usize, k: usize, mask_a: bool) -> Vec<f32> {
+    let m = k / 2;
+    let mut v = Vec::new();
+    for _ in 0..co * ci {
+        for i in 0..k {
+            for j in 0..k {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8;
+                let keep = i < m || (i == m && (j < m || (j == m && !mask_a)));
+                v.push(if keep { r } else { 0.0 });
+            }
+        }
+    }
+    v
+}
+
+/// The ops the two users' models do not use (Neg, Concat of maps, Elu with alpha, Mul
+/// and Add by a scalar, Split with sizes, Sub of maps), in a small graph whose
+/// outputs arq must reproduce as tract computes them.
+#[test]
+fn a_graph_of_the_other_ops_matches_tract() {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let mut seed = 7u64;
+    let dims = [None, Some(1), Some(8), Some(8)].map(|d| Dimension {
+        value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)),
+        ..Default::default()
+    });
+    let x = pb::ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto { dim: dims.to_vec() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pads = || ints("pads", &[1, 1, 1, 1]);
+    let alpha = pb::AttributeProto { name: "alpha".into(), r#type: 1, f: 0.7, ..Default::default() };
+    let g = pb::GraphProto {
+        node: vec![
+            node("Conv", &["x", "w1", "b1"], &["c1"], vec![pads()]),
+            node("Neg", &["c1"], &["n1"], vec![]),
+            node(
+                "Concat",
+                &["c1", "n1"],
+                &["cat"],
+                vec![pb::AttributeProto { name: "axis".into(), r#type: 2, i: 1, ..Default::default() }],
+            ),
+            node("Elu", &["cat"], &["e"], vec![alpha]),
+            node("Mul", &["e", "half"], &["s"], vec![]),
+            node("Add", &["s", "tenth"], &["s2"], vec![]),
+            node(
+                "Split",
+                &["s2", "sizes"],
+                &["a", "b"],
+                vec![pb::AttributeProto { name: "axis".into(), r#type: 2, i: 1, ..Default::default() }],
+            ),
+            node("Conv", &["b", "w2", "b2"], &["c2"], vec![pads()]),
+            node("Sub", &["c2", "a"], &["d"], vec![]),
+            node("Relu", &["d"], &["r"], vec![]),
+            node("Conv", &["r", "w3", "b3"], &["out"], vec![]),
+        ],
+        initializer: vec![
+            f32_init("w1", &[6, 1, 3, 3], masked_weights(&mut seed, 6, 1, 3, true)),
+            f32_init("b1", &[6], vec![0.1, -0.2, 0.3, 0.0, 0.05, -0.1]),
+            f32_init("half", &[], vec![0.5]),
+            f32_init("tenth", &[], vec![0.1]),
+            pb::TensorProto {
+                name: "sizes".into(),
+                dims: vec![2],
+                data_type: 7,
+                int64_data: vec![4, 8],
+                ..Default::default()
+            },
+            f32_init("w2", &[4, 8, 3, 3], masked_weights(&mut seed, 4, 8, 3, false)),
+            f32_init("b2", &[4], vec![0.0, 0.1, -0.1, 0.2]),
+            f32_init("w3", &[1, 4, 1, 1], vec![0.7, -0.4, 0.9, 0.3]),
+            f32_init("b3", &[1], vec![-0.2]),
+        ],
+        input: vec![x],
+        output: vec![pb::ValueInfoProto { name: "out".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let head = |k: &str, v: &str| pb::StringStringEntryProto { key: k.into(), value: v.into() };
+    let m = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(g),
+        metadata_props: vec![head("arq.head", "bernoulli"), head("arq.levels", "2")],
+        ..Default::default()
+    };
+    let dir = TempDir::new("other-ops");
+    let path = dir.path("ops.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let src = GraphSource::from_onnx(&path, None).unwrap();
+    println!("{}", src.describe());
+    let bytes = ModelBytes::copy_of(&src.to_arq(Quant::F32).unwrap().0);
+    let model = PixelGraph::load(bytes.bytes()).unwrap();
+    let cfg = GraphSessionConfig { full_forward: true };
+    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+    let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
+    for im in &test_images("pg-pixelcnn")[..4] {
+        let x_in: Vec<f32> = im.iter().map(|&v| v as f32 * 2.0 - 1.0).collect();
+        let want = arq_convert::import::onnx::tract_forward(&path, &x_in, 1).unwrap();
+        let got = s.forward_full(im).unwrap();
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "max |arq - tract| = {d}");
+    }
+}

@@ -14,7 +14,7 @@
 //! - `Conv` (2-D, group 1, stride 1, the output the input's size) becomes its non-zero
 //!   taps with explicit `(dy, dx)` offsets: masks multiplied into the weights and the
 //!   pads are folded there; taps that can never reach the image are dropped;
-//! - `Add`/`Sub`/`Mul` of two maps, a map and a scalar (`Affine`), `Tanh`, `Sigmoid`,
+//! - `Add`/`Sub`/`Mul` of two maps, a map and a scalar, `Neg` (both `Affine`), `Tanh`, `Sigmoid`,
 //!   `Relu`, `Elu`, channel `Slice`/`Split`/`Concat` become nodes; `Identity` and a
 //!   final `Reshape` that only regroups channels are dropped.
 //!

@@ -20,7 +20,7 @@ const MAX_SIDE: i64 = 1024;
 const MAX_PAD: i64 = 1 << 20;
 
 /// The operators a pixel graph may contain (for the refusal of any other).
-const ACCEPTED: &str = "Conv, Add, Sub, Mul, Div (by a constant, on the input), Tanh, Sigmoid, Relu, Elu, \
+const ACCEPTED: &str = "Conv, Add, Sub, Mul, Div (by a constant, on the input), Neg, Tanh, Sigmoid, Relu, Elu, \
                         Slice, Split, Concat, Reshape (channel regrouping), Cast, Identity, Constant, Shape, \
                         Gather, Unsqueeze, Squeeze";
 
@@ -259,6 +259,11 @@ impl Walker {
                     _ => Op::Elu { alpha: attr(n, "alpha").map_or(1.0, |a| a.f) },
                 };
                 let t = self.push(op, a, a, self.info[a].channels, None)?;
+                self.set(n, Val::Map(t));
+            }
+            "Neg" => {
+                let a = self.map(&self.input(n, 0)?, "Neg")?;
+                let t = self.push(Op::Affine { scale: -1.0, shift: 0.0 }, a, a, self.info[a].channels, None)?;
                 self.set(n, Val::Map(t));
             }
             "Slice" => self.slice(n)?,
