@@ -394,3 +394,37 @@ fn a_graph_of_the_other_ops_matches_tract() {
         assert!(d < 1e-5, "max |arq - tract| = {d}");
     }
 }
+
+/// A zero Pad node before a Conv is read as the Conv's pads (the graph has a Pad, so the
+/// gated pattern is tried first and refuses it); a Pad read by anything else is refused.
+#[test]
+fn a_pad_node_before_a_conv_counts_as_its_pads() {
+    let mut m = load_proto(&onnx_path("pg-pixelcnn"));
+    let g = graph(&mut m);
+    let conv = g.node[0].clone();
+    g.node[0].input[0] = "x_padded".into();
+    set_ints(&mut g.node[0], "pads", &[0, 0, 0, 0]);
+    g.initializer.push(pb::TensorProto {
+        name: "pad_amounts".into(),
+        dims: vec![8],
+        data_type: 7,
+        int64_data: vec![0, 0, 3, 3, 0, 0, 3, 3],
+        ..Default::default()
+    });
+    g.node.insert(0, node("Pad", &[&conv.input[0], "pad_amounts"], &["x_padded"], vec![]));
+    let dir = TempDir::new("pad-node");
+    let (input, out) = (dir.path("padded.onnx"), dir.path("padded.arq"));
+    std::fs::write(&input, m.encode_to_vec()).unwrap();
+    let o = OnnxConvertOptions { quant: Quant::F32, force: false, head: None, vocab: None };
+    convert_onnx(&input, &out, &o).unwrap();
+    let padded = ModelBytes::map(&out).unwrap();
+    let (a, b) = (PixelGraph::load(padded.bytes()).unwrap(), arq_bytes("pg-pixelcnn", Quant::F32));
+    let b = PixelGraph::load(b.bytes()).unwrap();
+    let imgs = test_images("pg-pixelcnn");
+    assert_eq!(nlls(&a, &imgs[..5]), nlls(&b, &imgs[..5]));
+    // The Pad read by a Relu instead: refused, naming the gated pattern's reason too.
+    let mut m2 = m.clone();
+    let g = graph(&mut m2);
+    g.node.insert(1, node("Relu", &["x_padded"], &["x_relu"], vec![]));
+    refused("pad-relu", &m2, &["read as the gated PixelCNN pattern", "as a pixel graph", "Relu of a Pad output"]);
+}

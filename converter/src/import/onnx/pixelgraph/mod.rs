@@ -13,7 +13,8 @@
 //!   input map: one network input per level;
 //! - `Conv` (2-D, group 1, stride 1, the output the input's size) becomes its non-zero
 //!   taps with explicit `(dy, dx)` offsets: masks multiplied into the weights and the
-//!   pads are folded there; taps that can never reach the image are dropped;
+//!   pads (its own and those of a zero `Pad` node right before it) are folded there;
+//!   taps that can never reach the image are dropped;
 //! - `Add`/`Sub`/`Mul` of two maps, a map and a scalar, `Neg` (both `Affine`), `Tanh`, `Sigmoid`,
 //!   `Relu`, `Elu`, channel `Slice`/`Split`/`Concat` become nodes; `Identity` and a
 //!   final `Reshape` that only regroups channels are dropped.

@@ -21,7 +21,7 @@ const MAX_PAD: i64 = 1 << 20;
 
 /// The operators a pixel graph may contain (for the refusal of any other).
 const ACCEPTED: &str = "Conv, Add, Sub, Mul, Div (by a constant, on the input), Neg, Tanh, Sigmoid, Relu, Elu, \
-                        Slice, Split, Concat, Reshape (channel regrouping), Cast, Identity, Constant, Shape, \
+                        Slice, Split, Concat, Pad (zeros, before a Conv), Reshape (channel regrouping), Cast, Identity, Constant, Shape, \
                         Gather, Unsqueeze, Squeeze";
 
 /// One scalar step of the input scaling, applied in f32 in graph order.
@@ -62,6 +62,9 @@ enum Val {
     Ints { scalar: bool, v: Vec<Option<i64>> },
     /// A floating-point constant (weights, scalars).
     Floats(Rc<Tensor>),
+    /// A map or the image zero-padded by `[top, left, bottom, right]`, which only a Conv
+    /// may read (the pads add to its own).
+    Padded(Box<Val>, [i64; 4]),
 }
 
 /// What the walk produced.
@@ -230,6 +233,7 @@ impl Walker {
             Val::Image { .. } => Err(format!(
                 "{what} reads the image directly; only a convolution whose taps stop before the pixel may read it"
             )),
+            Val::Padded(..) => Err(format!("{what} of a Pad output (a Pad may only pad a Conv's input)")),
             _ => Err(format!("{what} of a constant is not supported")),
         }
     }
@@ -266,6 +270,7 @@ impl Walker {
                 let t = self.push(Op::Affine { scale: -1.0, shift: 0.0 }, a, a, self.info[a].channels, None)?;
                 self.set(n, Val::Map(t));
             }
+            "Pad" => self.pad(n)?,
             "Slice" => self.slice(n)?,
             "Split" => self.split(n)?,
             "Reshape" => self.reshape(n)?,
@@ -536,9 +541,47 @@ impl Walker {
         Ok(())
     }
 
+    /// A constant zero Pad of H and W only, kept for the Conv that reads it.
+    fn pad(&mut self, n: &pb::NodeProto) -> R<()> {
+        let v = self.input(n, 0)?;
+        if !matches!(v, Val::Map(_) | Val::Image { .. }) {
+            return Err("Pad of something other than a feature map or the image".into());
+        }
+        let mode = attr_str(n, "mode").unwrap_or_else(|| "constant".into());
+        if mode != "constant" {
+            return Err(format!("Pad mode {mode} (only zero padding is supported)"));
+        }
+        if let Some(c) = input_name(n, 2) {
+            if scalar_of(&self.val(c)?) != Some(0.0) {
+                return Err("Pad with a non-zero value".into());
+            }
+        }
+        if input_name(n, 3).is_some() {
+            return Err("Pad with axes (opset 18) is not supported; export without them".into());
+        }
+        let pads: Vec<i64> = match (input_name(n, 1), attr_ints(n, "pads")) {
+            (Some(_), _) => match self.input(n, 1)? {
+                Val::Ints { v, .. } => v.into_iter().collect::<Option<_>>().ok_or("Pad amounts are unknown")?,
+                _ => return Err("Pad amounts must be integer constants".into()),
+            },
+            (None, Some(p)) => p,
+            (None, None) => return Err("Pad without amounts".into()),
+        };
+        let ok = pads.len() == 8 && pads.iter().all(|p| (0..=MAX_PAD).contains(p));
+        if !ok || pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
+            return Err(format!("Pad amounts {pads:?}: only non-negative pads of H and W are supported"));
+        }
+        self.set(n, Val::Padded(Box::new(v), [pads[2], pads[3], pads[6], pads[7]]));
+        Ok(())
+    }
+
     /// A Conv node as its non-zero taps, after the causality checks.
     fn conv(&mut self, n: &pb::NodeProto) -> R<usize> {
-        let a = match self.input(n, 0)? {
+        let (input, extra) = match self.input(n, 0)? {
+            Val::Padded(v, p) => (*v, p),
+            v => (v, [0; 4]),
+        };
+        let a = match input {
             Val::Map(t) => t,
             Val::Image { steps, int } => {
                 if int {
@@ -554,12 +597,13 @@ impl Walker {
             }
             _ => return Err("a Conv on a constant".into()),
         };
-        let spec = self.conv_taps(n, a)?;
+        let spec = self.conv_taps(n, a, extra)?;
         let cout = spec.bias.len();
         self.push(Op::Conv, a, a, cout, Some(spec))
     }
 
-    fn conv_taps(&self, n: &pb::NodeProto, a: usize) -> R<ConvSpec> {
+    /// `extra`: the pads of a Pad node before the Conv.
+    fn conv_taps(&self, n: &pb::NodeProto, a: usize, extra: [i64; 4]) -> R<ConvSpec> {
         let wname = input_name(n, 1).ok_or("Conv without weights")?;
         let w = self.consts.lookup(wname, self.vals.contains_key(wname))?;
         let Data::F32(weight) = &w.data else { return Err(format!("weight '{}' is not floating point", shown(wname))) };
@@ -581,7 +625,10 @@ impl Walker {
                 _ => return Err(format!("bias '{}' is not {co} floats", shown(b))),
             },
         };
-        let g = Geometry::of(n, kh, kw)?;
+        let mut g = Geometry::of(n, kh, kw)?;
+        for (p, e) in g.pads.iter_mut().zip(extra) {
+            *p += e;
+        }
         if g.pads[0] + g.pads[2] != g.dil[0] * (kh as i64 - 1) || g.pads[1] + g.pads[3] != g.dil[1] * (kw as i64 - 1) {
             return Err(format!(
                 "pads {:?} with a {kh}x{kw} kernel, dilations {:?} change the image size (a pixel graph keeps H x W)",
