@@ -204,6 +204,18 @@ fn ok(out: &Output) -> String {
 #[test]
 fn cli_converts_scores_samples_and_benches_users_models() {
     let dir = TempDir::new("graph-cli");
+    // A leaking graph: exit 1, one line naming the node and tap, nothing written.
+    let mut m = load_proto(&onnx_path("pg-pixelcnn"));
+    let w = graph(&mut m).node[0].input[1].clone();
+    unmask_centre(&mut m, &w, 7);
+    let (bad, bad_out) = (dir.path("leak.onnx"), dir.path("leak.arq"));
+    std::fs::write(&bad, m.encode_to_vec()).unwrap();
+    let out = arq(&["convert", bad.to_str().unwrap(), "-o", bad_out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("node 0 (Conv") && err.contains("tap (3, 3)") && !err.contains("panicked"), "{err}");
+    assert!(!bad_out.exists());
     for name in MODELS {
         let arq_path = dir.path(&format!("{name}.arq"));
         let (a, o) = (arq_path.to_str().unwrap(), onnx_path(name));
