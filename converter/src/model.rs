@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 use arq::format::ArqFile;
-use arq::{Model, PixelCnn, Rnn};
+use arq::{Model, PixelCnn, PixelGraph, Rnn};
 
 use crate::aligned::ModelBytes;
 
@@ -16,7 +16,7 @@ use crate::aligned::ModelBytes;
 pub enum Kind {
     /// A transformer with its tokenizer (LLaMA, GPT-2).
     Text,
-    /// A gated PixelCNN over images.
+    /// A PixelCNN over images: the gated pattern or a pixel graph.
     Pixel,
     /// A recurrent language model (LSTM, GRU) with a word or character vocabulary.
     Recurrent,
@@ -27,7 +27,7 @@ impl Kind {
     pub fn of(file: &ArqFile<'_>) -> Option<Kind> {
         match file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) {
             Some(keys::ARCH_LLAMA | keys::ARCH_GPT2 | keys::ARCH_TORCH_ENCODER) => Some(Kind::Text),
-            Some(keys::ARCH_PIXELCNN) => Some(Kind::Pixel),
+            Some(keys::ARCH_PIXELCNN | keys::ARCH_PIXELGRAPH) => Some(Kind::Pixel),
             Some(keys::ARCH_RNN) => Some(Kind::Recurrent),
             _ => None,
         }
@@ -38,6 +38,8 @@ impl Kind {
 pub enum Loaded<'a> {
     Text(Model<'a>),
     Pixel(PixelCnn<'a>),
+    /// Boxed: the model keeps a fixed table of its nodes.
+    Graph(Box<PixelGraph<'a>>),
     /// Boxed: the model keeps a fixed table of its layers' views.
     Recurrent(Box<Rnn<'a>>),
 }
@@ -47,6 +49,11 @@ impl<'a> Loaded<'a> {
     /// text loader, which names the problem ([`arq::Error::UnsupportedArchitecture`]).
     pub fn from_file(file: ArqFile<'a>) -> Result<Self, arq::Error> {
         match Kind::of(&file) {
+            Some(Kind::Pixel)
+                if file.meta(keys::ARCHITECTURE).and_then(|v| v.as_str()) == Some(keys::ARCH_PIXELGRAPH) =>
+            {
+                PixelGraph::from_file(file).map(|m| Loaded::Graph(Box::new(m)))
+            }
             Some(Kind::Pixel) => PixelCnn::from_file(file).map(Loaded::Pixel),
             Some(Kind::Recurrent) => Rnn::from_file(file).map(|m| Loaded::Recurrent(Box::new(m))),
             _ => Model::from_file(file).map(Loaded::Text),

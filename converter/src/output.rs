@@ -108,7 +108,7 @@ fn remove_stale_temps(out: &Path) {
 pub fn check_loads(file: ArqFile<'_>) -> Result<(), arq::Error> {
     match Loaded::from_file(file)? {
         Loaded::Text(m) => m.tokenizer().map(|_| ()),
-        Loaded::Pixel(_) => Ok(()),
+        Loaded::Pixel(_) | Loaded::Graph(_) => Ok(()),
         Loaded::Recurrent(m) if m.head().is_some() => Ok(()),
         Loaded::Recurrent(m) => m.tokenizer().map(|_| ()),
     }

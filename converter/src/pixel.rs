@@ -1,27 +1,151 @@
 //! The image-model jobs behind `arq score`, `sample`, `impute` and `bench` for PixelCNN
 //! files: exact likelihoods over image sets, seeded sampling, imputation (exact, or
 //! sequential Monte Carlo when observed pixels follow missing ones), and the naive
-//! one-forward-pass-per-pixel sampler the cached one is measured against.
+//! one-forward-pass-per-pixel sampler the cached one is measured against. Both runtimes
+//! of pixel models, the gated `pixelcnn` and the `pixelgraph`, serve them through
+//! [`ImageModel`].
 
 use anyhow::{bail, Result};
-use arq::{PixelCnn, PixelSession, PixelSessionConfig};
+use arq::models::pixelcnn::heads::Head;
+use arq::{GraphSession, GraphSessionConfig, PixelCnn, PixelGraph, PixelSession, PixelSessionConfig};
 use rand_core::SeedableRng;
 use rand_pcg::Pcg32;
 
 use crate::images::Images;
 
-/// An arena sized for one session of `model`.
-pub fn arena(model: &PixelCnn<'_>, full_forward: bool) -> Result<Vec<u8>> {
-    Ok(vec![0u8; model.memory_plan(&PixelSessionConfig { full_forward })?])
+/// What the jobs need to know of a pixel model.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageShape {
+    pub height: usize,
+    pub width: usize,
+    pub levels: usize,
+    pub head: Head,
+    /// Head parameters per pixel.
+    pub n_params: usize,
 }
 
-fn session<'a>(model: &'a PixelCnn<'a>, arena: &'a mut [u8], full_forward: bool) -> Result<PixelSession<'a>> {
-    Ok(PixelSession::new(model, arena, PixelSessionConfig { full_forward })?)
+impl ImageShape {
+    pub fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// A pixel model, whichever runtime holds it.
+pub trait ImageModel: Sync {
+    type Session<'s>: ImageSession
+    where
+        Self: 's;
+    fn shape(&self) -> ImageShape;
+    /// The arena bytes of one session (with the whole-image buffers: `full_forward`).
+    fn arena_bytes(&self, full_forward: bool) -> Result<usize>;
+    fn session<'s>(&'s self, arena: &'s mut [u8], full_forward: bool) -> Result<Self::Session<'s>>;
+    /// The kernel tier it runs on.
+    fn kernels_name(&self) -> &'static str;
+}
+
+/// One image being scored or generated.
+pub trait ImageSession {
+    fn nll(&mut self, image: &[u8]) -> Result<f64>;
+    fn sample(&mut self, out: &mut [u8], start: usize, temp: f32, rng: &mut Pcg32) -> Result<()>;
+    fn log_probs(&mut self) -> Result<&[f64]>;
+    fn push_level(&mut self, level: usize) -> Result<()>;
+    fn copy_state_from(&mut self, other: &Self);
+    /// The full forward pass over an image of levels: head parameters `(pixels, P)`.
+    fn full_params(&mut self, image: &[u8]) -> Result<&[f32]>;
+}
+
+impl<'a> ImageModel for PixelCnn<'a> {
+    type Session<'s>
+        = PixelSession<'s>
+    where
+        Self: 's;
+    fn shape(&self) -> ImageShape {
+        let c = self.config();
+        ImageShape { height: c.height, width: c.width, levels: c.levels, head: c.head, n_params: c.n_params() }
+    }
+    fn arena_bytes(&self, full_forward: bool) -> Result<usize> {
+        Ok(self.memory_plan(&PixelSessionConfig { full_forward })?)
+    }
+    fn session<'s>(&'s self, arena: &'s mut [u8], full_forward: bool) -> Result<PixelSession<'s>> {
+        Ok(PixelSession::new(self, arena, PixelSessionConfig { full_forward })?)
+    }
+    fn kernels_name(&self) -> &'static str {
+        self.kernels().name
+    }
+}
+
+impl ImageSession for PixelSession<'_> {
+    fn nll(&mut self, image: &[u8]) -> Result<f64> {
+        Ok(PixelSession::nll(self, image)?)
+    }
+    fn sample(&mut self, out: &mut [u8], start: usize, temp: f32, rng: &mut Pcg32) -> Result<()> {
+        Ok(PixelSession::sample(self, out, start, temp, rng)?)
+    }
+    fn log_probs(&mut self) -> Result<&[f64]> {
+        Ok(PixelSession::log_probs(self)?)
+    }
+    fn push_level(&mut self, level: usize) -> Result<()> {
+        Ok(PixelSession::push_level(self, level)?)
+    }
+    fn copy_state_from(&mut self, other: &Self) {
+        PixelSession::copy_state_from(self, other)
+    }
+    fn full_params(&mut self, image: &[u8]) -> Result<&[f32]> {
+        let m = self.model();
+        let x: Vec<f32> = image.iter().map(|&v| m.value_of_level(v as usize)).collect();
+        Ok(self.forward_full(&x)?)
+    }
+}
+
+impl<'a> ImageModel for PixelGraph<'a> {
+    type Session<'s>
+        = GraphSession<'s>
+    where
+        Self: 's;
+    fn shape(&self) -> ImageShape {
+        let c = self.config();
+        ImageShape { height: c.height, width: c.width, levels: c.levels, head: c.head, n_params: c.n_params() }
+    }
+    fn arena_bytes(&self, full_forward: bool) -> Result<usize> {
+        Ok(self.memory_plan(&GraphSessionConfig { full_forward })?)
+    }
+    fn session<'s>(&'s self, arena: &'s mut [u8], full_forward: bool) -> Result<GraphSession<'s>> {
+        Ok(GraphSession::new(self, arena, GraphSessionConfig { full_forward })?)
+    }
+    fn kernels_name(&self) -> &'static str {
+        self.kernels().name
+    }
+}
+
+impl ImageSession for GraphSession<'_> {
+    fn nll(&mut self, image: &[u8]) -> Result<f64> {
+        Ok(GraphSession::nll(self, image)?)
+    }
+    fn sample(&mut self, out: &mut [u8], start: usize, temp: f32, rng: &mut Pcg32) -> Result<()> {
+        Ok(GraphSession::sample(self, out, start, temp, rng)?)
+    }
+    fn log_probs(&mut self) -> Result<&[f64]> {
+        Ok(GraphSession::log_probs(self)?)
+    }
+    fn push_level(&mut self, level: usize) -> Result<()> {
+        Ok(GraphSession::push_level(self, level)?)
+    }
+    fn copy_state_from(&mut self, other: &Self) {
+        GraphSession::copy_state_from(self, other)
+    }
+    fn full_params(&mut self, image: &[u8]) -> Result<&[f32]> {
+        Ok(self.forward_full(image)?)
+    }
+}
+
+/// An arena sized for one session of `model`.
+pub fn arena<M: ImageModel>(model: &M, full_forward: bool) -> Result<Vec<u8>> {
+    Ok(vec![0u8; model.arena_bytes(full_forward)?])
 }
 
 /// Checks that `images` fit the model: size and level range.
-pub fn check_images(model: &PixelCnn<'_>, images: &Images, what: &str) -> Result<()> {
-    let c = model.config();
+pub fn check_images<M: ImageModel>(model: &M, images: &Images, what: &str) -> Result<()> {
+    let c = model.shape();
     if !c.head.is_discrete() {
         bail!("this model's {} head takes continuous values; image files hold levels", c.head.name());
     }
@@ -43,7 +167,7 @@ pub fn check_images(model: &PixelCnn<'_>, images: &Images, what: &str) -> Result
 }
 
 /// Negative log-likelihood of each image, in nats, split over `threads` threads.
-pub fn score_images(model: &PixelCnn<'_>, images: &Images, threads: usize) -> Result<Vec<f64>> {
+pub fn score_images<M: ImageModel>(model: &M, images: &Images, threads: usize) -> Result<Vec<f64>> {
     check_images(model, images, "input")?;
     let mut nll = vec![0.0; images.n];
     let per = images.n.div_ceil(threads.max(1)).max(1);
@@ -54,7 +178,7 @@ pub fn score_images(model: &PixelCnn<'_>, images: &Images, threads: usize) -> Re
             .map(|(t, out)| {
                 s.spawn(move || -> Result<()> {
                     let mut mem = arena(model, false)?;
-                    let mut s = session(model, &mut mem, false)?;
+                    let mut s = model.session(&mut mem, false)?;
                     for (j, o) in out.iter_mut().enumerate() {
                         *o = s.nll(images.image(t * per + j))?;
                     }
@@ -72,11 +196,11 @@ pub fn score_images(model: &PixelCnn<'_>, images: &Images, threads: usize) -> Re
 
 /// `n` images sampled with the cached generator; image `i` uses the seed `seed + i`,
 /// so any one image can be reproduced alone.
-pub fn sample_images(model: &PixelCnn<'_>, n: usize, seed: u64, temp: f32) -> Result<Images> {
+pub fn sample_images<M: ImageModel>(model: &M, n: usize, seed: u64, temp: f32) -> Result<Images> {
     check_discrete(model)?;
-    let c = model.config();
+    let c = model.shape();
     let mut mem = arena(model, false)?;
-    let mut s = session(model, &mut mem, false)?;
+    let mut s = model.session(&mut mem, false)?;
     let mut data = vec![0u8; n * c.pixels()];
     for (i, img) in data.chunks_exact_mut(c.pixels()).enumerate() {
         let mut rng = Pcg32::seed_from_u64(seed.wrapping_add(i as u64));
@@ -85,8 +209,8 @@ pub fn sample_images(model: &PixelCnn<'_>, n: usize, seed: u64, temp: f32) -> Re
     Ok(Images { n, height: c.height, width: c.width, data })
 }
 
-fn check_discrete(model: &PixelCnn<'_>) -> Result<()> {
-    let c = model.config();
+fn check_discrete<M: ImageModel>(model: &M) -> Result<()> {
+    let c = model.shape();
     if !c.head.is_discrete() {
         bail!("this model's {} head takes continuous values; sampling levels needs a discrete head", c.head.name());
     }
@@ -96,22 +220,20 @@ fn check_discrete(model: &PixelCnn<'_>) -> Result<()> {
 /// One image sampled the naive way: the whole network over the whole image for every
 /// pixel. Same random stream as [`sample_images`] for the same seed, and the same
 /// image, since both paths give bit-identical parameters.
-pub fn sample_naive(model: &PixelCnn<'_>, seed: u64, temp: f32) -> Result<Vec<u8>> {
+pub fn sample_naive<M: ImageModel>(model: &M, seed: u64, temp: f32) -> Result<Vec<u8>> {
     check_discrete(model)?;
-    let c = model.config();
+    let c = model.shape();
     let mut mem = arena(model, true)?;
-    let mut s = session(model, &mut mem, true)?;
+    let mut s = model.session(&mut mem, true)?;
     let mut rng = Pcg32::seed_from_u64(seed);
-    let (np, levels) = (c.n_params(), c.levels);
-    let mut x_in = vec![0.0f32; c.pixels()];
+    let (np, levels) = (c.n_params, c.levels);
     let mut out = vec![0u8; c.pixels()];
     let mut lp = vec![0.0f64; levels];
     for i in 0..c.pixels() {
-        let params = s.forward_full(&x_in)?;
+        let params = s.full_params(&out)?;
         c.head.log_probs(levels, &params[i * np..(i + 1) * np], &mut lp);
         let level = arq::models::pixelcnn::heads::sample_log_weights(&lp, temp, &mut rng);
         out[i] = level as u8;
-        x_in[i] = model.value_of_level(level);
     }
     Ok(out)
 }
@@ -136,8 +258,8 @@ pub enum ImputeMethod {
 /// effective sample size `(sum w)^2 / sum w^2` drops below half the particles, they are
 /// resampled (systematic resampling). The result is one particle drawn by weight.
 /// With one particle this is clamped sampling (observed pixels clamped, never weighed).
-pub fn impute(
-    model: &PixelCnn<'_>,
+pub fn impute<M: ImageModel>(
+    model: &M,
     image: &[u8],
     missing: &[bool],
     particles: usize,
@@ -145,7 +267,7 @@ pub fn impute(
     temp: f32,
 ) -> Result<(Vec<u8>, ImputeMethod)> {
     check_discrete(model)?;
-    let c = model.config();
+    let c = model.shape();
     if image.len() != c.pixels() || missing.len() != c.pixels() {
         bail!("image and mask must have the model's {}x{} pixels", c.height, c.width);
     }
@@ -171,7 +293,7 @@ pub fn impute(
     };
     if exact {
         let mut mem = arena(model, false)?;
-        let mut s = session(model, &mut mem, false)?;
+        let mut s = model.session(&mut mem, false)?;
         let mut out = image.to_vec();
         s.sample(&mut out, first_missing.unwrap_or(0), temp, &mut rng)?;
         return Ok((out, ImputeMethod::Exact));
@@ -180,7 +302,7 @@ pub fn impute(
     let n = particles;
     // Two sets of particles: resampling copies the survivors from one into the other.
     let mut mems = (0..2 * n).map(|_| arena(model, false)).collect::<Result<Vec<_>>>()?;
-    let mut all = mems.iter_mut().map(|m| session(model, m, false)).collect::<Result<Vec<_>>>()?;
+    let mut all = mems.iter_mut().map(|m| model.session(m, false)).collect::<Result<Vec<_>>>()?;
     let mut spare = all.split_off(n);
     let mut cur = all;
     let mut imgs = vec![image.to_vec(); n];

@@ -13,10 +13,13 @@ use std::sync::OnceLock;
 use arq::aligned::AlignedBytes;
 use arq::format::ArqFile;
 use arq::tokenizer::{Tokenizer, Utf8Stream};
-use arq::{KvDtype, Model, PixelCnn, PixelSession, PixelSessionConfig, Session, SessionConfig};
+use arq::{
+    GraphSession, GraphSessionConfig, KvDtype, Model, PixelCnn, PixelGraph, PixelSession, PixelSessionConfig, Session,
+    SessionConfig,
+};
 use arq_convert::import::gguf::text::read_gguf;
 use arq_convert::import::gguf::GgufFile;
-use arq_convert::import::onnx::{Gpt2Source, PixelCnnSource};
+use arq_convert::import::onnx::{Gpt2Source, GraphSource, PixelCnnSource};
 
 /// Arenas above this are skipped: a mutated configuration may ask for any size, and an
 /// allocation failure aborts instead of panicking (the loaders' own size caps are
@@ -50,11 +53,36 @@ pub fn arq_file(data: &[u8]) -> &'static str {
         Ok(model) => pixel_step(&model),
         Err(_) => "pixelcnn refused",
     };
-    match (transformer, pixel) {
-        ("transformer refused", "pixelcnn refused") => "loaders refused",
-        ("transformer refused", p) => p,
-        (t, _) => t,
+    let graph = match PixelGraph::load(bytes) {
+        Ok(model) => graph_step(&model),
+        Err(_) => "pixelgraph refused",
+    };
+    match (transformer, pixel, graph) {
+        ("transformer refused", "pixelcnn refused", "pixelgraph refused") => "loaders refused",
+        ("transformer refused", "pixelcnn refused", g) => g,
+        ("transformer refused", p, _) => p,
+        (t, _, _) => t,
     }
+}
+
+fn graph_step(model: &PixelGraph<'_>) -> &'static str {
+    let cfg = GraphSessionConfig { full_forward: true };
+    let Ok(need) = model.memory_plan(&cfg) else {
+        return "pixelgraph loaded, no plan";
+    };
+    if need > MAX_ARENA {
+        return "pixelgraph loaded, arena over cap";
+    }
+    let mut arena = vec![0u8; need];
+    let Ok(mut s) = GraphSession::new(model, &mut arena, cfg) else {
+        return "pixelgraph loaded, session refused";
+    };
+    let _ = s.params();
+    let _ = s.log_probs();
+    let _ = s.push_level(0);
+    let _ = s.params();
+    let _ = s.forward_full(&vec![0u8; model.config().pixels()]);
+    "pixelgraph stepped"
 }
 
 fn transformer_step(model: &Model<'_>) -> &'static str {
@@ -136,9 +164,11 @@ pub fn onnx(data: &[u8]) -> &'static str {
     let path = Path::new("fuzz.onnx");
     let gpt2 = Gpt2Source::from_proto(path, &proto).is_ok();
     let pixel = with_temp_file("onnx", data, |path| PixelCnnSource::from_onnx(path, None).is_ok());
-    match (gpt2, pixel) {
-        (true, _) => "gpt2 imported",
-        (_, true) => "pixelcnn imported",
+    let graph = with_temp_file("onnx", data, |path| GraphSource::from_onnx(path, None).is_ok());
+    match (gpt2, pixel, graph) {
+        (true, _, _) => "gpt2 imported",
+        (_, true, _) => "pixelcnn imported",
+        (_, _, true) => "pixel graph imported",
         _ => "importers refused",
     }
 }

@@ -260,7 +260,8 @@ fn fuzz_gguf() {
 
 #[test]
 fn fuzz_onnx() {
-    let repo_files = ["models/pixelcnn/digits-binary.onnx", "models/tinygpt/tinygpt.onnx"];
+    let repo_files =
+        ["models/pixelcnn/digits-binary.onnx", "models/tinygpt/tinygpt.onnx", "models/pixelcnn/pg-pixelcnn.onnx"];
     let mut all = seeds("onnx", &repo_files);
     all.extend(small_onnx());
     run("onnx", arq_fuzz::onnx, all);

@@ -45,6 +45,9 @@ impl Owned {
                 Kind::Text { model, tok }
             }
             Loaded::Pixel(model) => Kind::Pixel(model),
+            Loaded::Graph(_) => {
+                anyhow::bail!("{}: pixel-graph models are not supported by the Python package yet", path.display())
+            }
             Loaded::Recurrent(_) => {
                 anyhow::bail!("{}: recurrent models are not supported by the Python package yet", path.display())
             }

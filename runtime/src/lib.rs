@@ -38,5 +38,6 @@ mod trace;
 
 pub use error::Error;
 pub use models::pixelcnn::{PixelCnn, PixelConfig, PixelSession, PixelSessionConfig};
+pub use models::pixelgraph::{GraphConfig, GraphSession, GraphSessionConfig, PixelGraph};
 pub use models::rnn::{Rnn, RnnConfig, RnnInput, RnnSession};
 pub use models::transformer::{Family, KvDtype, Model, Session, SessionConfig, TransformerConfig};

@@ -8,7 +8,7 @@ use anyhow::Result;
 use arq::format::{ArqFile, MetaValue, TensorView};
 use arq::models::transformer::family::Positions;
 use arq::tokenizer::{Tokenizer, TokenizerKind};
-use arq::{Model, PixelCnn, PixelSessionConfig, SessionConfig};
+use arq::{GraphSessionConfig, Model, PixelCnn, PixelGraph, PixelSessionConfig, SessionConfig};
 use arq_convert::model::{Loaded, ModelFile};
 use arq_convert::text::tokenizer;
 use serde_json::json;
@@ -21,6 +21,7 @@ pub fn run(path: &Path, ctx: usize, verify: bool, json_out: bool) -> Result<()> 
     }
     match file.load_parsed(parsed)? {
         Loaded::Pixel(model) => pixel(&model, path, file.bytes().len(), verify, json_out),
+        Loaded::Graph(model) => graph(&model, path, file.bytes().len(), verify, json_out),
         Loaded::Text(model) => text(&model, path, file.bytes().len(), (ctx, verify), json_out),
         Loaded::Recurrent(model) => super::rnn::inspect(&model, path, file.bytes().len(), json_out),
     }
@@ -243,6 +244,48 @@ fn pixel(model: &PixelCnn<'_>, path: &Path, file_bytes: usize, verify: bool, jso
         c.out_hidden
     );
     println!("  arena          {arena} bytes (cached generation and scoring)");
+    if verify {
+        println!("  checksum       ok");
+    }
+    println!("  tensors        {} ({} stored values, padding included)", tensors.len(), params);
+    print_tensors(&tensors);
+    Ok(())
+}
+
+fn graph(model: &PixelGraph<'_>, path: &Path, file_bytes: usize, verify: bool, json_out: bool) -> Result<()> {
+    let c = model.config();
+    let f = model.file();
+    let arena = model.memory_plan(&GraphSessionConfig::default())?;
+    let arena_full = model.memory_plan(&GraphSessionConfig { full_forward: true })?;
+    let tensors: Vec<_> = f.tensors().collect();
+    let convs = tensors.iter().filter(|t| t.name.ends_with(".taps")).count();
+    let params: u64 = tensors.iter().map(|t| t.shape.n_elements()).sum();
+    if json_out {
+        let t = tensors_json(&tensors);
+        println!(
+            "{}",
+            json!({
+                "file_bytes": file_bytes, "architecture": "pixelgraph", "quant": meta_str(f, keys::QUANT),
+                "hyperparameters": {"height": c.height, "width": c.width, "nodes": c.n_nodes, "convolutions": convs,
+                    "head": c.head.name(), "levels": c.levels, "head_channels": c.n_params()},
+                "stored_values": params, "arena": {"bytes": arena, "bytes_full_forward": arena_full},
+                "checksum_verified": verify, "tensors": t,
+            })
+        );
+        return Ok(());
+    }
+    println!("{}: {} bytes, pixelgraph, {} weights", path.display(), file_bytes, meta_str(f, keys::QUANT));
+    println!("  name           {}", meta_str(f, keys::GENERAL_NAME));
+    println!(
+        "  image          {}x{}, {} levels, head {} ({} channels)",
+        c.height,
+        c.width,
+        c.levels,
+        c.head.name(),
+        c.n_params()
+    );
+    println!("  graph          {} nodes, {convs} convolutions", c.n_nodes);
+    println!("  arena          {arena} bytes (cached generation and scoring), {arena_full} with the full forward");
     if verify {
         println!("  checksum       ok");
     }

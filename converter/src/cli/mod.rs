@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use arq::parallel::ThreadPool;
-use arq::{KvDtype, Model, PixelCnn, Rnn};
+use arq::{KvDtype, Model, PixelCnn, PixelGraph, Rnn};
 use arq_convert::model::{Kind, Loaded, ModelFile};
 use arq_convert::quantize::Quant;
 use backend::{BackendArg, BackendOpt};
@@ -485,7 +485,10 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if m.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, kv.kv)?;
-                return pixel::score(&pixel_model(&m)?, &file, json, per_image, threads.count());
+                return match pixel_model(&m)? {
+                    PixelModel::Cnn(p) => pixel::score(&*p, &file, json, per_image, threads.count()),
+                    PixelModel::Graph(g) => pixel::score(&*g, &file, json, per_image, threads.count()),
+                };
             }
             if m.kind() == Some(Kind::Recurrent) {
                 rnn::refuse_flags(ctx, kv.kv, backend.backend, false)?;
@@ -509,11 +512,17 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sample { model, n, seed, temp, output, cols, scale, npy, ascii } => {
             let args = pixel::SampleArgs { n, seed, temp, output: &output, cols, scale, npy: npy.as_deref(), ascii };
-            pixel::sample(&pixel_model(&ModelFile::open(&model)?)?, &args)
+            match pixel_model(&ModelFile::open(&model)?)? {
+                PixelModel::Cnn(p) => pixel::sample(&*p, &args),
+                PixelModel::Graph(g) => pixel::sample(&*g, &args),
+            }
         }
         Cmd::Impute { model, image, mask, output, particles, seed, temp, json } => {
             let args = pixel::ImputeArgs { image: &image, mask: &mask, output: &output, particles, seed, temp, json };
-            pixel::impute(&pixel_model(&ModelFile::open(&model)?)?, &args)
+            match pixel_model(&ModelFile::open(&model)?)? {
+                PixelModel::Cnn(p) => pixel::impute(&*p, &args),
+                PixelModel::Graph(g) => pixel::impute(&*g, &args),
+            }
         }
         Cmd::Tune { model, rounds, json, no_save, threads } => {
             let file = ModelFile::open(&model)?;
@@ -537,7 +546,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let map = t0.elapsed();
             if file.kind() == Some(Kind::Pixel) {
                 refuse_text_flags(backend.backend, KvArg::F32)?;
-                return pixel::bench(&pixel_model(&file)?, &path.display().to_string(), &pixel);
+                let label = path.display().to_string();
+                return match pixel_model(&file)? {
+                    PixelModel::Cnn(p) => pixel::bench(&*p, &label, &pixel),
+                    PixelModel::Graph(g) => pixel::bench(&*g, &label, &pixel),
+                };
             }
             if file.kind() == Some(Kind::Recurrent) {
                 rnn::refuse_flags(None, KvArg::F32, backend.backend, false)?;
@@ -585,7 +598,7 @@ fn text_model(file: &ModelFile) -> Result<Model<'_>> {
     }
     match file.load()? {
         Loaded::Text(m) => Ok(m),
-        Loaded::Pixel(_) => Err(refuse()),
+        Loaded::Pixel(_) | Loaded::Graph(_) => Err(refuse()),
         Loaded::Recurrent(_) => {
             bail!("{} is a recurrent model; this command takes transformer text models", file.path().display())
         }
@@ -607,16 +620,23 @@ fn recurrent_model(file: &ModelFile) -> Result<Rnn<'_>> {
     }
 }
 
+/// A pixel model of either runtime.
+enum PixelModel<'a> {
+    Cnn(Box<PixelCnn<'a>>),
+    Graph(Box<PixelGraph<'a>>),
+}
+
 /// The PixelCNN in `file`, for the commands that take only PixelCNN models. A text
 /// model's file is refused by its architecture, before loading (a broken one too).
-fn pixel_model(file: &ModelFile) -> Result<PixelCnn<'_>> {
+fn pixel_model(file: &ModelFile) -> Result<PixelModel<'_>> {
     let refuse =
         || anyhow!("{} is a text model; sample and impute take PixelCNN models (use generate)", file.path().display());
     if matches!(file.kind(), Some(Kind::Text | Kind::Recurrent)) {
         return Err(refuse());
     }
     match file.load()? {
-        Loaded::Pixel(m) => Ok(m),
+        Loaded::Pixel(m) => Ok(PixelModel::Cnn(Box::new(m))),
+        Loaded::Graph(g) => Ok(PixelModel::Graph(g)),
         Loaded::Text(_) | Loaded::Recurrent(_) => Err(refuse()),
     }
 }

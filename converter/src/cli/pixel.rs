@@ -6,16 +6,16 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use arq::models::pixelcnn::synth::{synthetic, SynthSpec};
-use arq::{PixelCnn, PixelSessionConfig};
+use arq::PixelCnn;
 use arq_convert::aligned::ModelBytes;
 use arq_convert::images::{self, Images};
-use arq_convert::pixel::{self, ImputeMethod};
+use arq_convert::pixel::{self, ImageModel, ImputeMethod};
 use serde_json::json;
 
 use super::median;
 
-pub fn score(model: &PixelCnn<'_>, input: &Path, json_out: bool, per_image: bool, threads: usize) -> Result<()> {
-    let c = model.config();
+pub fn score<M: ImageModel>(model: &M, input: &Path, json_out: bool, per_image: bool, threads: usize) -> Result<()> {
+    let c = model.shape();
     if !c.head.is_discrete() {
         bail!("this model's {} head takes continuous values; image files hold levels", c.head.name());
     }
@@ -64,7 +64,7 @@ fn default_scale(height: usize, width: usize) -> usize {
     (32 / height.min(width).max(1)).max(1)
 }
 
-pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
+pub fn sample<M: ImageModel>(model: &M, a: &SampleArgs<'_>) -> Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1");
     }
@@ -74,7 +74,7 @@ pub fn sample(model: &PixelCnn<'_>, a: &SampleArgs<'_>) -> Result<()> {
     for out in [Some(a.output), a.npy].into_iter().flatten() {
         arq_convert::input::not_special(out)?;
     }
-    let c = model.config();
+    let c = model.shape();
     let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
     let scale = a.scale.unwrap_or(default_scale(c.height, c.width));
     check_grid(a.n, cols, scale, (c.height, c.width))?;
@@ -154,8 +154,8 @@ pub struct ImputeArgs<'p> {
     pub json: bool,
 }
 
-pub fn impute(model: &PixelCnn<'_>, a: &ImputeArgs<'_>) -> Result<()> {
-    let c = model.config();
+pub fn impute<M: ImageModel>(model: &M, a: &ImputeArgs<'_>) -> Result<()> {
+    let c = model.shape();
     if !c.head.is_discrete() {
         bail!("this model's {} head takes continuous values; imputation needs a discrete head", c.head.name());
     }
@@ -232,12 +232,12 @@ pub fn bench_synthetic(size: &str, a: &BenchArgs) -> Result<()> {
 
 /// `arq bench` on a PixelCNN: time per sampled image, cached generator vs the naive
 /// full forward pass per pixel; medians over `reps` after a warm-up.
-pub fn bench(model: &PixelCnn<'_>, label: &str, a: &BenchArgs) -> Result<()> {
+pub fn bench<M: ImageModel>(model: &M, label: &str, a: &BenchArgs) -> Result<()> {
     let (reps, naive_reps, json_out) = (a.reps, a.naive_reps, a.json);
     if reps == 0 || naive_reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let c = model.config();
+    let c = model.shape();
     let mut cached = Vec::new();
     for rep in 0..=reps {
         let t = Instant::now();
@@ -259,13 +259,13 @@ pub fn bench(model: &PixelCnn<'_>, label: &str, a: &BenchArgs) -> Result<()> {
         }
     }
     let (cm, nm) = (median(cached), median(naive));
-    let arena = model.memory_plan(&PixelSessionConfig::default())?;
-    let arena_full = model.memory_plan(&PixelSessionConfig { full_forward: true })?;
+    let arena = model.arena_bytes(false)?;
+    let arena_full = model.arena_bytes(true)?;
     if json_out {
         println!(
             "{}",
             json!({
-                "model": label, "height": c.height, "width": c.width, "kernels": model.kernels().name,
+                "model": label, "height": c.height, "width": c.width, "kernels": model.kernels_name(),
                 "cached_ms_per_image": cm * 1e3, "naive_ms_per_image": nm * 1e3, "speedup": nm / cm,
                 "reps": reps, "naive_reps": naive_reps, "arena_bytes": arena, "arena_bytes_full_forward": arena_full,
             })
@@ -278,7 +278,7 @@ pub fn bench(model: &PixelCnn<'_>, label: &str, a: &BenchArgs) -> Result<()> {
             cm * 1e3,
             nm * 1e3,
             nm / cm,
-            model.kernels().name
+            model.kernels_name()
         );
     }
     Ok(())

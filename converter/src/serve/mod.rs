@@ -87,6 +87,9 @@ pub fn run(path: &Path, opts: &Options) -> Result<()> {
     let router = match file.load()? {
         Loaded::Text(model) => text_router(Box::leak(Box::new(model)), name, opts, file.bytes().len())?,
         Loaded::Pixel(model) => pixel::router(Box::leak(Box::new(model)), name, opts),
+        Loaded::Graph(_) => {
+            bail!("{}: serve does not take pixel-graph models yet (score, sample, bench do)", path.display())
+        }
         Loaded::Recurrent(_) => {
             bail!("{}: arq serve takes transformers and PixelCNNs; recurrent models are not served yet", path.display())
         }

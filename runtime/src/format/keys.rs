@@ -32,6 +32,8 @@ pub const ARCH_GEMMA3: &str = "gemma3";
 pub const ARCH_TORCH_ENCODER: &str = "torch_encoder";
 /// The gated PixelCNN.
 pub const ARCH_PIXELCNN: &str = "pixelcnn";
+/// A causal convolution graph over pixels (`runtime/FORMAT.md`, "Pixel graphs").
+pub const ARCH_PIXELGRAPH: &str = "pixelgraph";
 /// Recurrent language models: embedding, stacked LSTM/GRU/RNN layers, linear decoder.
 pub const ARCH_RNN: &str = "rnn";
 
@@ -140,6 +142,25 @@ pub const PIXELCNN_MIXTURES: &str = "pixelcnn.mixtures";
 /// The floor of the mixture heads' log-scales (f32).
 pub const PIXELCNN_MIN_LOG_SCALE: &str = "pixelcnn.min_log_scale";
 
+// --- Pixel-graph hyperparameters ---
+
+/// The graph encoding's version, 1 (int).
+pub const PIXELGRAPH_VERSION: &str = "pixelgraph.version";
+/// Image height, 1..=1024 (int).
+pub const PIXELGRAPH_HEIGHT: &str = "pixelgraph.height";
+/// Image width, 1..=1024 (int).
+pub const PIXELGRAPH_WIDTH: &str = "pixelgraph.width";
+/// Channels per pixel (channel groups); 1 in graph version 1 (int).
+pub const PIXELGRAPH_CHANNELS: &str = "pixelgraph.channels";
+/// The output distribution, one of the `HEAD_*` names (string).
+pub const PIXELGRAPH_HEAD: &str = "pixelgraph.head";
+/// Discrete levels per pixel (int).
+pub const PIXELGRAPH_LEVELS: &str = "pixelgraph.levels";
+/// `K`, mixture components, mixture heads only (int).
+pub const PIXELGRAPH_MIXTURES: &str = "pixelgraph.mixtures";
+/// The floor of the mixture heads' log-scales (f32).
+pub const PIXELGRAPH_MIN_LOG_SCALE: &str = "pixelgraph.min_log_scale";
+
 // --- Recurrent-model hyperparameters ---
 
 /// The cell, one of the `CELL_*` names (string).
@@ -217,6 +238,8 @@ pub enum LayerNaming {
     Blk,
     /// `l{layer}.{role}` (the PixelCNN), e.g. `l3.vconv.weight`.
     L,
+    /// `n{node}.{role}` (the pixel graph's nodes), e.g. `n4.weight`.
+    N,
 }
 
 impl LayerNaming {
@@ -225,6 +248,7 @@ impl LayerNaming {
         match self {
             LayerNaming::Blk => "blk.",
             LayerNaming::L => "l",
+            LayerNaming::N => "n",
         }
     }
 

@@ -10,10 +10,13 @@
 //! with one line naming it (`node 13 (Relu "name"): ...`, nodes counted from 0 in file
 //! order). A graph with an `LSTM`, `GRU` or `RNN` node selects the recurrent pattern;
 //! otherwise the model metadata `arq.architecture = gpt2` selects the GPT-2 pattern, any
-//! other value, or none, the PixelCNN one.
+//! other value, or none, a PixelCNN: the gated pattern `models/pixelcnn/train.py` exports
+//! when the graph has a `Pad` node (its down-shifts; files as before) and fits it, else
+//! any causal convolution graph ([`pixelgraph`]).
 
 pub mod gpt2;
 pub mod pixelcnn;
+pub mod pixelgraph;
 mod proto;
 pub mod rnn;
 pub mod torch_encoder;
@@ -25,6 +28,7 @@ use anyhow::{bail, Result};
 
 pub use gpt2::{tract_logits, Gpt2Source};
 pub use pixelcnn::{tract_forward, HeadSpec, PixelCnnSource};
+pub use pixelgraph::GraphSource;
 
 use crate::output::write_validated;
 use crate::quantize::{Quant, TensorError};
@@ -55,6 +59,14 @@ pub struct OnnxConvertSummary {
 /// The model metadata `arq.architecture` of an ONNX file, if it has one.
 pub fn onnx_architecture(path: &Path) -> Result<Option<String>> {
     Ok(proto::architecture(&proto::read_proto(path)?))
+}
+
+/// Whether a PixelCNN graph is the gated pattern of `models/pixelcnn/train.py` (its
+/// vertical-to-horizontal links are shifted down a row by `Pad` nodes, which the pixel
+/// graph does not take): those keep converting to the same `pixelcnn` files as before.
+/// One that does not fit it is tried as a pixel graph (where a Pad may pad a Conv).
+fn is_gated_pattern(proto: &tract_onnx::pb::ModelProto) -> bool {
+    proto.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| n.op_type == "Pad"))
 }
 
 /// `arq convert` for an ONNX model: a recurrent model when the graph has an LSTM, GRU
@@ -93,9 +105,27 @@ pub fn convert_onnx(input: &Path, out: &Path, opts: &OnnxConvertOptions) -> Resu
         }
         let src = Gpt2Source::from_proto(input, &proto)?;
         (src.to_arq(opts.quant)?, src.describe())
+    } else if is_gated_pattern(&proto) {
+        pixelcnn::refuse_q4(opts.quant)?;
+        match PixelCnnSource::from_proto(input, &proto, opts.head) {
+            Ok(src) => (src.to_arq(opts.quant)?, src.describe()),
+            // A zero Pad right before a Conv is also a pixel graph's (its pads).
+            Err(gated) => match GraphSource::from_proto(input, &proto, opts.head) {
+                Ok(src) => (src.to_arq(opts.quant)?, src.describe()),
+                Err(graph) => {
+                    let prefix = format!("{}: ", input.display());
+                    let graph = format!("{graph:#}");
+                    bail!(
+                        "{gated:#} (a graph with Pad nodes is read as the gated PixelCNN pattern; as a pixel graph, \
+                         where a Pad may only pad a Conv's input: {})",
+                        graph.strip_prefix(&prefix).unwrap_or(&graph)
+                    )
+                }
+            },
+        }
     } else {
         pixelcnn::refuse_q4(opts.quant)?;
-        let src = PixelCnnSource::from_proto(input, &proto, opts.head)?;
+        let src = GraphSource::from_proto(input, &proto, opts.head)?;
         (src.to_arq(opts.quant)?, src.describe())
     };
     write_validated(&bytes, out, opts.force)?;

@@ -65,8 +65,14 @@ impl FromStr for HeadSpec {
 }
 
 /// The head and levels from `--head` or the model's `arq.*` metadata, checked against
-/// out2's `p` channels.
-pub(super) fn resolve_head(meta: &HashMap<String, String>, spec: Option<&HeadSpec>, p: usize) -> Result<(Head, usize)> {
+/// out2's `p` channels (`output` names that tensor in refusals: `out2`, or a pixel
+/// graph's output).
+pub(crate) fn resolve_head(
+    meta: &HashMap<String, String>,
+    spec: Option<&HeadSpec>,
+    p: usize,
+    output: &str,
+) -> Result<(Head, usize)> {
     let meta_levels = meta_count(meta, "arq.levels")?;
     let (head, levels) = match spec {
         Some(s) => {
@@ -83,7 +89,7 @@ pub(super) fn resolve_head(meta: &HashMap<String, String>, spec: Option<&HeadSpe
         }
         None => head_from_meta(meta, meta_levels, p)?,
     };
-    check_head(head, levels, p)?;
+    check_head(head, levels, p, output)?;
     Ok((head, levels))
 }
 
@@ -151,16 +157,16 @@ fn meta_mixture(meta: &HashMap<String, String>, name: &str) -> Result<(usize, f3
 }
 
 /// Whether `head` with `levels` fits out2's `p` channels.
-fn check_head(head: Head, levels: usize, p: usize) -> Result<()> {
+fn check_head(head: Head, levels: usize, p: usize, output: &str) -> Result<()> {
     let hname = head.name();
     match head {
         Head::Categorical if levels != p => {
-            bail!("categorical head with {levels} levels, but out2 has {p} output channels (one logit per level)")
+            bail!("categorical head with {levels} levels, but {output} has {p} output channels (one logit per level)")
         }
-        Head::Bernoulli if p != 1 => bail!("bernoulli head, but out2 has {p} output channels (expected 1 logit)"),
+        Head::Bernoulli if p != 1 => bail!("bernoulli head, but {output} has {p} output channels (expected 1 logit)"),
         Head::Bernoulli if levels != 2 => bail!("bernoulli head with {levels} levels (expected 2)"),
         Head::LogisticMixture { k, .. } | Head::GaussianMixture { k, .. } if p != 3 * k => {
-            bail!("{hname} head with K = {k}, but out2 has {p} output channels (expected 3K = {})", 3 * k)
+            bail!("{hname} head with K = {k}, but {output} has {p} output channels (expected 3K = {})", 3 * k)
         }
         Head::GaussianMixture { .. } if levels != 0 => {
             bail!("gaussian_mixture head with {levels} levels (it models continuous values: 0)")

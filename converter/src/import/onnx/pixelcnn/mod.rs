@@ -47,7 +47,7 @@ use arq::models::pixelcnn::heads::Head;
 use arq::quant::QK8;
 use tract_onnx::pb;
 
-use head::resolve_head;
+pub(crate) use head::resolve_head;
 pub use head::{HeadSpec, DEFAULT_MIN_LOG_SCALE};
 
 use super::proto::read_proto;
@@ -147,7 +147,7 @@ impl PixelCnnSource {
         let meta: HashMap<String, String> =
             proto.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
         let p = parsed.out2.shape[0];
-        let (head, levels) = resolve_head(&meta, head.as_ref(), p).map_err(|e| at(e.to_string()))?;
+        let (head, levels) = resolve_head(&meta, head.as_ref(), p, "out2").map_err(|e| at(e.to_string()))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(PixelCnnSource {
             name,
