@@ -56,6 +56,10 @@ pub(super) struct Parsed {
 /// The graph's one input, checked to be integer token ids: its ONNX data type (6 or 7).
 pub(super) fn token_input(g: &pb::GraphProto) -> R<i32> {
     let (name, tt) = graph_input(g, "a transformer language model has one, the token ids (seq, batch)")?;
+    // Integer images (a PixelCNN's (N, C, H, W) levels) are not token ids.
+    if let Some(rank) = tt.shape.as_ref().map(|s| s.dim.len()).filter(|&r| r != 2) {
+        return Err(format!("input '{name}' has {rank} dimensions; token ids are (seq, batch)"));
+    }
     match tt.elem_type {
         6 | 7 => Ok(tt.elem_type),
         t => Err(format!("input '{name}' has ONNX data type {t}; expected int64 or int32 token ids")),
