@@ -104,10 +104,13 @@ done
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 commit=$(git rev-parse --short HEAD)
 ortv=$("$py" -c 'import onnxruntime; print(onnxruntime.__version__)')
-python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$naive_reps" "$ort_images" "$score_reps" "$threads" "$ortv" \
+# The command as run: the settings given in the environment, then the script.
+cmd=$(for v in PG_ROUNDS PG_REPS PG_NAIVE_REPS PG_ORT_IMAGES PG_SCORE_REPS PG_THREADS; do
+  [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; echo "bash bench/pixelgraph.sh")
+python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$naive_reps" "$ort_images" "$score_reps" "$threads" "$ortv" "$cmd" \
   > "$raw/section.md" <<'PY'
 import glob, json, statistics, sys, datetime
-raw, cpu, nproc, commit, rounds, reps, naive_reps, ort_images, score_reps, threads, ortv = sys.argv[1:]
+raw, cpu, nproc, commit, rounds, reps, naive_reps, ort_images, score_reps, threads, ortv, cmd = sys.argv[1:]
 med = statistics.median
 models = ["t12-pixelcnn", "pg-pixelcnn", "digits17"]
 label = {"t12-pixelcnn": "`t12-pixelcnn` (Tutorial 12, 256-way)", "pg-pixelcnn": "`pg-pixelcnn` (pytorch-generative, Bernoulli)",
@@ -123,7 +126,7 @@ print("(the gated-pattern executor) as the reference. 8x8 digits, sampling at te
 print(f"- machine: {cpu}, {nproc} cores (shared and noisy: other jobs ran beside it; compare ratios)")
 print(f"- arq commit {commit}; onnxruntime {ortv} (CPU provider, default graph optimizations)")
 print(f"- date: {datetime.date.today()}; {rounds} rounds, the tools alternating, top priority")
-print("- command: `bash bench/pixelgraph.sh` (`arq bench MODEL.arq --threads 1 --json`; `arq score MODEL.arq TEST.npy --threads T --json`;")
+print(f"- command: `{cmd}` (`arq bench MODEL.arq --threads 1 --json`; `arq score MODEL.arq TEST.npy --threads T --json`;")
 print("  `bench/ort_pixel_sampler.py sample|score`)\n")
 print("### Sampling, ms per image, 1 thread\n")
 print(f"arq: `arq bench`, per round the median of {reps} cached images (after a warm-up) and of {naive_reps} naive images")
