@@ -32,7 +32,7 @@ pairs=("q8 Q8_0 $peer_q80" "q4 Q4_1 $peer_q41")
 [ "$stem" = gemma3 ] && pairs+=("q4 Q4_K_M $gguf")
 
 cargo build --release -p arq-convert >&2
-arq=target/release/arq
+arq="${CARGO_TARGET_DIR:-target}/release/arq"
 for q in q8 q4; do
   out="models/cache/$stem-$q.arq"
   [ -s "$out" ] || "$arq" convert "$gguf" -o "$out" --quant "$q" --no-calib >&2
