@@ -73,7 +73,8 @@ class Model:
         kv: str = "f32",
     ) -> Any:
         """Text models, `x` a str: a dict with tokens, nll_nats, perplexity,
-        bits_per_token, bits_per_byte, bytes, bos_added, windows {count, ctx, stride},
+        bits_per_token, bits_per_byte, bytes, bos_added, windows {count, ctx, stride,
+        min_context, evaluated_tokens},
         and with `per_token` a dict of numpy arrays pos (int64), id (uint32), logprob
         (float64), top_id (uint32), top_logprob (float64). PixelCNN models, `x` a uint8
         array (N, H, W) or (N, H, W, 1): each image's NLL in nats, float64 (N,)."""

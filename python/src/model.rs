@@ -166,6 +166,8 @@ impl Model {
         windows.set_item("count", s.windows)?;
         windows.set_item("ctx", cfg.ctx)?;
         windows.set_item("stride", s.stride)?;
+        windows.set_item("min_context", s.min_context)?;
+        windows.set_item("evaluated_tokens", s.evaluated)?;
         d.set_item("windows", windows)?;
         if per_token {
             let col = |f: &dyn Fn(&text::Scored) -> f64| s.scored.iter().map(f).collect::<Vec<f64>>();
