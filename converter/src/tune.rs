@@ -147,8 +147,8 @@ fn from_env() -> Result<Option<Tuning>> {
         };
     }
     if let Some(d) = tier {
-        t.decode_tier = DecodeTier::parse(&d)
-            .with_context(|| format!("ARQ_DECODE_TIER must be own or avx2, not {:?}", d))?;
+        t.decode_tier =
+            DecodeTier::parse(&d).with_context(|| format!("ARQ_DECODE_TIER must be own or avx2, not {:?}", d))?;
     }
     if let Some(r) = rows {
         t.decode_rows =

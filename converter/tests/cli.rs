@@ -302,7 +302,8 @@ fn tune_caches_a_setting_per_cpu_that_commands_report() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let bench = ["bench", s(&m), "--prompt-tokens", "4", "--gen-tokens", "4", "--reps", "1", "--threads", "1", "--json"];
+    let bench =
+        ["bench", s(&m), "--prompt-tokens", "4", "--gen-tokens", "4", "--reps", "1", "--threads", "1", "--json"];
 
     let v = json(&run(&bench, &[]));
     assert_eq!(v["tuning"]["source"], "default");
@@ -335,7 +336,8 @@ fn tune_caches_a_setting_per_cpu_that_commands_report() {
     assert_error(&run(&bench, &[("ARQ_DECODE_TIER", "avx1024")]), 1, "ARQ_DECODE_TIER");
 
     // Another CPU's measurements, or a file that is not JSON, are ignored.
-    std::fs::write(&cache, r#"{"cpu":"another CPU","prefetch_bytes":0,"decode_tier":"own","decode_rows":"one"}"#).unwrap();
+    std::fs::write(&cache, r#"{"cpu":"another CPU","prefetch_bytes":0,"decode_tier":"own","decode_rows":"one"}"#)
+        .unwrap();
     assert_eq!(json(&run(&bench, &[]))["tuning"]["source"], "default");
     std::fs::write(&cache, "not json").unwrap();
     assert_eq!(json(&run(&bench, &[]))["tuning"]["source"], "default");
@@ -383,7 +385,9 @@ fn score_windows_follow_stride_and_min_context() {
     let chunks = score(&["--stride", "15"]);
     assert_eq!(chunks["tokens"].as_u64().unwrap() as usize, n - 1, "every position once");
     assert_eq!(evaluated(&chunks), n + count(&chunks) - 1);
-    let pos = |v: &serde_json::Value| -> Vec<u64> { v["per_token"].as_array().unwrap().iter().map(|t| t["pos"].as_u64().unwrap()).collect() };
+    let pos = |v: &serde_json::Value| -> Vec<u64> {
+        v["per_token"].as_array().unwrap().iter().map(|t| t["pos"].as_u64().unwrap()).collect()
+    };
     assert_eq!(pos(&chunks), (1..n as u64).collect::<Vec<_>>());
     // A stride of the whole context: each window's first token is a condition only.
     let disjoint = score(&["--stride", "16"]);

@@ -530,7 +530,18 @@ pub fn run(cli: Cli) -> Result<()> {
             let args = tune::TuneArgs { rounds, json, save: !no_save };
             tune::run(&text_model(&file)?, &model.display().to_string(), &pool, &args)
         }
-        Cmd::Bench { model, bandwidth, synthetic, naive_reps, prompt_tokens, gen_tokens, reps, json, threads, backend } => {
+        Cmd::Bench {
+            model,
+            bandwidth,
+            synthetic,
+            naive_reps,
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            json,
+            threads,
+            backend,
+        } => {
             if bandwidth {
                 return self::bandwidth::run(threads.count(), json);
             }

@@ -80,7 +80,8 @@ pub fn run(model: &Model<'_>, path: &str, pool: &ThreadPool, args: &TuneArgs) ->
 fn candidates(tier: &str) -> Vec<Tuning> {
     let first = cache::vendor_default();
     let mut c = vec![first];
-    let tiers: &[DecodeTier] = if tier == "avx512vnni" { &[DecodeTier::Own, DecodeTier::Avx2] } else { &[DecodeTier::Own] };
+    let tiers: &[DecodeTier] =
+        if tier == "avx512vnni" { &[DecodeTier::Own, DecodeTier::Avx2] } else { &[DecodeTier::Own] };
     for &decode_tier in tiers {
         for decode_rows in [DecodeRows::Tile, DecodeRows::One] {
             for &prefetch in &DISTANCES {

@@ -248,13 +248,7 @@ pub(in crate::kernels) unsafe fn matmul<
 /// # Safety
 /// The CPU must support the features of `K`'s tier.
 #[inline(always)]
-pub(in crate::kernels) unsafe fn walk<
-    C: Tier,
-    K: MicroKernel,
-    const R: usize,
-    const T: usize,
-    const PREFETCH: bool,
->(
+pub(in crate::kernels) unsafe fn walk<C: Tier, K: MicroKernel, const R: usize, const T: usize, const PREFETCH: bool>(
     w: &[K::W],
     x: &[K::X],
     out: &mut [f32],

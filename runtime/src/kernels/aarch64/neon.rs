@@ -177,7 +177,13 @@ pub unsafe fn matmul_q4_q8_neon(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: 
 pub unsafe fn matmul_q4_q8_dotprod(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut [f32]) {
     // SAFETY: `Q4<Sdot>` needs neon and dotprod, which the caller guarantees.
     unsafe {
-        tiling::matmul::<Inline, Q4<Sdot>, TILE_ROWS, TILE_TOKENS_Q4_DOTPROD, false>(w, rows, x, out, scalar::matmul_q4_q8)
+        tiling::matmul::<Inline, Q4<Sdot>, TILE_ROWS, TILE_TOKENS_Q4_DOTPROD, false>(
+            w,
+            rows,
+            x,
+            out,
+            scalar::matmul_q4_q8,
+        )
     }
 }
 

@@ -99,9 +99,7 @@ pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut 
         return unsafe { tiling::walk::<Avx2, Q4, 1, 1, true>(w, x, out, s) };
     }
     // SAFETY: `Q4`'s methods need avx2 and f16c, which the caller guarantees.
-    unsafe {
-        tiling::matmul::<Avx2, Q4, TILE_ROWS, TILE_TOKENS_Q4, true>(w, rows, x, out, scalar::matmul_q4_q8)
-    }
+    unsafe { tiling::matmul::<Avx2, Q4, TILE_ROWS, TILE_TOKENS_Q4, true>(w, rows, x, out, scalar::matmul_q4_q8) }
 }
 
 /// [`scalar::dot_f32`], bit for bit.

@@ -160,15 +160,7 @@ pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut 
         return unsafe { tiling::walk::<Avx512, Q4, 1, 1, true>(w, x, out, s) };
     }
     // SAFETY: `Q4`'s methods need the features the caller guarantees.
-    unsafe {
-        tiling::matmul::<Avx512, Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, true>(
-            w,
-            rows,
-            x,
-            out,
-            scalar::matmul_q4_q8,
-        )
-    }
+    unsafe { tiling::matmul::<Avx512, Q4, TILE_ROWS_Q4, TILE_TOKENS_Q4, true>(w, rows, x, out, scalar::matmul_q4_q8) }
 }
 
 /// [`scalar::dot_f32`], bit for bit. One chain of 8-lane adds, as the contract's
