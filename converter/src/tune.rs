@@ -50,30 +50,26 @@ const MAX_CACHE_BYTES: u64 = 64 * 1024;
 /// The CPU this process runs on, as the cache keys it: `/proc/cpuinfo`'s model name,
 /// family, model and stepping (Linux), else the architecture.
 pub fn cpu_id() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    match field("model name") {
+    match cpuinfo_field("model name") {
         Some(model) => {
-            let extra: Vec<String> = ["cpu family", "model", "stepping"].iter().filter_map(|f| field(f)).collect();
+            let extra: Vec<String> =
+                ["cpu family", "model", "stepping"].iter().filter_map(|f| cpuinfo_field(f)).collect();
             format!("{model} ({})", extra.join("/"))
         }
         None => std::env::consts::ARCH.to_string(),
     }
 }
 
+/// The first `name : value` line of `/proc/cpuinfo` (Linux), its value trimmed.
+fn cpuinfo_field(name: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines().filter_map(|l| l.split_once(':')).find(|(k, _)| k.trim() == name).map(|(_, v)| v.trim().to_string())
+}
+
 /// The CPU vendor as `/proc/cpuinfo` names it (`AuthenticAMD`, `GenuineIntel`), or
 /// `unknown`.
 fn vendor() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("vendor_id"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown".into(), |(_, v)| v.trim().to_string())
+    cpuinfo_field("vendor_id").unwrap_or_else(|| "unknown".into())
 }
 
 /// The settings before `arq tune` has run, from what was measured per vendor: on an AMD
