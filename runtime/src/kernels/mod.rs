@@ -25,6 +25,8 @@ macro_rules! simd_table {
             quantize_q8: quantize_q8,
             dot_q4_q8: dot_q4_q8,
             matmul_q4_q8: matmul_q4_q8,
+            attn_scores: attn_scores,
+            attn_values: attn_values,
         }
     };
     (
@@ -35,7 +37,9 @@ macro_rules! simd_table {
         matmul_f32: $matmul_f32:path,
         quantize_q8: $quantize_q8:path,
         dot_q4_q8: $dot_q4_q8:path,
-        matmul_q4_q8: $matmul_q4_q8:path $(,)?
+        matmul_q4_q8: $matmul_q4_q8:path,
+        attn_scores: $attn_scores:path,
+        attn_values: $attn_values:path $(,)?
     ) => {
         // SAFETY (every entry): a SIMD table leaves `kernels` only through the check of
         // its tier's `supported` (see `TIERS`), so whoever calls an entry runs on a CPU
@@ -56,6 +60,10 @@ macro_rules! simd_table {
             dot_q4_q8: |w, x| unsafe { $dot_q4_q8(w, x) },
             // SAFETY: as above.
             matmul_q4_q8: |w, rows, x, out| unsafe { $matmul_q4_q8(w, rows, x, out) },
+            // SAFETY: as above.
+            attn_scores: |q, keys, out, stride| unsafe { $attn_scores(q, keys, out, stride) },
+            // SAFETY: as above.
+            attn_values: |w, stride, values, out| unsafe { $attn_values(w, stride, values, out) },
         }
     };
 }
@@ -95,6 +103,46 @@ pub struct Kernels {
     pub quantize_q8: fn(&[f32], &mut [BlockQ8]),
     pub dot_q4_q8: fn(&[BlockQ4], &[BlockQ8]) -> f32,
     pub matmul_q4_q8: fn(&[BlockQ4], usize, &[BlockQ8], &mut [f32]),
+    pub attn_scores: fn(&[f32], Strided<'_>, &mut [f32], usize),
+    pub attn_values: fn(&[f32], usize, Strided<'_>, &mut [f32]),
+}
+
+/// `n` rows of `width` floats, row `i` at `data[i * stride..]`: one head's slice of the
+/// cached keys or values of consecutive positions (the attention kernels' operand).
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    data: &'a [f32],
+    stride: usize,
+    n: usize,
+    width: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// `None` unless `data` holds all `n` rows (`width <= stride` when `n > 1`).
+    pub fn new(data: &'a [f32], stride: usize, n: usize, width: usize) -> Option<Self> {
+        let fits =
+            n == 0 || (width <= stride || n == 1) && (n - 1).checked_mul(stride)?.checked_add(width)? <= data.len();
+        fits.then_some(Strided { data, stride, n, width })
+    }
+
+    /// One row: all of `row`.
+    pub fn one(row: &'a [f32]) -> Self {
+        Strided { data: row, stride: row.len(), n: 1, width: row.len() }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Row `i < n`.
+    #[inline(always)]
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride..i * self.stride + self.width]
+    }
 }
 
 /// The portable tier.
@@ -107,6 +155,8 @@ pub static SCALAR: Kernels = Kernels {
     quantize_q8: scalar::quantize_q8,
     dot_q4_q8: scalar::dot_q4_q8,
     matmul_q4_q8: scalar::matmul_q4_q8,
+    attn_scores: scalar::attn_scores,
+    attn_values: scalar::attn_values,
 };
 
 /// The environment variable that caps the tier [`best`] picks on std hosts.

@@ -5,6 +5,7 @@
 //! (or block) `i` goes to lane `i % 8`, and the lanes are reduced by [`reduce8`]. No
 //! fused multiply-add anywhere: each product is rounded, then added.
 
+use super::Strided;
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// The fixed reduction of the 8 lanes: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`,
@@ -100,6 +101,34 @@ pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], out: &mut [f32]) {
     for (t, xt) in x.chunks_exact(k).enumerate() {
         for (r, wr) in w.chunks_exact(k).enumerate() {
             out[t * rows + r] = dot_f32(wr, xt);
+        }
+    }
+}
+
+/// Attention scores: `out[h * out_stride + i] = dot_f32(q_h, key_i)` for the query
+/// heads `q_h = q[h * hd..(h + 1) * hd]` (`hd = keys.width()`) and the rows `key_i` of
+/// `keys`. Each score is [`dot_f32`]'s, so a tier may block heads and keys as it likes.
+pub fn attn_scores(q: &[f32], keys: Strided<'_>, out: &mut [f32], out_stride: usize) {
+    let hd = keys.width();
+    for (h, qh) in q.chunks_exact(hd).enumerate() {
+        for i in 0..keys.rows() {
+            out[h * out_stride + i] = dot_f32(qh, keys.row(i));
+        }
+    }
+}
+
+/// Attention-weighted values: `out_h += sum_i w[h * w_stride + i] * value_i` for each
+/// head `h` (`out_h = out[h * hd..(h + 1) * hd]`, `hd = values.width()`), the rows in
+/// order and each step rounded as `o + (w * v)`: element by element, the sum a loop over
+/// positions builds, so accumulating a span in pieces gives the same floats.
+pub fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut [f32]) {
+    let hd = values.width();
+    for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
+        for i in 0..values.rows() {
+            let wi = w[h * w_stride + i];
+            for (o, &v) in oh.iter_mut().zip(values.row(i)) {
+                *o += wi * v;
+            }
         }
     }
 }

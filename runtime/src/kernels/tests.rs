@@ -260,6 +260,69 @@ fn matmul_f32_is_bit_exact() {
     }
 }
 
+/// Attention kernels over strided rows (a KV head's slice of cached rows, `stride`
+/// apart), every head count a tier blocks by, with a gap in the score rows.
+#[test]
+fn attention_kernels_are_bit_exact() {
+    let mut rng = Rng(12);
+    for k in simd_tiers() {
+        for &hd in &[8, 16, 24, 64, 7, 80] {
+            for &heads in &[1, 2, 3, 4, 5, 9] {
+                for &n in &[0, 1, 3, 4, 5, 17] {
+                    let stride = hd * 3 + 8;
+                    let data = f32_row(&mut rng, n * stride + hd);
+                    let rows = Strided::new(&data[5..], stride, n, hd).unwrap();
+                    let q = f32_row(&mut rng, heads * hd);
+                    let os = n + 2;
+                    let mut got = vec![7.0f32; heads * os];
+                    let mut want = got.clone();
+                    (k.attn_scores)(&q, rows, &mut got, os);
+                    scalar::attn_scores(&q, rows, &mut want, os);
+                    for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                        assert_same(k.name, &format!("attn_scores hd={hd} heads={heads} n={n} out[{i}]"), g, s);
+                    }
+                    // Weights as a softmax makes them (small, positive), then a few wild ones.
+                    let w: Vec<f32> =
+                        (0..heads * os).map(|i| if i % 7 == 3 { rng.wide(-9, 9) } else { rng.unit().abs() }).collect();
+                    let mut got = f32_row(&mut rng, heads * hd);
+                    let mut want = got.clone();
+                    (k.attn_values)(&w, os, rows, &mut got);
+                    scalar::attn_values(&w, os, rows, &mut want);
+                    for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                        assert_same(k.name, &format!("attn_values hd={hd} heads={heads} n={n} out[{i}]"), g, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The scores are `dot_f32`'s and the values accumulate row by row: what the model
+/// code relies on to feed a span in pieces, or a q8 cache one row at a time.
+#[test]
+fn attention_kernels_match_their_definitions() {
+    let mut rng = Rng(13);
+    let (hd, heads, n) = (16, 3, 6);
+    let rows_data = f32_row(&mut rng, n * hd);
+    let rows = Strided::new(&rows_data, hd, n, hd).unwrap();
+    let q = f32_row(&mut rng, heads * hd);
+    let mut scores = vec![0.0f32; heads * n];
+    scalar::attn_scores(&q, rows, &mut scores, n);
+    for h in 0..heads {
+        for i in 0..n {
+            let want = scalar::dot_f32(&q[h * hd..(h + 1) * hd], rows.row(i));
+            assert_eq!(scores[h * n + i].to_bits(), want.to_bits());
+        }
+    }
+    let mut whole = vec![0.0f32; heads * hd];
+    scalar::attn_values(&scores, n, rows, &mut whole);
+    let mut pieces = vec![0.0f32; heads * hd];
+    for i in 0..n {
+        scalar::attn_values(&scores[i..], n, Strided::one(rows.row(i)), &mut pieces);
+    }
+    assert_eq!(whole, pieces);
+}
+
 #[test]
 fn matmul_odd_shapes_match_scalar() {
     // Shapes off the tiled path: no tokens, a partial trailing token, a ragged weight.

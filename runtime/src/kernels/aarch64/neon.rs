@@ -15,7 +15,7 @@ use core::marker::PhantomData;
 use half::f16;
 
 use crate::kernels::tiling::{self, pad8f, Inline, Lanes, MicroKernel};
-use crate::kernels::{scalar, Kernels};
+use crate::kernels::{scalar, Kernels, Strided};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per matmul tile.
@@ -45,6 +45,8 @@ pub(in crate::kernels) static NEON: Kernels = simd_table! {
     quantize_q8: quantize_q8,
     dot_q4_q8: dot_q4_q8_neon,
     matmul_q4_q8: matmul_q4_q8_neon,
+    attn_scores: attn_scores,
+    attn_values: attn_values,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
@@ -58,7 +60,26 @@ pub(in crate::kernels) static DOTPROD: Kernels = simd_table! {
     quantize_q8: quantize_q8,
     dot_q4_q8: dot_q4_q8_dotprod,
     matmul_q4_q8: matmul_q4_q8_dotprod,
+    attn_scores: attn_scores,
+    attn_values: attn_values,
 };
+
+/// The attention kernels have no NEON version yet: both tiers run the scalar contract
+/// (an `unsafe fn` only because the table's wrapper expects one).
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn attn_scores(q: &[f32], keys: Strided<'_>, out: &mut [f32], out_stride: usize) {
+    scalar::attn_scores(q, keys, out, out_stride)
+}
+
+/// See [`attn_scores`].
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut [f32]) {
+    scalar::attn_values(w, w_stride, values, out)
+}
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is
 /// enabled at compile time (see [`super`]), so this is true wherever it exists.

@@ -24,6 +24,8 @@ pub(in crate::kernels) static DSP: Kernels = Kernels {
     quantize_q8: scalar::quantize_q8,
     dot_q4_q8,
     matmul_q4_q8,
+    attn_scores: scalar::attn_scores,
+    attn_values: scalar::attn_values,
 };
 
 /// Whether this CPU runs the `dsp` kernels: always, since this module is only compiled

@@ -24,7 +24,7 @@ use half::f16;
 
 use super::{accumulate, accumulate_q4, load_qs, prefetch, reduce8, scales8, scales_tail, F32};
 use crate::kernels::tiling::{self, MicroKernel, Shape};
-use crate::kernels::{scalar, tune, Kernels};
+use crate::kernels::{scalar, tune, Kernels, Strided};
 use crate::quant::{BlockQ4, BlockQ8, QK8};
 
 /// Weight rows per q8 matmul tile.
@@ -172,6 +172,24 @@ pub unsafe fn matmul_q4_q8(w: &[BlockQ4], rows: usize, x: &[BlockQ8], out: &mut 
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: `F32`'s methods need avx2 and f16c, which the caller guarantees.
     unsafe { tiling::dot::<F32>(a, b) }
+}
+
+/// [`scalar::attn_scores`], bit for bit (`super::attn`).
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn attn_scores(q: &[f32], keys: Strided<'_>, out: &mut [f32], out_stride: usize) {
+    super::attn::scores(q, keys, out, out_stride)
+}
+
+/// [`scalar::attn_values`], bit for bit (`super::attn`).
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vl, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut [f32]) {
+    super::attn::values(w, w_stride, values, out)
 }
 
 /// [`scalar::matmul_f32`], bit for bit: tiles of 4 weight rows x 4 tokens.

@@ -43,6 +43,7 @@
 //! NaN payloads are not part of the contract: a NaN result is NaN in every tier, but its
 //! bits may differ.
 
+mod attn;
 pub mod avx2;
 pub mod avx512;
 

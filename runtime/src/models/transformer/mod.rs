@@ -24,7 +24,7 @@ use crate::arena::{Arena, Layout};
 use crate::error::{bad, Error};
 use crate::format::keys::{self, LayerNaming};
 use crate::format::{ArqFile, TensorView};
-use crate::kernels::{self, Kernels};
+use crate::kernels::{self, Kernels, Strided};
 use crate::linear::{add_bias, linear, matrix, vector, Linear, Offload, Weight};
 use crate::math;
 use crate::parallel::{self, Parallel, Serial};
@@ -750,13 +750,13 @@ impl Span {
 /// Causal attention of query heads `h0..h0 + m` (`q` and `out` hold them one after the
 /// other, `hd` each) over the cached positions of `span`: for each head `h`, `out_h =
 /// softmax(q_h·Kᵀ * scale) · V`, where `h` reads KV head `h / group` (grouped-query
-/// attention), elements `(h / group) * hd..` of each cached row. The walk goes position
-/// by position, each visit reading (or dequantizing) a KV head's slice of the row once
-/// for all the query heads that share it: at long contexts the cache is read from
-/// memory, and one pass in row order keeps it one stream, where a pass per head would
-/// read every row again with gaps. Each head's result is exactly that of attending
-/// alone (the same dot products, softmax and accumulation order). `att` holds `m` rows
-/// of scores and, at its end, `hd` values of scratch for a dequantized slice.
+/// attention), elements `(h / group) * hd..` of each cached row. The products are the
+/// kernels' `attn_scores` and `attn_values`, handed a KV head's slice of consecutive
+/// rows (at most two runs: a sliding layer's ring may wrap) and every query head that
+/// shares it, so each cached row is read once per KV head and stays one stream. A q8
+/// cache is dequantized row by row and goes through the same kernels one row at a time,
+/// which the kernels' contract makes the same floats. `att` holds `m` rows of scores
+/// and, at its end, `hd` values of scratch for a dequantized slice.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     k: &Kernels,
@@ -786,27 +786,58 @@ fn attend(
             })
         })
     };
-    for (i, p) in (span.first..span.end).enumerate() {
-        for (a, b, off) in runs() {
-            let key = keys.head(p % span.ring, kv_dim, off, tmp);
-            for h in a..b {
-                scores[h * n + i] = (k.dot_f32)(&q[h * hd..(h + 1) * hd], key) * scale;
+    // The span's rows as at most two runs of consecutive rows: (first score, first row,
+    // rows).
+    let first_row = span.first % span.ring;
+    let n1 = n.min(span.ring - first_row);
+    let segments = [(0, first_row, n1), (n1, 0, n - n1)];
+    let segments = segments.iter().filter(|s| s.2 > 0);
+    let strided = |rows, (_, row, len): (usize, usize, usize), off| heads_of(rows, row * kv_dim + off, kv_dim, len, hd);
+
+    match keys {
+        KvRows::F32(rows) => {
+            for (a, b, off) in runs() {
+                for &seg in segments.clone() {
+                    (k.attn_scores)(&q[a * hd..b * hd], strided(rows, seg, off), &mut scores[a * n + seg.0..], n);
+                }
             }
         }
-    }
-    scores.chunks_exact_mut(n).for_each(math::softmax);
-    out.fill(0.0);
-    for (i, p) in (span.first..span.end).enumerate() {
-        for (a, b, off) in runs() {
-            let value = values.head(p % span.ring, kv_dim, off, tmp);
-            for h in a..b {
-                let w = scores[h * n + i];
-                for (o, &v) in out[h * hd..(h + 1) * hd].iter_mut().zip(value) {
-                    *o += w * v;
+        KvRows::Q8(_) => {
+            for (i, p) in (span.first..span.end).enumerate() {
+                for (a, b, off) in runs() {
+                    let key = Strided::one(keys.head(p % span.ring, kv_dim, off, tmp));
+                    (k.attn_scores)(&q[a * hd..b * hd], key, &mut scores[a * n + i..], n);
                 }
             }
         }
     }
+    for s in scores.iter_mut() {
+        *s *= scale;
+    }
+    scores.chunks_exact_mut(n).for_each(math::softmax);
+    out.fill(0.0);
+    match values {
+        KvRows::F32(rows) => {
+            for (a, b, off) in runs() {
+                for &seg in segments.clone() {
+                    (k.attn_values)(&scores[a * n + seg.0..], n, strided(rows, seg, off), &mut out[a * hd..b * hd]);
+                }
+            }
+        }
+        KvRows::Q8(_) => {
+            for (i, p) in (span.first..span.end).enumerate() {
+                for (a, b, off) in runs() {
+                    let value = Strided::one(values.head(p % span.ring, kv_dim, off, tmp));
+                    (k.attn_values)(&scores[a * n + i..], n, value, &mut out[a * hd..b * hd]);
+                }
+            }
+        }
+    }
+}
+
+/// `len` rows of `hd` floats from `rows[at..]`, `kv_dim` apart.
+fn heads_of(rows: &[f32], at: usize, kv_dim: usize, len: usize, hd: usize) -> Strided<'_> {
+    Strided::new(&rows[at..], kv_dim, len, hd).expect("cached rows hold the span")
 }
 
 impl<'a> Session<'a> {
