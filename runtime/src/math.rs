@@ -79,18 +79,45 @@ pub fn exp(x: f32) -> f32 {
 
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    // The exponentials in their own loop, which vectorizes; the sum stays in order.
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
+    softmax_rows(x, 1, x.len(), x.len());
+}
+
+/// [`softmax`] of `rows` rows of `n` floats, row `r` at `x[r * stride..]`: the same
+/// floats, written so that it vectorizes: the exponentials in their own loop, and the
+/// sums (each row's in order, one long chain of dependent adds) kept for 8 rows at a
+/// time, so that 8 chains advance together. Inlined into the kernels' tiers
+/// (`Kernels::softmax_rows`), where it compiles with their vector widths.
+#[inline(always)]
+pub fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
+    if n == 0 {
+        return;
     }
-    let mut sum = 0.0;
-    for &v in x.iter() {
-        sum += v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
+    let mut r0 = 0;
+    while r0 < rows {
+        let m = (rows - r0).min(8);
+        let block = &mut x[r0 * stride..(r0 + m - 1) * stride + n];
+        let mut max = [f32::NEG_INFINITY; 8];
+        for (r, mx) in max[..m].iter_mut().enumerate() {
+            *mx = block[r * stride..r * stride + n].iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        }
+        for (r, mx) in max[..m].iter().enumerate() {
+            for v in block[r * stride..r * stride + n].iter_mut() {
+                *v = exp(*v - mx);
+            }
+        }
+        let mut sum = [0.0f32; 8];
+        for i in 0..n {
+            for (r, s) in sum[..m].iter_mut().enumerate() {
+                *s += block[r * stride + i];
+            }
+        }
+        for (r, s) in sum[..m].iter().enumerate() {
+            let inv = 1.0 / s;
+            for v in block[r * stride..r * stride + n].iter_mut() {
+                *v *= inv;
+            }
+        }
+        r0 += m;
     }
 }
 

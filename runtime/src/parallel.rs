@@ -79,6 +79,17 @@ impl<T> Chunks<T> {
     fn count(&self) -> usize {
         self.len.div_ceil(self.chunk)
     }
+    /// Elements `start..end` (`start <= end <= len`).
+    ///
+    /// # Safety
+    /// Overlapping ranges must not be used at the same time, and only while the slice
+    /// `new` took is still mutably borrowed by the caller.
+    #[allow(clippy::mut_from_ref)] // the ranges are disjoint; see `# Safety`
+    unsafe fn get_range(&self, start: usize, end: usize) -> &mut [T] {
+        assert!(start <= end && end <= self.len);
+        // SAFETY: in bounds (asserted); disjointness is the caller's contract.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
+    }
     /// # Safety
     /// Each `i` must be used by at most one task at a time, while the slice `new` took
     /// is still mutably borrowed by the caller of [`chunks2`].
@@ -118,6 +129,46 @@ pub fn chunks2<A: Send, B: Send>(
         // indices are disjoint; `a` and `b` stay mutably borrowed until `run` returns.
         unsafe { f(i, ca.get(i), cb.get(i)) }
     });
+}
+
+/// [`chunks2`] with chunks of `a` that differ in size: task `i` of `tasks` gets rows
+/// `split(i)..split(i + 1)` of `a` (rows of `row` elements; `split` must be
+/// non-decreasing, with `split(0) == 0` and `split(tasks)` at most `a`'s rows) and chunk
+/// `i` of `b` in chunks of `cb`. Tasks whose range is empty are skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn split2<A: Send, B: Send>(
+    pool: &dyn Parallel,
+    a: &mut [A],
+    row: usize,
+    tasks: usize,
+    split: &(dyn Fn(usize) -> usize + Sync),
+    b: &mut [B],
+    cb: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let rows = a.len() / row.max(1);
+    let range = |i: usize| {
+        let (s, e) = (split(i).min(rows), split(i + 1).min(rows));
+        (s * row, e.max(s) * row)
+    };
+    // A non-decreasing `split` makes the ranges disjoint, which the tasks rely on.
+    assert!((0..tasks).all(|i| split(i) <= split(i + 1)), "split2: split must not decrease");
+    let ca = Chunks::new(a, 1);
+    let cb = Chunks::new(b, cb);
+    let task = |i: usize| {
+        let (s, e) = range(i);
+        if s < e {
+            // SAFETY: the ranges of distinct tasks are disjoint (checked above) and in
+            // bounds; chunk `i` of `b` is this task's alone; both slices stay mutably
+            // borrowed until every task has returned.
+            unsafe { f(i, ca.get_range(s, e), cb.get(i)) }
+        }
+    };
+    if tasks <= 1 || pool.threads() == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        pool.run(tasks, &task);
+    }
 }
 
 /// `chunks2` over one buffer.

@@ -99,3 +99,25 @@ fn every_family_converts_to_q8_and_q4_close_to_f32() {
         }
     }
 }
+
+/// A prompt's logits do not depend on how it is fed: token by token, in passes of 7
+/// (attention by blocks of tokens per KV head, `attend_tokens`), or in one pass split
+/// between 2 or 3 threads by work. Every family: GQA (llama, qwen2, qwen3), one KV head
+/// with a sliding window (gemma3), no grouping (gpt2).
+#[test]
+fn every_family_gives_the_same_log_probs_however_a_prompt_is_fed() {
+    for family in FAMILIES {
+        let r = fixture(family);
+        let bytes = convert(family, Quant::F32);
+        let model = Model::load(bytes.bytes()).unwrap();
+        for (name, t) in r["texts"].as_object().unwrap() {
+            let ids = ids_of(&t["ids"]);
+            let one = teacher_forced(&model, &ids, 1, 1);
+            for (batch, threads) in [(7, 1), (ids.len(), 2), (ids.len(), 3)] {
+                let got = teacher_forced(&model, &ids, batch, threads);
+                let same = one.0.iter().zip(&got.0).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same && one.1 == got.1, "{family} {name}: batch {batch}, {threads} threads");
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ macro_rules! simd_table {
             matmul_q4_q8: matmul_q4_q8,
             attn_scores: attn_scores,
             attn_values: attn_values,
+            softmax_rows: softmax_rows,
         }
     };
     (
@@ -39,7 +40,8 @@ macro_rules! simd_table {
         dot_q4_q8: $dot_q4_q8:path,
         matmul_q4_q8: $matmul_q4_q8:path,
         attn_scores: $attn_scores:path,
-        attn_values: $attn_values:path $(,)?
+        attn_values: $attn_values:path,
+        softmax_rows: $softmax_rows:path $(,)?
     ) => {
         // SAFETY (every entry): a SIMD table leaves `kernels` only through the check of
         // its tier's `supported` (see `TIERS`), so whoever calls an entry runs on a CPU
@@ -64,6 +66,8 @@ macro_rules! simd_table {
             attn_scores: |q, keys, out, stride| unsafe { $attn_scores(q, keys, out, stride) },
             // SAFETY: as above.
             attn_values: |w, stride, values, out| unsafe { $attn_values(w, stride, values, out) },
+            // SAFETY: as above.
+            softmax_rows: |x, rows, n, stride| unsafe { $softmax_rows(x, rows, n, stride) },
         }
     };
 }
@@ -105,6 +109,9 @@ pub struct Kernels {
     pub matmul_q4_q8: fn(&[BlockQ4], usize, &[BlockQ8], &mut [f32]),
     pub attn_scores: fn(&[f32], Strided<'_>, &mut [f32], usize),
     pub attn_values: fn(&[f32], usize, Strided<'_>, &mut [f32]),
+    /// [`crate::math::softmax_rows`] (not a product, but attention's third loop: each
+    /// tier compiles the same code at its vector width).
+    pub softmax_rows: fn(&mut [f32], usize, usize, usize),
 }
 
 /// `n` rows of `width` floats, row `i` at `data[i * stride..]`: one head's slice of the
@@ -157,6 +164,7 @@ pub static SCALAR: Kernels = Kernels {
     matmul_q4_q8: scalar::matmul_q4_q8,
     attn_scores: scalar::attn_scores,
     attn_values: scalar::attn_values,
+    softmax_rows: crate::math::softmax_rows,
 };
 
 /// The environment variable that caps the tier [`best`] picks on std hosts.

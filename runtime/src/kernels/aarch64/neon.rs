@@ -47,6 +47,7 @@ pub(in crate::kernels) static NEON: Kernels = simd_table! {
     matmul_q4_q8: matmul_q4_q8_neon,
     attn_scores: attn_scores,
     attn_values: attn_values,
+    softmax_rows: softmax_rows,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
@@ -62,6 +63,7 @@ pub(in crate::kernels) static DOTPROD: Kernels = simd_table! {
     matmul_q4_q8: matmul_q4_q8_dotprod,
     attn_scores: attn_scores,
     attn_values: attn_values,
+    softmax_rows: softmax_rows,
 };
 
 /// The attention kernels have no NEON version yet: both tiers run the scalar contract
@@ -79,6 +81,15 @@ unsafe fn attn_scores(q: &[f32], keys: Strided<'_>, out: &mut [f32], out_stride:
 /// None beyond the safe function's.
 unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut [f32]) {
     scalar::attn_values(w, w_stride, values, out)
+}
+
+/// [`crate::math::softmax_rows`]: NEON is the baseline here, so the shared code already
+/// compiles with it.
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
+    crate::math::softmax_rows(x, rows, n, stride)
 }
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is

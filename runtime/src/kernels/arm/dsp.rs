@@ -26,6 +26,7 @@ pub(in crate::kernels) static DSP: Kernels = Kernels {
     matmul_q4_q8,
     attn_scores: scalar::attn_scores,
     attn_values: scalar::attn_values,
+    softmax_rows: crate::math::softmax_rows,
 };
 
 /// Whether this CPU runs the `dsp` kernels: always, since this module is only compiled

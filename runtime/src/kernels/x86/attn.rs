@@ -33,35 +33,62 @@ pub(super) fn scores(q: &[f32], keys: Strided<'_>, out: &mut [f32], out_stride: 
     if hd % 8 != 0 || hd == 0 {
         return scalar::attn_scores(q, keys, out, out_stride);
     }
-    let n = keys.rows();
+    let (n, g) = (keys.rows(), hd / 8);
+    let (qs, _) = q.as_chunks::<8>();
+    let m = qs.len() / g;
     let mut i = 0;
     while i + 4 <= n {
-        let k = [keys.row(i), keys.row(i + 1), keys.row(i + 2), keys.row(i + 3)];
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for d in (0..hd).step_by(8) {
-                let qv = at8(qh, d);
-                for (a, kj) in acc.iter_mut().zip(&k) {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, at8(kj, d)));
+        let k: [&[[f32; 8]]; 4] = core::array::from_fn(|j| &keys.row(i + j).as_chunks::<8>().0[..g]);
+        let mut h = 0;
+        // Two heads at a time: each loaded key group serves 8 products.
+        while h + 2 <= m {
+            let (qa, qb) = (&qs[h * g..][..g], &qs[(h + 1) * g..][..g]);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            for d in 0..g {
+                let (a, b) = (load8(&qa[d]), load8(&qb[d]));
+                for (j, kj) in k.iter().enumerate() {
+                    let kv = load8(&kj[d]);
+                    acc[0][j] = _mm256_add_ps(acc[0][j], _mm256_mul_ps(a, kv));
+                    acc[1][j] = _mm256_add_ps(acc[1][j], _mm256_mul_ps(b, kv));
                 }
             }
-            let r = reduce8x4(acc);
-            let o = &mut out[h * out_stride + i..h * out_stride + i + 4];
-            // SAFETY: `o` is 4 writable floats; `storeu` needs no alignment.
-            unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
+            store4(&mut out[h * out_stride + i..][..4], reduce8x4(acc[0]));
+            store4(&mut out[(h + 1) * out_stride + i..][..4], reduce8x4(acc[1]));
+            h += 2;
+        }
+        if h < m {
+            let qa = &qs[h * g..][..g];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for d in 0..g {
+                let a = load8(&qa[d]);
+                for (j, kj) in k.iter().enumerate() {
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(a, load8(&kj[d])));
+                }
+            }
+            store4(&mut out[h * out_stride + i..][..4], reduce8x4(acc));
         }
         i += 4;
     }
     for i in i..n {
-        let key = keys.row(i);
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
+        let key = &keys.row(i).as_chunks::<8>().0[..g];
+        for h in 0..m {
+            let qa = &qs[h * g..][..g];
             let mut acc = _mm256_setzero_ps();
-            for d in (0..hd).step_by(8) {
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(at8(qh, d), at8(key, d)));
+            for d in 0..g {
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(&qa[d]), load8(&key[d])));
             }
             out[h * out_stride + i] = reduce8(acc);
         }
     }
+}
+
+/// Stores 4 lanes into `o`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn store4(o: &mut [f32], r: __m128) {
+    let o: &mut [f32; 4] = o.try_into().expect("4 floats");
+    // SAFETY: `o` is 4 writable floats; `storeu` needs no alignment.
+    unsafe { _mm_storeu_ps(o.as_mut_ptr(), r) };
 }
 
 /// Four `reduce8`s at once: lane `j` of the result is `((l0+l4)+(l2+l6)) +
@@ -123,18 +150,19 @@ fn values_tile<const H: usize, const V: usize>(
     out: &mut [f32],
     d: usize,
 ) {
-    let hd = values.width();
+    let (hd, n) = (values.width(), values.rows());
     let mut acc = [[_mm256_setzero_ps(); V]; H];
     for (hh, a) in acc.iter_mut().enumerate() {
         for (j, r) in a.iter_mut().enumerate() {
             *r = at8(out, hh * hd + d + 8 * j);
         }
     }
-    for i in 0..values.rows() {
-        let row = values.row(i);
-        let v: [__m256; V] = core::array::from_fn(|j| at8(row, d + 8 * j));
-        for (hh, a) in acc.iter_mut().enumerate() {
-            let wi = _mm256_set1_ps(w[hh * w_stride + i]);
+    let w: [&[f32]; H] = core::array::from_fn(|hh| &w[hh * w_stride..][..n]);
+    for i in 0..n {
+        let row = &values.row(i)[d..d + 8 * V];
+        let v: [__m256; V] = core::array::from_fn(|j| at8(row, 8 * j));
+        for (a, wh) in acc.iter_mut().zip(&w) {
+            let wi = _mm256_set1_ps(wh[i]);
             for (r, vj) in a.iter_mut().zip(&v) {
                 *r = _mm256_add_ps(*r, _mm256_mul_ps(wi, *vj));
             }
@@ -147,4 +175,12 @@ fn values_tile<const H: usize, const V: usize>(
             unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *r) };
         }
     }
+}
+
+/// [`math::softmax_rows`](crate::math::softmax_rows), compiled with the tier's vector
+/// width: the same scalar operations per element, so the same floats.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
+    crate::math::softmax_rows(x, rows, n, stride)
 }

@@ -130,6 +130,15 @@ pub unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: 
     super::attn::values(w, w_stride, values, out)
 }
 
+/// [`crate::math::softmax_rows`] at this tier's width (`super::attn`).
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
+    super::attn::softmax_rows(x, rows, n, stride)
+}
+
 /// [`scalar::matmul_f32`], bit for bit: tiles of 4 weight rows x 2 tokens; the 8 (R x T)
 /// independent accumulators hide the add latency that bounds a single [`dot_f32`].
 ///

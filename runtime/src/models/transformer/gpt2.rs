@@ -171,9 +171,21 @@ mod tests {
     }
 
     fn all_logits(model: &Model<'_>, tokens: &[u32], batch: usize, kv: KvDtype) -> Vec<Vec<f32>> {
-        let cfg = SessionConfig { ctx: CTX, batch, threads: 1, kv, seqs: 1 };
+        all_logits_threads(model, tokens, batch, kv, 1)
+    }
+
+    fn all_logits_threads(
+        model: &Model<'_>,
+        tokens: &[u32],
+        batch: usize,
+        kv: KvDtype,
+        threads: usize,
+    ) -> Vec<Vec<f32>> {
+        let cfg = SessionConfig { ctx: CTX, batch, threads, kv, seqs: 1 };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+        let pool = crate::parallel::ThreadPool::new(threads).unwrap();
         let mut s = Session::new(model, &mut arena, cfg).unwrap();
+        s.set_parallel(&pool).unwrap();
         let mut out = Vec::new();
         s.forward_all(tokens, |_, l| out.push(l.to_vec())).unwrap();
         out
@@ -209,6 +221,10 @@ mod tests {
                 let one = all_logits(&model, &TOKENS, 1, kv);
                 assert_eq!(one, all_logits(&model, &TOKENS, 5, kv), "q8 weights {q8}, {kv:?}");
                 assert_eq!(one, all_logits(&model, &TOKENS, CTX, kv), "q8 weights {q8}, {kv:?}");
+                // A prompt split between threads by work (`causal_split`), in blocks.
+                for threads in [2, 3] {
+                    assert_eq!(one, all_logits_threads(&model, &TOKENS, CTX, kv, threads), "{threads} threads");
+                }
             }
             let exact = all_logits(&model, &TOKENS, 4, KvDtype::F32);
             let cached = all_logits(&model, &TOKENS, 4, KvDtype::Q8);

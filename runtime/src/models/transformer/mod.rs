@@ -573,7 +573,7 @@ impl<'a> Model<'a> {
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
             .then::<f32>(if spec.mlp.gated() { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
             .then::<BlockQ8>(b.checked_mul(width(c) / QK8)?)? // xq
-            .then::<f32>(att_len(c, s.ctx)?.checked_mul(s.threads)?)? // att
+            .then::<f32>(att_len(c, s.ctx, s.batch)?.checked_mul(s.threads)?)? // att
             .then::<f32>(rope_len(c, b)?)? // rope
             .then::<f32>(b.checked_mul(c.vocab)?)? // logits
             .then::<f32>(Self::split_len(c, s)?) // split
@@ -725,10 +725,23 @@ enum Logits {
     All,
 }
 
-/// One task's attention scratch: the scores of every query head, and a dequantized
-/// slice of a row ([`attend`]).
-fn att_len(c: &TransformerConfig, ctx: usize) -> Option<usize> {
-    c.n_heads.checked_mul(ctx)?.checked_add(c.head_dim)
+/// Query rows (tokens x the query heads of one KV head) that [`attend_tokens`] takes at
+/// once: enough that each cached key and value row loaded serves a dozen or more
+/// products, few enough that their scores stay in L2 for a few thousand positions.
+const BLOCK_ROWS: usize = 16;
+
+/// Tokens per [`attend_tokens`] block: `BLOCK_ROWS` query rows, at most a pass's tokens.
+fn block_tokens(c: &TransformerConfig, batch: usize) -> usize {
+    (BLOCK_ROWS / (c.n_heads / c.n_kv_heads.max(1)).max(1)).clamp(1, batch.max(1))
+}
+
+/// One task's attention scratch: the scores of every query head of a token or of a
+/// block of tokens, then, for a block, its gathered query rows and their outputs, and
+/// `head_dim` values for a dequantized slice ([`attend`], [`attend_tokens`]).
+fn att_len(c: &TransformerConfig, ctx: usize, batch: usize) -> Option<usize> {
+    let rows = block_tokens(c, batch) * (c.n_heads / c.n_kv_heads.max(1));
+    let block = if batch > 1 { 2 * rows * c.head_dim } else { 0 };
+    c.n_heads.max(rows).checked_mul(ctx)?.checked_add(block)?.checked_add(c.head_dim)
 }
 
 /// The cached positions one query sees: `first..end`, position `p` in row `p % ring`.
@@ -814,7 +827,7 @@ fn attend(
     for s in scores.iter_mut() {
         *s *= scale;
     }
-    scores.chunks_exact_mut(n).for_each(math::softmax);
+    (k.softmax_rows)(scores, m, n, n);
     out.fill(0.0);
     match values {
         KvRows::F32(rows) => {
@@ -833,6 +846,90 @@ fn attend(
             }
         }
     }
+}
+
+/// Causal attention of the consecutive tokens at positions `p0..p0 + b` (`b = q.len() /
+/// q_dim`) of one sequence, in a layer whose queries see every earlier position (no
+/// window) of an f32 cache: [`attend`] of each token, the same floats, computed by
+/// blocks of tokens. For each KV head, the block's query rows (tokens x the heads that
+/// share it) are gathered and take their scores against the keys up to the block's
+/// last position in one kernel call, so each key row loaded serves all of them; each
+/// token's softmax covers its own span; the values come in two steps, the positions
+/// every token sees for all rows at once, then each token's own last few, which keeps
+/// each output's sum in position order.
+#[allow(clippy::too_many_arguments)]
+fn attend_tokens(
+    k: &Kernels,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    (kv_dim, hd, group, block): (usize, usize, usize, usize),
+    p0: usize,
+    scale: f32,
+    att: &mut [f32],
+    out: &mut [f32],
+) {
+    let q_dim = (kv_dim / hd) * group * hd;
+    let b = q.len() / q_dim;
+    let mut t0 = 0;
+    while t0 < b {
+        let bt = block.min(b - t0);
+        let (rows, first) = (bt * group, p0 + t0);
+        let n = first + bt; // positions the block's last token sees
+        let (scores, rest) = att.split_at_mut(rows * n);
+        let (qb, rest) = rest.split_at_mut(rows * hd);
+        let ob = &mut rest[..rows * hd];
+        for kv in 0..kv_dim / hd {
+            for t in 0..bt {
+                let at = (t0 + t) * q_dim + kv * group * hd;
+                qb[t * group * hd..(t + 1) * group * hd].copy_from_slice(&q[at..at + group * hd]);
+            }
+            (k.attn_scores)(qb, heads_of(keys, kv * hd, kv_dim, n, hd), scores, n);
+            for t in 0..bt {
+                let rows_t = &mut scores[t * group * n..(t + 1) * group * n];
+                let seen = first + t + 1;
+                for r in rows_t.chunks_exact_mut(n) {
+                    r[..seen].iter_mut().for_each(|s| *s *= scale);
+                }
+                (k.softmax_rows)(rows_t, group, seen, n);
+            }
+            ob.fill(0.0);
+            (k.attn_values)(scores, n, heads_of(values, kv * hd, kv_dim, first + 1, hd), ob);
+            for t in 1..bt {
+                let (from, to) = (first + 1, first + t + 1);
+                let w = &scores[t * group * n + from..];
+                let o = &mut ob[t * group * hd..(t + 1) * group * hd];
+                (k.attn_values)(w, n, heads_of(values, from * kv_dim + kv * hd, kv_dim, to - from, hd), o);
+            }
+            for t in 0..bt {
+                let at = (t0 + t) * q_dim + kv * group * hd;
+                out[at..at + group * hd].copy_from_slice(&ob[t * group * hd..(t + 1) * group * hd]);
+            }
+        }
+        t0 += bt;
+    }
+}
+
+/// The first token of task `i` of `tasks` when `n` tokens at positions `p0..p0 + n`
+/// attend causally: the token where the work so far (a token at position `p` reads `p +
+/// 1` positions) first reaches `i / tasks` of the total. Task `tasks` starts at `n`.
+fn causal_split(p0: usize, n: usize, tasks: usize, i: usize) -> usize {
+    if i >= tasks {
+        return n;
+    }
+    let work = |t: usize| (t as u128) * (p0 as u128) + (t as u128) * (t as u128 + 1) / 2;
+    let goal = work(n) * i as u128 / tasks.max(1) as u128;
+    // The least t with work(t) >= goal: work is increasing, so bisect.
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if work(mid) >= goal {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
 }
 
 /// `len` rows of `hd` floats from `rows[at..]`, `kv_dim` apart.
@@ -894,7 +991,7 @@ impl<'a> Session<'a> {
             hb: a.take(b * c.ffn_dim)?,
             hb2: a.take(if spec.mlp.gated() { b * c.ffn_dim } else { 0 })?,
             xq: a.take(b * width(&c) / QK8)?,
-            att: a.take(att_len(&c, cfg.ctx).unwrap_or(0) * cfg.threads)?,
+            att: a.take(att_len(&c, cfg.ctx, cfg.batch).unwrap_or(0) * cfg.threads)?,
             rope: a.take(rope_len(&c, b).unwrap_or(0))?,
             logits: a.take(b * c.vocab)?,
             split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
@@ -1247,7 +1344,7 @@ impl<'a> Session<'a> {
             let positions = &*self.positions;
             let q = &self.q[..n * qd];
             let tasks = pool.threads();
-            let att_len = att_len(&c, self.cfg.ctx).unwrap_or(0);
+            let att_len = att_len(&c, self.cfg.ctx, self.cfg.batch).unwrap_or(0);
             let scale = c.attn_scale;
             if n == 1 {
                 let heads_per_task = c.n_heads.div_ceil(tasks);
@@ -1257,6 +1354,19 @@ impl<'a> Session<'a> {
                     let h0 = i * heads_per_task;
                     let qs = &q[h0 * hd..h0 * hd + out.len()];
                     attend(kern, qs, keys, values, (kv_dim, hd, group), h0, span, scale, att, out);
+                });
+            } else if let (Rows::Seq(seq), 0, KvCache::F32 { .. }) = (rows_of, window, cache) {
+                // A prompt's tokens: blocks of them per KV head (`attend_tokens`), the
+                // tokens split so that the tasks get equal work (a token's grows with
+                // its position).
+                let p0 = positions[seq];
+                let block = block_tokens(&c, self.cfg.batch);
+                let split = |i: usize| causal_split(p0, n, tasks, i);
+                let (KvRows::F32(keys), KvRows::F32(values)) = layer_of(0) else { unreachable!("an f32 cache") };
+                parallel::split2(pool, &mut self.xb2[..n * qd], qd, tasks, &split, self.att, att_len, |i, out, att| {
+                    let t0 = split(i);
+                    let qt = &q[t0 * qd..t0 * qd + out.len()];
+                    attend_tokens(kern, qt, keys, values, (kv_dim, hd, group, block), p0 + t0, scale, att, out);
                 });
             } else {
                 let per_task = n.div_ceil(tasks);
