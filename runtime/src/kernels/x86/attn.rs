@@ -116,6 +116,9 @@ pub(super) fn values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut 
         return scalar::attn_values(w, w_stride, values, out);
     }
     let m = out.len() / hd;
+    if m < 8 {
+        return values_by_rows(w, w_stride, values, out);
+    }
     let mut h = 0;
     while h < m {
         let heads = (m - h).min(4);
@@ -136,6 +139,29 @@ pub(super) fn values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut 
             d += 8 * if hd - d >= 16 { 2 } else { 1 };
         }
         h += heads;
+    }
+}
+
+/// The values for a few heads (one token's, decoding): row by row, each row read once
+/// and added into every head's output in L1. A long cache is read from memory once, in
+/// order, where a register tile would read it once per slice of the output.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn values_by_rows(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut [f32]) {
+    let (hd, n) = (values.width(), values.rows());
+    let g = hd / 8;
+    let (outs, _) = out.as_chunks_mut::<8>();
+    for i in 0..n {
+        let (row, _) = values.row(i).as_chunks::<8>();
+        let row = &row[..g];
+        for (h, oh) in outs.chunks_exact_mut(g).enumerate() {
+            let wi = _mm256_set1_ps(w[h * w_stride + i]);
+            for (o, v) in oh.iter_mut().zip(row) {
+                let sum = _mm256_add_ps(load8(o), _mm256_mul_ps(wi, load8(v)));
+                // SAFETY: `o` is 8 writable floats; `storeu` needs no alignment.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr(), sum) };
+            }
+        }
     }
 }
 

@@ -764,12 +764,10 @@ impl Span {
 /// other, `hd` each) over the cached positions of `span`: for each head `h`, `out_h =
 /// softmax(q_h·Kᵀ * scale) · V`, where `h` reads KV head `h / group` (grouped-query
 /// attention), elements `(h / group) * hd..` of each cached row. The products are the
-/// kernels' `attn_scores` and `attn_values`, handed a KV head's slice of consecutive
-/// rows (at most two runs: a sliding layer's ring may wrap) and every query head that
-/// shares it, so each cached row is read once per KV head and stays one stream. A q8
-/// cache is dequantized row by row and goes through the same kernels one row at a time,
-/// which the kernels' contract makes the same floats. `att` holds `m` rows of scores
-/// and, at its end, `hd` values of scratch for a dequantized slice.
+/// kernels' `attn_scores` and `attn_values` (one row at a time, which their contract
+/// makes the same floats as any blocking; a q8 cache dequantizes the row first). `att`
+/// holds `m` rows of scores and, at its end, `hd` values of scratch for a dequantized
+/// slice.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     k: &Kernels,
@@ -799,29 +797,14 @@ fn attend(
             })
         })
     };
-    // The span's rows as at most two runs of consecutive rows: (first score, first row,
-    // rows).
-    let first_row = span.first % span.ring;
-    let n1 = n.min(span.ring - first_row);
-    let segments = [(0, first_row, n1), (n1, 0, n - n1)];
-    let segments = segments.iter().filter(|s| s.2 > 0);
-    let strided = |rows, (_, row, len): (usize, usize, usize), off| heads_of(rows, row * kv_dim + off, kv_dim, len, hd);
-
-    match keys {
-        KvRows::F32(rows) => {
-            for (a, b, off) in runs() {
-                for &seg in segments.clone() {
-                    (k.attn_scores)(&q[a * hd..b * hd], strided(rows, seg, off), &mut scores[a * n + seg.0..], n);
-                }
-            }
-        }
-        KvRows::Q8(_) => {
-            for (i, p) in (span.first..span.end).enumerate() {
-                for (a, b, off) in runs() {
-                    let key = Strided::one(keys.head(p % span.ring, kv_dim, off, tmp));
-                    (k.attn_scores)(&q[a * hd..b * hd], key, &mut scores[a * n + i..], n);
-                }
-            }
+    // Position by position, each KV head's slice of the row for all the query heads
+    // that share it: at long contexts the cache comes from memory, and reading each row
+    // whole, in order, keeps it one stream (a pass per KV head over many rows measured
+    // about twice as slow on an AMD EPYC, the prefetchers following strided slices).
+    for (i, p) in (span.first..span.end).enumerate() {
+        for (a, b, off) in runs() {
+            let key = Strided::one(keys.head(p % span.ring, kv_dim, off, tmp));
+            (k.attn_scores)(&q[a * hd..b * hd], key, &mut scores[a * n + i..], n);
         }
     }
     for s in scores.iter_mut() {
@@ -829,21 +812,10 @@ fn attend(
     }
     (k.softmax_rows)(scores, m, n, n);
     out.fill(0.0);
-    match values {
-        KvRows::F32(rows) => {
-            for (a, b, off) in runs() {
-                for &seg in segments.clone() {
-                    (k.attn_values)(&scores[a * n + seg.0..], n, strided(rows, seg, off), &mut out[a * hd..b * hd]);
-                }
-            }
-        }
-        KvRows::Q8(_) => {
-            for (i, p) in (span.first..span.end).enumerate() {
-                for (a, b, off) in runs() {
-                    let value = Strided::one(values.head(p % span.ring, kv_dim, off, tmp));
-                    (k.attn_values)(&scores[a * n + i..], n, value, &mut out[a * hd..b * hd]);
-                }
-            }
+    for (i, p) in (span.first..span.end).enumerate() {
+        for (a, b, off) in runs() {
+            let value = Strided::one(values.head(p % span.ring, kv_dim, off, tmp));
+            (k.attn_values)(&scores[a * n + i..], n, value, &mut out[a * hd..b * hd]);
         }
     }
 }
