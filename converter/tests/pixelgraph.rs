@@ -18,7 +18,8 @@ use tract_onnx::pb;
 
 /// Each exported twice: `dynamo=False` (opset 17, shape arithmetic around chunk and
 /// reshape) and dynamo (opset 18, masks pre-multiplied).
-const MODELS: [&str; 4] = ["pg-pixelcnn", "t12-pixelcnn", "pg-pixelcnn-dynamo", "t12-pixelcnn-dynamo"];
+const MODELS: [&str; 6] =
+    ["pg-pixelcnn", "t12-pixelcnn", "pg-gated", "pg-pixelcnn-dynamo", "t12-pixelcnn-dynamo", "pg-gated-dynamo"];
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pixelcnn")
@@ -156,6 +157,17 @@ fn unmask_centre(m: &mut pb::ModelProto, weight: &str, k: usize) {
     t.raw_data = w.iter().flat_map(|v| v.to_le_bytes()).collect();
 }
 
+/// The index of the node named `name`; in a dynamo export, of the node whose output is
+/// named after that Conv's weight.
+fn node_named(m: &pb::ModelProto, name: &str) -> usize {
+    let g = m.graph.as_ref().unwrap();
+    let weight = format!("{}.weight", name.trim_start_matches('/').trim_end_matches("/Conv").replace('/', "."));
+    g.node
+        .iter()
+        .position(|n| n.name == name || (n.op_type == "Conv" && n.input.get(1) == Some(&weight)))
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
 fn set_ints(n: &mut pb::NodeProto, name: &str, v: &[i64]) {
     let a = n.attribute.iter_mut().find(|a| a.name == name).unwrap();
     a.ints = v.to_vec();
@@ -169,10 +181,10 @@ fn leaking_taps_and_unsupported_operators_are_refused_by_name() {
     let w = graph(&mut m).node[0].input[1].clone();
     unmask_centre(&mut m, &w, 7);
     refused("mask-b", &m, &["node 0 (Conv", "tap (3, 3) of its 7x7 kernel", "current pixel of the image", "mask A"]);
-    // The first layer's pads one row too low: row 2 of the mask becomes the current row.
+    // The first layer's pads one row too low: row 3 of the mask reads the row below.
     let mut m = pg.clone();
     set_ints(&mut graph(&mut m).node[0], "pads", &[2, 3, 4, 3]);
-    refused("pad-low", &m, &["node 0 (Conv", "tap (2, 3) of its 7x7 kernel, at offset (0, 0)"]);
+    refused("pad-low", &m, &["node 0 (Conv", "tap (3, 0) of its 7x7 kernel, at offset (1, -3)", "row(s) below"]);
     // A pad that changes the image size.
     let mut m = pg.clone();
     set_ints(&mut graph(&mut m).node[0], "pads", &[3, 3, 2, 3]);
@@ -187,6 +199,26 @@ fn leaking_taps_and_unsupported_operators_are_refused_by_name() {
     let i = graph(&mut m).node.iter().position(|n| n.op_type == "Conv").unwrap();
     set_ints(&mut graph(&mut m).node[i], "pads", &[0, 1, 2, 1]);
     refused("t12-low", &m, &[&format!("node {i} (Conv"), "at offset (0, 0)", "current pixel of the image"]);
+    // The GatedPixelCNN's vertical shift one row too low: its 4x1 conv padded 3 rows on
+    // top instead of 4 reads the current row of the 1x7 conv, which sees 3 pixels right.
+    let mut m = load_proto(&onnx_path("pg-gated"));
+    let i = node_named(&m, "/_input/_vstack_Nx1/Conv");
+    set_ints(&mut graph(&mut m).node[i], "pads", &[3, 0, 5, 0]);
+    refused(
+        "gated-shift-low",
+        &m,
+        &[&format!("node {i} (Conv"), "tap (3, 0) of its 4x1 kernel, at offset (0, 0)", "shifted down a row"],
+    );
+    // Its input layer's horizontal conv with mask B (padded 3 columns instead of 4, as
+    // a layer with mask_center=False): the 1x4 kernel's last tap is the current pixel.
+    let mut m = load_proto(&onnx_path("pg-gated-dynamo"));
+    let i = node_named(&m, "/_input/_hstack_1xN/Conv");
+    set_ints(&mut graph(&mut m).node[i], "pads", &[0, 3, 0, 3]);
+    refused(
+        "gated-mask-b",
+        &m,
+        &[&format!("node {i} (Conv"), "tap (0, 3) of its 1x4 kernel, at offset (0, 0)", "current pixel of the image"],
+    );
     // A head that does not fit the output's channels.
     let err = GraphSource::from_onnx(&onnx_path("t12-pixelcnn"), Some("bernoulli".parse().unwrap())).unwrap_err();
     assert!(format!("{err:#}").contains("bernoulli head, but the graph output has 256 output channels"), "{err:#}");
