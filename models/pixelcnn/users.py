@@ -5,6 +5,7 @@ scikit-learn's 8x8 digits and exported the way users export them: the test bed o
 
     python models/pixelcnn/users.py --model pg-pixelcnn   # pytorch-generative PixelCNN
     python models/pixelcnn/users.py --model t12-pixelcnn  # uvadlc Tutorial 12 PixelCNN
+    python models/pixelcnn/users.py --model pg-gated      # pytorch-generative GatedPixelCNN
 
 Each run writes models/pixelcnn/<model>.onnx (torch.onnx.export, dynamo=False, opset 17)
 and updates its entry in models/pixelcnn/users.json with the onnxruntime test NLL.
@@ -24,7 +25,15 @@ Data and split as train.py: load_digits() (1797, 8, 8) in 0..16, test = [1350, 1
   digits scaled by round(x * 255 / 16)), scaled in the graph by `x / 255 * 2 - 1`.
   c_hidden 16 instead of 64, three gated layers instead of seven.
 
-Both tutorials multiply the mask into `weight.data` inside forward; the exporter sees
+- pg-gated: EugenHotaj/pytorch-generative,
+  pytorch_generative/models/autoregressive/gated_pixel_cnn.py (GatedPixelCNNLayer,
+  GatedPixelCNN): no masks; vertical stacks shifted by conv pads and a crop to the first
+  H rows, horizontal stacks by pads and a crop to the first W columns (Conv + Slice in
+  the export), gated tanh * sigmoid, 1x1 residual and skip connections, the skips summed
+  into a ReLU/1x1/ReLU/1x1 head, one Bernoulli logit per pixel. Input as pg-pixelcnn.
+  gated_channels 16, n_gated 2, head_channels 16 (128, 10, 32 there).
+
+The first two multiply the mask into `weight.data` inside forward; the exporter sees
 the already-masked weights (zero taps in full kernels with symmetric pads).
 
     python models/pixelcnn/users.py --model t12-pixelcnn --dynamo

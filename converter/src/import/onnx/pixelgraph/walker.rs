@@ -731,6 +731,7 @@ impl Walker {
         let pending = PendingConv {
             node: n.clone(),
             label: node_label(self.at, n),
+            at: self.at,
             a,
             cout: co,
             origin: [-g.pads[0] - win.off[0], -g.pads[1] - win.off[1]],
@@ -788,14 +789,17 @@ impl Walker {
                 let nonzero = (0..co * ci).any(|oc| weight[oc * taps_n + k] != 0.0);
                 let dy = ki as i64 * g.dil[0] + p.origin[0] + shift[0];
                 let dx = kj as i64 * g.dil[1] + p.origin[1] + shift[1];
-                let tap = format!("{}: tap ({ki}, {kj}) of its {kh}x{kw} kernel, at offset ({dy}, {dx})", p.label);
+                let here = format!("tap ({ki}, {kj}) of its {kh}x{kw} kernel, at offset ({dy}, {dx})");
+                let named = format!("{}: {here}", p.label);
+                // The walk names the node being read; a conv read later names itself.
+                let tap = if p.at == self.at { here } else { named.clone() };
                 let reads = (tap_reads(dy, self.h, p.valid[0]), tap_reads(dx, self.w, p.valid[1]));
                 let reads = match reads {
                     (Some(false), _) | (_, Some(false)) => false,
                     (Some(true), Some(true)) => true,
                     _ => {
                         return Err(format!(
-                            "{tap} reads rows or columns that a Pad or Slice before it cut off, and others it kept: \
+                            "{tap}, reads rows or columns that a Pad or Slice before it cut off, and others it kept: \
                              only whole shifts of a map are supported"
                         ))
                     }
@@ -805,19 +809,19 @@ impl Walker {
                 }
                 if dy > 0 {
                     return Err(format!(
-                        "{tap} reads {dy} row(s) below the pixel: the pads or the mask let it see the future"
+                        "{tap}, reads {dy} row(s) below the pixel: the pads or the mask let it see the future"
                     ));
                 }
                 taps.push((dy as i16, dx as i16));
                 cols.push(k);
-                notes.push(TapNote { text: tap, tall: kh > 1, offset: (dy, dx) });
+                notes.push(TapNote { text: named, tall: kh > 1, offset: (dy, dx) });
             }
         }
         if taps.is_empty() {
-            return Err(format!("{}: a {kh}x{kw} Conv with no non-zero tap inside the image", p.label));
+            return Err(format!("a {kh}x{kw} Conv with no non-zero tap inside the image"));
         }
         if taps.len() > MAX_TAPS {
-            return Err(format!("{}: {} taps; at most {MAX_TAPS} are supported", p.label, taps.len()));
+            return Err(format!("{} taps; at most {MAX_TAPS} are supported", taps.len()));
         }
         let mut m = Vec::with_capacity(co * taps.len() * ci);
         for o in 0..co {

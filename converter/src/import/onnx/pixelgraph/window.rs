@@ -16,8 +16,9 @@ use super::walker::Val;
 #[derive(Clone, Debug)]
 pub(super) struct PendingConv {
     pub(super) node: pb::NodeProto,
-    /// `node i (Conv "name")`.
+    /// `node i (Conv "name")`, and `i`.
     pub(super) label: String,
+    pub(super) at: usize,
     /// The tensor it reads.
     pub(super) a: usize,
     pub(super) cout: usize,
