@@ -56,17 +56,15 @@ fn test_images(name: &str) -> Vec<Vec<u8>> {
         .map(|i| {
             imgs.image(i)
                 .iter()
-                .map(
-                    |&x| {
-                        if name.starts_with("pg-") {
-                            u8::from(x > 7)
-                        } else if name.starts_with("keras-") {
-                            u8::from(x as f64 >= 0.33 * 16.0)
-                        } else {
-                            (x as f64 * 255.0 / 16.0).round() as u8
-                        }
-                    },
-                )
+                .map(|&x| {
+                    if name.starts_with("pg-") {
+                        u8::from(x > 7)
+                    } else if name.starts_with("keras-") {
+                        u8::from(x as f64 >= 0.33 * 16.0)
+                    } else {
+                        (x as f64 * 255.0 / 16.0).round() as u8
+                    }
+                })
                 .collect()
         })
         .collect()
@@ -488,7 +486,11 @@ fn a_pad_node_before_a_conv_counts_as_its_pads() {
     let mut m2 = m.clone();
     let g = graph(&mut m2);
     g.node.insert(1, node("Relu", &["x_padded"], &["x_relu"], vec![]));
-    refused("pad-relu", &m2, &["read as the gated PixelCNN pattern", "as a pixel graph", "Relu reads a 14x14 crop or pad"]);
+    refused(
+        "pad-relu",
+        &m2,
+        &["read as the gated PixelCNN pattern", "as a pixel graph", "Relu reads a 14x14 crop or pad"],
+    );
 }
 
 /// A map shifted down a row by `Pad` + `Slice` (`F.pad` and a crop, by hand), read by a

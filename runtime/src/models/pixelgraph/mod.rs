@@ -359,8 +359,7 @@ impl<'a> PixelGraph<'a> {
         // Pointwise: the later reach of the two; a completed-row input makes the output
         // one too.
         let mut reach = ia.reach.max(ib.reach);
-        let mut reads_completed =
-            ia.schedule == Schedule::CompletedRow || ib.schedule == Schedule::CompletedRow;
+        let mut reads_completed = ia.schedule == Schedule::CompletedRow || ib.schedule == Schedule::CompletedRow;
         let conv = if op == Op::Conv {
             let conv = self.load_conv(i, ia.channels, channels)?;
             reach = (isize::MIN, 0);

@@ -151,7 +151,8 @@ fn gated_net(h: usize, w: usize, seed: u64) -> GraphSpec {
         let link = g.conv(vn, 2 * c, &[(0, 0)]);
         let own = g.conv(v, 2 * c, &[(0, 0)]);
         let vsum = g.binary(Op::Add, vn, own);
-        let hconv = if layer == 0 { g.conv(0, 2 * c, &[(0, -2), (0, -1)]) } else { g.conv(hs, 2 * c, &[(0, -1), (0, 0)]) };
+        let hconv =
+            if layer == 0 { g.conv(0, 2 * c, &[(0, -2), (0, -1)]) } else { g.conv(hs, 2 * c, &[(0, -1), (0, 0)]) };
         let hsum = g.binary(Op::Add, link, hconv);
         let hg = gate(&mut g, hsum);
         let skip = g.conv(hg, c, &[(0, 0)]);

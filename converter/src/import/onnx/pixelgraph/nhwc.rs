@@ -17,8 +17,7 @@ const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
 const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
 
 /// Ops that compute each element from the same element of their inputs (and scalars).
-const POINTWISE: [&str; 11] =
-    ["Identity", "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Tanh", "Sigmoid", "Relu", "Elu"];
+const POINTWISE: [&str; 11] = ["Identity", "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Tanh", "Sigmoid", "Relu", "Elu"];
 
 impl Walker {
     /// Reads `n` when it is a Transpose or touches an NHWC value; `false` to read it
@@ -38,8 +37,9 @@ impl Walker {
             self.set(n, v);
             return Ok(true);
         }
-        let inputs: Vec<Option<Val>> =
-            (0..n.input.len()).map(|i| input_name(n, i).map(|_| self.input(n, i)).transpose()).collect::<Result<_, _>>()?;
+        let inputs: Vec<Option<Val>> = (0..n.input.len())
+            .map(|i| input_name(n, i).map(|_| self.input(n, i)).transpose())
+            .collect::<Result<_, _>>()?;
         if !inputs.iter().any(|v| matches!(v, Some(Val::Nhwc(_)))) {
             return Ok(false);
         }

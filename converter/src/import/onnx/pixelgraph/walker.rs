@@ -438,9 +438,9 @@ impl Walker {
             (Val::Map(x), c) if channel_vector(&c, self.info[x].channels).is_some() && op != "Div" => {
                 Val::Map(self.channel_op(op, x, channel_vector(&c, self.info[x].channels).unwrap_or_default(), true)?)
             }
-            (c, Val::Map(x)) if channel_vector(&c, self.info[x].channels).is_some() && op != "Div" => {
-                Val::Map(self.channel_op(op, x, channel_vector(&c, self.info[x].channels).unwrap_or_default(), false)?)
-            }
+            (c, Val::Map(x)) if channel_vector(&c, self.info[x].channels).is_some() && op != "Div" => Val::Map(
+                self.channel_op(op, x, channel_vector(&c, self.info[x].channels).unwrap_or_default(), false)?,
+            ),
             (Val::Map(x), c) => Val::Map(self.affine(op, x, scalar_of(&c), true)?),
             (c, Val::Map(x)) => Val::Map(self.affine(op, x, scalar_of(&c), false)?),
             _ => return Err(format!("{op} of two float constants is not supported")),
@@ -467,7 +467,8 @@ impl Walker {
                 for (i, (b, v)) in conv.bias.iter_mut().zip(&c).enumerate() {
                     *b = *b * scale + sign * v;
                     if scale != 1.0 {
-                        for w in &mut conv.weight[i * conv.taps.len() * conv.cin..(i + 1) * conv.taps.len() * conv.cin] {
+                        for w in &mut conv.weight[i * conv.taps.len() * conv.cin..(i + 1) * conv.taps.len() * conv.cin]
+                        {
                             *w = -*w;
                         }
                     }
@@ -873,7 +874,10 @@ impl Walker {
             base: Base::Val(Val::Map(t)),
             off: [w.off[0] + shift[0], w.off[1] + shift[1]],
             size: w.size,
-            valid: [(w.valid[0].0 - shift[0], w.valid[0].1 - shift[0]), (w.valid[1].0 - shift[1], w.valid[1].1 - shift[1])],
+            valid: [
+                (w.valid[0].0 - shift[0], w.valid[0].1 - shift[0]),
+                (w.valid[1].0 - shift[1], w.valid[1].1 - shift[1]),
+            ],
         })
     }
 
