@@ -63,7 +63,7 @@ impl Walker {
                 }
                 // One value per channel broadcasts along the last axis in NHWC: the
                 // NCHW twin's constant is `[C, 1, 1]`.
-                Some(Val::Floats(t)) if t.dims.len() >= 1 && t.dims[..t.dims.len() - 1].iter().all(|&d| d == 1) => {
+                Some(Val::Floats(t)) if !t.dims.is_empty() && t.dims[..t.dims.len() - 1].iter().all(|&d| d == 1) => {
                     let mut c = (*t).clone();
                     c.dims = vec![t.dims[t.dims.len() - 1], 1, 1];
                     let name = format!("{}\u{0}nchw", n.input[i]);
