@@ -18,7 +18,21 @@ use tract_onnx::pb;
 
 /// Each exported twice: `dynamo=False` (opset 17, shape arithmetic around chunk and
 /// reshape) and dynamo (opset 18, masks pre-multiplied).
-const MODELS: [&str; 4] = ["pg-pixelcnn", "t12-pixelcnn", "pg-pixelcnn-dynamo", "t12-pixelcnn-dynamo"];
+/// And the Keras example (`keras_pixelcnn.py`), channels last, exported by Keras 3.
+const MODELS: [&str; 7] = [
+    "pg-pixelcnn",
+    "t12-pixelcnn",
+    "pg-gated",
+    "keras-pixelcnn",
+    "pg-pixelcnn-dynamo",
+    "t12-pixelcnn-dynamo",
+    "pg-gated-dynamo",
+];
+
+/// Whether the model reads binarized digits (else 0..255).
+fn binary(name: &str) -> bool {
+    name.starts_with("pg-") || name.starts_with("keras-")
+}
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pixelcnn")
@@ -34,22 +48,23 @@ fn reference(name: &str) -> serde_json::Value {
     v[name].clone()
 }
 
-/// The test split as each model sees it: binarized (x > 7) or scaled to 0..255.
+/// The test split as each model sees it: binarized (pytorch-generative's x > 7; Keras's
+/// example x / max >= 0.33) or scaled to 0..255.
 fn test_images(name: &str) -> Vec<Vec<u8>> {
     let imgs = images::read_npy_u8(&models_dir().join("digits_test.npy")).unwrap();
     (0..imgs.n)
         .map(|i| {
             imgs.image(i)
                 .iter()
-                .map(
-                    |&x| {
-                        if name.starts_with("pg-") {
-                            u8::from(x > 7)
-                        } else {
-                            (x as f64 * 255.0 / 16.0).round() as u8
-                        }
-                    },
-                )
+                .map(|&x| {
+                    if name.starts_with("pg-") {
+                        u8::from(x > 7)
+                    } else if name.starts_with("keras-") {
+                        u8::from(x as f64 >= 0.33 * 16.0)
+                    } else {
+                        (x as f64 * 255.0 / 16.0).round() as u8
+                    }
+                })
                 .collect()
         })
         .collect()
@@ -156,6 +171,17 @@ fn unmask_centre(m: &mut pb::ModelProto, weight: &str, k: usize) {
     t.raw_data = w.iter().flat_map(|v| v.to_le_bytes()).collect();
 }
 
+/// The index of the node named `name`; in a dynamo export, of the node whose output is
+/// named after that Conv's weight.
+fn node_named(m: &pb::ModelProto, name: &str) -> usize {
+    let g = m.graph.as_ref().unwrap();
+    let weight = format!("{}.weight", name.trim_start_matches('/').trim_end_matches("/Conv").replace('/', "."));
+    g.node
+        .iter()
+        .position(|n| n.name == name || (n.op_type == "Conv" && n.input.get(1) == Some(&weight)))
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
 fn set_ints(n: &mut pb::NodeProto, name: &str, v: &[i64]) {
     let a = n.attribute.iter_mut().find(|a| a.name == name).unwrap();
     a.ints = v.to_vec();
@@ -169,10 +195,10 @@ fn leaking_taps_and_unsupported_operators_are_refused_by_name() {
     let w = graph(&mut m).node[0].input[1].clone();
     unmask_centre(&mut m, &w, 7);
     refused("mask-b", &m, &["node 0 (Conv", "tap (3, 3) of its 7x7 kernel", "current pixel of the image", "mask A"]);
-    // The first layer's pads one row too low: row 2 of the mask becomes the current row.
+    // The first layer's pads one row too low: row 3 of the mask reads the row below.
     let mut m = pg.clone();
     set_ints(&mut graph(&mut m).node[0], "pads", &[2, 3, 4, 3]);
-    refused("pad-low", &m, &["node 0 (Conv", "tap (2, 3) of its 7x7 kernel, at offset (0, 0)"]);
+    refused("pad-low", &m, &["node 0 (Conv", "tap (3, 0) of its 7x7 kernel, at offset (1, -3)", "row(s) below"]);
     // A pad that changes the image size.
     let mut m = pg.clone();
     set_ints(&mut graph(&mut m).node[0], "pads", &[3, 3, 2, 3]);
@@ -187,6 +213,26 @@ fn leaking_taps_and_unsupported_operators_are_refused_by_name() {
     let i = graph(&mut m).node.iter().position(|n| n.op_type == "Conv").unwrap();
     set_ints(&mut graph(&mut m).node[i], "pads", &[0, 1, 2, 1]);
     refused("t12-low", &m, &[&format!("node {i} (Conv"), "at offset (0, 0)", "current pixel of the image"]);
+    // The GatedPixelCNN's vertical shift one row too low: its 4x1 conv padded 3 rows on
+    // top instead of 4 reads the current row of the 1x7 conv, which sees 3 pixels right.
+    let mut m = load_proto(&onnx_path("pg-gated"));
+    let i = node_named(&m, "/_input/_vstack_Nx1/Conv");
+    set_ints(&mut graph(&mut m).node[i], "pads", &[3, 0, 5, 0]);
+    refused(
+        "gated-shift-low",
+        &m,
+        &[&format!("node {i} (Conv"), "tap (3, 0) of its 4x1 kernel, at offset (0, 0)", "shifted down a row"],
+    );
+    // Its input layer's horizontal conv with mask B (padded 3 columns instead of 4, as
+    // a layer with mask_center=False): the 1x4 kernel's last tap is the current pixel.
+    let mut m = load_proto(&onnx_path("pg-gated-dynamo"));
+    let i = node_named(&m, "/_input/_hstack_1xN/Conv");
+    set_ints(&mut graph(&mut m).node[i], "pads", &[0, 3, 0, 3]);
+    refused(
+        "gated-mask-b",
+        &m,
+        &[&format!("node {i} (Conv"), "tap (0, 3) of its 1x4 kernel, at offset (0, 0)", "current pixel of the image"],
+    );
     // A head that does not fit the output's channels.
     let err = GraphSource::from_onnx(&onnx_path("t12-pixelcnn"), Some("bernoulli".parse().unwrap())).unwrap_err();
     assert!(format!("{err:#}").contains("bernoulli head, but the graph output has 256 output channels"), "{err:#}");
@@ -239,7 +285,7 @@ fn cli_converts_scores_samples_and_benches_users_models() {
         assert!(png.exists());
         // Imputation: the bottom half missing (exact), then a hole in the middle (SMC).
         let grey: Vec<u8> =
-            imgs[0].iter().map(|&v| images::level_to_gray(v, if name.starts_with("pg-") { 2 } else { 256 })).collect();
+            imgs[0].iter().map(|&v| images::level_to_gray(v, if binary(name) { 2 } else { 256 })).collect();
         let (img_png, out_png) = (dir.path(&format!("{name}-in.png")), dir.path(&format!("{name}-out.png")));
         images::write_png_gray(&img_png, 8, 8, &grey).unwrap();
         for (tag, missing) in [("exact", (32..64).collect::<Vec<usize>>()), ("smc", vec![27, 28, 35, 36])] {
@@ -408,7 +454,8 @@ fn a_graph_of_the_other_ops_matches_tract() {
 }
 
 /// A zero Pad node before a Conv is read as the Conv's pads (the graph has a Pad, so the
-/// gated pattern is tried first and refuses it); a Pad read by anything else is refused.
+/// gated pattern is tried first and refuses it); a pointwise op may not read it at
+/// another size than the image's.
 #[test]
 fn a_pad_node_before_a_conv_counts_as_its_pads() {
     let mut m = load_proto(&onnx_path("pg-pixelcnn"));
@@ -434,9 +481,107 @@ fn a_pad_node_before_a_conv_counts_as_its_pads() {
     let b = PixelGraph::load(b.bytes()).unwrap();
     let imgs = test_images("pg-pixelcnn");
     assert_eq!(nlls(&a, &imgs[..5]), nlls(&b, &imgs[..5]));
-    // The Pad read by a Relu instead: refused, naming the gated pattern's reason too.
+    // The Pad read by a Relu instead (a 14x14 map): refused, naming the gated pattern's
+    // reason too.
     let mut m2 = m.clone();
     let g = graph(&mut m2);
     g.node.insert(1, node("Relu", &["x_padded"], &["x_relu"], vec![]));
-    refused("pad-relu", &m2, &["read as the gated PixelCNN pattern", "as a pixel graph", "Relu of a Pad output"]);
+    refused(
+        "pad-relu",
+        &m2,
+        &["read as the gated PixelCNN pattern", "as a pixel graph", "Relu reads a 14x14 crop or pad"],
+    );
+}
+
+/// A map shifted down a row by `Pad` + `Slice` (`F.pad` and a crop, by hand), read by a
+/// pointwise op (a one-tap shift conv) and by a conv with asymmetric pads (folded into
+/// its taps): arq's outputs as tract computes them, and cached generation equal to the
+/// full forward.
+#[test]
+fn pad_and_slice_shifts_fold_into_taps() {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let mut seed = 5u64;
+    let dims = [None, Some(1), Some(8), Some(8)].map(|d| Dimension {
+        value: Some(d.map_or(Value::DimParam("N".into()), Value::DimValue)),
+        ..Default::default()
+    });
+    let x = pb::ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto { dim: dims.to_vec() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let i64s = |name: &str, v: &[i64]| pb::TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: 7,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    // Any weights of a 2x3 kernel: its pads [1, 1, 0, 1] keep the size and make its taps
+    // read rows r - 1 and r of the shifted map, which holds rows r - 2 and r - 1.
+    let w2: Vec<f32> = masked_weights(&mut seed, 4 * 4, 1, 3, false).into_iter().take(4 * 4 * 6).collect();
+    let g = pb::GraphProto {
+        node: vec![
+            node("Conv", &["x", "w1", "b1"], &["c1"], vec![ints("pads", &[1, 1, 1, 1])]),
+            node("Pad", &["c1", "pad_top"], &["p"], vec![]),
+            node("Slice", &["p", "zero", "eight", "two"], &["s"], vec![]),
+            node("Conv", &["s", "w2", "b2"], &["c2"], vec![ints("pads", &[1, 1, 0, 1])]),
+            node("Add", &["s", "c2"], &["a"], vec![]),
+            node("Relu", &["a"], &["r"], vec![]),
+            node("Conv", &["r", "w3", "b3"], &["out"], vec![]),
+        ],
+        initializer: vec![
+            f32_init("w1", &[4, 1, 3, 3], masked_weights(&mut seed, 4, 1, 3, true)),
+            f32_init("b1", &[4], vec![0.1, -0.2, 0.3, 0.05]),
+            i64s("pad_top", &[0, 0, 1, 0, 0, 0, 0, 0]),
+            i64s("zero", &[0]),
+            i64s("eight", &[8]),
+            i64s("two", &[2]),
+            f32_init("w2", &[4, 4, 2, 3], w2),
+            f32_init("b2", &[4], vec![0.0, 0.1, -0.1, 0.2]),
+            f32_init("w3", &[1, 4, 1, 1], vec![0.7, -0.4, 0.9, 0.3]),
+            f32_init("b3", &[1], vec![-0.2]),
+        ],
+        input: vec![x],
+        output: vec![pb::ValueInfoProto { name: "out".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let head = |k: &str, v: &str| pb::StringStringEntryProto { key: k.into(), value: v.into() };
+    let m = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(g),
+        metadata_props: vec![head("arq.head", "bernoulli"), head("arq.levels", "2")],
+        ..Default::default()
+    };
+    let dir = TempDir::new("shift-ops");
+    let path = dir.path("shift.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let src = GraphSource::from_onnx(&path, None).unwrap();
+    println!("{}", src.describe());
+    let bytes = ModelBytes::copy_of(&src.to_arq(Quant::F32).unwrap().0);
+    let model = PixelGraph::load(bytes.bytes()).unwrap();
+    let cfg = GraphSessionConfig { full_forward: true };
+    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+    let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
+    for im in &test_images("pg-pixelcnn")[..4] {
+        let x_in: Vec<f32> = im.iter().map(|&v| v as f32 * 2.0 - 1.0).collect();
+        let want = arq_convert::import::onnx::tract_forward(&path, &x_in, 1).unwrap();
+        let full = s.forward_full(im).unwrap().to_vec();
+        let d = full.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "max |arq - tract| = {d}");
+        s.reset();
+        let mut cached = Vec::new();
+        for &v in im {
+            cached.extend_from_slice(s.params().unwrap());
+            s.push_level(v as usize).unwrap();
+        }
+        assert!(cached.iter().zip(&full).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
 }

@@ -57,15 +57,39 @@ pub fn sample_log_weights(logw: &[f64], temp: f32, rng: &mut impl RngCore) -> us
         return best;
     }
     let t = temp as f64;
-    let total: f64 = logw.iter().map(|&v| libm::exp((v - max) / t)).sum();
+    let weight = |v: f64| libm::exp((v - max) / t);
+    // Up to a pixel's 256 levels the weights are kept on the stack, so each `exp` runs
+    // once (it was half of a cached sampling step); longer lists (particles) compute
+    // them twice. Both walks give the same index for the same draw.
+    let mut kept = [0.0f64; 256];
+    if let Some(w) = kept.get_mut(..logw.len()) {
+        for (w, &v) in w.iter_mut().zip(logw) {
+            *w = weight(v);
+        }
+        return pick(w, uniform(rng), best);
+    }
+    let total: f64 = logw.iter().map(|&v| weight(v)).sum();
     let mut u = uniform(rng) * total;
     for (i, &v) in logw.iter().enumerate() {
-        u -= libm::exp((v - max) / t);
+        u -= weight(v);
         if u < 0.0 {
             return i;
         }
     }
     best
+}
+
+/// The index where `u` times the sum of `w` falls in the running sum (`fallback` if
+/// rounding leaves it past the end).
+fn pick(w: &[f64], u: f64, fallback: usize) -> usize {
+    let mut u = u * w.iter().sum::<f64>();
+    for (i, &x) in w.iter().enumerate() {
+        u -= x;
+        if u < 0.0 {
+            return i;
+        }
+    }
+    fallback
 }
 
 impl Head {
@@ -279,6 +303,40 @@ mod tests {
         head.log_probs(17, &[0.0, 0.9, -7.0], &mut lp);
         assert!(lp.iter().all(|v| v.is_finite()), "{lp:?}");
         assert!((sum_exp(&lp) - 1.0).abs() < 1e-9);
+    }
+
+    /// The stack-kept weights pick exactly what computing each `exp` twice picks (the
+    /// sampler before the weights were kept), for the same draws.
+    #[test]
+    fn kept_weights_sample_as_recomputed_ones() {
+        fn twice(logw: &[f64], temp: f32, rng: &mut impl RngCore) -> usize {
+            let (best, max) =
+                logw.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            let t = temp as f64;
+            let total: f64 = logw.iter().map(|&v| libm::exp((v - max) / t)).sum();
+            let mut u = uniform(rng) * total;
+            for (i, &v) in logw.iter().enumerate() {
+                u -= libm::exp((v - max) / t);
+                if u < 0.0 {
+                    return i;
+                }
+            }
+            best
+        }
+        let mut gen = Pcg32::seed_from_u64(11);
+        for len in [1usize, 2, 17, 255, 256, 257, 400] {
+            let mut all = [0.0f64; 400];
+            let logw = &mut all[..len];
+            for v in logw.iter_mut() {
+                *v = (gen.next_u32() as f64 / u32::MAX as f64) * 12.0 - 9.0;
+            }
+            for temp in [0.7f32, 1.0, 1.3] {
+                let (mut a, mut b) = (Pcg32::seed_from_u64(len as u64), Pcg32::seed_from_u64(len as u64));
+                for _ in 0..200 {
+                    assert_eq!(sample_log_weights(logw, temp, &mut a), twice(logw, temp, &mut b), "{len} {temp}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,8 +12,12 @@
 //!   naive sampler: one pass per pixel);
 //! - cached generation: each tensor keeps a ring of the last rows its readers' taps
 //!   reach back to. Tensors that depend only on rows above ("row tensors", like a
-//!   vertical stack) are computed a whole row at a time when the row starts; the
-//!   others ("pixel tensors") one pixel at a time. An image costs about one forward pass.
+//!   vertical stack) are computed a whole row at a time when the row starts; tensors
+//!   that may depend on the current pixel or later ones of its row ("completed-row
+//!   tensors", like pytorch-generative's GatedPixelCNN vertical stack, which reads its
+//!   whole row and only reaches the output through taps on rows above) a whole row at a
+//!   time once that row is complete; the others ("pixel tensors") one pixel at a time.
+//!   An image costs about one forward pass.
 //!
 //! A node's description is fixed size, so the model keeps it in arrays: no allocation.
 
@@ -161,14 +165,29 @@ pub(crate) struct Node<'a> {
     pub(crate) conv: Option<Conv<'a>>,
 }
 
+/// When cached generation computes a tensor (FORMAT.md, "Pixel graphs").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Schedule {
+    /// Depends only on rows above: a whole row when the row starts.
+    #[default]
+    Row,
+    /// Depends on earlier pixels of the current row: one pixel at a time (and the image).
+    Pixel,
+    /// May depend on the current pixel or later ones of its row: a whole row once that
+    /// row is complete (when the next one starts). Only rows below may read it.
+    CompletedRow,
+}
+
 /// Per tensor facts the loader derives (tensor 0 is the image, tensor `i + 1` node `i`'s
 /// output).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct TensorInfo {
     pub(crate) channels: usize,
-    /// Whether its value at `(r, c)` may depend on row `r` of the image (else it is a row
-    /// tensor, computed a row at a time).
-    pub(crate) current_row: bool,
+    /// The last image pixel, in raster order, its value at `(r, c)` may depend on, as an
+    /// offset `(dy, dx)` from `(r, c)` (compared row first, then column). `dx` is not
+    /// clipped to the image, so it only ever over-states the reach.
+    pub(crate) reach: (isize, isize),
+    pub(crate) schedule: Schedule,
     /// Rows of it cached generation keeps: 1 + the farthest row up any tap reads it.
     pub(crate) ring_rows: usize,
 }
@@ -277,13 +296,17 @@ impl<'a> PixelGraph<'a> {
             tensors: [TensorInfo::default(); MAX_TENSORS],
             kernels: kernels::best(),
         };
-        g.tensors[0] = TensorInfo { channels: 1, current_row: true, ring_rows: 1 };
+        g.tensors[0] = TensorInfo { channels: 1, reach: (0, 0), schedule: Schedule::Pixel, ring_rows: 1 };
         let records = global(&file, "graph.nodes")?.data;
         for i in 0..cfg.n_nodes {
             g.load_node(i, &records[i * NODE_BYTES..(i + 1) * NODE_BYTES])?;
         }
         if g.tensors[cfg.n_nodes].channels != cfg.n_params() {
             return Err(Error::BadHyperparameter("the last node's channels differ from the head's parameters"));
+        }
+        // The head's input is read pixel by pixel, before the pixel is known.
+        if g.tensors[cfg.n_nodes].schedule == Schedule::CompletedRow {
+            return Err(Error::BadHyperparameter("graph: the output depends on the current pixel or a later one"));
         }
         crate::trace::info!(
             "arq: pixelgraph model {}x{}, {} levels, {} nodes, kernels {}",
@@ -333,14 +356,21 @@ impl<'a> PixelGraph<'a> {
             _ => ia.channels,
         };
         check(channels == want, "graph.nodes: channels differ from what the op gives")?;
-        let mut current_row = ia.current_row || ib.current_row;
+        // Pointwise: the later reach of the two; a completed-row input makes the output
+        // one too.
+        let mut reach = ia.reach.max(ib.reach);
+        let mut reads_completed = ia.schedule == Schedule::CompletedRow || ib.schedule == Schedule::CompletedRow;
         let conv = if op == Op::Conv {
             let conv = self.load_conv(i, ia.channels, channels)?;
-            current_row = false;
+            reach = (isize::MIN, 0);
+            reads_completed = false;
             for k in 0..conv.n_taps() {
                 let (dy, dx) = conv.tap(k);
-                current_row |= dy == 0 && ia.current_row;
-                self.check_tap(a, dy, dx)?;
+                self.check_tap(dy, dx)?;
+                // Lexicographic order is kept by adding an offset, so the latest pixel
+                // a tap reaches is the tap plus the input's latest.
+                reach = reach.max((ia.reach.0 + dy, ia.reach.1.saturating_add(dx)));
+                reads_completed |= dy == 0 && ia.schedule == Schedule::CompletedRow;
                 let up = dy.unsigned_abs();
                 self.tensors[a].ring_rows = self.tensors[a].ring_rows.max(up + 1);
             }
@@ -348,21 +378,25 @@ impl<'a> PixelGraph<'a> {
         } else {
             None
         };
-        self.tensors[t] = TensorInfo { channels, current_row, ring_rows: 1 };
+        let schedule = if reach.0 < 0 {
+            Schedule::Row
+        } else if reach.1 >= 0 || reads_completed {
+            Schedule::CompletedRow
+        } else {
+            Schedule::Pixel
+        };
+        self.tensors[t] = TensorInfo { channels, reach, schedule, ring_rows: 1 };
         self.nodes[i] = Some(Node { op, a, b, conv });
         Ok(())
     }
 
-    /// FORMAT.md's causality rule for one tap on tensor `a`: within the image, never
-    /// below; on the current row of a tensor that depends on the current row, only to
-    /// the left, or the pixel itself when that tensor is not the image.
-    fn check_tap(&self, a: usize, dy: isize, dx: isize) -> Result<(), Error> {
+    /// FORMAT.md's geometry rule for one tap on tensor `a`: within the image, never
+    /// below. Whether it sees the current pixel is the reach's business: only the
+    /// output must not.
+    fn check_tap(&self, dy: isize, dx: isize) -> Result<(), Error> {
         let (h, w) = (self.cfg.height as isize, self.cfg.width as isize);
         if dy > 0 || dy <= -h || dx.abs() >= w {
             return Err(Error::BadHyperparameter("graph: a tap lies below the pixel or outside the image"));
-        }
-        if dy == 0 && self.tensors[a].current_row && (dx > 0 || (dx == 0 && a == 0)) {
-            return Err(Error::BadHyperparameter("graph: a tap reads the current or a later pixel"));
         }
         Ok(())
     }

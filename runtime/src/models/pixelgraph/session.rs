@@ -5,7 +5,7 @@
 
 use rand_core::RngCore;
 
-use super::{Op, PixelGraph, MAX_TENSORS};
+use super::{Op, PixelGraph, Schedule, MAX_TENSORS};
 use crate::arena::{Arena, Layout};
 use crate::error::Error;
 use crate::models::pixelcnn::heads;
@@ -225,7 +225,8 @@ impl<'a> GraphSession<'a> {
         self.rows_done = other.rows_done;
     }
 
-    /// The next pixel's outputs: first, at a row's start, the row tensors of that row;
+    /// The next pixel's outputs: first, at a row's start, the completed-row tensors of
+    /// the row above (all its pixels are known now) and the row tensors of the new row;
     /// then the pixel tensors at the pixel, in node order.
     fn compute(&mut self) -> Result<(), Error> {
         let c = *self.model.config();
@@ -238,20 +239,26 @@ impl<'a> GraphSession<'a> {
         let r = self.pos / c.width;
         while self.rows_done <= r {
             let row = self.rows_done;
-            for i in 0..c.n_nodes {
-                if !self.model.tensor(i + 1).current_row {
-                    self.eval_node(false, i, row * c.width, c.width);
-                }
+            // Before anything of `row` is written: a ring of one row holds row - 1 in
+            // the slot row `row` will take.
+            if row > 0 {
+                self.eval_schedule(Schedule::CompletedRow, (row - 1) * c.width, c.width);
             }
+            self.eval_schedule(Schedule::Row, row * c.width, c.width);
             self.rows_done += 1;
         }
-        for i in 0..c.n_nodes {
-            if self.model.tensor(i + 1).current_row {
-                self.eval_node(false, i, self.pos, 1);
-            }
-        }
+        self.eval_schedule(Schedule::Pixel, self.pos, 1);
         self.ready = true;
         Ok(())
+    }
+
+    /// Every node of one schedule, in node order, at positions `p0 .. p0 + n`.
+    fn eval_schedule(&mut self, which: Schedule, p0: usize, n: usize) {
+        for i in 0..self.model.config().n_nodes {
+            if self.model.tensor(i + 1).schedule == which {
+                self.eval_node(false, i, p0, n);
+            }
+        }
     }
 
     /// The whole graph over a whole image of levels: head parameters `(pixels, P)`, each

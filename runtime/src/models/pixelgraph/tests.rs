@@ -132,6 +132,39 @@ fn stack_net(h: usize, w: usize, seed: u64) -> GraphSpec {
     g.spec(h, w, Head::Bernoulli, 2)
 }
 
+/// pytorch-generative's GatedPixelCNN shape: a vertical stack that sees its whole row (a
+/// 1x3 conv and a 1x1 conv of the image: completed-row tensors), read by the rows below
+/// only, through a conv shifted down a row; a horizontal stack; skips summed into the head.
+fn gated_net(h: usize, w: usize, seed: u64) -> GraphSpec {
+    let mut g = Builder::new(seed);
+    let c = 4;
+    let gate = |g: &mut Builder, t: usize| {
+        let (a, b) = (g.slice(t, 0, c), g.slice(t, c, c));
+        let (a, b) = (g.unary(Op::Tanh, a), g.unary(Op::Sigmoid, b));
+        g.binary(Op::Mul, a, b)
+    };
+    let (mut v, mut hs, mut skips) = (0, 0, None);
+    for (layer, vdy) in [(0usize, [-2i16, -1]), (1, [-1, -1])] {
+        let row = g.conv(v, c, &[(0, -1), (0, 0), (0, 1)]);
+        let shifted: Vec<(i16, i16)> = vdy.iter().map(|&dy| (dy, 0)).collect();
+        let vn = g.conv(row, 2 * c, &shifted[..1 + usize::from(vdy[0] != vdy[1])]);
+        let link = g.conv(vn, 2 * c, &[(0, 0)]);
+        let own = g.conv(v, 2 * c, &[(0, 0)]);
+        let vsum = g.binary(Op::Add, vn, own);
+        let hconv =
+            if layer == 0 { g.conv(0, 2 * c, &[(0, -2), (0, -1)]) } else { g.conv(hs, 2 * c, &[(0, -1), (0, 0)]) };
+        let hsum = g.binary(Op::Add, link, hconv);
+        let hg = gate(&mut g, hsum);
+        let skip = g.conv(hg, c, &[(0, 0)]);
+        skips = Some(skips.map_or(skip, |s| g.binary(Op::Add, s, skip)));
+        hs = g.conv(hg, c, &[(0, 0)]);
+        v = gate(&mut g, vsum);
+    }
+    let r = g.unary(Op::Relu, skips.unwrap_or(hs));
+    g.conv(r, 1, &[(0, 0)]);
+    g.spec(h, w, Head::Bernoulli, 2)
+}
+
 fn load(spec: &GraphSpec, q8: bool) -> AlignedBytes {
     AlignedBytes::copy_of(&spec.to_arq(q8).unwrap().0)
 }
@@ -152,7 +185,15 @@ fn cached_params(s: &mut GraphSession<'_>, x: &[u8]) -> Vec<f32> {
 }
 
 fn specs() -> Vec<GraphSpec> {
-    vec![residual_net(8, 8, 1), residual_net(5, 7, 2), residual_net(4, 9, 3), stack_net(8, 8, 4), stack_net(6, 5, 5)]
+    vec![
+        residual_net(8, 8, 1),
+        residual_net(5, 7, 2),
+        residual_net(4, 9, 3),
+        stack_net(8, 8, 4),
+        stack_net(6, 5, 5),
+        gated_net(8, 8, 6),
+        gated_net(5, 7, 7),
+    ]
 }
 
 #[test]
@@ -182,7 +223,7 @@ fn cached_generation_equals_the_full_forward_pass_bit_for_bit() {
 /// next pixel and the one below must see a change.
 #[test]
 fn outputs_depend_on_exactly_the_earlier_pixels() {
-    for spec in [residual_net(6, 6, 7), stack_net(6, 6, 8)] {
+    for spec in [residual_net(6, 6, 7), stack_net(6, 6, 8), gated_net(6, 6, 9)] {
         let file = load(&spec, false);
         let model = PixelGraph::load(file.bytes()).unwrap();
         let cfg = GraphSessionConfig { full_forward: true };
@@ -271,6 +312,14 @@ fn leaking_taps_are_refused_at_load() {
         let file = load(&g.spec(8, 8, Head::Bernoulli, 2), false);
         assert!(matches!(PixelGraph::load(file.bytes()), Err(Error::BadHyperparameter(_))), "{taps:?}");
     }
+    // A completed-row tensor (it sees its whole row) read on its own row by the output.
+    let mut g = Builder::new(1);
+    let row = g.conv(0, 3, &[(-1, 0), (0, 1)]);
+    let shifted = g.conv(row, 3, &[(-1, 0)]);
+    let add = g.binary(Op::Add, shifted, row);
+    g.conv(add, 1, &[(0, 0)]);
+    let file = load(&g.spec(8, 8, Head::Bernoulli, 2), false);
+    assert!(PixelGraph::load(file.bytes()).is_err());
     // A pixel tensor read ahead on its own row.
     let mut g = Builder::new(1);
     let h = g.conv(0, 3, &[(0, -1)]);

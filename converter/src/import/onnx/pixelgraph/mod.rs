@@ -26,7 +26,10 @@
 //! first layer must be mask A). The first node or tap that breaks it stops the import
 //! with one line naming it. Nodes the output does not need are dropped at the end.
 
+mod nhwc;
+mod reach;
 mod walker;
+mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +79,16 @@ impl GraphSource {
         if let Head::GaussianMixture { .. } = head {
             return Err(at("the gaussian_mixture head is not supported in pixel graphs yet".into()));
         }
+        // A Bernoulli head that ends in a Sigmoid (Keras's example outputs the
+        // probability): the head takes the logit before it, which is the same
+        // distribution.
+        let mut nodes = parsed.nodes;
+        if let (Head::Bernoulli, Some(last)) = (head, nodes.last()) {
+            if last.op == Op::Sigmoid {
+                let logit = last.a;
+                nodes = walker::prune(nodes, logit);
+            }
+        }
         let float_input = match meta.get("arq.input").map(|s| s.trim()) {
             None | Some("signed") => FloatInput::Signed,
             Some("level") => FloatInput::Level,
@@ -103,7 +116,7 @@ impl GraphSource {
             head,
             levels,
             input_map,
-            nodes: parsed.nodes,
+            nodes,
         };
         Ok(GraphSource { name, source: path.to_path_buf(), spec })
     }

@@ -9,9 +9,11 @@ use arq::models::pixelgraph::writer::{ConvSpec, NodeSpec};
 use arq::models::pixelgraph::{Op, MAX_CHANNELS, MAX_NODES, MAX_TAPS};
 use tract_onnx::pb;
 
+use super::reach::{leak, Info, TapNote};
+use super::window::{tap_reads, Base, PendingConv, Window};
 use crate::import::onnx::proto::{
-    attr, attr_int, attr_ints, attr_str, clamp_index, constant_node, graph_input, input_name, walk_nodes, Bools,
-    Constants, Data, Tensor, R,
+    attr, attr_int, attr_ints, attr_str, clamp_index, constant_node, graph_input, input_name, node_label, walk_nodes,
+    Bools, Constants, Data, Tensor, R,
 };
 use crate::message::name as shown;
 
@@ -21,7 +23,7 @@ const MAX_PAD: i64 = 1 << 20;
 
 /// The operators a pixel graph may contain (for the refusal of any other).
 const ACCEPTED: &str = "Conv, Add, Sub, Mul, Div (by a constant, on the input), Neg, Tanh, Sigmoid, Relu, Elu, \
-                        Slice, Split, Concat, Pad (zeros, before a Conv), Reshape (channel regrouping), Cast, Identity, Constant, Shape, \
+                        Slice, Split, Concat, Pad (zeros, of H and W), Reshape (channel regrouping), Cast, Identity, Constant, Shape, \
                         Gather, Unsqueeze, Squeeze";
 
 /// One scalar step of the input scaling, applied in f32 in graph order.
@@ -52,7 +54,7 @@ pub(super) fn apply_steps(steps: &[Step], v: f32) -> f32 {
 
 /// What an ONNX tensor is.
 #[derive(Clone, Debug)]
-enum Val {
+pub(super) enum Val {
     /// The image input with the scalar steps applied so far; `int` while its values are
     /// still integers (before a Cast to float).
     Image { steps: Vec<Step>, int: bool },
@@ -62,9 +64,11 @@ enum Val {
     Ints { scalar: bool, v: Vec<Option<i64>> },
     /// A floating-point constant (weights, scalars).
     Floats(Rc<Tensor>),
-    /// A map or the image zero-padded by `[top, left, bottom, right]`, which only a Conv
-    /// may read (the pads add to its own).
-    Padded(Box<Val>, [i64; 4]),
+    /// A map, the image or a convolution's output seen through zero Pads and Slices of H
+    /// and W ([`Window`]): folded into the taps that read it.
+    Window(Rc<Window>),
+    /// A map or the image in channels-last layout `(N, H, W, C)` (module [`super::nhwc`]).
+    Nhwc(Box<Val>),
 }
 
 /// What the walk produced.
@@ -79,39 +83,38 @@ pub(super) struct Parsed {
     pub(super) nodes: Vec<NodeSpec>,
 }
 
-/// Per graph tensor facts.
-#[derive(Clone, Copy, Debug)]
-struct Info {
-    channels: usize,
-    /// May its value at `(r, c)` depend on image row `r`?
-    current_row: bool,
-}
-
-struct Walker {
+pub(super) struct Walker {
     h: i64,
     w: i64,
     consts: Constants,
-    vals: HashMap<String, Val>,
+    pub(super) vals: HashMap<String, Val>,
     nodes: Vec<NodeSpec>,
     info: Vec<Info>,
     /// The steps of the image every convolution on it reads.
     steps: Option<Vec<Step>>,
+    /// The ONNX node being read (for naming it in tap notes).
+    at: usize,
 }
 
 /// Walks `graph` into a pixel graph.
 pub(super) fn parse(graph: &pb::GraphProto) -> R<Parsed> {
-    let (name, h, w, int_input) = image_input(graph)?;
+    let (name, h, w, int_input, nhwc) = image_input(graph)?;
     let mut wk = Walker {
         h,
         w,
         consts: Constants::new(graph, Bools::Refuse),
         vals: HashMap::new(),
         nodes: Vec::new(),
-        info: vec![Info { channels: 1, current_row: true }],
+        info: vec![Info::image()],
         steps: None,
+        at: 0,
     };
-    wk.vals.insert(name, Val::Image { steps: Vec::new(), int: int_input });
-    walk_nodes(graph, |_, n| wk.node(n))?;
+    let image = Val::Image { steps: Vec::new(), int: int_input };
+    wk.vals.insert(name, if nhwc { Val::Nhwc(Box::new(image)) } else { image });
+    walk_nodes(graph, |i, n| {
+        wk.at = i;
+        wk.node(n)
+    })?;
     let [out] = graph.output.as_slice() else {
         return Err(format!(
             "the graph has {} outputs; a pixel graph has one, the head's parameters",
@@ -121,8 +124,15 @@ pub(super) fn parse(graph: &pb::GraphProto) -> R<Parsed> {
     let t = match wk.val(&out.name)? {
         Val::Map(0) | Val::Image { .. } => return Err("the graph output is the image itself".into()),
         Val::Map(t) => t,
+        v @ Val::Window(_) => wk.map(&v, "the graph output")?,
+        // The head reads each pixel's channels together, so a channels-last output is
+        // the same parameters.
+        Val::Nhwc(v) => wk.map(&v, "the graph output")?,
         _ => return Err(format!("the graph output '{}' is not a feature map", shown(&out.name))),
     };
+    if let Some(why) = leak(&wk.info, t) {
+        return Err(why);
+    }
     let nodes = prune(wk.nodes, t);
     if nodes.len() > MAX_NODES {
         return Err(format!("the graph has {} nodes after folding; at most {MAX_NODES} are supported", nodes.len()));
@@ -130,8 +140,9 @@ pub(super) fn parse(graph: &pb::GraphProto) -> R<Parsed> {
     Ok(Parsed { height: h as usize, width: w as usize, int_input, steps: wk.steps.unwrap_or_default(), nodes })
 }
 
-/// The graph's one input: name, height, width, and whether it holds integers.
-fn image_input(g: &pb::GraphProto) -> R<(String, i64, i64, bool)> {
+/// The graph's one input: name, height, width, whether it holds integers, and whether
+/// it is channels-last `(N, H, W, 1)` (Keras's layout).
+fn image_input(g: &pb::GraphProto) -> R<(String, i64, i64, bool, bool)> {
     use pb::tensor_shape_proto::dimension::Value as D;
     let (name, tt) = graph_input(g, "a PixelCNN has one, the image (N, 1, H, W)")?;
     let int = match tt.elem_type {
@@ -147,7 +158,10 @@ fn image_input(g: &pb::GraphProto) -> R<(String, i64, i64, bool)> {
     let show: Vec<String> = dims.iter().map(|x| x.map_or("?".into(), |x| x.to_string())).collect();
     match dims[..] {
         [_, Some(1), Some(h), Some(w)] if (1..=MAX_SIDE).contains(&h) && (1..=MAX_SIDE).contains(&w) => {
-            Ok((name.to_string(), h, w, int))
+            Ok((name.to_string(), h, w, int, false))
+        }
+        [_, Some(h), Some(w), Some(1)] if (2..=MAX_SIDE).contains(&h) && (1..=MAX_SIDE).contains(&w) => {
+            Ok((name.to_string(), h, w, int, true))
         }
         [_, Some(c), _, _] if c != 1 => Err(format!(
             "input '{}' has shape ({}): only one input channel (grey images) is supported",
@@ -163,7 +177,7 @@ fn image_input(g: &pb::GraphProto) -> R<(String, i64, i64, bool)> {
 }
 
 /// The nodes `out` needs, renumbered (tensor ids shift down over dropped nodes).
-fn prune(nodes: Vec<NodeSpec>, out: usize) -> Vec<NodeSpec> {
+pub(super) fn prune(nodes: Vec<NodeSpec>, out: usize) -> Vec<NodeSpec> {
     let mut live = vec![false; nodes.len() + 1];
     live[out] = true;
     for t in (1..=out).rev() {
@@ -197,12 +211,12 @@ impl Walker {
         Ok(const_val(c))
     }
 
-    fn input(&self, n: &pb::NodeProto, i: usize) -> R<Val> {
+    pub(super) fn input(&self, n: &pb::NodeProto, i: usize) -> R<Val> {
         let name = input_name(n, i).ok_or_else(|| format!("input {i} is missing"))?;
         self.val(name)
     }
 
-    fn set(&mut self, n: &pb::NodeProto, v: Val) {
+    pub(super) fn set(&mut self, n: &pb::NodeProto, v: Val) {
         if let Some(o) = n.output.first() {
             self.vals.insert(o.clone(), v);
         }
@@ -210,35 +224,55 @@ impl Walker {
 
     /// A new graph node; its output tensor's id.
     fn push(&mut self, op: Op, a: usize, b: usize, channels: usize, conv: Option<ConvSpec>) -> R<usize> {
+        self.push_noted(op, a, b, channels, conv, Vec::new())
+    }
+
+    /// [`Self::push`] with a convolution's tap notes (one per tap).
+    fn push_noted(
+        &mut self,
+        op: Op,
+        a: usize,
+        b: usize,
+        channels: usize,
+        conv: Option<ConvSpec>,
+        notes: Vec<TapNote>,
+    ) -> R<usize> {
         if channels == 0 || channels > MAX_CHANNELS {
             return Err(format!("{channels} channels; 1..={MAX_CHANNELS} are supported"));
         }
         if self.nodes.len() >= 4 * MAX_NODES {
             return Err("too many nodes".into());
         }
-        let current_row = match &conv {
-            Some(c) => self.info[a].current_row && c.taps.iter().any(|&(dy, _)| dy == 0),
-            None => self.info[a].current_row || (op.binary() && self.info[b].current_row),
+        let info = match &conv {
+            Some(c) => Info::conv(&self.info, a, channels, &c.taps, notes),
+            None => Info::pointwise(&self.info, a, b, channels),
         };
         self.nodes.push(NodeSpec { op, a, b, channels, conv });
-        self.info.push(Info { channels, current_row });
+        self.info.push(info);
         Ok(self.nodes.len())
     }
 
     /// A feature map input of a pointwise op (the image is refused: the op would need
-    /// the current pixel's value).
-    fn map(&self, v: &Val, what: &str) -> R<usize> {
+    /// the current pixel's value). A window of the image's size becomes its tensor, or
+    /// a one-tap convolution that shifts it.
+    fn map(&mut self, v: &Val, what: &str) -> R<usize> {
         match v {
             Val::Map(t) => Ok(*t),
             Val::Image { .. } => Err(format!(
                 "{what} reads the image directly; only a convolution whose taps stop before the pixel may read it"
             )),
-            Val::Padded(..) => Err(format!("{what} of a Pad output (a Pad may only pad a Conv's input)")),
+            Val::Window(w) => self.window_map(w, what),
+            Val::Nhwc(_) => Err(format!(
+                "{what} of a channels-last (NHWC) tensor; only pointwise ops read one, until a Transpose makes it NCHW"
+            )),
             _ => Err(format!("{what} of a constant is not supported")),
         }
     }
 
-    fn node(&mut self, n: &pb::NodeProto) -> R<()> {
+    pub(super) fn node(&mut self, n: &pb::NodeProto) -> R<()> {
+        if self.through_nhwc(n)? {
+            return Ok(());
+        }
         match n.op_type.as_str() {
             "Identity" => {
                 let v = self.input(n, 0)?;
@@ -255,7 +289,8 @@ impl Walker {
             "Concat" => self.concat(n)?,
             "Add" | "Sub" | "Mul" | "Div" => self.arith(n)?,
             "Tanh" | "Sigmoid" | "Relu" | "Elu" => {
-                let a = self.map(&self.input(n, 0)?, &n.op_type)?;
+                let v = self.input(n, 0)?;
+                let a = self.map(&v, &n.op_type)?;
                 let op = match n.op_type.as_str() {
                     "Tanh" => Op::Tanh,
                     "Sigmoid" => Op::Sigmoid,
@@ -266,7 +301,8 @@ impl Walker {
                 self.set(n, Val::Map(t));
             }
             "Neg" => {
-                let a = self.map(&self.input(n, 0)?, "Neg")?;
+                let v = self.input(n, 0)?;
+                let a = self.map(&v, "Neg")?;
                 let t = self.push(Op::Affine { scale: -1.0, shift: 0.0 }, a, a, self.info[a].channels, None)?;
                 self.set(n, Val::Map(t));
             }
@@ -275,8 +311,8 @@ impl Walker {
             "Split" => self.split(n)?,
             "Reshape" => self.reshape(n)?,
             "Conv" => {
-                let t = self.conv(n)?;
-                self.set(n, Val::Map(t));
+                let v = self.conv(n)?;
+                self.set(n, v);
             }
             op => return Err(format!("unsupported operator {op} (a pixel graph may contain {ACCEPTED})")),
         }
@@ -304,12 +340,13 @@ impl Walker {
     }
 
     fn shape(&mut self, n: &pb::NodeProto) -> R<()> {
-        let ch = match self.input(n, 0)? {
-            Val::Map(t) => self.info[t].channels as i64,
-            Val::Image { .. } => 1,
+        let (ch, [h, w]) = match self.input(n, 0)? {
+            Val::Map(t) => (self.info[t].channels as i64, [self.h, self.w]),
+            Val::Image { .. } => (1, [self.h, self.w]),
+            Val::Window(win) => (self.window_channels(&win) as i64, win.size),
             _ => return Err("Shape of a constant is not supported".into()),
         };
-        let full = [None, Some(ch), Some(self.h), Some(self.w)];
+        let full = [None, Some(ch), Some(h), Some(w)];
         let start = clamp_index(attr_int(n, "start").unwrap_or(0), 4) as usize;
         let end = clamp_index(attr_int(n, "end").unwrap_or(4), 4) as usize;
         let v = full[start..end.max(start)].to_vec();
@@ -373,8 +410,10 @@ impl Walker {
     }
 
     fn arith(&mut self, n: &pb::NodeProto) -> R<()> {
-        let (a, b) = (self.input(n, 0)?, self.input(n, 1)?);
         let op = n.op_type.as_str();
+        let (a, b) = (self.input(n, 0)?, self.input(n, 1)?);
+        let a = if let Val::Window(_) = a { Val::Map(self.map(&a, op)?) } else { a };
+        let b = if let Val::Window(_) = b { Val::Map(self.map(&b, op)?) } else { b };
         let v = match (a, b) {
             (Val::Ints { scalar: sa, v: va }, Val::Ints { scalar: sb, v: vb }) => int_arith(op, sa && sb, &va, &vb)?,
             (Val::Image { steps, int }, c) => {
@@ -396,12 +435,61 @@ impl Walker {
                 };
                 Val::Map(self.push(op, x, y, cx, None)?)
             }
+            (Val::Map(x), c) if channel_vector(&c, self.info[x].channels).is_some() && op != "Div" => {
+                Val::Map(self.channel_op(op, x, channel_vector(&c, self.info[x].channels).unwrap_or_default(), true)?)
+            }
+            (c, Val::Map(x)) if channel_vector(&c, self.info[x].channels).is_some() && op != "Div" => Val::Map(
+                self.channel_op(op, x, channel_vector(&c, self.info[x].channels).unwrap_or_default(), false)?,
+            ),
             (Val::Map(x), c) => Val::Map(self.affine(op, x, scalar_of(&c), true)?),
             (c, Val::Map(x)) => Val::Map(self.affine(op, x, scalar_of(&c), false)?),
             _ => return Err(format!("{op} of two float constants is not supported")),
         };
         self.set(n, v);
         Ok(())
+    }
+
+    /// `map op c` for a constant `c` of one value per channel (Keras adds a conv's bias
+    /// this way, after the conv): Add and Sub move into the bias of the conv that made
+    /// the map (a copy of it; the original is pruned when nothing else reads it), or
+    /// become a 1x1 identity conv with that bias.
+    fn channel_op(&mut self, op: &str, x: usize, c: Vec<f32>, map_first: bool) -> R<usize> {
+        let (scale, sign) = match (op, map_first) {
+            ("Add", _) => (1.0, 1.0),
+            ("Sub", true) => (1.0, -1.0),
+            ("Sub", false) => (-1.0, 1.0),
+            _ => return Err(format!("{op} of a feature map and a per-channel constant is not supported")),
+        };
+        let ch = self.info[x].channels;
+        let made_by = (x > 0).then(|| self.nodes[x - 1].clone());
+        if let Some(mut node @ NodeSpec { op: Op::Conv, conv: Some(_), .. }) = made_by {
+            if let Some(conv) = node.conv.as_mut() {
+                for (i, (b, v)) in conv.bias.iter_mut().zip(&c).enumerate() {
+                    *b = *b * scale + sign * v;
+                    if scale != 1.0 {
+                        for w in &mut conv.weight[i * conv.taps.len() * conv.cin..(i + 1) * conv.taps.len() * conv.cin]
+                        {
+                            *w = -*w;
+                        }
+                    }
+                }
+            }
+            let info = self.info[x].clone();
+            self.nodes.push(node);
+            self.info.push(info);
+            return Ok(self.nodes.len());
+        }
+        let mut weight = vec![0.0; ch * ch];
+        for i in 0..ch {
+            weight[i * ch + i] = scale;
+        }
+        let bias = c.iter().map(|v| sign * v).collect();
+        let note = TapNote {
+            text: format!("node {} (a per-channel {op}): tap (0, 0) of its 1x1 kernel, at offset (0, 0)", self.at),
+            tall: false,
+            offset: (0, 0),
+        };
+        self.push_noted(Op::Conv, x, x, ch, Some(ConvSpec { taps: vec![(0, 0)], cin: ch, weight, bias }), vec![note])
     }
 
     /// `map op c` (`map_first`) or `c op map` as an affine node.
@@ -448,26 +536,41 @@ impl Walker {
                 Ok(())
             }
             v => {
-                let t = self.map(&v, "Slice")?;
-                let ch = self.info[t].channels as i64;
+                let (ch, size) = match &v {
+                    Val::Map(t) => (self.info[*t].channels as i64, [self.h, self.w]),
+                    Val::Window(w) => (self.window_channels(w) as i64, w.size),
+                    _ => (self.map(&v, "Slice").map(|_| 0)?, [0, 0]),
+                };
                 let (mut lo, mut hi) = (0, ch);
+                // Crops of H and W make a window (folded into the taps that read it).
+                let mut win: Option<Window> = None;
                 for k in 0..axes.len() {
                     let axis = if axes[k] < 0 { axes[k] + 4 } else { axes[k] };
-                    let dim = [i64::MAX, ch, self.h, self.w].get(axis as usize).copied().unwrap_or(0);
+                    let dim = [i64::MAX, ch, size[0], size[1]].get(axis as usize).copied().unwrap_or(0);
                     let (s, e) = (clamp_index(starts[k], dim), clamp_index(ends[k], dim));
                     match axis {
                         1 if steps[k] == 1 => (lo, hi) = (s, e.max(s)),
                         0 | 2 | 3 if steps[k] == 1 && s == 0 && e == dim => {}
+                        2 | 3 if steps[k] == 1 && e > s => {
+                            let w = win.take().unwrap_or_else(|| self.window_of(&v));
+                            win = Some(w.crop(axis as usize - 2, s, e));
+                        }
                         _ => {
                             return Err(format!(
-                                "Slice [{}..{}] on axis {axis} (step {}): only whole-image channel slices are supported",
+                                "Slice [{}..{}] on axis {axis} (step {}): only channel slices and non-empty crops of H and W are supported",
                                 starts[k], ends[k], steps[k]
                             ));
                         }
                     }
                 }
-                let out = self.channel_slice(t, lo as usize, hi as usize)?;
-                self.set(n, Val::Map(out));
+                let v = win.map_or(v, |w| Val::Window(Rc::new(w)));
+                if lo == 0 && hi == ch {
+                    self.set(n, v);
+                } else {
+                    let t = self.map(&v, "Slice")?;
+                    let out = self.channel_slice(t, lo as usize, hi as usize)?;
+                    self.set(n, Val::Map(out));
+                }
                 Ok(())
             }
         }
@@ -485,7 +588,8 @@ impl Walker {
     }
 
     fn split(&mut self, n: &pb::NodeProto) -> R<()> {
-        let t = self.map(&self.input(n, 0)?, "Split")?;
+        let v = self.input(n, 0)?;
+        let t = self.map(&v, "Split")?;
         let axis = attr_int(n, "axis").unwrap_or(0);
         if axis != 1 && axis != -3 {
             return Err(format!("Split on axis {axis}; feature maps split on channels (axis 1) only"));
@@ -541,10 +645,10 @@ impl Walker {
         Ok(())
     }
 
-    /// A constant zero Pad of H and W only, kept for the Conv that reads it.
+    /// A constant zero Pad of H and W only: a window, folded into the taps that read it.
     fn pad(&mut self, n: &pb::NodeProto) -> R<()> {
         let v = self.input(n, 0)?;
-        if !matches!(v, Val::Map(_) | Val::Image { .. }) {
+        if !matches!(v, Val::Map(_) | Val::Image { .. } | Val::Window(_)) {
             return Err("Pad of something other than a feature map or the image".into());
         }
         let mode = attr_str(n, "mode").unwrap_or_else(|| "constant".into());
@@ -571,39 +675,91 @@ impl Walker {
         if !ok || pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
             return Err(format!("Pad amounts {pads:?}: only non-negative pads of H and W are supported"));
         }
-        self.set(n, Val::Padded(Box::new(v), [pads[2], pads[3], pads[6], pads[7]]));
+        let w = self.window_of(&v).pad([pads[2], pads[3], pads[6], pads[7]]);
+        self.set(n, Val::Window(Rc::new(w)));
         Ok(())
     }
 
-    /// A Conv node as its non-zero taps, after the causality checks.
-    fn conv(&mut self, n: &pb::NodeProto) -> R<usize> {
-        let (input, extra) = match self.input(n, 0)? {
-            Val::Padded(v, p) => (*v, p),
-            v => (v, [0; 4]),
-        };
+    /// A Conv node: its taps over the tensor it reads, after the pads and crops of the
+    /// window it reads are folded in. An output of the image's size becomes a node now;
+    /// another size waits, as a window, for the Slice that crops it.
+    fn conv(&mut self, n: &pb::NodeProto) -> R<Val> {
+        let v = self.input(n, 0)?;
+        let win = self.settle(self.window_of(&v), "Conv")?;
+        let Base::Val(input) = &win.base else { unreachable!("settled") };
         let a = match input {
-            Val::Map(t) => t,
+            Val::Map(t) => *t,
             Val::Image { steps, int } => {
-                if int {
+                if *int {
                     return Err("a Conv on the integer image (Cast it to float first)".into());
                 }
                 match &self.steps {
-                    Some(s) if *s != steps => {
+                    Some(s) if s != steps => {
                         return Err("the image reaches two convolutions with different scalings".into());
                     }
-                    _ => self.steps = Some(steps),
+                    _ => self.steps = Some(steps.clone()),
                 }
                 0
             }
             _ => return Err("a Conv on a constant".into()),
         };
-        let spec = self.conv_taps(n, a, extra)?;
-        let cout = spec.bias.len();
-        self.push(Op::Conv, a, a, cout, Some(spec))
+        let wname = input_name(n, 1).ok_or("Conv without weights")?;
+        let w = self.consts.lookup(wname, self.vals.contains_key(wname))?;
+        let [co, _, kh, kw] = w.dims[..] else {
+            return Err(format!(
+                "weight '{}' has shape {:?}; only 2-D convolutions are supported",
+                shown(wname),
+                w.dims
+            ));
+        };
+        let g = Geometry::of(n, kh, kw)?;
+        let mut size = [0i64; 2];
+        for ax in 0..2 {
+            let reach = g.dil[ax] * ([kh, kw][ax] as i64 - 1);
+            size[ax] = win.size[ax] + g.pads[ax] + g.pads[ax + 2] - reach;
+            if size[ax] < 1 || size[ax] > 4 * MAX_SIDE {
+                return Err(format!(
+                    "pads {:?} with a {kh}x{kw} kernel, dilations {:?} on a {}x{} input give an output of {} {}",
+                    g.pads,
+                    g.dil,
+                    win.size[0],
+                    win.size[1],
+                    size[ax],
+                    ["rows", "columns"][ax]
+                ));
+            }
+        }
+        let pending = PendingConv {
+            node: n.clone(),
+            label: node_label(self.at, n),
+            at: self.at,
+            a,
+            cout: co,
+            origin: [-g.pads[0] - win.off[0], -g.pads[1] - win.off[1]],
+            valid: win.valid,
+            size,
+            pads: g.pads,
+        };
+        if size == [self.h, self.w] {
+            return Ok(Val::Map(self.conv_node(&pending, [0, 0])?));
+        }
+        Ok(Val::Window(Rc::new(Window::over(Base::Conv(Rc::new(pending)), size))))
     }
 
-    /// `extra`: the pads of a Pad node before the Conv.
-    fn conv_taps(&self, n: &pb::NodeProto, a: usize, extra: [i64; 4]) -> R<ConvSpec> {
+    /// A pending convolution as a node whose row (column) `0` is its output's row
+    /// (column) `shift`.
+    fn conv_node(&mut self, p: &PendingConv, shift: [i64; 2]) -> R<usize> {
+        let (spec, notes) = self.conv_taps(p, shift)?;
+        let cout = spec.bias.len();
+        self.push_noted(Op::Conv, p.a, p.a, cout, Some(spec), notes)
+    }
+
+    /// The non-zero taps of a pending convolution that reach the image, at offsets
+    /// `k * dilation + origin + shift`; each reads only rows and columns the window it
+    /// reads holds (or only zeros, and is dropped).
+    fn conv_taps(&self, p: &PendingConv, shift: [i64; 2]) -> R<(ConvSpec, Vec<TapNote>)> {
+        let n = &p.node;
+        let a = p.a;
         let wname = input_name(n, 1).ok_or("Conv without weights")?;
         let w = self.consts.lookup(wname, self.vals.contains_key(wname))?;
         let Data::F32(weight) = &w.data else { return Err(format!("weight '{}' is not floating point", shown(wname))) };
@@ -625,31 +781,41 @@ impl Walker {
                 _ => return Err(format!("bias '{}' is not {co} floats", shown(b))),
             },
         };
-        let mut g = Geometry::of(n, kh, kw)?;
-        for (p, e) in g.pads.iter_mut().zip(extra) {
-            *p += e;
-        }
-        if g.pads[0] + g.pads[2] != g.dil[0] * (kh as i64 - 1) || g.pads[1] + g.pads[3] != g.dil[1] * (kw as i64 - 1) {
-            return Err(format!(
-                "pads {:?} with a {kh}x{kw} kernel, dilations {:?} change the image size (a pixel graph keeps H x W)",
-                g.pads, g.dil
-            ));
-        }
+        let g = Geometry::of(n, kh, kw)?;
         let taps_n = kh * kw;
-        let mut taps = Vec::new();
-        let mut cols: Vec<usize> = Vec::new();
+        let (mut taps, mut cols, mut notes) = (Vec::new(), Vec::new(), Vec::new());
         for ki in 0..kh {
             for kj in 0..kw {
                 let k = ki * kw + kj;
                 let nonzero = (0..co * ci).any(|oc| weight[oc * taps_n + k] != 0.0);
-                let dy = ki as i64 * g.dil[0] - g.pads[0];
-                let dx = kj as i64 * g.dil[1] - g.pads[1];
-                if !nonzero || dy.abs() >= self.h || dx.abs() >= self.w {
-                    continue; // a masked tap, or one that never reaches the image
+                let dy = ki as i64 * g.dil[0] + p.origin[0] + shift[0];
+                let dx = kj as i64 * g.dil[1] + p.origin[1] + shift[1];
+                let here = format!("tap ({ki}, {kj}) of its {kh}x{kw} kernel, at offset ({dy}, {dx})");
+                let named = format!("{}: {here}", p.label);
+                // The walk names the node being read; a conv read later names itself.
+                let tap = if p.at == self.at { here } else { named.clone() };
+                let reads = (tap_reads(dy, self.h, p.valid[0]), tap_reads(dx, self.w, p.valid[1]));
+                let reads = match reads {
+                    (Some(false), _) | (_, Some(false)) => false,
+                    (Some(true), Some(true)) => true,
+                    _ => {
+                        return Err(format!(
+                            "{tap}, reads rows or columns that a Pad or Slice before it cut off, and others it kept: \
+                             only whole shifts of a map are supported"
+                        ))
+                    }
+                };
+                if !nonzero || !reads {
+                    continue; // a masked tap, or one that only ever reads zeros
                 }
-                self.check_tap(a, (ki, kj), (kh, kw), (dy, dx))?;
+                if dy > 0 {
+                    return Err(format!(
+                        "{tap}, reads {dy} row(s) below the pixel: the pads or the mask let it see the future"
+                    ));
+                }
                 taps.push((dy as i16, dx as i16));
                 cols.push(k);
+                notes.push(TapNote { text: named, tall: kh > 1, offset: (dy, dx) });
             }
         }
         if taps.is_empty() {
@@ -664,28 +830,98 @@ impl Walker {
                 m.extend((0..ci).map(|c| weight[(o * ci + c) * taps_n + k]));
             }
         }
-        Ok(ConvSpec { taps, cin: ci, weight: m, bias })
+        Ok((ConvSpec { taps, cin: ci, weight: m, bias }, notes))
     }
 
-    /// FORMAT.md's causality rule for one tap (the runtime re-checks it at load).
-    fn check_tap(&self, a: usize, (ki, kj): (usize, usize), (kh, kw): (usize, usize), (dy, dx): (i64, i64)) -> R<()> {
-        let tap = format!("tap ({ki}, {kj}) of its {kh}x{kw} kernel, at offset ({dy}, {dx}),");
+    /// `v` (a map, the image or a window) as a window.
+    fn window_of(&self, v: &Val) -> Window {
+        match v {
+            Val::Window(w) => (**w).clone(),
+            v => Window::over(Base::Val(v.clone()), [self.h, self.w]),
+        }
+    }
+
+    fn window_channels(&self, w: &Window) -> usize {
+        match &w.base {
+            Base::Val(Val::Map(t)) => self.info[*t].channels,
+            Base::Conv(p) => p.cout,
+            _ => 1,
+        }
+    }
+
+    /// `w` over a tensor: a pending convolution it looks at becomes a node covering
+    /// the rows and columns `w` holds (at most the image's size).
+    fn settle(&mut self, w: Window, what: &str) -> R<Window> {
+        let Base::Conv(p) = &w.base else { return Ok(w) };
+        let p = p.clone();
+        let mut shift = [0; 2];
+        for ax in 0..2 {
+            let (lo, hi) = w.valid[ax];
+            let n = [self.h, self.w][ax];
+            if hi - lo > n {
+                return Err(format!(
+                    "{}: pads {:?} change the image size ({} {} where the image has {n}), and {what} reads more than {n} of them; a pixel graph keeps H x W (crop it back with a Slice)",
+                    p.label,
+                    p.pads,
+                    p.size[ax],
+                    ["rows", "columns"][ax]
+                ));
+            }
+            shift[ax] = lo.max(0);
+        }
+        let t = self.conv_node(&p, shift)?;
+        Ok(Window {
+            base: Base::Val(Val::Map(t)),
+            off: [w.off[0] + shift[0], w.off[1] + shift[1]],
+            size: w.size,
+            valid: [
+                (w.valid[0].0 - shift[0], w.valid[0].1 - shift[0]),
+                (w.valid[1].0 - shift[1], w.valid[1].1 - shift[1]),
+            ],
+        })
+    }
+
+    /// A window read by a pointwise op: its tensor when it is all of it, else a one-tap
+    /// identity convolution that shifts it (a `Pad` + `Slice` shift of a map).
+    fn window_map(&mut self, w: &Window, what: &str) -> R<usize> {
+        if let (Base::Conv(p), true) = (&w.base, w.size != [self.h, self.w]) {
+            return Err(format!(
+                "{}: pads {:?} change the image size to {}x{}, and {what} reads that uncropped; a pixel graph keeps H x W = {}x{} (crop it back with a Slice)",
+                p.label, p.pads, w.size[0], w.size[1], self.h, self.w
+            ));
+        }
+        let w = self.settle(w.clone(), what)?;
+        if w.size != [self.h, self.w] {
+            return Err(format!(
+                "{what} reads a {}x{} crop or pad of a feature map; a pixel graph keeps H x W = {}x{}",
+                w.size[0], w.size[1], self.h, self.w
+            ));
+        }
+        let t = match &w.base {
+            Base::Val(Val::Map(t)) => *t,
+            _ => return Err(format!("{what} reads the image directly (padded or cropped)")),
+        };
+        if w.is_whole(self.h, self.w) {
+            return Ok(t);
+        }
+        let c = self.info[t].channels;
+        let (dy, dx) = (-w.off[0], -w.off[1]);
+        let label = format!("node {} (a shift by Pad and Slice)", self.at);
+        let tap = format!("{label}: tap (0, 0) of its 1x1 kernel, at offset ({dy}, {dx})");
+        let whole = (tap_reads(dy, self.h, w.valid[0]), tap_reads(dx, self.w, w.valid[1]));
+        if whole != (Some(true), Some(true)) {
+            return Err(format!("{tap}: the shift drops rows or columns that are still read"));
+        }
         if dy > 0 {
-            return Err(format!("{tap} reads {dy} row(s) below the pixel: the pads or the mask let it see the future"));
+            return Err(format!("{tap} reads {dy} row(s) below the pixel: the shift lets it see the future"));
         }
-        if dy == 0 && self.info[a].current_row {
-            if dx > 0 {
-                return Err(format!(
-                    "{tap} reads {dx} pixel(s) to the right on the current row of a tensor that depends on that row"
-                ));
-            }
-            if dx == 0 && a == 0 {
-                return Err(format!(
-                    "{tap} reads the current pixel of the image: the first layer needs mask A (a mask B, or pads that move the kernel, let it see the pixel it predicts)"
-                ));
-            }
+        let mut weight = vec![0.0; c * c];
+        for i in 0..c {
+            weight[i * c + i] = 1.0;
         }
-        Ok(())
+        let spec = ConvSpec { taps: vec![(dy as i16, dx as i16)], cin: c, weight, bias: vec![0.0; c] };
+        let note = TapNote { text: tap, tall: false, offset: (dy, dx) };
+        self.push_noted(Op::Conv, t, t, c, Some(spec), vec![note])
     }
 }
 
@@ -731,6 +967,14 @@ fn const_val(c: Rc<Tensor>) -> Val {
         (Data::I64(v), 0 | 1) => Val::Ints { scalar: c.dims.is_empty(), v: v.iter().map(|&x| Some(x)).collect() },
         _ => Val::Floats(c),
     }
+}
+
+/// The values of a float constant that holds one value per channel of a `ch`-channel
+/// NCHW map (shape `[ch, 1, 1]` or `[1, ch, 1, 1]`), for `ch > 1`.
+pub(super) fn channel_vector(v: &Val, ch: usize) -> Option<Vec<f32>> {
+    let Val::Floats(t) = v else { return None };
+    let ok = ch > 1 && matches!(t.dims[..], [c, 1, 1] | [1, c, 1, 1] if c == ch);
+    ok.then(|| t.floats().map(<[f32]>::to_vec)).flatten()
 }
 
 /// The one number of a scalar constant (float, or a known integer).
