@@ -117,6 +117,97 @@ fn f32_perplexity_within_0_1_percent() {
     assert!(top1 >= 0.99, "f32 top-1 agreement {:.2}%", 100.0 * top1);
 }
 
+/// Every teacher-forced logits row of `ids` (ctx = the window), in passes of 64 tokens.
+fn all_logits(model: &Model<'_>, ids: &[u32]) -> Vec<f32> {
+    let cfg = SessionConfig { ctx: ids.len(), batch: 64, threads: 1, ..Default::default() };
+    let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
+    let mut s = Session::new(model, &mut arena, cfg).unwrap();
+    let mut out = Vec::with_capacity(ids.len() * model.config().vocab);
+    s.forward_all(ids, |_, l| out.extend_from_slice(l)).unwrap();
+    out
+}
+
+/// `KL(softmax(p) || softmax(q))` in nats, in f64.
+fn kl(p: &[f32], q: &[f32]) -> f64 {
+    let (lp, lq) = (math::log_sum_exp(p), math::log_sum_exp(q));
+    p.iter()
+        .zip(q)
+        .map(|(&a, &b)| {
+            let la = a as f64 - lp;
+            la.exp() * (la - (b as f64 - lq))
+        })
+        .sum()
+}
+
+/// The held-out measurement (`models/reference_smollm2_heldout.py`): 3,900 tokens that
+/// are not the reference texts, in two groups (prose written for the project, and the
+/// tinygpt corpus's held-out split, which SmolLM2 itself generated). For q8 and q4 it
+/// prints per group the top-1 agreement with transformers f32 and with arq's f32
+/// conversion, the perplexity against transformers', and the mean KL from arq f32, and
+/// bounds them on all of it. Run it with
+/// `cargo test --release -p arq-tests --test smollm2 -- --ignored --nocapture heldout`.
+#[test]
+#[ignore = "about a minute on one core; run with --ignored"]
+fn heldout_q8_and_q4_against_f32() {
+    let Some(m) = models() else { return };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fixtures/smollm2_heldout.json");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let f32 = Model::load(m.f32.bytes()).unwrap();
+    let (q8, q4) = (Model::load(m.q8.bytes()).unwrap(), Model::load(m.q4.bytes()).unwrap());
+    let vocab = f32.config().vocab;
+    // Per (model, group): scored tokens, agreements with transformers and with arq f32,
+    // our NLL, the reference NLL, the KL sum.
+    let mut stats: Vec<(&str, String, [f64; 6])> = Vec::new();
+    for (window, t) in r["texts"].as_object().unwrap() {
+        let group = window.split('/').next().unwrap();
+        let ids = ids_of(&t["ids"]);
+        let ref_top = ids_of(&t["argmax"]);
+        let ref_lps = common::floats(&t["logprobs"]);
+        let lf = all_logits(&f32, &ids);
+        for (name, model) in [("f32", None), ("q8", Some(&q8)), ("q4", Some(&q4))] {
+            let lq = model.map(|m| all_logits(m, &ids));
+            let lq = lq.as_deref().unwrap_or(&lf);
+            let mut acc = [0.0; 6];
+            for i in 0..ids.len() - 1 {
+                let (q, f) = (&lq[i * vocab..][..vocab], &lf[i * vocab..][..vocab]);
+                let top = math::argmax(q) as u32;
+                acc[0] += 1.0;
+                acc[1] += (top == ref_top[i]) as u32 as f64;
+                acc[2] += (top == math::argmax(f) as u32) as u32 as f64;
+                acc[3] -= math::log_prob(q, ids[i + 1] as usize);
+                acc[4] -= ref_lps[i];
+                acc[5] += kl(f, q);
+            }
+            for g in [group, "all"] {
+                match stats.iter_mut().find(|s| s.0 == name && s.1 == g) {
+                    Some(s) => s.2.iter_mut().zip(acc).for_each(|(a, b)| *a += b),
+                    None => stats.push((name, g.to_string(), acc)),
+                }
+            }
+        }
+    }
+    stats.sort_by_key(|s| (s.0 != "f32", s.0 != "q8", s.1 == "all"));
+    for (name, group, [n, agree, agree_f32, nll, nll_ref, kl_sum]) in &stats {
+        let (ppl, ppl_ref) = ((nll / n).exp(), (nll_ref / n).exp());
+        eprintln!(
+            "held-out {name} {group:<8} {n:>5} tokens: top-1 vs transformers f32 {:.2}%, vs arq f32 {:.2}%, \
+             perplexity {ppl:.4} vs {ppl_ref:.4} ({:+.3}%), KL from arq f32 {:.5}",
+            100.0 * agree / n,
+            100.0 * agree_f32 / n,
+            100.0 * (ppl / ppl_ref - 1.0),
+            kl_sum / n
+        );
+    }
+    // What the measured schemes support (see README, "Accuracy"): issue 15's 97 % is
+    // not reached on this text; these bounds catch a regression.
+    for (name, max_ppl, min_top1) in [("f32", 0.001, 0.995), ("q8", 0.01, 0.955), ("q4", 0.01, 0.96)] {
+        let (_, _, [n, agree, _, nll, nll_ref, _]) = stats.iter().find(|s| s.0 == name && s.1 == "all").unwrap();
+        let rel = ((nll - nll_ref) / n).exp() - 1.0;
+        assert!(rel.abs() < max_ppl, "{name}: held-out perplexity off by {:.3}%", 100.0 * rel);
+        assert!(agree / n >= min_top1, "{name}: held-out top-1 agreement {:.2}%", 100.0 * agree / n);
+    }
+}
+
 #[test]
 fn tokenizer_ids_equal_the_reference_tokenization() {
     let Some(m) = models() else { return };
