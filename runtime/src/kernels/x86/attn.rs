@@ -30,7 +30,7 @@ fn at8(v: &[f32], at: usize) -> __m256 {
 #[target_feature(enable = "avx2,f16c")]
 pub(super) fn scores(q: &[f32], keys: Strided<'_>, out: &mut [f32], out_stride: usize) {
     let hd = keys.width();
-    if hd % 8 != 0 || hd == 0 {
+    if !hd.is_multiple_of(8) || hd == 0 {
         return scalar::attn_scores(q, keys, out, out_stride);
     }
     let (n, g) = (keys.rows(), hd / 8);
@@ -112,7 +112,7 @@ fn reduce8x4(acc: [__m256; 4]) -> __m128 {
 #[target_feature(enable = "avx2,f16c")]
 pub(super) fn values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut [f32]) {
     let hd = values.width();
-    if hd % 8 != 0 || hd == 0 {
+    if !hd.is_multiple_of(8) || hd == 0 {
         return scalar::attn_values(w, w_stride, values, out);
     }
     let m = out.len() / hd;
