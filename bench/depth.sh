@@ -42,7 +42,7 @@ for round in $(seq "$rounds"); do
   done
 done
 
-cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$(bash bench/cpu.sh)
 commit=$(git rev-parse --short HEAD)
 python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$threads" "$depth" > "$raw/section.md" <<'PY'
 import glob, json, statistics, sys, datetime

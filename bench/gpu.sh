@@ -25,7 +25,7 @@ for backend in cpu gpu; do
     --prompt-tokens "$prompt" --gen-tokens "$gen" --reps "$reps" --json > "$raw/$backend.json"
 done
 
-cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$(bash bench/cpu.sh)
 commit=$(git rev-parse --short HEAD)
 python3 - "$raw" "$cpu" "$commit" "$reps" "$threads" > "$raw/section.md" <<'PY'
 import json, sys, datetime

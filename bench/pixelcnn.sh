@@ -31,7 +31,7 @@ done
 echo "bench synthetic 28x28 (the naive sampler takes about 20 s per image here)" >&2
 prio "$arq" bench --synthetic 28x28 --reps 5 --naive-reps 1 --json > "$raw/synthetic28.json"
 
-cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$(bash bench/cpu.sh)
 commit=$(git rev-parse --short HEAD)
 python3 - "$raw" "$cpu" "$commit" "$reps" "$naive_reps" > "$raw/section.md" <<'PY'
 import json, sys, datetime

@@ -101,7 +101,7 @@ for round in $(seq "$rounds"); do
   done
 done
 
-cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$(bash bench/cpu.sh)
 commit=$(git rev-parse --short HEAD)
 ortv=$("$py" -c 'import onnxruntime; print(onnxruntime.__version__)')
 # The command as run: the settings given in the environment, then the script.

@@ -76,7 +76,7 @@ print(sum(x["bytes"] for x in t if len(x["shape"]) == 2 and x["dtype"] in ("q8",
 done
 
 labels=$(for p in "${pairs[@]}"; do set -- $p; printf '%s:%s ' "$1" "$2"; done)
-cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$(bash bench/cpu.sh)
 commit=$(git rev-parse --short HEAD)
 python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$reps" "$threads" "$bin" "$name" "$labels" > "$raw/section.md" <<'PY'
 import glob, json, statistics, sys, datetime

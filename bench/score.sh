@@ -55,7 +55,7 @@ for round in $(seq "$rounds"); do
   done
 done
 
-cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+cpu=$(bash bench/cpu.sh)
 commit=$(git rev-parse --short HEAD)
 python3 - "$raw" "$cpu" "$(nproc)" "$commit" "$rounds" "$threads" "$ctx" > "$raw/section.md" <<'PY'
 import glob, json, re, statistics, sys, datetime

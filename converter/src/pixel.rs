@@ -39,6 +39,19 @@ pub trait ImageModel: Sync {
     /// The arena bytes of one session (with the whole-image buffers: `full_forward`).
     fn arena_bytes(&self, full_forward: bool) -> Result<usize>;
     fn session<'s>(&'s self, arena: &'s mut [u8], full_forward: bool) -> Result<Self::Session<'s>>;
+    /// Images [`ImageSession::nll_batch`] takes at once in a session of
+    /// [`scoring_session`](Self::scoring_session) (1: it scores one at a time).
+    fn scoring_batch(&self) -> usize {
+        1
+    }
+    /// The arena bytes of a scoring session.
+    fn scoring_arena_bytes(&self) -> Result<usize> {
+        self.arena_bytes(false)
+    }
+    /// A session for [`ImageSession::nll_batch`].
+    fn scoring_session<'s>(&'s self, arena: &'s mut [u8]) -> Result<Self::Session<'s>> {
+        self.session(arena, false)
+    }
     /// The kernel tier it runs on.
     fn kernels_name(&self) -> &'static str;
 }
@@ -46,6 +59,15 @@ pub trait ImageModel: Sync {
 /// One image being scored or generated.
 pub trait ImageSession {
     fn nll(&mut self, image: &[u8]) -> Result<f64>;
+    /// The NLL of each of `images` (whole images one after another, at most the model's
+    /// `scoring_batch`) into `out`: the values of [`nll`](Self::nll).
+    fn nll_batch(&mut self, images: &[u8], out: &mut [f64]) -> Result<()> {
+        let per = images.len() / out.len().max(1);
+        for (o, im) in out.iter_mut().zip(images.chunks_exact(per.max(1))) {
+            *o = self.nll(im)?;
+        }
+        Ok(())
+    }
     fn sample(&mut self, out: &mut [u8], start: usize, temp: f32, rng: &mut Pcg32) -> Result<()>;
     fn log_probs(&mut self) -> Result<&[f64]>;
     fn push_level(&mut self, level: usize) -> Result<()>;
@@ -69,6 +91,12 @@ impl<'a> ImageModel for PixelCnn<'a> {
     fn session<'s>(&'s self, arena: &'s mut [u8], full_forward: bool) -> Result<PixelSession<'s>> {
         Ok(PixelSession::new(self, arena, PixelSessionConfig { full_forward })?)
     }
+    fn scoring_arena_bytes(&self) -> Result<usize> {
+        self.arena_bytes(true)
+    }
+    fn scoring_session<'s>(&'s self, arena: &'s mut [u8]) -> Result<PixelSession<'s>> {
+        self.session(arena, true)
+    }
     fn kernels_name(&self) -> &'static str {
         self.kernels().name
     }
@@ -77,6 +105,22 @@ impl<'a> ImageModel for PixelCnn<'a> {
 impl ImageSession for PixelSession<'_> {
     fn nll(&mut self, image: &[u8]) -> Result<f64> {
         Ok(PixelSession::nll(self, image)?)
+    }
+    /// One full forward pass per image (a matrix product over all its pixels per layer,
+    /// not one pixel at a time); the same sum, in the same order, as `nll`.
+    fn nll_batch(&mut self, images: &[u8], out: &mut [f64]) -> Result<()> {
+        let c = *self.model().config();
+        let (levels, p) = (c.levels, c.n_params());
+        let mut scratch = vec![0.0; levels];
+        let k = self.model().kernels();
+        for (o, im) in out.iter_mut().zip(images.chunks_exact(c.pixels())) {
+            let params = self.full_params(im)?;
+            *o = im
+                .iter()
+                .zip(params.chunks_exact(p))
+                .fold(0.0, |acc, (&v, x)| acc - c.head.log_prob(k, levels, x, v as usize, &mut scratch));
+        }
+        Ok(())
     }
     fn sample(&mut self, out: &mut [u8], start: usize, temp: f32, rng: &mut Pcg32) -> Result<()> {
         Ok(PixelSession::sample(self, out, start, temp, rng)?)
@@ -107,10 +151,19 @@ impl<'a> ImageModel for PixelGraph<'a> {
         ImageShape { height: c.height, width: c.width, levels: c.levels, head: c.head, n_params: c.n_params() }
     }
     fn arena_bytes(&self, full_forward: bool) -> Result<usize> {
-        Ok(self.memory_plan(&GraphSessionConfig { full_forward })?)
+        Ok(self.memory_plan(&GraphSessionConfig { full_forward, batch: 1 })?)
     }
     fn session<'s>(&'s self, arena: &'s mut [u8], full_forward: bool) -> Result<GraphSession<'s>> {
-        Ok(GraphSession::new(self, arena, GraphSessionConfig { full_forward })?)
+        Ok(GraphSession::new(self, arena, GraphSessionConfig { full_forward, batch: 1 })?)
+    }
+    fn scoring_batch(&self) -> usize {
+        self.scoring_images()
+    }
+    fn scoring_arena_bytes(&self) -> Result<usize> {
+        Ok(self.memory_plan(&GraphSessionConfig::full(self.scoring_batch()))?)
+    }
+    fn scoring_session<'s>(&'s self, arena: &'s mut [u8]) -> Result<GraphSession<'s>> {
+        Ok(GraphSession::new(self, arena, GraphSessionConfig::full(self.scoring_batch()))?)
     }
     fn kernels_name(&self) -> &'static str {
         self.kernels().name
@@ -120,6 +173,9 @@ impl<'a> ImageModel for PixelGraph<'a> {
 impl ImageSession for GraphSession<'_> {
     fn nll(&mut self, image: &[u8]) -> Result<f64> {
         Ok(GraphSession::nll(self, image)?)
+    }
+    fn nll_batch(&mut self, images: &[u8], out: &mut [f64]) -> Result<()> {
+        Ok(GraphSession::nll_batch(self, images, out)?)
     }
     fn sample(&mut self, out: &mut [u8], start: usize, temp: f32, rng: &mut Pcg32) -> Result<()> {
         Ok(GraphSession::sample(self, out, start, temp, rng)?)
@@ -169,6 +225,7 @@ pub fn check_images<M: ImageModel>(model: &M, images: &Images, what: &str) -> Re
 /// Negative log-likelihood of each image, in nats, split over `threads` threads.
 pub fn score_images<M: ImageModel>(model: &M, images: &Images, threads: usize) -> Result<Vec<f64>> {
     check_images(model, images, "input")?;
+    let c = model.shape();
     let mut nll = vec![0.0; images.n];
     let per = images.n.div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| -> Result<()> {
@@ -177,10 +234,13 @@ pub fn score_images<M: ImageModel>(model: &M, images: &Images, threads: usize) -
             .enumerate()
             .map(|(t, out)| {
                 s.spawn(move || -> Result<()> {
-                    let mut mem = arena(model, false)?;
-                    let mut s = model.session(&mut mem, false)?;
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = s.nll(images.image(t * per + j))?;
+                    let mut mem = vec![0u8; model.scoring_arena_bytes()?];
+                    let mut s = model.scoring_session(&mut mem)?;
+                    let batch = model.scoring_batch().max(1);
+                    let first = t * per * c.pixels();
+                    let mine = &images.data[first..first + out.len() * c.pixels()];
+                    for (o, im) in out.chunks_mut(batch).zip(mine.chunks(batch * c.pixels())) {
+                        s.nll_batch(im, o)?;
                     }
                     Ok(())
                 })

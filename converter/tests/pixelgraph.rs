@@ -116,7 +116,7 @@ fn cached_generation_equals_the_full_forward_on_users_models() {
         for quant in [Quant::F32, Quant::Q8] {
             let bytes = arq_bytes(name, quant);
             let model = PixelGraph::load(bytes.bytes()).unwrap();
-            let cfg = GraphSessionConfig { full_forward: true };
+            let cfg = GraphSessionConfig::full(1);
             let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
             let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
             for im in &imgs[..3] {
@@ -316,7 +316,7 @@ fn arena_sizes_are_pinned() {
         let bytes = arq_bytes(name, Quant::Q8);
         let model = PixelGraph::load(bytes.bytes()).unwrap();
         assert_eq!(model.memory_plan(&GraphSessionConfig::default()).unwrap(), cached, "{name}");
-        assert_eq!(model.memory_plan(&GraphSessionConfig { full_forward: true }).unwrap(), full, "{name}");
+        assert_eq!(model.memory_plan(&GraphSessionConfig::full(1)).unwrap(), full, "{name}");
     }
 }
 
@@ -441,7 +441,7 @@ fn a_graph_of_the_other_ops_matches_tract() {
     println!("{}", src.describe());
     let bytes = ModelBytes::copy_of(&src.to_arq(Quant::F32).unwrap().0);
     let model = PixelGraph::load(bytes.bytes()).unwrap();
-    let cfg = GraphSessionConfig { full_forward: true };
+    let cfg = GraphSessionConfig::full(1);
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
     for im in &test_images("pg-pixelcnn")[..4] {
@@ -567,7 +567,7 @@ fn pad_and_slice_shifts_fold_into_taps() {
     println!("{}", src.describe());
     let bytes = ModelBytes::copy_of(&src.to_arq(Quant::F32).unwrap().0);
     let model = PixelGraph::load(bytes.bytes()).unwrap();
-    let cfg = GraphSessionConfig { full_forward: true };
+    let cfg = GraphSessionConfig::full(1);
     let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
     let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
     for im in &test_images("pg-pixelcnn")[..4] {

@@ -66,7 +66,7 @@ pub fn arq_file(data: &[u8]) -> &'static str {
 }
 
 fn graph_step(model: &PixelGraph<'_>) -> &'static str {
-    let cfg = GraphSessionConfig { full_forward: true };
+    let cfg = GraphSessionConfig::full(1);
     let Ok(need) = model.memory_plan(&cfg) else {
         return "pixelgraph loaded, no plan";
     };

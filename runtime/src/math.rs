@@ -121,10 +121,133 @@ pub fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
     }
 }
 
-/// `log(sum(exp(x)))`, computed stably in f64 (for exact likelihoods).
+/// `e^x` in f64 within 1 ulp of `libm::exp` for `x <= 0` (tested), from plain f64
+/// operations only (no table, no FMA, no branch on the value), so a loop of it
+/// vectorizes and gives the same bits on every target: `x = n ln2 + r` with
+/// `|r| <= ln2 / 2`, `e^r` by its Taylor series to `r^13` (the next term is below
+/// 2^-56), times `2^n`. Below -708 (a subnormal result) it gives 0, above 709 it
+/// saturates at `e^709`; NaN stays NaN.
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    // ln 2 split so that `n * LN2_HI` is exact for |n| < 2^11.
+    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // 1.5 * 2^52: adding it rounds to an integer (ties to even), kept in the low bits.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let xc = x.clamp(-708.0, 709.0);
+    let shifted = xc * core::f64::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    // 1/k! for k = 13 down to 2.
+    const C: [f64; 12] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ];
+    let mut p = C[0];
+    for c in &C[1..] {
+        p = p * r + c;
+    }
+    let y = p * (r * r) + r + 1.0;
+    // 2^n from the integer in `shifted`'s low mantissa bits (n in [-1022, 1023]).
+    let pow2 = f64::from_bits(((shifted.to_bits() as i64 - ROUND.to_bits() as i64 + 1023) << 52) as u64);
+    let e = y * pow2;
+    if x < -708.0 {
+        0.0
+    } else {
+        e // NaN in, NaN out: the clamp keeps it
+    }
+}
+
+/// `e^x - 1`, accurate near 0 too: the Taylor series to `x^9` for `|x| < 0.5` (the next
+/// term is below 2^-31 relative), [`exp`]` - 1` elsewhere. Plain f32 operations and a
+/// select, like [`exp`], so a loop of it vectorizes with the same bits on every target.
+#[inline(always)]
+pub fn expm1(x: f32) -> f32 {
+    let mut p = 1.0 / 362_880.0;
+    for c in [1.0 / 40_320.0, 1.0 / 5_040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
+        p = p * x + c;
+    }
+    let small = p * (x * x) + x;
+    let large = exp(x) - 1.0;
+    if x.abs() < 0.5 {
+        small
+    } else {
+        large
+    }
+}
+
+/// A pointwise function [`map_f32`] applies (the pixel graphs' activations).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    Tanh,
+    Sigmoid,
+    /// `x > 0 ? x : alpha (e^x - 1)`.
+    Elu(f32),
+}
+
+/// `x[i] = f(x[i])`, from [`exp`] and [`expm1`] (within a few ulp of libm's), in a
+/// loop that vectorizes: each kernel tier compiles it at its own width
+/// (`Kernels::map_f32`), with the same floats.
+#[inline(always)]
+pub fn map_f32(f: Unary, x: &mut [f32]) {
+    match f {
+        Unary::Tanh => {
+            // tanh |x| = e / (e + 2) with e = e^(2|x|) - 1; |x| > 9 is 1 in f32.
+            for o in x.iter_mut() {
+                let v = *o;
+                let e = expm1(2.0 * v.abs().min(9.0));
+                let t = (e / (e + 2.0)).copysign(v);
+                *o = if v.is_nan() { v } else { t };
+            }
+        }
+        Unary::Sigmoid => {
+            for o in x.iter_mut() {
+                *o = 1.0 / (1.0 + exp(-*o));
+            }
+        }
+        Unary::Elu(alpha) => {
+            for o in x.iter_mut() {
+                let v = *o;
+                let neg = alpha * expm1(if v > 0.0 { 0.0 } else { v });
+                *o = if v > 0.0 { v } else { neg };
+            }
+        }
+    }
+}
+
+/// `log(sum(exp(x)))`, computed stably in f64 (for exact likelihoods). The exponentials
+/// go through [`exp_f64`] into 8 running sums (element `i` into sum `i % 8`, added
+/// pairwise at the end), so the loop vectorizes: a vocabulary of 49,152 or a 256-way
+/// pixel costs a few microseconds, not one `libm::exp` call per entry. Each kernel tier
+/// compiles it at its own width (`Kernels::log_sum_exp`), with the same bits.
+#[inline(always)]
 pub fn log_sum_exp(x: &[f32]) -> f64 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = x.iter().map(|&v| libm::exp(v as f64 - max)).sum();
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp_f64(v as f64 - max);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += exp_f64(v as f64 - max);
+    }
+    let sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     max + libm::log(sum)
 }
 
@@ -215,6 +338,68 @@ mod tests {
         assert_eq!(exp(100.0), f32::INFINITY);
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_f64_is_within_1_ulp_of_libm_and_log_sum_exp_within_2() {
+        let ulp = |a: f64, b: f64| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+        let mut worst = 0;
+        for i in 0..=2_000_000 {
+            let x = -745.0 * i as f64 / 2_000_000.0;
+            if x >= -708.0 {
+                worst = worst.max(ulp(exp_f64(x), libm::exp(x)));
+            }
+        }
+        assert!(worst <= 1, "worst {worst} ulp");
+        for x in [0.0, -0.0, 1.0, 10.0, 700.0, -1e-12, 1e-12, -707.9] {
+            assert!(ulp(exp_f64(x), libm::exp(x)) <= 1, "{x}");
+        }
+        assert_eq!(exp_f64(-709.0), 0.0);
+        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
+        assert!(exp_f64(f64::NAN).is_nan());
+        // Against the plain sum of libm's exponentials, in order.
+        let x: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 * 0.037 - 20.0).collect();
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let plain = max + libm::log(x.iter().map(|&v| libm::exp(v as f64 - max)).sum::<f64>());
+        assert!(ulp(log_sum_exp(&x), plain) <= 2, "{} vs {plain}", log_sum_exp(&x));
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 3]), f64::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[2.5]), 2.5);
+        assert!(log_sum_exp(&[1.0, f32::NAN]).is_nan());
+    }
+
+    #[test]
+    fn map_f32_is_close_to_libm() {
+        let x: Vec<f32> = (0..=400_000)
+            .map(|i| -20.0 + 40.0 * i as f32 / 400_000.0)
+            .chain([0.0, -0.0, 1e-30, -1e-7, 100.0, -100.0])
+            .collect();
+        let mut out;
+        let close = |a: f32, b: f32, what: &str, v: f32| {
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b.abs().max(f32::MIN_POSITIVE),
+                "{what}({v}) = {a}, libm {b}"
+            );
+        };
+        out = x.clone();
+        map_f32(Unary::Tanh, &mut out);
+        for (&o, &v) in out.iter().zip(&x) {
+            close(o, libm::tanhf(v), "tanh", v);
+        }
+        out = x.clone();
+        map_f32(Unary::Sigmoid, &mut out);
+        for (&o, &v) in out.iter().zip(&x) {
+            close(o, 1.0 / (1.0 + libm::expf(-v)), "sigmoid", v);
+        }
+        out = x.clone();
+        map_f32(Unary::Elu(1.5), &mut out);
+        for (&o, &v) in out.iter().zip(&x) {
+            close(o, if v > 0.0 { v } else { 1.5 * libm::expm1f(v) }, "elu", v);
+        }
+        for f in [Unary::Tanh, Unary::Sigmoid, Unary::Elu(1.0)] {
+            let mut nan = [f32::NAN];
+            map_f32(f, &mut nan);
+            assert!(nan[0].is_nan(), "{f:?}");
+        }
     }
 
     #[test]

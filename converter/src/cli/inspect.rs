@@ -256,7 +256,7 @@ fn graph(model: &PixelGraph<'_>, path: &Path, file_bytes: usize, verify: bool, j
     let c = model.config();
     let f = model.file();
     let arena = model.memory_plan(&GraphSessionConfig::default())?;
-    let arena_full = model.memory_plan(&GraphSessionConfig { full_forward: true })?;
+    let arena_full = model.memory_plan(&GraphSessionConfig::full(1))?;
     let tensors: Vec<_> = f.tensors().collect();
     let convs = tensors.iter().filter(|t| t.name.ends_with(".taps")).count();
     let params: u64 = tensors.iter().map(|t| t.shape.n_elements()).sum();

@@ -28,6 +28,8 @@ macro_rules! simd_table {
             attn_scores: attn_scores,
             attn_values: attn_values,
             softmax_rows: softmax_rows,
+            log_sum_exp: log_sum_exp,
+            map_f32: map_f32,
         }
     };
     (
@@ -41,7 +43,9 @@ macro_rules! simd_table {
         matmul_q4_q8: $matmul_q4_q8:path,
         attn_scores: $attn_scores:path,
         attn_values: $attn_values:path,
-        softmax_rows: $softmax_rows:path $(,)?
+        softmax_rows: $softmax_rows:path,
+        log_sum_exp: $log_sum_exp:path,
+        map_f32: $map_f32:path $(,)?
     ) => {
         // SAFETY (every entry): a SIMD table leaves `kernels` only through the check of
         // its tier's `supported` (see `TIERS`), so whoever calls an entry runs on a CPU
@@ -68,6 +72,10 @@ macro_rules! simd_table {
             attn_values: |w, stride, values, out| unsafe { $attn_values(w, stride, values, out) },
             // SAFETY: as above.
             softmax_rows: |x, rows, n, stride| unsafe { $softmax_rows(x, rows, n, stride) },
+            // SAFETY: as above.
+            log_sum_exp: |x| unsafe { $log_sum_exp(x) },
+            // SAFETY: as above.
+            map_f32: |f, x| unsafe { $map_f32(f, x) },
         }
     };
 }
@@ -112,6 +120,11 @@ pub struct Kernels {
     /// [`crate::math::softmax_rows`] (not a product, but attention's third loop: each
     /// tier compiles the same code at its vector width).
     pub softmax_rows: fn(&mut [f32], usize, usize, usize),
+    /// [`crate::math::log_sum_exp`] (exact likelihoods: a pixel's 256 levels, a
+    /// vocabulary), compiled at each tier's width like `softmax_rows`.
+    pub log_sum_exp: fn(&[f32]) -> f64,
+    /// [`crate::math::map_f32`] (the pixel graphs' activations), likewise.
+    pub map_f32: fn(crate::math::Unary, &mut [f32]),
 }
 
 /// `n` rows of `width` floats, row `i` at `data[i * stride..]`: one head's slice of the
@@ -165,6 +178,8 @@ pub static SCALAR: Kernels = Kernels {
     attn_scores: scalar::attn_scores,
     attn_values: scalar::attn_values,
     softmax_rows: crate::math::softmax_rows,
+    log_sum_exp: crate::math::log_sum_exp,
+    map_f32: crate::math::map_f32,
 };
 
 /// The environment variable that caps the tier [`best`] picks on std hosts.

@@ -48,6 +48,8 @@ pub(in crate::kernels) static NEON: Kernels = simd_table! {
     attn_scores: attn_scores,
     attn_values: attn_values,
     softmax_rows: softmax_rows,
+    log_sum_exp: log_sum_exp,
+    map_f32: map_f32,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
@@ -64,6 +66,8 @@ pub(in crate::kernels) static DOTPROD: Kernels = simd_table! {
     attn_scores: attn_scores,
     attn_values: attn_values,
     softmax_rows: softmax_rows,
+    log_sum_exp: log_sum_exp,
+    map_f32: map_f32,
 };
 
 /// The attention kernels have no NEON version yet: both tiers run the scalar contract
@@ -90,6 +94,22 @@ unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: &mut
 /// None beyond the safe function's.
 unsafe fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
     crate::math::softmax_rows(x, rows, n, stride)
+}
+
+/// [`crate::math::log_sum_exp`], compiled with NEON like [`softmax_rows`].
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn log_sum_exp(x: &[f32]) -> f64 {
+    crate::math::log_sum_exp(x)
+}
+
+/// [`crate::math::map_f32`], compiled with NEON like [`softmax_rows`].
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn map_f32(f: crate::math::Unary, x: &mut [f32]) {
+    crate::math::map_f32(f, x)
 }
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is

@@ -27,6 +27,8 @@ pub(in crate::kernels) static DSP: Kernels = Kernels {
     attn_scores: scalar::attn_scores,
     attn_values: scalar::attn_values,
     softmax_rows: crate::math::softmax_rows,
+    log_sum_exp: crate::math::log_sum_exp,
+    map_f32: crate::math::map_f32,
 };
 
 /// Whether this CPU runs the `dsp` kernels: always, since this module is only compiled

@@ -130,6 +130,25 @@ pub unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: 
     super::attn::values(w, w_stride, values, out)
 }
 
+/// [`crate::math::log_sum_exp`] at this tier's width: the same operations per
+/// element, so the same bits.
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn log_sum_exp(x: &[f32]) -> f64 {
+    crate::math::log_sum_exp(x)
+}
+
+/// [`crate::math::map_f32`] at this tier's width, likewise.
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn map_f32(f: crate::math::Unary, x: &mut [f32]) {
+    crate::math::map_f32(f, x)
+}
+
 /// [`crate::math::softmax_rows`] at this tier's width (`super::attn`).
 ///
 /// # Safety

@@ -4,6 +4,7 @@
 //! Everything here is in f64 (`libm`, no_std): the heads cost a few dozen operations
 //! per pixel, and exact likelihoods are the point. Formulas are the ones in FORMAT.md.
 
+use crate::kernels::Kernels;
 use rand_core::RngCore;
 
 use super::MAX_LEVELS;
@@ -117,13 +118,26 @@ impl Head {
         !matches!(self, Head::GaussianMixture { .. })
     }
 
+    /// `log p(level)`: the same value as [`log_probs`](Self::log_probs)`[level]`, without
+    /// the other levels where the head allows, on `k`'s tier (`scratch`, `levels` long,
+    /// is used where it does not).
+    pub fn log_prob(&self, k: &Kernels, levels: usize, params: &[f32], level: usize, scratch: &mut [f64]) -> f64 {
+        match *self {
+            Head::Categorical => params[level] as f64 - (k.log_sum_exp)(&params[..levels]),
+            _ => {
+                self.log_probs(levels, params, &mut scratch[..levels]);
+                scratch[level]
+            }
+        }
+    }
+
     /// `out[x] = log p(x)` for every level `x < levels` (discrete heads; `out.len() ==
     /// levels`). The Gaussian mixture has no levels and leaves `out` untouched.
     pub fn log_probs(&self, levels: usize, params: &[f32], out: &mut [f64]) {
         debug_assert_eq!(out.len(), levels);
         match *self {
             Head::Categorical => {
-                let lse = log_sum_exp(params.iter().map(|&v| v as f64));
+                let lse = crate::math::log_sum_exp(params);
                 for (o, &v) in out.iter_mut().zip(params) {
                     *o = v as f64 - lse;
                 }
@@ -136,7 +150,7 @@ impl Head {
             Head::LogisticMixture { k, min_log_scale } => {
                 let (logits, rest) = params.split_at(k);
                 let (mu, ls) = rest.split_at(k);
-                let lse = log_sum_exp(logits.iter().map(|&v| v as f64));
+                let lse = crate::math::log_sum_exp(logits);
                 let half = 1.0 / (levels - 1) as f64;
                 // Level x's bin is [edge(x - 1), edge(x)] with edge(x) = (y_x - mu + h) / s,
                 // so each component needs one softplus per edge, not two per level, and
@@ -189,7 +203,7 @@ impl Head {
         };
         let (logits, rest) = params.split_at(k);
         let (mu, ls) = rest.split_at(k);
-        let lse = log_sum_exp(logits.iter().map(|&v| v as f64));
+        let lse = crate::math::log_sum_exp(logits);
         let half_log_2pi = 0.5 * libm::log(2.0 * core::f64::consts::PI);
         log_sum_exp((0..k).map(|j| {
             let ls = ls[j].max(min_log_scale) as f64;

@@ -8,19 +8,40 @@ use rand_core::RngCore;
 use super::{Op, PixelGraph, Schedule, MAX_TENSORS};
 use crate::arena::{Arena, Layout};
 use crate::error::Error;
+use crate::math::Unary;
 use crate::models::pixelcnn::heads;
 use crate::quant::{BlockQ8, QK8};
+
+/// The activation bytes a scoring batch aims at (see [`PixelGraph::scoring_images`]).
+pub const SCORING_BYTES: usize = 1 << 20;
+/// The most images one full forward pass takes.
+pub const MAX_BATCH: usize = 256;
 
 /// Settings that size a [`GraphSession`]'s arena.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GraphSessionConfig {
     /// Also carve the whole-image buffers of [`GraphSession::forward_full`].
     pub full_forward: bool,
+    /// Images one full forward pass takes at once ([`GraphSession::forward_batch`]; 0
+    /// counts as 1). Scoring many images goes faster in batches: every convolution is
+    /// then one matrix product over all their positions.
+    pub batch: usize,
+}
+
+impl GraphSessionConfig {
+    /// The full forward over up to `batch` images at once.
+    pub fn full(batch: usize) -> Self {
+        GraphSessionConfig { full_forward: true, batch }
+    }
+
+    fn images(&self) -> usize {
+        self.batch.max(1)
+    }
 }
 
 /// Where each tensor lives in a store: its first value, and the rows it keeps (`height`
-/// for the whole image; fewer for a ring, row `r` in slot `r % rows`). A row holds
-/// `width` pixels of `channels` values.
+/// times the batch's images for the whole-image store, image after image; fewer for a
+/// ring, row `r` in slot `r % rows`). A row holds `width` pixels of `channels` values.
 #[derive(Clone, Copy)]
 struct Store {
     off: [usize; MAX_TENSORS],
@@ -29,13 +50,14 @@ struct Store {
 }
 
 impl Store {
-    /// `whole`: every tensor keeps the whole image; else each its ring.
-    fn plan(m: &PixelGraph<'_>, whole: bool) -> Option<Store> {
+    /// `images > 0`: every tensor keeps that many whole images; `0`: each its ring.
+    fn plan(m: &PixelGraph<'_>, images: usize) -> Option<Store> {
         let c = m.config();
         let mut s = Store { off: [0; MAX_TENSORS], rows: [0; MAX_TENSORS], len: 0 };
+        let whole = c.height.checked_mul(images)?;
         for t in 0..=c.n_nodes {
             let info = m.tensor(t);
-            let rows = if whole { c.height } else { info.ring_rows.min(c.height) };
+            let rows = if images > 0 { whole } else { info.ring_rows.min(c.height) };
             s.off[t] = s.len;
             s.rows[t] = rows;
             s.len = s.len.checked_add(rows.checked_mul(c.width)?.checked_mul(info.channels)?)?;
@@ -43,10 +65,18 @@ impl Store {
         Some(s)
     }
 
-    /// Index of pixel `p`'s first value of tensor `t` (`ch` channels).
+    /// Index of pixel `p`'s first value of tensor `t` (`ch` channels); in the whole-image
+    /// store `p` counts on through the batch's images.
     fn at(&self, t: usize, p: usize, width: usize, ch: usize) -> usize {
-        let (r, c) = (p / width, p % width);
-        self.off[t] + ((r % self.rows[t]) * width + c) * ch
+        self.row_at(t, p / width, width, ch) + (p % width) * ch
+    }
+
+    /// Index of row `r`'s first value of tensor `t`.
+    #[inline]
+    fn row_at(&self, t: usize, r: usize, width: usize, ch: usize) -> usize {
+        // The whole-image store holds every row it is asked for: no division there.
+        let slot = if r < self.rows[t] { r } else { r % self.rows[t] };
+        self.off[t] + slot * width * ch
     }
 }
 
@@ -63,6 +93,8 @@ pub struct GraphSession<'a> {
     patch: &'a mut [f32],
     patchq: &'a mut [BlockQ8],
     logp: &'a mut [f64],
+    /// Images the full forward takes at once (0: made without it).
+    batch: usize,
     /// The next pixel (raster index), whether its outputs are computed, and how many
     /// rows have had their row tensors computed.
     pos: usize,
@@ -79,7 +111,7 @@ impl<'a> PixelGraph<'a> {
     /// The arena's buffers, in carving order, and the two stores' plans.
     fn layout(&self, s: &GraphSessionConfig) -> Option<Layout> {
         let (cache, full) = self.stores(s)?;
-        let positions = self.patch_positions(s);
+        let positions = self.patch_positions(s)?;
         let cols = self.max_cols();
         Layout::new()
             .then::<f32>(cache.len)?
@@ -89,22 +121,34 @@ impl<'a> PixelGraph<'a> {
             .then::<f64>(self.config().levels)
     }
 
+    /// Images a scoring session takes at once: as many as keep one batch's activations
+    /// and gathered taps within [`SCORING_BYTES`], at least 1, at most [`MAX_BATCH`].
+    pub fn scoring_images(&self) -> usize {
+        let per_image = Store::plan(self, 1)
+            .and_then(|s| s.len.checked_add(self.config().pixels().checked_mul(self.max_cols())?))
+            .and_then(|n| n.checked_mul(4));
+        match per_image {
+            Some(b) if b > 0 => (SCORING_BYTES / b).clamp(1, MAX_BATCH),
+            _ => 1,
+        }
+    }
+
     fn stores(&self, s: &GraphSessionConfig) -> Option<(Store, Store)> {
-        let cache = Store::plan(self, false)?;
-        let mut full = Store::plan(self, true)?;
+        let cache = Store::plan(self, 0)?;
+        let mut full = Store::plan(self, s.images())?;
         if !s.full_forward {
             full.len = 0;
         }
         Some((cache, full))
     }
 
-    /// The most positions one convolution gathers at once: a row, or the whole image.
-    fn patch_positions(&self, s: &GraphSessionConfig) -> usize {
+    /// The most positions one convolution gathers at once: a row, or the batch's images.
+    fn patch_positions(&self, s: &GraphSessionConfig) -> Option<usize> {
         let c = self.config();
         if s.full_forward {
-            c.pixels()
+            c.pixels().checked_mul(s.images())
         } else {
-            c.width
+            Some(c.width)
         }
     }
 }
@@ -115,7 +159,7 @@ impl<'a> GraphSession<'a> {
         let overflow = Error::BadConfig("arena size overflows");
         let (cache_plan, full_plan) = model.stores(&s).ok_or(overflow)?;
         let cols = model.max_cols();
-        let positions = model.patch_positions(&s);
+        let positions = model.patch_positions(&s).ok_or(overflow)?;
         crate::trace::debug!("arq: pixelgraph session, arena {} of {} bytes", need, arena.len());
         let mut a = Arena::new(arena, need)?;
         Ok(GraphSession {
@@ -127,6 +171,7 @@ impl<'a> GraphSession<'a> {
             patch: a.take(positions * cols)?,
             patchq: a.take(positions * cols / QK8)?,
             logp: a.take(model.config().levels)?,
+            batch: if s.full_forward { s.images() } else { 0 },
             pos: 0,
             ready: false,
             rows_done: 0,
@@ -265,24 +310,59 @@ impl<'a> GraphSession<'a> {
     /// pixel's depending only on the pixels before it. Needs a session made with
     /// `full_forward`. Bit-identical to the cached path.
     pub fn forward_full(&mut self, image: &[u8]) -> Result<&[f32], Error> {
+        self.forward_batch(image)
+    }
+
+    /// [`forward_full`](Self::forward_full) over `images`, one whole image after another
+    /// (at most the session's `batch`): head parameters `(images × pixels, P)`. Each
+    /// image's are bit-identical to its own full forward pass.
+    pub fn forward_batch(&mut self, images: &[u8]) -> Result<&[f32], Error> {
         let c = *self.model.config();
-        if self.full.is_empty() {
+        if self.batch == 0 {
             return Err(Error::BadConfig("session made without full_forward"));
         }
-        if image.len() != c.pixels() {
+        if images.is_empty() || images.len() % c.pixels() != 0 {
             return Err(Error::BadInput("image size differs from the model's"));
         }
-        if image.iter().any(|&v| v as usize >= c.levels) {
+        if images.len() / c.pixels() > self.batch {
+            return Err(Error::BadInput("more images than the session's batch"));
+        }
+        if images.iter().any(|&v| v as usize >= c.levels) {
             return Err(Error::BadInput("pixel level out of the model's range"));
         }
-        for (x, &v) in self.full[..c.pixels()].iter_mut().zip(image) {
+        for (x, &v) in self.full[..images.len()].iter_mut().zip(images) {
             *x = self.model.value_of_level(v as usize);
         }
         for i in 0..c.n_nodes {
-            self.eval_node(true, i, 0, c.pixels());
+            self.eval_node(true, i, 0, images.len());
         }
         let at = self.full_plan.off[c.n_nodes];
-        Ok(&self.full[at..at + c.pixels() * c.n_params()])
+        Ok(&self.full[at..at + images.len() * c.n_params()])
+    }
+
+    /// The negative log-likelihood of each of `images` (whole images one after another,
+    /// at most the session's `batch`) into `nll`, in nats, from one batched full forward
+    /// pass: the same values as [`nll`](Self::nll), image by image.
+    pub fn nll_batch(&mut self, images: &[u8], nll: &mut [f64]) -> Result<(), Error> {
+        let c = *self.model.config();
+        if nll.len() * c.pixels() != images.len() {
+            return Err(Error::BadInput("one NLL per image"));
+        }
+        let p = c.n_params();
+        self.forward_batch(images)?;
+        let at = self.full_plan.off[c.n_nodes];
+        let params = &self.full[at..at + images.len() * p];
+        let k = self.model.kernels();
+        for ((o, img), prm) in
+            nll.iter_mut().zip(images.chunks_exact(c.pixels())).zip(params.chunks_exact(c.pixels() * p))
+        {
+            // The same sum, in the same order, as `nll`.
+            *o = img
+                .iter()
+                .zip(prm.chunks_exact(p))
+                .fold(0.0, |acc, (&v, x)| acc - c.head.log_prob(k, c.levels, x, v as usize, self.logp));
+        }
+        Ok(())
     }
 
     /// Node `i` at raster positions `p0 .. p0 + n`, which lie on one row of the store's
@@ -325,10 +405,10 @@ impl<'a> GraphSession<'a> {
             Op::Add => zip_map(out, a, b, |x, y| x + y),
             Op::Sub => zip_map(out, a, b, |x, y| x - y),
             Op::Mul => zip_map(out, a, b, |x, y| x * y),
-            Op::Tanh => map(out, a, libm::tanhf),
-            Op::Sigmoid => map(out, a, sigmoid),
+            Op::Tanh => map_with(m, Unary::Tanh, out, a),
+            Op::Sigmoid => map_with(m, Unary::Sigmoid, out, a),
             Op::Relu => map(out, a, |x| x.max(0.0)),
-            Op::Elu { alpha } => map(out, a, |x| elu(x, alpha)),
+            Op::Elu { alpha } => map_with(m, Unary::Elu(alpha), out, a),
             Op::Affine { scale, shift } => map(out, a, |x| x * scale + shift),
             Op::Slice { start } => {
                 for (o, x) in out.chunks_exact_mut(ct).zip(a.chunks_exact(ca)) {
@@ -344,16 +424,17 @@ impl<'a> GraphSession<'a> {
             Op::ConcatElu => {
                 for (o, x) in out.chunks_exact_mut(ct).zip(a.chunks_exact(ca)) {
                     let (pos, neg) = o.split_at_mut(ca);
-                    map(pos, x, |v| elu(v, 1.0));
-                    map(neg, x, |v| elu(-v, 1.0));
+                    pos.copy_from_slice(x);
+                    map(neg, x, |v| -v);
                 }
+                (m.kernels().map_f32)(Unary::Elu(1.0), out);
             }
         }
     }
 }
 
 /// One position's patch: tap `k`'s `cin` values of tensor `a` (zeros outside the
-/// image), then zeros to the end of `row`.
+/// position's image), then zeros to the end of `row`.
 fn gather(
     m: &PixelGraph<'_>,
     store: &[f32],
@@ -365,7 +446,10 @@ fn gather(
 ) {
     let c = m.config();
     let cin = m.tensor(a).channels;
-    let (r, col) = (p / c.width, p % c.width);
+    // In a batch, position `p` is pixel `q` of the image whose first row is the store's
+    // row `row0`; no tap reaches into another image.
+    let q = p % c.pixels();
+    let (row0, r, col) = ((p - q) / c.width, q / c.width, q % c.width);
     let taps = conv.n_taps();
     for k in 0..taps {
         let (dy, dx) = conv.tap(k);
@@ -374,7 +458,7 @@ fn gather(
         let cc = col.checked_add_signed(dx).filter(|&v| v < c.width);
         match (rr, cc) {
             (Some(rr), Some(cc)) => {
-                let i = plan.at(a, rr * c.width + cc, c.width, cin);
+                let i = plan.row_at(a, row0 + rr, c.width, cin) + cc * cin;
                 dst.copy_from_slice(&store[i..i + cin]);
             }
             _ => dst.fill(0.0),
@@ -395,14 +479,8 @@ fn zip_map(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + libm::expf(-x))
-}
-
-fn elu(x: f32, alpha: f32) -> f32 {
-    if x > 0.0 {
-        x
-    } else {
-        alpha * libm::expm1f(x)
-    }
+/// `out = f(a)` with the model's kernel tier.
+fn map_with(m: &PixelGraph<'_>, f: Unary, out: &mut [f32], a: &[f32]) {
+    out.copy_from_slice(a);
+    (m.kernels().map_f32)(f, out);
 }

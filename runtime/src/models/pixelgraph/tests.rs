@@ -202,7 +202,7 @@ fn cached_generation_equals_the_full_forward_pass_bit_for_bit() {
         for q8 in [false, true] {
             let file = load(&spec, q8);
             let model = PixelGraph::load(file.bytes()).unwrap();
-            let cfg = GraphSessionConfig { full_forward: true };
+            let cfg = GraphSessionConfig::full(1);
             let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
             let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
             let c = *model.config();
@@ -219,6 +219,47 @@ fn cached_generation_equals_the_full_forward_pass_bit_for_bit() {
     }
 }
 
+/// A batch of images through one full forward pass: each image's parameters and NLL are
+/// bit-identical to its own pass and to the cached path, also in a short last batch.
+#[test]
+fn batched_scoring_equals_one_image_at_a_time_bit_for_bit() {
+    for spec in specs() {
+        for q8 in [false, true] {
+            let file = load(&spec, q8);
+            let model = PixelGraph::load(file.bytes()).unwrap();
+            let c = *model.config();
+            let one = GraphSessionConfig::full(1);
+            let mut arena1 = vec![0u8; model.memory_plan(&one).unwrap()];
+            let mut s1 = GraphSession::new(&model, &mut arena1, one).unwrap();
+            let three = GraphSessionConfig::full(3);
+            let mut arena3 = vec![0u8; model.memory_plan(&three).unwrap()];
+            let mut s3 = GraphSession::new(&model, &mut arena3, three).unwrap();
+            let images: Vec<u8> = (0..3).flat_map(|seed| image(c.levels, c.pixels(), 40 + seed)).collect();
+            for n in [3, 2] {
+                let batch = &images[..n * c.pixels()];
+                let params = s3.forward_batch(batch).unwrap().to_vec();
+                let mut nll = vec![0.0; n];
+                s3.nll_batch(batch, &mut nll).unwrap();
+                for (i, im) in batch.chunks_exact(c.pixels()).enumerate() {
+                    let alone = s1.forward_full(im).unwrap();
+                    let got = &params[i * alone.len()..(i + 1) * alone.len()];
+                    assert!(alone.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()), "image {i} of {n}");
+                    assert_eq!(
+                        nll[i].to_bits(),
+                        s1.nll(im).unwrap().to_bits(),
+                        "{}x{} q8={q8} image {i}",
+                        c.height,
+                        c.width
+                    );
+                }
+            }
+            assert!(s3.forward_batch(&[0; 1]).is_err(), "a part of an image");
+            assert!(s1.forward_batch(&images[..2 * c.pixels()]).is_err(), "more images than the batch");
+            assert!(s3.nll_batch(&images, &mut [0.0; 2]).is_err(), "one NLL per image");
+        }
+    }
+}
+
 /// Pixel i's output must not change when any pixel at or after i changes, and the
 /// next pixel and the one below must see a change.
 #[test]
@@ -226,7 +267,7 @@ fn outputs_depend_on_exactly_the_earlier_pixels() {
     for spec in [residual_net(6, 6, 7), stack_net(6, 6, 8), gated_net(6, 6, 9)] {
         let file = load(&spec, false);
         let model = PixelGraph::load(file.bytes()).unwrap();
-        let cfg = GraphSessionConfig { full_forward: true };
+        let cfg = GraphSessionConfig::full(1);
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
         let (p, levels) = (model.config().n_params(), model.config().levels);
@@ -253,7 +294,7 @@ fn memory_plan_is_exact_and_a_short_arena_is_refused() {
     let file = load(&stack_net(8, 8, 1), true);
     let model = PixelGraph::load(file.bytes()).unwrap();
     for full_forward in [false, true] {
-        let cfg = GraphSessionConfig { full_forward };
+        let cfg = GraphSessionConfig { full_forward, batch: 1 };
         let need = model.memory_plan(&cfg).unwrap();
         let mut arena = vec![0u8; need];
         assert!(GraphSession::new(&model, &mut arena, cfg).is_ok());
@@ -357,7 +398,7 @@ fn corrupted_graphs_are_refused_or_run_without_panicking() {
                     refused += 1;
                     continue;
                 };
-                let cfg = GraphSessionConfig { full_forward: true };
+                let cfg = GraphSessionConfig::full(1);
                 let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
                 let mut s = GraphSession::new(&model, &mut arena, cfg).unwrap();
                 let x = image(2, 20, 1);
