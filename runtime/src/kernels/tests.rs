@@ -756,3 +756,26 @@ fn tune_settings_keep_one_token_products_bit_exact() {
     assert_eq!(tune::prefetch_distance(), tune::MAX_PREFETCH, "distances are capped");
     tune::set(Tuning::default());
 }
+
+/// `log_sum_exp` and `map_f32` compile the same scalar operations at each tier's width:
+/// the same bits as the portable tier, over lengths that leave every kind of tail.
+#[test]
+fn log_sum_exp_and_activations_are_bit_exact() {
+    use crate::math::Unary;
+    let mut rng = Rng(13);
+    for k in simd_tiers() {
+        for &n in &[1, 7, 8, 9, 17, 64, 255, 256, 1000] {
+            let x: Vec<f32> = (0..n).map(|_| rng.wide(-4, 6)).collect();
+            let (got, want) = ((k.log_sum_exp)(&x), (SCALAR.log_sum_exp)(&x));
+            assert_eq!(got.to_bits(), want.to_bits(), "{}: log_sum_exp n={n}: {got:e} != scalar {want:e}", k.name);
+            for f in [Unary::Tanh, Unary::Sigmoid, Unary::Elu(1.0), Unary::Elu(0.3)] {
+                let (mut got, mut want) = (x.clone(), x.clone());
+                (k.map_f32)(f, &mut got);
+                (SCALAR.map_f32)(f, &mut want);
+                for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                    assert_same(k.name, &format!("map_f32 {f:?} n={n} x[{i}]"), g, s);
+                }
+            }
+        }
+    }
+}
