@@ -448,6 +448,8 @@ pub fn score_windows(session: &mut Session<'_>, ids: &[u32], w: Windows) -> Resu
         bail!("--min-context {} leaves nothing to score in a context of {ctx}", w.min_context);
     }
     let min_context = w.min_context;
+    // The model's kernel tier: the same bits as `math::log_sum_exp`, at its vector width.
+    let log_sum_exp = session.model().kernels().log_sum_exp;
     let mut scored: Vec<Scored> = Vec::with_capacity(ids.len());
     let (mut start, mut windows, mut evaluated) = (0, 0, 0);
     loop {
@@ -460,7 +462,7 @@ pub fn score_windows(session: &mut Session<'_>, ids: &[u32], w: Windows) -> Resu
             // context is never scored later: later windows start later still.
             let fresh = scored.last().is_none_or(|s| target > s.pos);
             if target < end && fresh && i + 1 >= min_context {
-                let lse = math::log_sum_exp(logits);
+                let lse = log_sum_exp(logits);
                 let id = ids[target];
                 let top = math::argmax(logits);
                 scored.push(Scored {
