@@ -130,8 +130,9 @@ pub fn softmax_rows(x: &mut [f32], rows: usize, n: usize, stride: usize) {
 #[inline(always)]
 pub fn exp_f64(x: f64) -> f64 {
     // ln 2 split so that `n * LN2_HI` is exact for |n| < 2^11.
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // fdlibm's ln2_hi (its low 21 bits zero) and ln2_lo.
+    const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
     // 1.5 * 2^52: adding it rounds to an integer (ties to even), kept in the low bits.
     const ROUND: f64 = 6_755_399_441_055_744.0;
     let xc = x.clamp(-708.0, 709.0);

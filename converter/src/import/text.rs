@@ -95,7 +95,7 @@ impl HParams {
 
     /// The head dimension in effect.
     pub fn head_dim(&self) -> u64 {
-        self.head_dim.unwrap_or(if self.n_heads == 0 { 0 } else { self.dim / self.n_heads })
+        self.head_dim.unwrap_or(self.dim.checked_div(self.n_heads).unwrap_or(0))
     }
 
     /// Caps and the checks that sizes agree, before any tensor is read; `source` names
@@ -117,10 +117,10 @@ impl HParams {
                 bail!("{source}: {what} is {v}, more than the cap of {cap}");
             }
         }
-        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0 || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!("{source}: {} heads cannot share {} key/value heads", self.n_heads, self.n_kv_heads);
         }
-        if self.head_dim.is_none() && self.dim % self.n_heads != 0 {
+        if self.head_dim.is_none() && !self.dim.is_multiple_of(self.n_heads) {
             bail!("{source}: embedding_length {} is not a multiple of head_count {}", self.dim, self.n_heads);
         }
         Ok(())

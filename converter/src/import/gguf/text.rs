@@ -86,7 +86,7 @@ fn hparams(g: &GgufFile, family: Family, n_tokens: usize) -> Result<HParams> {
     }
     // Only a head dimension that differs from dim / heads is stored.
     let head_dim = (key_len != 0 && (n_heads == 0 || key_len * n_heads != dim)).then_some(key_len);
-    let hd = head_dim.unwrap_or(if n_heads == 0 { 0 } else { dim / n_heads });
+    let hd = head_dim.unwrap_or(dim.checked_div(n_heads).unwrap_or(0));
     if let Some(rd) = g.get(&k("rope.dimension_count")).and_then(Value::as_u64) {
         if rd != hd && spec.positions == Positions::Rotary {
             bail!("GGUF: partial rotary embeddings (rope.dimension_count {rd} != head dim {hd}) are not supported");

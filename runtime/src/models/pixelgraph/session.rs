@@ -321,7 +321,7 @@ impl<'a> GraphSession<'a> {
         if self.batch == 0 {
             return Err(Error::BadConfig("session made without full_forward"));
         }
-        if images.is_empty() || images.len() % c.pixels() != 0 {
+        if images.is_empty() || !images.len().is_multiple_of(c.pixels()) {
             return Err(Error::BadInput("image size differs from the model's"));
         }
         if images.len() / c.pixels() > self.batch {
