@@ -6,6 +6,7 @@
 //! [`ImageModel`].
 
 use anyhow::{bail, Result};
+use arq::kernels::Kernels;
 use arq::models::pixelcnn::heads::Head;
 use arq::{GraphSession, GraphSessionConfig, PixelCnn, PixelGraph, PixelSession, PixelSessionConfig};
 use rand_core::SeedableRng;
@@ -53,7 +54,11 @@ pub trait ImageModel: Sync {
         self.session(arena, false)
     }
     /// The kernel tier it runs on.
-    fn kernels_name(&self) -> &'static str;
+    fn kernels(&self) -> &'static Kernels;
+    /// Its name, as `ARQ_MAX_ISA` spells it.
+    fn kernels_name(&self) -> &'static str {
+        self.kernels().name
+    }
 }
 
 /// One image being scored or generated.
@@ -97,8 +102,8 @@ impl<'a> ImageModel for PixelCnn<'a> {
     fn scoring_session<'s>(&'s self, arena: &'s mut [u8]) -> Result<PixelSession<'s>> {
         self.session(arena, true)
     }
-    fn kernels_name(&self) -> &'static str {
-        self.kernels().name
+    fn kernels(&self) -> &'static Kernels {
+        PixelCnn::kernels(self)
     }
 }
 
@@ -165,8 +170,8 @@ impl<'a> ImageModel for PixelGraph<'a> {
     fn scoring_session<'s>(&'s self, arena: &'s mut [u8]) -> Result<GraphSession<'s>> {
         Ok(GraphSession::new(self, arena, GraphSessionConfig::full(self.scoring_batch()))?)
     }
-    fn kernels_name(&self) -> &'static str {
-        self.kernels().name
+    fn kernels(&self) -> &'static Kernels {
+        PixelGraph::kernels(self)
     }
 }
 
@@ -291,7 +296,7 @@ pub fn sample_naive<M: ImageModel>(model: &M, seed: u64, temp: f32) -> Result<Ve
     let mut lp = vec![0.0f64; levels];
     for i in 0..c.pixels() {
         let params = s.full_params(&out)?;
-        c.head.log_probs(levels, &params[i * np..(i + 1) * np], &mut lp);
+        c.head.log_probs(model.kernels(), levels, &params[i * np..(i + 1) * np], &mut lp);
         let level = arq::models::pixelcnn::heads::sample_log_weights(&lp, temp, &mut rng);
         out[i] = level as u8;
     }

@@ -307,6 +307,8 @@ enum Cmd {
         threads: ThreadsArg,
         #[command(flatten)]
         backend: BackendOpt,
+        #[command(flatten)]
+        kv: KvOpt,
     },
 }
 
@@ -336,8 +338,9 @@ fn capped(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
 
 #[derive(clap::Args)]
 pub struct KvOpt {
-    /// Text models: KV-cache storage; q8 is 3.8x smaller (what the microcontroller
-    /// firmware uses) and not exact.
+    /// Text models: KV-cache storage; f16 is half the bytes (llama.cpp's default; long
+    /// contexts decode faster), q8 3.8x smaller (what the microcontroller firmware
+    /// uses); neither is exact.
     #[arg(long, value_enum, default_value_t = KvArg::F32)]
     pub kv: KvArg,
 }
@@ -345,6 +348,7 @@ pub struct KvOpt {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KvArg {
     F32,
+    F16,
     Q8,
 }
 
@@ -353,6 +357,7 @@ impl From<KvArg> for KvDtype {
         match k {
             KvArg::F32 => KvDtype::F32,
             KvArg::Q8 => KvDtype::Q8,
+            KvArg::F16 => KvDtype::F16,
         }
     }
 }
@@ -541,13 +546,14 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             threads,
             backend,
+            kv,
         } => {
             if bandwidth {
                 return self::bandwidth::run(threads.count(), json);
             }
             let pixel = pixel::BenchArgs { reps, naive_reps, json };
             if let Some(size) = synthetic {
-                refuse_text_flags(backend.backend, KvArg::F32)?;
+                refuse_text_flags(backend.backend, kv.kv)?;
                 return pixel::bench_synthetic(&size, &pixel);
             }
             let Some(path) = model else { bail!("give a MODEL or --synthetic HxW") };
@@ -556,7 +562,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let file = ModelFile::open(&path)?;
             let map = t0.elapsed();
             if file.kind() == Some(Kind::Pixel) {
-                refuse_text_flags(backend.backend, KvArg::F32)?;
+                refuse_text_flags(backend.backend, kv.kv)?;
                 let label = path.display().to_string();
                 return match pixel_model(&file)? {
                     PixelModel::Cnn(p) => pixel::bench(&*p, &label, &pixel),
@@ -564,13 +570,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 };
             }
             if file.kind() == Some(Kind::Recurrent) {
-                rnn::refuse_flags(None, KvArg::F32, backend.backend, false)?;
+                rnn::refuse_flags(None, kv.kv, backend.backend, false)?;
                 let model = recurrent_model(&file)?;
                 let args = rnn::BenchArgs { prompt_tokens, gen_tokens, reps, json };
                 return rnn::bench(&model, &path, t0.elapsed(), &args);
             }
             let pool = threads.pool()?;
-            let args = text::BenchArgs { prompt_tokens, gen_tokens, reps, json, backend: backend.backend };
+            let args =
+                text::BenchArgs { prompt_tokens, gen_tokens, reps, json, backend: backend.backend, kv: kv.kv.into() };
             text::bench(&file, map, &args, &pool)
         }
     }

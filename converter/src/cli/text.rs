@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use arq::parallel::{Parallel, ThreadPool};
 use arq::sampler::{Sampler, SamplerConfig};
 use arq::tokenizer::Tokenizer;
-use arq::{math, Model, Session, SessionConfig};
+use arq::{math, KvDtype, Model, Session, SessionConfig};
 use arq_convert::model::ModelFile;
 use arq_convert::text::{self, encode_prompt, new_arena, session_config, token_text, tokenizer};
 use serde_json::json;
@@ -239,6 +239,8 @@ pub struct BenchArgs {
     pub reps: usize,
     pub json: bool,
     pub backend: BackendArg,
+    /// The KV cache's storage.
+    pub kv: KvDtype,
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), in bytes.
@@ -326,7 +328,7 @@ pub fn bench(file: &ModelFile, map: Duration, args: &BenchArgs, pool: &ThreadPoo
     if ctx > model.config().ctx_train {
         bail!("prompt + generated tokens ({ctx}) exceed the model's context ({})", model.config().ctx_train);
     }
-    let cfg = SessionConfig { ctx, batch: 32, threads: pool.threads(), ..Default::default() };
+    let cfg = SessionConfig { ctx, batch: 32, threads: pool.threads(), kv: args.kv, ..Default::default() };
     let mut arena = vec![0u8; model.memory_plan(&cfg)?];
     // A GPU backend uploads the matrices here: part of loading.
     let backend = backend::open(args.backend, &model, &cfg, pool)?;
@@ -361,6 +363,7 @@ fn print_bench(
                 "model": path.display().to_string(),
                 "threads": rig.pool.threads(),
                 "kernels": rig.model.kernels().name,
+                "kv": format!("{:?}", rig.cfg.kv).to_lowercase(),
                 "tuning": arq_convert::tune::to_json(&tuning.0, &tuning.1),
                 "load_ms": load_ms,
                 "first_token_ms": first_token_ms,

@@ -30,6 +30,8 @@ macro_rules! simd_table {
             softmax_rows: softmax_rows,
             log_sum_exp: log_sum_exp,
             map_f32: map_f32,
+            f16_to_f32: f16_to_f32,
+            f32_to_f16: f32_to_f16,
         }
     };
     (
@@ -45,7 +47,9 @@ macro_rules! simd_table {
         attn_values: $attn_values:path,
         softmax_rows: $softmax_rows:path,
         log_sum_exp: $log_sum_exp:path,
-        map_f32: $map_f32:path $(,)?
+        map_f32: $map_f32:path,
+        f16_to_f32: $f16_to_f32:path,
+        f32_to_f16: $f32_to_f16:path $(,)?
     ) => {
         // SAFETY (every entry): a SIMD table leaves `kernels` only through the check of
         // its tier's `supported` (see `TIERS`), so whoever calls an entry runs on a CPU
@@ -76,6 +80,10 @@ macro_rules! simd_table {
             log_sum_exp: |x| unsafe { $log_sum_exp(x) },
             // SAFETY: as above.
             map_f32: |f, x| unsafe { $map_f32(f, x) },
+            // SAFETY: as above.
+            f16_to_f32: |s, d| unsafe { $f16_to_f32(s, d) },
+            // SAFETY: as above.
+            f32_to_f16: |s, d| unsafe { $f32_to_f16(s, d) },
         }
     };
 }
@@ -125,6 +133,10 @@ pub struct Kernels {
     pub log_sum_exp: fn(&[f32]) -> f64,
     /// [`crate::math::map_f32`] (the pixel graphs' activations), likewise.
     pub map_f32: fn(crate::math::Unary, &mut [f32]),
+    /// [`scalar::f16_to_f32`]: an f16 KV cache's rows, read.
+    pub f16_to_f32: fn(&[u16], &mut [f32]),
+    /// [`scalar::f32_to_f16`]: an f16 KV cache's rows, written.
+    pub f32_to_f16: fn(&[f32], &mut [u16]),
 }
 
 /// `n` rows of `width` floats, row `i` at `data[i * stride..]`: one head's slice of the
@@ -180,6 +192,8 @@ pub static SCALAR: Kernels = Kernels {
     softmax_rows: crate::math::softmax_rows,
     log_sum_exp: crate::math::log_sum_exp,
     map_f32: crate::math::map_f32,
+    f16_to_f32: scalar::f16_to_f32,
+    f32_to_f16: scalar::f32_to_f16,
 };
 
 /// The environment variable that caps the tier [`best`] picks on std hosts.

@@ -138,3 +138,18 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     debug_assert_eq!(x.len(), out.len() * QK8);
     crate::quant::quantize_row_q8(x, out)
 }
+
+/// f16 values (as bits) to f32, exactly: an f16 KV cache's rows, read back.
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(h).to_f32();
+    }
+}
+
+/// f32 values to the nearest f16 (ties to even; past 65504, infinity), as bits: an f16
+/// KV cache's rows, written.
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(x).to_bits();
+    }
+}

@@ -779,3 +779,28 @@ fn log_sum_exp_and_activations_are_bit_exact() {
         }
     }
 }
+
+/// The f16 KV cache's conversions: every f16 that is not a NaN back to f32 exactly, and
+/// f32s of every range (subnormal, normal, past f16's largest) to the same nearest f16.
+#[test]
+fn f16_conversions_are_bit_exact() {
+    let halves: Vec<u16> = (0..=u16::MAX).filter(|&h| !half::f16::from_bits(h).is_nan()).collect();
+    let mut rng = Rng(14);
+    let floats: Vec<f32> = (0..20_000).map(|i| rng.wide(-30, 18) * if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    for k in simd_tiers() {
+        let (mut got, mut want) = (vec![0.0f32; halves.len()], vec![0.0f32; halves.len()]);
+        (k.f16_to_f32)(&halves, &mut got);
+        (SCALAR.f16_to_f32)(&halves, &mut want);
+        for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+            assert_same(k.name, &format!("f16_to_f32 {:#06x}", halves[i]), g, s);
+        }
+        for n in [floats.len(), 13, 8, 7] {
+            let (mut got, mut want) = (vec![0u16; n], vec![0u16; n]);
+            (k.f32_to_f16)(&floats[..n], &mut got);
+            (SCALAR.f32_to_f16)(&floats[..n], &mut want);
+            for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, s, "{}: f32_to_f16 {:e}", k.name, floats[i]);
+            }
+        }
+    }
+}

@@ -50,6 +50,8 @@ pub(in crate::kernels) static NEON: Kernels = simd_table! {
     softmax_rows: softmax_rows,
     log_sum_exp: log_sum_exp,
     map_f32: map_f32,
+    f16_to_f32: f16_to_f32,
+    f32_to_f16: f32_to_f16,
 };
 
 /// The `dotprod` table. Only [`crate::kernels`] hands it out, and only after
@@ -68,6 +70,8 @@ pub(in crate::kernels) static DOTPROD: Kernels = simd_table! {
     softmax_rows: softmax_rows,
     log_sum_exp: log_sum_exp,
     map_f32: map_f32,
+    f16_to_f32: f16_to_f32,
+    f32_to_f16: f32_to_f16,
 };
 
 /// The attention kernels have no NEON version yet: both tiers run the scalar contract
@@ -110,6 +114,23 @@ unsafe fn log_sum_exp(x: &[f32]) -> f64 {
 /// None beyond the safe function's.
 unsafe fn map_f32(f: crate::math::Unary, x: &mut [f32]) {
     crate::math::map_f32(f, x)
+}
+
+/// [`scalar::f16_to_f32`]: no NEON version yet (the f16 vector types are not stable
+/// Rust), so both tiers run the scalar contract.
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    scalar::f16_to_f32(src, dst)
+}
+
+/// [`scalar::f32_to_f16`], likewise.
+///
+/// # Safety
+/// None beyond the safe function's.
+unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    scalar::f32_to_f16(src, dst)
 }
 
 /// Whether this CPU runs the `neon` kernels. This module is only compiled where neon is

@@ -29,6 +29,8 @@ pub(in crate::kernels) static DSP: Kernels = Kernels {
     softmax_rows: crate::math::softmax_rows,
     log_sum_exp: crate::math::log_sum_exp,
     map_f32: crate::math::map_f32,
+    f16_to_f32: crate::kernels::scalar::f16_to_f32,
+    f32_to_f16: crate::kernels::scalar::f32_to_f16,
 };
 
 /// Whether this CPU runs the `dsp` kernels: always, since this module is only compiled

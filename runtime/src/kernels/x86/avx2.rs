@@ -130,6 +130,24 @@ pub unsafe fn attn_values(w: &[f32], w_stride: usize, values: Strided<'_>, out: 
     super::attn::values(w, w_stride, values, out)
 }
 
+/// [`scalar::f16_to_f32`] by F16C (`super::f16`).
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    super::f16::f16_to_f32(src, dst)
+}
+
+/// [`scalar::f32_to_f16`] by F16C (`super::f16`).
+///
+/// # Safety
+/// The CPU must support avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    super::f16::f32_to_f16(src, dst)
+}
+
 /// [`crate::math::log_sum_exp`] at this tier's width: the same operations per
 /// element, so the same bits.
 ///

@@ -46,6 +46,7 @@
 mod attn;
 pub mod avx2;
 pub mod avx512;
+mod f16;
 
 // ---------------------------------------------------------------------------------------
 // Building blocks of both tiers

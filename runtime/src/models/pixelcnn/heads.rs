@@ -58,7 +58,8 @@ pub fn sample_log_weights(logw: &[f64], temp: f32, rng: &mut impl RngCore) -> us
         return best;
     }
     let t = temp as f64;
-    let weight = |v: f64| libm::exp((v - max) / t);
+    // `exp_f64` (within 1 ulp of libm's) vectorizes the kept weights' loop.
+    let weight = |v: f64| crate::math::exp_f64((v - max) / t);
     // Up to a pixel's 256 levels the weights are kept on the stack, so each `exp` runs
     // once (it was half of a cached sampling step); longer lists (particles) compute
     // them twice. Both walks give the same index for the same draw.
@@ -125,19 +126,20 @@ impl Head {
         match *self {
             Head::Categorical => params[level] as f64 - (k.log_sum_exp)(&params[..levels]),
             _ => {
-                self.log_probs(levels, params, &mut scratch[..levels]);
+                self.log_probs(k, levels, params, &mut scratch[..levels]);
                 scratch[level]
             }
         }
     }
 
     /// `out[x] = log p(x)` for every level `x < levels` (discrete heads; `out.len() ==
-    /// levels`). The Gaussian mixture has no levels and leaves `out` untouched.
-    pub fn log_probs(&self, levels: usize, params: &[f32], out: &mut [f64]) {
+    /// levels`), with `k`'s log-sum-exp (every tier gives the same bits). The Gaussian
+    /// mixture has no levels and leaves `out` untouched.
+    pub fn log_probs(&self, kernels: &Kernels, levels: usize, params: &[f32], out: &mut [f64]) {
         debug_assert_eq!(out.len(), levels);
         match *self {
             Head::Categorical => {
-                let lse = crate::math::log_sum_exp(params);
+                let lse = (kernels.log_sum_exp)(params);
                 for (o, &v) in out.iter_mut().zip(params) {
                     *o = v as f64 - lse;
                 }
@@ -150,7 +152,7 @@ impl Head {
             Head::LogisticMixture { k, min_log_scale } => {
                 let (logits, rest) = params.split_at(k);
                 let (mu, ls) = rest.split_at(k);
-                let lse = crate::math::log_sum_exp(logits);
+                let lse = (kernels.log_sum_exp)(logits);
                 let half = 1.0 / (levels - 1) as f64;
                 // Level x's bin is [edge(x - 1), edge(x)] with edge(x) = (y_x - mu + h) / s,
                 // so each component needs one softplus per edge, not two per level, and
@@ -212,21 +214,6 @@ impl Head {
         }))
     }
 
-    /// A level drawn from `p(x)^(1/temp)` (renormalized; `temp == 0` is the most likely
-    /// level). `scratch` holds `levels` values.
-    pub fn sample_level(
-        &self,
-        levels: usize,
-        params: &[f32],
-        temp: f32,
-        rng: &mut impl RngCore,
-        scratch: &mut [f64],
-    ) -> usize {
-        let lp = &mut scratch[..levels];
-        self.log_probs(levels, params, lp);
-        sample_log_weights(lp, temp, rng)
-    }
-
     /// A continuous value from the Gaussian mixture: a component from the logits at
     /// temperature `temp`, then its Gaussian with the variance scaled by `temp` (`temp
     /// == 0` gives the mean of the most likely component). `NaN` for discrete heads.
@@ -267,7 +254,7 @@ mod tests {
     fn categorical_is_log_softmax() {
         let p = [1.0f32, -2.0, 0.5, 3.0];
         let mut lp = [0.0; 4];
-        Head::Categorical.log_probs(4, &p, &mut lp);
+        Head::Categorical.log_probs(&crate::kernels::SCALAR, 4, &p, &mut lp);
         let z: f64 = p.iter().map(|&v| (v as f64).exp()).sum();
         for (l, &v) in lp.iter().zip(&p) {
             assert!((l - ((v as f64).exp() / z).ln()).abs() < 1e-12);
@@ -278,7 +265,7 @@ mod tests {
     fn bernoulli_is_sigmoid() {
         for l in [-30.0f32, -2.0, 0.0, 0.7, 40.0] {
             let mut lp = [0.0; 2];
-            Head::Bernoulli.log_probs(2, &[l], &mut lp);
+            Head::Bernoulli.log_probs(&crate::kernels::SCALAR, 2, &[l], &mut lp);
             let p1 = 1.0 / (1.0 + (-(l as f64)).exp());
             assert!((lp[1].exp() - p1).abs() < 1e-12, "{l}");
             assert!((sum_exp(&lp) - 1.0).abs() < 1e-12);
@@ -293,7 +280,7 @@ mod tests {
         let head = Head::LogisticMixture { k: 2, min_log_scale: -7.0 };
         let params = [0.3f32, -0.4, -0.2, 0.5, -1.5, -2.0];
         let mut lp = [0.0; 17];
-        head.log_probs(levels, &params, &mut lp);
+        head.log_probs(&crate::kernels::SCALAR, levels, &params, &mut lp);
         assert!((sum_exp(&lp) - 1.0).abs() < 1e-12);
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let w0 = 1.0 / (1.0 + ((params[1] - params[0]) as f64).exp());
@@ -314,7 +301,7 @@ mod tests {
     fn logistic_mixture_is_finite_far_in_the_tails() {
         let head = Head::LogisticMixture { k: 1, min_log_scale: -7.0 };
         let mut lp = [0.0; 17];
-        head.log_probs(17, &[0.0, 0.9, -7.0], &mut lp);
+        head.log_probs(&crate::kernels::SCALAR, 17, &[0.0, 0.9, -7.0], &mut lp);
         assert!(lp.iter().all(|v| v.is_finite()), "{lp:?}");
         assert!((sum_exp(&lp) - 1.0).abs() < 1e-9);
     }
@@ -327,10 +314,10 @@ mod tests {
             let (best, max) =
                 logw.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
             let t = temp as f64;
-            let total: f64 = logw.iter().map(|&v| libm::exp((v - max) / t)).sum();
+            let total: f64 = logw.iter().map(|&v| crate::math::exp_f64((v - max) / t)).sum();
             let mut u = uniform(rng) * total;
             for (i, &v) in logw.iter().enumerate() {
-                u -= libm::exp((v - max) / t);
+                u -= crate::math::exp_f64((v - max) / t);
                 if u < 0.0 {
                     return i;
                 }

@@ -536,7 +536,7 @@ impl<'a> PixelSession<'a> {
     pub fn log_probs(&mut self) -> Result<&[f64], Error> {
         self.compute()?;
         let c = &self.model.cfg;
-        c.head.log_probs(c.levels, self.params, self.logp);
+        c.head.log_probs(self.model.kernels, c.levels, self.params, self.logp);
         Ok(self.logp)
     }
 

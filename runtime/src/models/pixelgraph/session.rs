@@ -209,7 +209,7 @@ impl<'a> GraphSession<'a> {
         let c = *self.model.config();
         let (out, p) = (c.n_nodes, c.n_params());
         let i = self.cache_plan.at(out, self.pos, c.width, p);
-        c.head.log_probs(c.levels, &self.cache[i..i + p], self.logp);
+        c.head.log_probs(self.model.kernels(), c.levels, &self.cache[i..i + p], self.logp);
         Ok(self.logp)
     }
 

@@ -223,6 +223,7 @@ mod tests {
         assert_eq!((c.family, c.head_dim, c.q_dim(), c.sliding_window), (Family::Gemma3, HD, H * HD, WINDOW));
         assert_eq!((0..L).map(|l| c.is_sliding(l)).collect::<Vec<_>>(), [true, true, false]);
         let want = reference(&w, &TOKENS, WINDOW);
+        let mut f16_first: Option<Vec<Vec<f32>>> = None;
         for kernels in crate::kernels::available() {
             let mut m = Model::load(bytes.bytes()).unwrap();
             m.set_kernels(kernels);
@@ -234,6 +235,20 @@ mod tests {
             let diff =
                 one.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
             assert!(diff < 1e-4, "{}: max |logit diff| {diff}", kernels.name);
+            // An f16 cache: the same floats in every batch (prompts read its rows
+            // converted to f32, one token reads them row by row) and on every tier.
+            let half = all_logits(&m, &TOKENS, 1, KvDtype::F16);
+            for batch in [3, 20] {
+                assert_eq!(all_logits(&m, &TOKENS, batch, KvDtype::F16), half, "{} f16 batch {batch}", kernels.name);
+            }
+            assert_eq!(half, *f16_first.get_or_insert_with(|| half.clone()), "{} f16", kernels.name);
+            let diff = half
+                .iter()
+                .flatten()
+                .zip(want.iter().flatten())
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            assert!(diff < 1e-2, "{}: f16 cache, max |logit diff| {diff}", kernels.name);
         }
     }
 
@@ -283,7 +298,7 @@ mod tests {
         // at a different position in each.
         let texts: [&[u32]; 3] = [&TOKENS[..3], &TOKENS[4..13], &TOKENS[1..8]];
         let next: [u32; 6] = [7, 19, 44, 2, 2, 30];
-        for kv in [KvDtype::F32, KvDtype::Q8] {
+        for kv in [KvDtype::F32, KvDtype::F16, KvDtype::Q8] {
             let cfg = SessionConfig { ctx: CTX, batch: 4, threads: 1, kv, seqs: 3 };
             let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
             let mut s = Session::new(&model, &mut arena, cfg).unwrap();

@@ -217,7 +217,7 @@ mod tests {
         for q8 in [false, true] {
             let bytes = file(&w, q8, None);
             let model = Model::load(bytes.bytes()).unwrap();
-            for kv in [KvDtype::F32, KvDtype::Q8] {
+            for kv in [KvDtype::F32, KvDtype::F16, KvDtype::Q8] {
                 let one = all_logits(&model, &TOKENS, 1, kv);
                 assert_eq!(one, all_logits(&model, &TOKENS, 5, kv), "q8 weights {q8}, {kv:?}");
                 assert_eq!(one, all_logits(&model, &TOKENS, CTX, kv), "q8 weights {q8}, {kv:?}");
@@ -232,6 +232,10 @@ mod tests {
                 exact.iter().flatten().zip(cached.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             let scale = exact.iter().flatten().map(|a| a.abs()).fold(0.0, f32::max);
             assert!(diff > 0.0 && diff < 0.01 * scale, "q8 KV cache: max |logit diff| {diff} (max |logit| {scale})");
+            let half = all_logits(&model, &TOKENS, 4, KvDtype::F16);
+            let diff16 =
+                exact.iter().flatten().zip(half.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff16 > 0.0 && diff16 < diff, "f16 KV cache: max |logit diff| {diff16}, q8's {diff}");
         }
     }
 
@@ -243,6 +247,8 @@ mod tests {
         let plan = |kv| model.memory_plan(&SessionConfig { ctx: CTX, batch: 1, threads: 1, kv, seqs: 1 }).unwrap();
         let cache_f32 = 2 * L * CTX * D * 4;
         assert_eq!(plan(KvDtype::F32) - plan(KvDtype::Q8), cache_f32 - 2 * L * CTX * D / QK8 * 34);
+        // Batch 1: no prompt scratch, so exactly half the bytes.
+        assert_eq!(plan(KvDtype::F32) - plan(KvDtype::F16), cache_f32 / 2);
         let cfg = SessionConfig { ctx: CTX + 1, batch: 1, threads: 1, kv: KvDtype::Q8, seqs: 1 };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         assert!(matches!(Session::new(&model, &mut arena, cfg), Err(Error::BadConfig(_))));

@@ -411,6 +411,10 @@ pub enum KvDtype {
     /// q8 blocks (32 values and one f16 scale, 34 bytes: 3.8x smaller), quantized as the
     /// activations are; what a microcontroller's RAM affords.
     Q8,
+    /// f16, rounded to nearest (half the bytes, as llama.cpp's default cache): decoding
+    /// at long contexts reads half as much. Prompts convert a layer's rows back to f32
+    /// once per pass (a scratch of the context's rows, see [`Session::new`]).
+    F16,
 }
 
 /// Per-session settings that size the arena.
@@ -539,6 +543,7 @@ impl<'a> Model<'a> {
                 |e| match cfg.kv {
                     KvDtype::F32 => e.checked_mul(core::mem::size_of::<f32>()),
                     KvDtype::Q8 => (e / QK8).checked_mul(core::mem::size_of::<BlockQ8>()),
+                    KvDtype::F16 => e.checked_mul(core::mem::size_of::<u16>()),
                 },
             );
         bytes.and_then(|b| b.checked_mul(2)).ok_or(Error::BadConfig("arena size overflows"))
@@ -562,6 +567,7 @@ impl<'a> Model<'a> {
         let l = match s.kv {
             KvDtype::F32 => Layout::new().then::<f32>(cache)?.then::<f32>(cache)?, // keys, values
             KvDtype::Q8 => Layout::new().then::<BlockQ8>(cache / QK8)?.then::<BlockQ8>(cache / QK8)?,
+            KvDtype::F16 => Layout::new().then::<u16>(cache)?.then::<u16>(cache)?,
         };
         l.then::<usize>(s.seqs)? // positions
             .then::<f32>(b.checked_mul(c.dim)?)? // x
@@ -576,7 +582,19 @@ impl<'a> Model<'a> {
             .then::<f32>(att_len(c, s.ctx, s.batch)?.checked_mul(s.threads)?)? // att
             .then::<f32>(rope_len(c, b)?)? // rope
             .then::<f32>(b.checked_mul(c.vocab)?)? // logits
-            .then::<f32>(Self::split_len(c, s)?) // split
+            .then::<f32>(Self::split_len(c, s)?)? // split
+            .then::<f32>(kv32_len(c, s)?) // kv32
+    }
+}
+
+/// An f16 cache's prompt scratch: one layer's keys and values of the whole context in
+/// f32, which the blocked prompt attention ([`attend_tokens`]) reads (none for other
+/// caches, or when a pass is one token).
+fn kv32_len(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
+    if s.kv == KvDtype::F16 && s.batch > 1 {
+        s.ctx.checked_mul(c.kv_dim())?.checked_mul(2)
+    } else {
+        Some(0)
     }
 }
 
@@ -615,6 +633,7 @@ fn kv_rows_total(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
 enum KvCache<'a> {
     F32 { keys: &'a mut [f32], values: &'a mut [f32] },
     Q8 { keys: &'a mut [BlockQ8], values: &'a mut [BlockQ8] },
+    F16 { keys: &'a mut [u16], values: &'a mut [u16] },
 }
 
 /// One layer's cached keys or values, read by [`attend`].
@@ -622,19 +641,24 @@ enum KvCache<'a> {
 enum KvRows<'a> {
     F32(&'a [f32]),
     Q8(&'a [BlockQ8]),
+    F16(&'a [u16]),
 }
 
 impl<'a> KvRows<'a> {
     /// Elements `off..off + tmp.len()` of cached row `j`: a view of an f32 cache, or
-    /// dequantized into `tmp` from a q8 one.
+    /// converted into `tmp` from an f16 one (by `k`) or dequantized from a q8 one.
     #[inline]
-    fn head<'t>(self, j: usize, kv_dim: usize, off: usize, tmp: &'t mut [f32]) -> &'t [f32]
+    fn head<'t>(self, k: &Kernels, j: usize, kv_dim: usize, off: usize, tmp: &'t mut [f32]) -> &'t [f32]
     where
         'a: 't,
     {
         let hd = tmp.len();
         match self {
             KvRows::F32(rows) => &rows[j * kv_dim + off..][..hd],
+            KvRows::F16(rows) => {
+                (k.f16_to_f32)(&rows[j * kv_dim + off..][..hd], tmp);
+                tmp
+            }
             KvRows::Q8(blocks) => {
                 let row = &blocks[j * kv_dim / QK8..(j + 1) * kv_dim / QK8];
                 // A head may start and end inside a block; each block's f16 scale is
@@ -678,6 +702,7 @@ pub struct Session<'a> {
     rope: &'a mut [f32],        // (tables, batch, head_dim) cos/sin per position (rotary positions)
     logits: &'a mut [f32],      // (batch, vocab)
     split: &'a mut [f32],       // (batch, width) row-split products, threads > 1
+    kv32: &'a mut [f32],        // (2, ctx, kv_dim) an f16 cache's layer in f32, for prompts
 }
 
 /// Which sequence each token of a pass extends.
@@ -714,6 +739,7 @@ fn kv_view<'c>(cache: &'c KvCache<'_>, range: core::ops::Range<usize>) -> (KvRow
             let blocks = range.start / QK8..range.end / QK8;
             (KvRows::Q8(&keys[blocks.clone()]), KvRows::Q8(&values[blocks]))
         }
+        KvCache::F16 { keys, values } => (KvRows::F16(&keys[range.clone()]), KvRows::F16(&values[range])),
     }
 }
 
@@ -803,7 +829,7 @@ fn attend(
     // about twice as slow on an AMD EPYC, the prefetchers following strided slices).
     for (i, p) in (span.first..span.end).enumerate() {
         for (a, b, off) in runs() {
-            let key = Strided::one(keys.head(p % span.ring, kv_dim, off, tmp));
+            let key = Strided::one(keys.head(k, p % span.ring, kv_dim, off, tmp));
             (k.attn_scores)(&q[a * hd..b * hd], key, &mut scores[a * n + i..], n);
         }
     }
@@ -814,7 +840,7 @@ fn attend(
     out.fill(0.0);
     for (i, p) in (span.first..span.end).enumerate() {
         for (a, b, off) in runs() {
-            let value = Strided::one(values.head(p % span.ring, kv_dim, off, tmp));
+            let value = Strided::one(values.head(k, p % span.ring, kv_dim, off, tmp));
             (k.attn_values)(&scores[a * n + i..], n, value, &mut out[a * hd..b * hd]);
         }
     }
@@ -936,12 +962,14 @@ impl<'a> Session<'a> {
             match cfg.kv {
                 KvDtype::F32 => "f32",
                 KvDtype::Q8 => "q8",
+                KvDtype::F16 => "f16",
             }
         );
         let mut a = Arena::new(arena, need)?;
         let cache = match cfg.kv {
             KvDtype::F32 => KvCache::F32 { keys: a.take(cache)?, values: a.take(cache)? },
             KvDtype::Q8 => KvCache::Q8 { keys: a.take(cache / QK8)?, values: a.take(cache / QK8)? },
+            KvDtype::F16 => KvCache::F16 { keys: a.take(cache)?, values: a.take(cache)? },
         };
         let positions = a.take::<usize>(cfg.seqs)?;
         positions.fill(0);
@@ -967,6 +995,7 @@ impl<'a> Session<'a> {
             rope: a.take(rope_len(&c, b).unwrap_or(0))?,
             logits: a.take(b * c.vocab)?,
             split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
+            kv32: a.take(kv32_len(&c, &cfg).unwrap_or(0))?,
         })
     }
 
@@ -1300,6 +1329,10 @@ impl<'a> Session<'a> {
                         (kern.quantize_q8)(kt, &mut keys[at / QK8..(at + kv_dim) / QK8]);
                         (kern.quantize_q8)(vt, &mut values[at / QK8..(at + kv_dim) / QK8]);
                     }
+                    KvCache::F16 { keys, values } => {
+                        (kern.f32_to_f16)(kt, &mut keys[at..at + kv_dim]);
+                        (kern.f32_to_f16)(vt, &mut values[at..at + kv_dim]);
+                    }
                 }
             }
 
@@ -1327,14 +1360,25 @@ impl<'a> Session<'a> {
                     let qs = &q[h0 * hd..h0 * hd + out.len()];
                     attend(kern, qs, keys, values, (kv_dim, hd, group), h0, span, scale, att, out);
                 });
-            } else if let (Rows::Seq(seq), 0, KvCache::F32 { .. }) = (rows_of, window, cache) {
+            } else if let (Rows::Seq(seq), 0, KvCache::F32 { .. } | KvCache::F16 { .. }) = (rows_of, window, cache) {
                 // A prompt's tokens: blocks of them per KV head (`attend_tokens`), the
                 // tokens split so that the tasks get equal work (a token's grows with
-                // its position).
+                // its position). An f16 cache's rows up to the last token are converted
+                // to f32 first (exactly: the same floats `attend` would read).
                 let p0 = positions[seq];
                 let block = block_tokens(&c, self.cfg.batch);
                 let split = |i: usize| causal_split(p0, n, tasks, i);
-                let (KvRows::F32(keys), KvRows::F32(values)) = layer_of(0) else { unreachable!("an f32 cache") };
+                let seen = (p0 + n) * kv_dim;
+                let (keys, values) = match layer_of(0) {
+                    (KvRows::F32(keys), KvRows::F32(values)) => (keys, values),
+                    (KvRows::F16(keys), KvRows::F16(values)) => {
+                        let (k32, v32) = self.kv32.split_at_mut(self.kv32.len() / 2);
+                        (kern.f16_to_f32)(&keys[..seen], &mut k32[..seen]);
+                        (kern.f16_to_f32)(&values[..seen], &mut v32[..seen]);
+                        (&k32[..seen], &v32[..seen])
+                    }
+                    _ => unreachable!("an f32 or f16 cache"),
+                };
                 parallel::split2(pool, &mut self.xb2[..n * qd], qd, tasks, &split, self.att, att_len, |i, out, att| {
                     let t0 = split(i);
                     let qt = &q[t0 * qd..t0 * qd + out.len()];
