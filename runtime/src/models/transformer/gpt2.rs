@@ -247,8 +247,9 @@ mod tests {
         let plan = |kv| model.memory_plan(&SessionConfig { ctx: CTX, batch: 1, threads: 1, kv, seqs: 1 }).unwrap();
         let cache_f32 = 2 * L * CTX * D * 4;
         assert_eq!(plan(KvDtype::F32) - plan(KvDtype::Q8), cache_f32 - 2 * L * CTX * D / QK8 * 34);
-        // Batch 1: no prompt scratch, so exactly half the bytes.
-        assert_eq!(plan(KvDtype::F32) - plan(KvDtype::F16), cache_f32 / 2);
+        // Batch 1: no prompt scratch; the attention scratch holds 32 whole rows to
+        // convert instead of one head's slice.
+        assert_eq!(plan(KvDtype::F32) + (32 * D - D / H) * 4 - plan(KvDtype::F16), cache_f32 / 2);
         let cfg = SessionConfig { ctx: CTX + 1, batch: 1, threads: 1, kv: KvDtype::Q8, seqs: 1 };
         let mut arena = vec![0u8; model.memory_plan(&cfg).unwrap()];
         assert!(matches!(Session::new(&model, &mut arena, cfg), Err(Error::BadConfig(_))));

@@ -579,7 +579,7 @@ impl<'a> Model<'a> {
             .then::<f32>(b.checked_mul(c.ffn_dim)?)? // hb
             .then::<f32>(if spec.mlp.gated() { b.checked_mul(c.ffn_dim)? } else { 0 })? // hb2
             .then::<BlockQ8>(b.checked_mul(width(c) / QK8)?)? // xq
-            .then::<f32>(att_len(c, s.ctx, s.batch)?.checked_mul(s.threads)?)? // att
+            .then::<f32>(att_len(c, s)?.checked_mul(s.threads)?)? // att
             .then::<f32>(rope_len(c, b)?)? // rope
             .then::<f32>(b.checked_mul(c.vocab)?)? // logits
             .then::<f32>(Self::split_len(c, s)?)? // split
@@ -761,13 +761,27 @@ fn block_tokens(c: &TransformerConfig, batch: usize) -> usize {
     (BLOCK_ROWS / (c.n_heads / c.n_kv_heads.max(1)).max(1)).clamp(1, batch.max(1))
 }
 
+/// Rows of an f16 cache that [`attend`] converts to f32 at once: each KV head's slice
+/// of them is then read from L1 by one kernel call (24 KB for SmolLM2's 192-wide rows),
+/// rather than one conversion and one call per row and head.
+const F16_ROWS: usize = 32;
+
+/// The end of [`att_len`]'s scratch that [`attend`] converts cached rows into: an f16
+/// cache's [`F16_ROWS`] whole rows, or one head's slice of a q8 row.
+fn att_rows_len(c: &TransformerConfig, kv: KvDtype) -> usize {
+    match kv {
+        KvDtype::F16 => F16_ROWS * c.kv_dim(),
+        KvDtype::F32 | KvDtype::Q8 => c.head_dim,
+    }
+}
+
 /// One task's attention scratch: the scores of every query head of a token or of a
 /// block of tokens, then, for a block, its gathered query rows and their outputs, and
-/// `head_dim` values for a dequantized slice ([`attend`], [`attend_tokens`]).
-fn att_len(c: &TransformerConfig, ctx: usize, batch: usize) -> Option<usize> {
-    let rows = block_tokens(c, batch) * (c.n_heads / c.n_kv_heads.max(1));
-    let block = if batch > 1 { 2 * rows * c.head_dim } else { 0 };
-    c.n_heads.max(rows).checked_mul(ctx)?.checked_add(block)?.checked_add(c.head_dim)
+/// the converted rows of [`att_rows_len`] ([`attend`], [`attend_tokens`]).
+fn att_len(c: &TransformerConfig, s: &SessionConfig) -> Option<usize> {
+    let rows = block_tokens(c, s.batch) * (c.n_heads / c.n_kv_heads.max(1));
+    let block = if s.batch > 1 { 2 * rows * c.head_dim } else { 0 };
+    c.n_heads.max(rows).checked_mul(s.ctx)?.checked_add(block)?.checked_add(att_rows_len(c, s.kv))
 }
 
 /// The cached positions one query sees: `first..end`, position `p` in row `p % ring`.
@@ -808,7 +822,8 @@ fn attend(
     out: &mut [f32],
 ) {
     let (m, n) = (q.len() / hd, span.end - span.first);
-    let (scores, tmp) = att.split_at_mut(att.len() - hd);
+    let tail = if let KvRows::F16(_) = keys { F16_ROWS * kv_dim } else { hd };
+    let (scores, tmp) = att.split_at_mut(att.len() - tail);
     let scores = &mut scores[..m * n];
     // Runs of these heads that share a KV head: (first, end, the KV head's offset).
     let runs = || {
@@ -823,6 +838,9 @@ fn attend(
             })
         })
     };
+    if let (KvRows::F16(kr), KvRows::F16(vr)) = (keys, values) {
+        return attend_f16(k, q, (kr, vr), (kv_dim, hd), span, scale, runs, (scores, tmp), out);
+    }
     // Position by position, each KV head's slice of the row for all the query heads
     // that share it: at long contexts the cache comes from memory, and reading each row
     // whole, in order, keeps it one stream (a pass per KV head over many rows measured
@@ -842,6 +860,55 @@ fn attend(
         for (a, b, off) in runs() {
             let value = Strided::one(values.head(k, p % span.ring, kv_dim, off, tmp));
             (k.attn_values)(&scores[a * n + i..], n, value, &mut out[a * hd..b * hd]);
+        }
+    }
+}
+
+/// [`attend`] over an f16 cache: runs of up to [`F16_ROWS`] cached rows (never across
+/// the ring's end) converted to f32 into `tmp` in one call, then each KV head's slice of
+/// the run through one `attn_scores` (and later `attn_values`) call. The kernels'
+/// contracts make that the same floats as row by row, position order kept.
+#[allow(clippy::too_many_arguments)]
+fn attend_f16<R: Iterator<Item = (usize, usize, usize)>>(
+    k: &Kernels,
+    q: &[f32],
+    (keys, values): (&[u16], &[u16]),
+    (kv_dim, hd): (usize, usize),
+    span: Span,
+    scale: f32,
+    runs: impl Fn() -> R,
+    (scores, tmp): (&mut [f32], &mut [f32]),
+    out: &mut [f32],
+) {
+    let n = span.end - span.first;
+    let m = q.len() / hd;
+    // Each run of rows: (index in the span, its first row in the ring, rows).
+    let chunks = || {
+        let mut i = 0;
+        core::iter::from_fn(move || {
+            (i < n).then(|| {
+                let r0 = (span.first + i) % span.ring;
+                let c = (n - i).min(F16_ROWS).min(span.ring - r0);
+                i += c;
+                (i - c, r0, c)
+            })
+        })
+    };
+    for (i, r0, c) in chunks() {
+        (k.f16_to_f32)(&keys[r0 * kv_dim..(r0 + c) * kv_dim], &mut tmp[..c * kv_dim]);
+        for (a, b, off) in runs() {
+            (k.attn_scores)(&q[a * hd..b * hd], heads_of(tmp, off, kv_dim, c, hd), &mut scores[a * n + i..], n);
+        }
+    }
+    for s in scores.iter_mut() {
+        *s *= scale;
+    }
+    (k.softmax_rows)(scores, m, n, n);
+    out.fill(0.0);
+    for (i, r0, c) in chunks() {
+        (k.f16_to_f32)(&values[r0 * kv_dim..(r0 + c) * kv_dim], &mut tmp[..c * kv_dim]);
+        for (a, b, off) in runs() {
+            (k.attn_values)(&scores[a * n + i..], n, heads_of(tmp, off, kv_dim, c, hd), &mut out[a * hd..b * hd]);
         }
     }
 }
@@ -991,7 +1058,7 @@ impl<'a> Session<'a> {
             hb: a.take(b * c.ffn_dim)?,
             hb2: a.take(if spec.mlp.gated() { b * c.ffn_dim } else { 0 })?,
             xq: a.take(b * width(&c) / QK8)?,
-            att: a.take(att_len(&c, cfg.ctx, cfg.batch).unwrap_or(0) * cfg.threads)?,
+            att: a.take(att_len(&c, &cfg).unwrap_or(0) * cfg.threads)?,
             rope: a.take(rope_len(&c, b).unwrap_or(0))?,
             logits: a.take(b * c.vocab)?,
             split: a.take(Model::split_len(&c, &cfg).unwrap_or(0))?,
@@ -1349,7 +1416,7 @@ impl<'a> Session<'a> {
             let positions = &*self.positions;
             let q = &self.q[..n * qd];
             let tasks = pool.threads();
-            let att_len = att_len(&c, self.cfg.ctx, self.cfg.batch).unwrap_or(0);
+            let att_len = att_len(&c, &self.cfg).unwrap_or(0);
             let scale = c.attn_scale;
             if n == 1 {
                 let heads_per_task = c.n_heads.div_ceil(tasks);
