@@ -106,7 +106,7 @@ print(f"- machine: {cpu}, {nproc} cores (shared and noisy; compare ratios, not a
 print(f"- arq commit {commit}; peer: llama.cpp vendored in llama-cpp-python 0.3.36 (CPU backend, GGML_NATIVE), `{bin_dir}`")
 print(f"- date: {datetime.date.today()}")
 tun = json.load(open(sorted(glob.glob(f"{raw}/arq-*.json"))[0])).get("tuning", {})
-print(f"- arq kernel settings: prefetch {tun.get('prefetch_bytes')} B, one-token products on the {tun.get('decode_tier')} path (source: {tun.get('source')}; `arq tune MODEL` measures them)")
+print(f"- arq kernel settings: prefetch {tun.get('prefetch_bytes')} B, one-token products on the {tun.get('decode_tier')} path, weight rows {tun.get('decode_rows')} (source: {tun.get('source')}; `arq tune MODEL` measures them)")
 print("- the peer is built with -march=native minus AMX: Debian 12's GCC 12 miscompiles ggml's AMX tile setup (SIGILL); see bench/build_llama_cpp.sh")
 print("- both tools run at top priority in their own session (`setsid`, autogroup and nice -20), alternating")
 print(f"- command: `BENCH_MODEL={'gemma3' if 'Gemma' in name else 'smollm2'} bash bench/run.sh` (arq: `arq bench MODEL --prompt-tokens 128 --gen-tokens 64 --threads T --reps {reps} --json`; peer: `llama-bench -m GGUF -p 128 -n 64 -t T -r {reps}`)\n")

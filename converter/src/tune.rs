@@ -72,14 +72,19 @@ fn vendor() -> String {
     cpuinfo_field("vendor_id").unwrap_or_else(|| "unknown".into())
 }
 
-/// The settings before `arq tune` has run, from what was measured per vendor: on an AMD
-/// EPYC (Zen 4) one row at a time decoded about a third faster than the tiles, with
-/// the prefetch distance of little effect; on a Sapphire Rapids the tiles with 8 KiB of
-/// prefetch were the fastest (the kernels' own defaults, kept for every other CPU).
+/// The settings before `arq tune` has run, from what was measured on three CPUs: on an
+/// AMD EPYC Zen 4 (family 25) one row at a time decoded about a third faster than the
+/// tiles, with the prefetch distance of little effect; on an AMD EPYC Zen 5 (family 26)
+/// the tiles with 8 KiB of prefetch decoded 15-25 % faster than one row at a time at 1
+/// thread and 5-20 % at 2 (`arq tune`, and `arq bench` alternating both), as on a
+/// Sapphire Rapids, where they were the fastest too (the kernels' own defaults, kept for
+/// every CPU but AMD's family 25).
 pub fn vendor_default() -> Tuning {
-    match vendor().as_str() {
-        "AuthenticAMD" => Tuning { decode_rows: DecodeRows::One, ..Tuning::default() },
-        _ => Tuning::default(),
+    let family_25 = vendor() == "AuthenticAMD" && cpuinfo_field("cpu family").as_deref() == Some("25");
+    if family_25 {
+        Tuning { decode_rows: DecodeRows::One, ..Tuning::default() }
+    } else {
+        Tuning::default()
     }
 }
 
