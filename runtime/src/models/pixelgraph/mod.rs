@@ -8,8 +8,9 @@
 //! strictly causal), which is what makes both ways of running it well defined and
 //! equal (module [`session`]):
 //!
-//! - the full forward: every node over the whole image, node by node (scoring, and the
-//!   naive sampler: one pass per pixel);
+//! - the full forward: every node over the whole image, node by node, or over a batch
+//!   of whole images at once, so that each convolution is one matrix product over all
+//!   their pixels (scoring; and the naive sampler: one pass per pixel);
 //! - cached generation: each tensor keeps a ring of the last rows its readers' taps
 //!   reach back to. Tensors that depend only on rows above ("row tensors", like a
 //!   vertical stack) are computed a whole row at a time when the row starts; tensors
