@@ -646,19 +646,16 @@ enum KvRows<'a> {
 
 impl<'a> KvRows<'a> {
     /// Elements `off..off + tmp.len()` of cached row `j`: a view of an f32 cache, or
-    /// converted into `tmp` from an f16 one (by `k`) or dequantized from a q8 one.
+    /// dequantized into `tmp` from a q8 one (an f16 cache is read by [`attend_f16`]).
     #[inline]
-    fn head<'t>(self, k: &Kernels, j: usize, kv_dim: usize, off: usize, tmp: &'t mut [f32]) -> &'t [f32]
+    fn head<'t>(self, j: usize, kv_dim: usize, off: usize, tmp: &'t mut [f32]) -> &'t [f32]
     where
         'a: 't,
     {
         let hd = tmp.len();
         match self {
             KvRows::F32(rows) => &rows[j * kv_dim + off..][..hd],
-            KvRows::F16(rows) => {
-                (k.f16_to_f32)(&rows[j * kv_dim + off..][..hd], tmp);
-                tmp
-            }
+            KvRows::F16(_) => unreachable!("attend reads an f16 cache through attend_f16"),
             KvRows::Q8(blocks) => {
                 let row = &blocks[j * kv_dim / QK8..(j + 1) * kv_dim / QK8];
                 // A head may start and end inside a block; each block's f16 scale is
@@ -847,7 +844,7 @@ fn attend(
     // about twice as slow on an AMD EPYC, the prefetchers following strided slices).
     for (i, p) in (span.first..span.end).enumerate() {
         for (a, b, off) in runs() {
-            let key = Strided::one(keys.head(k, p % span.ring, kv_dim, off, tmp));
+            let key = Strided::one(keys.head(p % span.ring, kv_dim, off, tmp));
             (k.attn_scores)(&q[a * hd..b * hd], key, &mut scores[a * n + i..], n);
         }
     }
@@ -858,7 +855,7 @@ fn attend(
     out.fill(0.0);
     for (i, p) in (span.first..span.end).enumerate() {
         for (a, b, off) in runs() {
-            let value = Strided::one(values.head(k, p % span.ring, kv_dim, off, tmp));
+            let value = Strided::one(values.head(p % span.ring, kv_dim, off, tmp));
             (k.attn_values)(&scores[a * n + i..], n, value, &mut out[a * hd..b * hd]);
         }
     }
